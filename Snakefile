@@ -1,0 +1,26 @@
+# kdpipe: teachers -> (caches, helpers) -> students -> reports, as a file-level DAG.
+# Usage: snakemake --cores all results/summary.csv   (see README.md)
+import sys
+
+from kdpipe.errors import KdpipeError
+from kdpipe import workflow as kw
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    kw.load_config(config)
+except KdpipeError as exc:
+    sys.exit(f"kdpipe: {exc}")
+
+
+include: "rules/common.smk"
+include: "rules/base.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    input:
+        "results/summary.csv",
+    default_target: True

@@ -1,0 +1,368 @@
+"""Datasets held in memory as uint8 tensors, with batched, replayable augmentation.
+
+Every dataset is split into train / val / test once, with a fixed split seed, so that
+all runs (every method and seed) see the same images in the same roles.  The training
+augmentation is a crop of a padded image plus an optional horizontal flip; each
+augmented sample is named by a *view id* that encodes (crop offset x, crop offset y,
+flip).  View ids for an epoch come from a generator seeded by (seed, epoch), so any
+epoch's exact inputs can be replayed later (the teacher cache keys on them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import KdpipeError
+
+log = logging.getLogger(__name__)
+
+DATASET_NAMES = ("cifar10", "cifar100", "digits", "imagefolder:<path>")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+DIGITS_SIZE = 16
+IMAGEFOLDER_SIZE = 32
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Pad by ``pad`` pixels (``pad_mode``), crop back to the input size, maybe flip.
+
+    View id layout: ``((dy * positions) + dx) * flips + flip`` with
+    ``positions = 2 * pad + 1`` and ``flips = 2 if flip else 1``.
+    """
+
+    pad: int
+    pad_mode: str  # "reflect" or "constant" (zeros)
+    flip: bool
+
+    @property
+    def positions(self) -> int:
+        return 2 * self.pad + 1
+
+    @property
+    def flips(self) -> int:
+        return 2 if self.flip else 1
+
+    @property
+    def num_views(self) -> int:
+        return self.positions**2 * self.flips
+
+    def describe(self) -> dict:
+        return {"pad": self.pad, "pad_mode": self.pad_mode, "flip": self.flip, "num_views": self.num_views}
+
+    def decode(self, view_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """View ids -> (dx, dy, flip) crop offsets into the padded image."""
+        flip = view_ids % self.flips
+        position = view_ids // self.flips
+        return position % self.positions, position // self.positions, flip
+
+    def encode(self, dx: Tensor, dy: Tensor, flip: Tensor) -> Tensor:
+        return (dy * self.positions + dx) * self.flips + flip
+
+    def pad_images(self, images: Tensor) -> Tensor:
+        """uint8 (N, C, H, W) -> uint8 (N, C, H + 2 pad, W + 2 pad), done once per run."""
+        if self.pad == 0:
+            return images
+        padded = []
+        for chunk in images.split(4096):  # bounded float memory
+            padded.append(F.pad(chunk.float(), [self.pad] * 4, mode=self.pad_mode).to(torch.uint8))
+        return torch.cat(padded)
+
+    def apply(self, padded: Tensor, view_ids: Tensor) -> Tensor:
+        """Crop (and flip) a batch of padded uint8 images by view id, as one gather.
+
+        ``padded``: (B, C, H + 2p, W + 2p); returns (B, C, H, W) on the same device.
+        """
+        b, c, hp, wp = padded.shape
+        h, w = hp - 2 * self.pad, wp - 2 * self.pad
+        device = padded.device
+        view_ids = view_ids.to(device)
+        dx, dy, flip = self.decode(view_ids)
+        col = torch.arange(w, device=device)
+        cols = torch.where(flip[:, None].bool(), dx[:, None] + (w - 1 - col), dx[:, None] + col)
+        rows = dy[:, None] + torch.arange(h, device=device)
+        batch = torch.arange(b, device=device)[:, None, None, None]
+        chan = torch.arange(c, device=device)[None, :, None, None]
+        return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def apply_reference(self, image: Tensor, view_id: int) -> Tensor:
+        """One image, the obvious way: pad, slice, flip.  Used to test :meth:`apply`."""
+        dx, dy, flip = (int(v) for v in self.decode(torch.tensor(view_id)))
+        h, w = image.shape[-2:]
+        padded = image.float()
+        if self.pad:
+            padded = F.pad(padded[None], [self.pad] * 4, mode=self.pad_mode)[0]
+        crop = padded[:, dy : dy + h, dx : dx + w]
+        if flip:
+            crop = torch.flip(crop, dims=[-1])
+        return crop.to(torch.uint8)
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed from any tuple of values, stable across processes and platforms."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
+@dataclass
+class EpochPlan:
+    """The order images are visited in one epoch, and the view each image is shown in.
+
+    ``view_ids[i]`` is the view of training image ``i`` (indexed by image, not by step).
+    """
+
+    order: Tensor
+    view_ids: Tensor
+
+
+def epoch_plan(seed: int, epoch: int, num_train: int, augmentation: Augmentation) -> EpochPlan:
+    order = torch.randperm(num_train, generator=generator("order", seed, epoch))
+    views = torch.randint(augmentation.num_views, (num_train,), generator=generator("views", seed, epoch))
+    return EpochPlan(order, views)
+
+
+@dataclass
+class ImageData:
+    """A whole dataset in memory: uint8 images (N, C, H, W) and int64 labels per split."""
+
+    name: str
+    num_classes: int
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: Augmentation
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+            "sizes": {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)},
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "augmentation": self.augmentation.describe(),
+        }
+
+
+class Normalizer:
+    """uint8 images -> normalised float, on the training device."""
+
+    def __init__(self, mean, std, device, channels_last: bool = False):
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = mean_t / std_t
+        self.channels_last = channels_last
+
+    def __call__(self, images: Tensor) -> Tensor:
+        x = images.float() * self.scale - self.shift
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+# ---------------------------------------------------------------- loading
+
+
+def split_train_val(x: Tensor, y: Tensor, val_size: float, split_seed: int):
+    """Carve a validation set from the training set: a fraction (< 1) or a count (>= 1)."""
+    n = len(y)
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if n_val >= n:
+        raise KdpipeError(f"val_size: {val_size} leaves no training images out of {n}; use a fraction below 1")
+    perm = torch.randperm(n, generator=generator("val-split", split_seed))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.double() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        return pickle.load(fh, encoding="latin1")
+
+
+def _cifar_arrays(batches: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
+    xs, ys = [], []
+    for path in batches:
+        entry = _read_pickle(path)
+        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(entry[label_key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def load_cifar(name: str, img_root: str | Path, download: bool = False):
+    """torchvision's python-pickle CIFAR layout under ``img_root``."""
+    root = Path(img_root)
+    if name == "cifar10":
+        folder, train_files, test_files, label_key = (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "labels",
+        )
+        meta_file, meta_key, num_classes = "batches.meta", "label_names", 10
+    else:
+        folder, train_files, test_files, label_key = "cifar-100-python", ["train"], ["test"], "fine_labels"
+        meta_file, meta_key, num_classes = "meta", "fine_label_names", 100
+    base = root / folder
+    missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing and download:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        log.info("downloading %s to %s", name, root)
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # network errors, disk full, ...
+            raise KdpipeError(f"data_name {name}: download to {root} failed: {exc}") from exc
+        missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing:
+        raise KdpipeError(
+            f"data_name {name}: missing {', '.join(missing)} under {base}; pass --download "
+            f"(config download: true) or extract the 'python version' archive from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into --img_root {root}"
+        )
+    try:
+        train_x, train_y = _cifar_arrays([base / f for f in train_files], label_key)
+        test_x, test_y = _cifar_arrays([base / f for f in test_files], label_key)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
+        raise KdpipeError(f"data_name {name}: unreadable CIFAR file under {base}: {exc!r}") from exc
+    classes = [str(i) for i in range(num_classes)]
+    if (base / meta_file).is_file():
+        classes = list(_read_pickle(base / meta_file).get(meta_key, classes))
+    if int(train_y.max()) >= num_classes or int(train_y.min()) < 0:
+        raise KdpipeError(f"data_name {name}: labels outside 0..{num_classes - 1} in {base}")
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    aug = Augmentation(pad=4, pad_mode="reflect", flip=True)
+    return train_x, train_y, test_x, test_y, num_classes, classes, mean, std, aug
+
+
+def load_digits_arrays(split_seed: int):
+    """scikit-learn's 1,797 bundled 8x8 digits, upscaled to 16x16 RGB uint8; 20% test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float()[:, None] * (255.0 / 16.0)  # (N,1,8,8)
+    images = F.interpolate(images, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(bunch.target).long()
+    perm = torch.randperm(len(labels), generator=generator("digits-test-split", split_seed))
+    n_test = len(labels) // 5
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    aug = Augmentation(pad=2, pad_mode="constant", flip=False)  # a mirrored digit is another symbol
+    classes = [str(i) for i in range(10)]
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10, classes, aug
+
+
+def _read_folder(root: Path, classes: list[str] | None, size: int):
+    from PIL import Image
+
+    if classes is None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+                    xs.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+            except OSError as exc:
+                raise KdpipeError(f"data_name imagefolder:{root}: cannot read image {path}: {exc}") from exc
+            ys.append(label)
+    return xs, ys, classes
+
+
+def load_imagefolder(path: str, split_seed: int):
+    """Class-per-folder images; ``train/`` and ``test/`` subfolders if present, else a 20% test split."""
+    root = Path(path)
+    if not root.is_dir():
+        raise KdpipeError(f"data_name imagefolder:{path}: no such directory")
+    if (root / "train").is_dir():
+        train_xs, train_ys, classes = _read_folder(root / "train", None, IMAGEFOLDER_SIZE)
+        test_root = root / "test" if (root / "test").is_dir() else root / "val"
+        if not test_root.is_dir():
+            raise KdpipeError(f"data_name imagefolder:{path}: has train/ but no test/ (or val/) folder")
+        test_xs, test_ys, _ = _read_folder(test_root, classes, IMAGEFOLDER_SIZE)
+        train_x, train_y = torch.stack(train_xs), torch.tensor(train_ys)
+        test_x, test_y = (torch.stack(test_xs), torch.tensor(test_ys)) if test_xs else (None, None)
+    else:
+        xs, ys, classes = _read_folder(root, None, IMAGEFOLDER_SIZE)
+        if not xs:
+            raise KdpipeError(f"data_name imagefolder:{path}: no images found in class subfolders")
+        x, y = torch.stack(xs), torch.tensor(ys)
+        perm = torch.randperm(len(y), generator=generator("imagefolder-test-split", split_seed))
+        n_test = max(1, len(y) // 5)
+        test_x, test_y = x[perm[:n_test].sort().values], y[perm[:n_test].sort().values]
+        train_x, train_y = x[perm[n_test:].sort().values], y[perm[n_test:].sort().values]
+    if len(classes) < 2 or test_x is None or len(train_y) < 2:
+        raise KdpipeError(f"data_name imagefolder:{path}: need at least 2 classes with images in train and test")
+    aug = Augmentation(pad=IMAGEFOLDER_SIZE // 8, pad_mode="reflect", flip=True)
+    return train_x, train_y.long(), test_x, test_y.long(), len(classes), classes, aug
+
+
+def check_data_name(data_name: str) -> None:
+    if data_name in ("cifar10", "cifar100", "digits"):
+        return
+    if data_name.startswith("imagefolder:") and len(data_name) > len("imagefolder:"):
+        return
+    raise KdpipeError(f"data_name: unknown dataset {data_name!r}; choose one of {', '.join(DATASET_NAMES)}")
+
+
+def num_classes_of(data_name: str) -> int | None:
+    """Class count known without reading files (None for image folders)."""
+    return {"cifar10": 10, "cifar100": 100, "digits": 10}.get(data_name)
+
+
+def load_data(
+    data_name: str,
+    img_root: str | Path = "data",
+    val_size: float = 0.1,
+    download: bool = False,
+    split_seed: int = 0,
+) -> ImageData:
+    check_data_name(data_name)
+    if data_name in ("cifar10", "cifar100"):
+        train_x, train_y, test_x, test_y, k, classes, mean, std, aug = load_cifar(data_name, img_root, download)
+    elif data_name == "digits":
+        train_x, train_y, test_x, test_y, k, classes, aug = load_digits_arrays(split_seed)
+        mean = std = None
+    else:
+        train_x, train_y, test_x, test_y, k, classes, aug = load_imagefolder(data_name.split(":", 1)[1], split_seed)
+        mean = std = None
+    if val_size > 0:
+        train_x, train_y, val_x, val_y = split_train_val(train_x, train_y, val_size, split_seed)
+    else:
+        val_x, val_y = train_x[:0], train_y[:0]
+    if mean is None:
+        mean, std = channel_stats(train_x)
+    return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes)

@@ -1,0 +1,399 @@
+"""The training engine shared by every entry point.
+
+A :class:`Task` says what is trained (models, losses, optimizers) and how one batch is
+processed; :func:`fit` owns everything else: the epoch plan (order and augmentation
+views from (seed, epoch)), evaluation on val and test, best-on-val tracking, per-epoch
+metrics, atomic checkpoints with every RNG state, and exact resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import atomic_save, atomic_write_text, safe_load
+from .data import ImageData, Normalizer, derived_seed, epoch_plan
+from .errors import KdpipeError
+
+log = logging.getLogger("kdpipe")
+
+METRIC_COLUMNS = [
+    "epoch",
+    "role",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_time_s",
+    "images_per_s",
+]
+
+
+class NonFiniteLoss(KdpipeError):
+    pass
+
+
+@dataclass
+class Context:
+    """Everything a task needs to build itself: options, data, device."""
+
+    opts: dict
+    data: ImageData
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+def make_optimizer(params, opts: dict) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params, lr=opts["lr"], momentum=opts["momentum"], nesterov=opts["momentum"] > 0, weight_decay=opts["weight_decay"]
+    )
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """SPEC's 200-epoch schedule (x0.1 at 100 and 150) scaled to ``epochs``."""
+    return sorted({max(1, round(epochs * 0.5)), max(1, round(epochs * 0.75))})
+
+
+def lr_factor(epoch: int, milestones: list[int], warmup_epochs: int = 0) -> float:
+    """Multiplier of the base lr in ``epoch`` (0-based): x0.1 per milestone passed, x0.1 while warming up."""
+    factor = 0.1 ** sum(epoch >= m for m in milestones)
+    return factor * (0.1 if epoch < warmup_epochs else 1.0)
+
+
+def make_scheduler(optimizer, opts: dict, epochs: int | None = None):
+    """Step lr schedule (He et al.'s ResNet recipe): optional warm-up at lr/10, then x0.1 at milestones."""
+    epochs = epochs or opts["epochs"]
+    milestones = opts.get("milestones") or default_milestones(epochs)
+    warmup = opts.get("warmup_epochs") or 0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, milestones, warmup))
+
+
+@dataclass
+class StepResult:
+    """Per-role results of one training batch, kept on the device (no host sync)."""
+
+    loss: Tensor  # mean loss over the batch
+    correct: Tensor  # number of correct top-1 predictions
+
+
+class Task:
+    """Base class of what an entry point trains.  Subclasses fill ``roles`` and ``train_step``."""
+
+    method = "baseline"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.roles: dict[str, nn.Module] = {}  # evaluated and reported models
+        self.extra_modules: dict[str, nn.Module] = {}  # trained helpers saved with the run
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+
+    # -- hooks
+    def train_step(self, x: Tensor, y: Tensor, index: Tensor, view_ids: Tensor, epoch: int) -> dict[str, StepResult]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def current_lr(self) -> float:
+        opt = next(iter(self.optimizers.values()))
+        return float(opt.param_groups[0]["lr"])
+
+    def identity(self, role: str) -> dict:
+        """method / variant / teacher / student / generation of a role, for the summary."""
+        return {"method": self.method, "variant": "", "teacher": "", "student": "", "generation": None}
+
+    def info(self) -> dict:
+        """Extra facts for run.json (adapters, teacher accuracy, ...)."""
+        return {}
+
+    def eval_logits(self, role: str, x: Tensor) -> Tensor:
+        return self.roles[role](x).logits
+
+    # -- state
+    def train(self, mode: bool = True) -> None:
+        for module in list(self.roles.values()) + list(self.extra_modules.values()):
+            module.train(mode)
+
+    def state_dict(self) -> dict:
+        return {
+            "roles": {k: m.state_dict() for k, m in self.roles.items()},
+            "extra": {k: m.state_dict() for k, m in self.extra_modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, group in (("roles", self.roles), ("extra", self.extra_modules)):
+            for name, module in group.items():
+                module.load_state_dict(state[key][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+
+
+# ---------------------------------------------------------------- RNG state
+
+
+def seed_everything(seed: int) -> None:
+    s = derived_seed("init", seed)
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuplify(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(value):
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def evaluate(task: Task, role: str, images: Tensor, labels: Tensor, normalize: Normalizer, batch_size: int = 1000):
+    """(mean cross-entropy, top-1 accuracy in %) of one role on uint8 images."""
+    if len(labels) == 0:
+        return math.nan, math.nan
+    model = task.roles[role]
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=task.ctx.device)
+    correct = torch.zeros((), device=task.ctx.device, dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        x = normalize(images[start : start + batch_size])
+        y = labels[start : start + batch_size]
+        with task.ctx.autocast():
+            logits = task.eval_logits(role, x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(labels)
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch slices over ``n`` samples; a trailing batch of one joins the previous batch (BatchNorm)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best: dict[str, dict]
+    train_time_s: float
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def _better(candidate: dict, best: dict | None) -> bool:
+    """Best on validation: higher val accuracy, ties broken by lower val loss, then later epoch."""
+    if best is None:
+        return True
+    if math.isnan(candidate["val_acc"]):  # no validation split: the last epoch is the best
+        return True
+    return (candidate["val_acc"], -candidate["val_loss"]) >= (best["val_acc"], -best["val_loss"])
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
+    """Train ``task`` for ``epochs`` epochs in ``ctx.run_dir``, resuming from its checkpoint."""
+    opts, data, device = ctx.opts, ctx.data, ctx.device
+    epochs = epochs or opts["epochs"]
+    ckpt_path = ctx.run_dir / "checkpoint.pt"
+    history: list[dict] = []
+    best: dict[str, dict] = {}
+    train_time = 0.0
+    resumed_at: list[int] = []
+    start_epoch = 0
+    if ckpt_path.exists():
+        state = safe_load(ckpt_path, "checkpoint")
+        _check_fingerprint(ckpt_path, state.get("fingerprint", {}), fingerprint)
+        task.load_state_dict(state["task"])
+        history, best = state["history"], state["best"]
+        train_time, resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
+        start_epoch = state["epoch"]
+        set_rng_state(state["rng"])
+        log.info("resuming %s from epoch %d/%d", ctx.run_dir, start_epoch, epochs)
+
+    aug = data.augmentation
+    normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
+    padded_train = aug.pad_images(data.train_x).to(device)
+    train_y = data.train_y.to(device)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    n_train = len(train_y)
+    bounds = batch_bounds(n_train, opts["batch_size"])
+
+    for epoch in range(start_epoch, epochs):
+        plan = epoch_plan(opts["seed"], epoch, n_train, aug)
+        task.train(True)
+        task.on_epoch_start(epoch)
+        lr = task.current_lr()
+        loss_sums: dict[str, Tensor] = {}
+        correct_sums: dict[str, Tensor] = {}
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        t0 = time.perf_counter()
+        for step, (lo, hi) in enumerate(bounds):
+            index = plan.order[lo:hi]
+            views = plan.view_ids[index]
+            index_dev = index.to(device, non_blocking=True)
+            x = normalize(aug.apply(padded_train[index_dev], views))
+            y = train_y[index_dev]
+            results = task.train_step(x, y, index, views, epoch)
+            for role, res in results.items():
+                loss = res.loss.detach().float()
+                loss_sums[role] = loss_sums.get(role, 0) + loss * (hi - lo)
+                correct_sums[role] = correct_sums.get(role, 0) + res.correct.detach()
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+            if (step + 1) % opts["print_freq"] == 0:
+                role = next(iter(results))
+                log.info(
+                    "epoch %d/%d step %d/%d  %s loss %.4f",
+                    epoch + 1, epochs, step + 1, len(bounds), role, float(results[role].loss),
+                )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        if int(bad_step) >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {epoch + 1}, batch {int(bad_step) + 1}/{len(bounds)}; "
+                f"stopped, the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}"
+            )
+        task.on_epoch_end(epoch)
+        train_time += epoch_time
+        for role in task.roles:
+            val_loss, val_acc = evaluate(task, role, val_x, val_y, normalize)
+            test_loss, test_acc = evaluate(task, role, test_x, test_y, normalize)
+            row = {
+                "epoch": epoch + 1,
+                "role": role,
+                "lr": lr,
+                "train_loss": float(loss_sums[role]) / n_train if role in loss_sums else math.nan,
+                "train_acc": 100.0 * float(correct_sums[role]) / n_train if role in correct_sums else math.nan,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "epoch_time_s": epoch_time,
+                "images_per_s": n_train / epoch_time if epoch_time > 0 else math.nan,
+            }
+            history.append(row)
+            if _better(row, best.get(role)):
+                best[role] = {
+                    "epoch": epoch + 1,
+                    "val_acc": val_acc,
+                    "val_loss": val_loss,
+                    "test_acc": test_acc,
+                    "state": {k: v.detach().to("cpu", copy=True) for k, v in task.roles[role].state_dict().items()},
+                }
+            log.info(
+                "epoch %d/%d %-8s lr %.4g  train loss %.4f acc %.2f  val acc %.2f  test acc %.2f  %.1fs (%.0f img/s)",
+                epoch + 1, epochs, role, lr, row["train_loss"], row["train_acc"], val_acc, test_acc,
+                epoch_time, row["images_per_s"],
+            )
+        atomic_save(
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "task": task.state_dict(),
+                "history": history,
+                "best": best,
+                "train_time_s": train_time,
+                "resumed_at": resumed_at,
+                "rng": rng_state(),
+            },
+            ckpt_path,
+        )
+        write_metrics(ctx.run_dir / "metrics.csv", history)
+    return FitResult(history, best, train_time, resumed_at)
+
+
+def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
+    for key in sorted(set(stored) | set(current)):
+        if stored.get(key) != current.get(key):
+            raise KdpipeError(
+                f"{path}: checkpoint was made with {key}={stored.get(key)!r}, this run has {key}={current.get(key)!r}; "
+                "use the original settings to resume, or another --note / save_root for a new run"
+            )
+
+
+def clone_state(model: nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -1,0 +1,95 @@
+"""CIFAR ResNets (He et al., 2016, Sec. 4.2): 6n+2 layers of basic blocks, 16/32/64 channels.
+
+Shortcuts that change shape use a 1x1 convolution with batch norm.  The pooling is
+adaptive, so inputs of any size work; CIFAR's 32x32 gives 8x8 maps in stage 3.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .taps import FeatureTaps
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward_pre_relu(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.forward_pre_relu(x))
+
+
+class Stage(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, blocks: int, stride: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            BasicBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+            for i in range(blocks)
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the stage output before and after its final ReLU."""
+        for block in self.blocks[:-1]:
+            x = block(x)
+        pre = self.blocks[-1].forward_pre_relu(x)
+        return pre, F.relu(pre)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.depth = depth
+        self.widths = widths
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages = []
+        in_channels = widths[0]
+        for i, width in enumerate(widths):
+            stages.append(Stage(in_channels, width, blocks, 1 if i == 0 else 2))
+            in_channels = width
+        self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return self.widths
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.widths[-1]
+
+    def forward(self, x: Tensor) -> FeatureTaps:
+        stem = F.relu(self.bn1(self.conv1(x)))
+        pres, posts = [], []
+        out = stem
+        for stage in self.stages:
+            pre, out = stage(out)
+            pres.append(pre)
+            posts.append(out)
+        embedding = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return FeatureTaps(stem, tuple(pres), tuple(posts), embedding, self.fc(embedding))

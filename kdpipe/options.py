@@ -1,0 +1,210 @@
+"""One declarative table of options, shared by the Python API and the command line.
+
+Names follow the seed library (Knowledge-Distillation-Zoo's flags).  Each option knows
+its type, default, allowed range and help text; :func:`resolve` validates keyword
+arguments against it and :func:`add_to_parser` builds the argparse flags from it, so
+the two entry styles cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import KdpipeError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type  # int, float, str, bool, or list (of ints)
+    default: Any = None
+    help: str = ""
+    required: bool = False
+    choices: Callable[[], tuple] | tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_min: bool = False
+    exclusive_max: bool = False
+    nullable: bool = False  # None is a valid value (meaning "automatic")
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self._choices())
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'>' if self.exclusive_min else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"{'<' if self.exclusive_max else '<='} {self.maximum:g}")
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list of integers"}
+        return kind[self.type] + (" " + " and ".join(parts) if parts else "")
+
+    def _choices(self) -> tuple:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return the value converted to the option's type, or raise one clear line."""
+        label = f"{where}{self.name}"
+        if value is None:
+            if self.required:
+                raise KdpipeError(f"{label}: required; {self.allowed()}")
+            if self.nullable or self.default is None:
+                return None
+            return self.default
+        value = self._convert(value, label)
+        if self.choices is not None and value not in self._choices():
+            raise KdpipeError(f"{label}: got {value!r}; allowed: {self.allowed()}")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise KdpipeError(f"{label}: got {v!r}; must be {self.allowed()}")
+                if self.minimum is not None and (v < self.minimum or (self.exclusive_min and v == self.minimum)):
+                    raise KdpipeError(f"{label}: got {v!r}; must be {self.allowed()}")
+                if self.maximum is not None and (v > self.maximum or (self.exclusive_max and v == self.maximum)):
+                    raise KdpipeError(f"{label}: got {v!r}; must be {self.allowed()}")
+        return value
+
+    def _convert(self, value: Any, label: str) -> Any:
+        bad = KdpipeError(f"{label}: got {value!r} ({type(value).__name__}); must be {self.allowed()}")
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise bad
+        if self.type is int:
+            if isinstance(value, bool):
+                raise bad
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    raise bad from None
+            raise bad
+        if self.type is float:
+            if isinstance(value, bool):
+                raise bad
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    raise bad from None
+            raise bad
+        if self.type is list:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)):
+                raise bad
+            out = []
+            for v in value:
+                if isinstance(v, bool):
+                    raise bad
+                try:
+                    out.append(int(v))
+                except (TypeError, ValueError):
+                    raise bad from None
+            return out
+        if not isinstance(value, str):
+            raise bad
+        return value
+
+
+def _nets() -> tuple:
+    from .models import MODELS
+
+    return tuple(MODELS)
+
+
+# ---------------------------------------------------------------- the table
+
+COMMON = [
+    Option("save_root", str, "results/runs", "parent directory of the run directory"),
+    Option("note", str, None, "run directory name under --save_root (default: derived from method, data, nets, seed)"),
+    Option("img_root", str, "data", "where CIFAR files live (torchvision layout)"),
+    Option("download", bool, False, "download CIFAR into --img_root if it is missing"),
+    Option("print_freq", int, 50, "log every N batches", minimum=1),
+    Option("epochs", int, 200, "training epochs", minimum=1),
+    Option("batch_size", int, 128, "mini-batch size", minimum=1),
+    Option("lr", float, 0.1, "initial learning rate", minimum=0, exclusive_min=True),
+    Option("momentum", float, 0.9, "SGD momentum (Nesterov)", minimum=0, maximum=1, exclusive_max=True),
+    Option("weight_decay", float, 1e-4, "SGD weight decay", minimum=0),
+    Option(
+        "milestones",
+        list,
+        None,
+        "epochs at which lr is multiplied by 0.1 (default: half and three quarters of --epochs)",
+        minimum=1,
+    ),
+    Option("warmup_epochs", int, 0, "epochs at lr/10 before the schedule starts (He et al.'s ResNet-110 warm-up)", minimum=0),
+    Option("num_class", int, None, "number of classes (follows from --data_name; must agree)", minimum=2),
+    Option("cuda", int, None, "1: train on CUDA (error if absent), 0: on CPU; default: CUDA if available", choices=(0, 1)),
+    Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
+    Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
+    Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
+    Option("val_size", float, 0.1, "validation split carved from training data: fraction (<1) or count", minimum=0),
+    Option("split_seed", int, 0, "seed of the fixed train/val/test split", minimum=0),
+]
+
+ENTRY_OPTIONS: dict[str, list[Option]] = {
+    "base": [Option("net_name", str, None, "network to train", required=True, choices=_nets)],
+}
+
+# Options that may differ between a checkpoint and its resumption without changing results.
+RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
+
+
+def options_for(entry: str) -> list[Option]:
+    return COMMON + ENTRY_OPTIONS[entry]
+
+
+def resolve(entry: str, kwargs: dict) -> dict:
+    """Validate API keyword arguments; returns every option with defaults filled in."""
+    table = {opt.name: opt for opt in options_for(entry)}
+    unknown = sorted(set(kwargs) - set(table))
+    if unknown:
+        raise KdpipeError(
+            f"train_{entry}: unknown option {unknown[0]!r}; allowed: {', '.join(sorted(table))}"
+        )
+    return {name: opt.check(kwargs.get(name), "") for name, opt in table.items()}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
+    for opt in options_for(entry):
+        flag = f"--{opt.name}"
+        if opt.type is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=opt.help)
+            continue
+        metavar = opt.name.upper()
+        default_note = "" if opt.default is None else f" (default: {opt.default})"
+        parser.add_argument(
+            flag,
+            type=str,  # converted and range-checked by Option.check, so errors read the same as the API's
+            default=None,
+            required=opt.required,
+            metavar=metavar,
+            help=(opt.help + default_note).replace("%", "%%"),
+        )
+
+
+def make_parser(prog: str, entries: dict[str, str]) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="kdpipe: knowledge distillation runs")
+    sub = parser.add_subparsers(dest="entry", required=True, metavar="{" + ",".join(entries) + "}", parser_class=_Parser)
+    for entry, help_text in entries.items():
+        p = sub.add_parser(entry, help=help_text, description=help_text)
+        add_to_parser(p, entry)
+    return parser

@@ -1,0 +1,174 @@
+"""From validated options to a finished run directory.
+
+A run directory is complete when its ``run.json`` exists: it is written last, after
+``model.pt`` and ``metrics.csv``.  Until then the directory holds ``checkpoint.pt``
+(written atomically every epoch), from which a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .checkpoint import atomic_save, atomic_write_json, sha256_file
+from .data import ImageData, check_data_name, load_data, num_classes_of
+from .engine import Context, Task, fit
+from .errors import KdpipeError
+from .options import RESUME_NEUTRAL, resolve
+
+log = logging.getLogger("kdpipe")
+
+
+def select_device(cuda: int | None) -> torch.device:
+    if cuda == 0:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if cuda == 1:
+        raise KdpipeError("cuda: 1 asks for a CUDA device but none is available; use --cuda 0 or leave it unset")
+    return torch.device("cpu")
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {
+        "kdpipe": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def check_num_class(opts: dict, data: ImageData | None = None) -> None:
+    known = data.num_classes if data is not None else num_classes_of(opts["data_name"])
+    if known is not None and opts["num_class"] is not None and opts["num_class"] != known:
+        raise KdpipeError(f"num_class: got {opts['num_class']}, but data_name {opts['data_name']} has {known} classes")
+
+
+def run_entry(
+    entry: str,
+    kwargs: dict,
+    build_task: Callable[[Context], Task],
+    default_note: Callable[[dict], str],
+    input_files: Callable[[dict], dict[str, str]] = lambda opts: {},
+) -> dict:
+    """Validate, load data, build the task, train (resuming if possible), write artefacts.
+
+    Every check that can fail on bad input runs before the run directory is created.
+    Returns the content of ``run.json``.
+    """
+    opts = resolve(entry, kwargs)
+    check_data_name(opts["data_name"])
+    check_num_class(opts)
+    opts["note"] = opts["note"] or default_note(opts)
+    run_dir = Path(opts["save_root"]) / opts["note"]
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    inputs = {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in input_files(opts).items()
+              if path and Path(path).is_file()}
+    fingerprint = {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
+    fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
+
+    finished = run_dir / "run.json"
+    if finished.is_file():
+        record = json.loads(finished.read_text())
+        if record.get("fingerprint") == fingerprint:
+            log.info("%s is already complete; nothing to do", run_dir)
+            return record
+        raise KdpipeError(
+            f"{run_dir} holds a finished run with other settings; choose another --note/--save_root or delete it"
+        )
+
+    wall0 = time.perf_counter()
+    device = select_device(opts["cuda"])
+    data = load_data(opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"])
+    check_num_class(opts, data)
+    ctx = Context(opts, data, device, run_dir)
+    from .engine import seed_everything
+
+    seed_everything(opts["seed"])
+    task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    try:
+        log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
+        result = fit(task, ctx, fingerprint)
+        record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return record
+
+
+def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_time) -> dict:
+    run_dir, opts = ctx.run_dir, ctx.opts
+    roles = list(task.roles)
+    for i, role in enumerate(roles):
+        name = "model.pt" if i == 0 else f"model-{role}.pt"
+        atomic_save(result.best[role]["state"], run_dir / name)
+    epochs_run = sorted({row["epoch"] for row in result.history})
+    mean_epoch = result.train_time_s / max(1, len(epochs_run))
+    role_records = {}
+    for role in roles:
+        rows = [r for r in result.history if r["role"] == role]
+        last, best = rows[-1], result.best[role]
+        role_records[role] = {
+            **task.identity(role),
+            "params": sum(p.numel() for p in task.roles[role].parameters()),
+            "best_epoch": best["epoch"],
+            "best_val_acc": _finite_or_none(best["val_acc"]),
+            "test_acc_at_best": best["test_acc"],
+            "last_val_acc": _finite_or_none(last["val_acc"]),
+            "last_test_acc": last["test_acc"],
+        }
+    record = {
+        "kdpipe": __version__,
+        "entry": entry,
+        "method": task.method,
+        "dataset": opts["data_name"],
+        "seed": opts["seed"],
+        "epochs": opts["epochs"],
+        "roles": role_records,
+        "train_time_s": result.train_time_s,
+        "mean_epoch_s": mean_epoch,
+        "wall_time_s": wall_time,
+        "resumed_at_epochs": result.resumed_at,
+        "device": str(ctx.device),
+        "amp_bf16": ctx.amp,
+        "channels_last": ctx.channels_last,
+        "threads": torch.get_num_threads(),
+        "config": opts,
+        "fingerprint": fingerprint,
+        "inputs": inputs,
+        "data": ctx.data.describe(),
+        "info": task.info(),
+        "versions": versions(),
+        "argv": sys.argv,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(run_dir / "run.json", record)
+    log.info(
+        "done: %s",
+        "; ".join(
+            f"{role} best-on-val epoch {r['best_epoch']} test {r['test_acc_at_best']:.2f}%, last {r['last_test_acc']:.2f}%"
+            for role, r in role_records.items()
+        ),
+    )
+    return record

@@ -1,0 +1,15 @@
+# Plain supervised training: teachers and baseline students.
+
+
+rule train_base:
+    output:
+        model="results/{dataset}/base/{net}/seed{seed}/model.pt",
+        metrics="results/{dataset}/base/{net}/seed{seed}/metrics.csv",
+        record="results/{dataset}/base/{net}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/base/{net}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.base_options(config, w.dataset, w.net, w.seed),
+    threads: train_threads()
+    script:
+        "../scripts/train_base.py"

@@ -1,0 +1,5 @@
+"""Rule train_base: one network trained from scratch (see kdpipe.methods.base)."""
+
+from kdpipe.workflow import run_rule
+
+run_rule(snakemake, "base")  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kdpipe
+from conftest import ROOT
+from kdpipe.errors import KdpipeError
+
+SEED_FIG2_FLAGS = [
+    "--save_root", "--img_root", "--print_freq", "--epochs", "--batch_size", "--lr", "--momentum",
+    "--weight_decay", "--num_class", "--cuda", "--seed", "--note", "--data_name", "--net_name",
+]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "kdpipe", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_seed_flags():
+    out = cli("base", "-h")
+    assert out.returncode == 0
+    for flag in SEED_FIG2_FLAGS:
+        assert flag in out.stdout, flag
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--net_name", "resnet20"], "--data_name"),
+        (["--data_name", "digits", "--net_name", "resnet21"], "net_name: got 'resnet21'; allowed: one of resnet8"),
+        (["--data_name", "digits", "--net_name", "resnet20", "--lr", "-1"], "lr: got -1.0; must be a number > 0"),
+        (["--data_name", "digits", "--net_name", "resnet20", "--epochs", "two"], "epochs: got 'two'"),
+        (["--data_name", "digits", "--net_name", "resnet20", "--num_class", "100"], "num_class: got 100, but data_name digits has 10"),
+        (["--data_name", "mnist", "--net_name", "resnet20"], "data_name: unknown dataset 'mnist'"),
+        (["--data_name", "digits", "--net_name", "resnet20", "--cuda", "2"], "cuda: got 2"),
+        (["--data_name", "digits", "--net_name", "resnet20", "--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["--data_name", "cifar10", "--img_root", "/nonexistent", "--net_name", "resnet20"], "/nonexistent/cifar-10-batches-py"),
+    ],
+)
+def test_bad_flags_one_line_nonzero_nothing_written(tmp_path, args, needle):
+    out = cli("base", "--save_root", str(tmp_path), "--epochs", "1", *args)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no run directory at all
+
+
+def test_api_rejects_unknown_and_mistyped_options(tmp_path):
+    with pytest.raises(KdpipeError, match="unknown option 'net'"):
+        kdpipe.train_base(data_name="digits", net="resnet20", save_root=str(tmp_path))
+    with pytest.raises(KdpipeError, match="batch_size: got True"):
+        kdpipe.train_base(data_name="digits", net_name="resnet20", batch_size=True, save_root=str(tmp_path))
+    with pytest.raises(KdpipeError, match="momentum: got 1.0"):
+        kdpipe.train_base(data_name="digits", net_name="resnet20", momentum=1.0, save_root=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_trains_and_writes_artefacts(tmp_path):
+    out = cli(
+        "base", "--data_name", "digits", "--net_name", "resnet8", "--epochs", "2", "--batch_size", "64",
+        "--save_root", str(tmp_path), "--note", "cli", "--cuda", "0", "--seed", "3", "--print_freq", "5",
+    )
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "cli"
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["seed"] == 3 and record["config"]["net_name"] == "resnet8"
+    assert record["device"] == "cpu"
+    assert "step 5/" in out.stderr  # --print_freq honoured
+    assert sum("epoch" in line and "test acc" in line for line in out.stderr.splitlines()) == 2
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert "fc.weight" in state

@@ -1,0 +1,190 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_cifar
+from kdpipe.data import Augmentation, Normalizer, epoch_plan, load_data
+from kdpipe.errors import KdpipeError
+
+CIFAR_AUG = Augmentation(pad=4, pad_mode="reflect", flip=True)
+DIGITS_AUG = Augmentation(pad=2, pad_mode="constant", flip=False)
+
+
+def test_view_counts():
+    assert CIFAR_AUG.num_views == 9 * 9 * 2 == 162
+    assert DIGITS_AUG.num_views == 5 * 5 == 25
+
+
+@pytest.mark.parametrize("aug", [CIFAR_AUG, DIGITS_AUG])
+def test_view_id_roundtrip(aug):
+    ids = torch.arange(aug.num_views)
+    dx, dy, flip = aug.decode(ids)
+    assert torch.equal(aug.encode(dx, dy, flip), ids)
+    assert int(dx.max()) == int(dy.max()) == 2 * aug.pad
+    assert set(flip.tolist()) == ({0, 1} if aug.flip else {0})
+    # every (dx, dy, flip) combination appears exactly once
+    assert len({(a, b, c) for a, b, c in zip(dx.tolist(), dy.tolist(), flip.tolist())}) == aug.num_views
+
+
+@pytest.mark.parametrize("aug, size", [(CIFAR_AUG, 32), (DIGITS_AUG, 16), (Augmentation(3, "reflect", True), 12)])
+def test_batched_augmentation_equals_per_sample_reference(aug, size):
+    g = torch.Generator().manual_seed(0)
+    n = aug.num_views
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    views = torch.randperm(n, generator=g)  # every view once, on different images
+    batched = aug.apply(aug.pad_images(images), views)
+    assert batched.dtype == torch.uint8 and batched.shape == images.shape
+    for i in range(n):
+        assert torch.equal(batched[i], aug.apply_reference(images[i], int(views[i]))), f"view {int(views[i])}"
+
+
+def test_reference_semantics_by_hand():
+    img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
+    aug = Augmentation(pad=1, pad_mode="constant", flip=True)
+    centre = aug.encode(torch.tensor(1), torch.tensor(1), torch.tensor(0))
+    assert torch.equal(aug.apply(aug.pad_images(img), centre.view(1)), img)
+    flipped = aug.encode(torch.tensor(1), torch.tensor(1), torch.tensor(1))
+    assert torch.equal(aug.apply(aug.pad_images(img), flipped.view(1)), img.flip(-1))
+    top_left = aug.encode(torch.tensor(0), torch.tensor(0), torch.tensor(0))
+    out = aug.apply(aug.pad_images(img), top_left.view(1))[0, 0]
+    assert out[0].tolist() == [0, 0, 0, 0] and out[:, 0].tolist() == [0, 0, 0, 0]
+    assert out[1, 1:].tolist() == [0, 1, 2]
+
+
+def test_epoch_plan_replays_and_varies():
+    a = epoch_plan(3, 5, 100, CIFAR_AUG)
+    b = epoch_plan(3, 5, 100, CIFAR_AUG)
+    assert torch.equal(a.order, b.order) and torch.equal(a.view_ids, b.view_ids)
+    assert sorted(a.order.tolist()) == list(range(100))
+    assert int(a.view_ids.max()) < 162 and int(a.view_ids.min()) >= 0
+    c = epoch_plan(3, 6, 100, CIFAR_AUG)
+    d = epoch_plan(4, 5, 100, CIFAR_AUG)
+    assert not torch.equal(a.view_ids, c.view_ids) and not torch.equal(a.view_ids, d.view_ids)
+    assert not torch.equal(a.order, c.order)
+    # global RNG state does not influence the plan
+    torch.manual_seed(123)
+    e = epoch_plan(3, 5, 100, CIFAR_AUG)
+    assert torch.equal(a.view_ids, e.view_ids)
+
+
+def test_digits_split_fixed_disjoint_and_upscaled():
+    d1 = load_data("digits", val_size=0.1)
+    d2 = load_data("digits", val_size=0.1)
+    assert d1.train_x.dtype == torch.uint8 and d1.image_shape == (3, 16, 16)
+    assert len(d1.train_y) + len(d1.val_y) + len(d1.test_y) == 1797
+    assert len(d1.test_y) == 359 and len(d1.val_y) == round(0.1 * (1797 - 359))
+    assert torch.equal(d1.train_x, d2.train_x) and torch.equal(d1.test_y, d2.test_y)
+    assert d1.augmentation == DIGITS_AUG and d1.num_classes == 10
+    # split is independent of the training seed but follows split_seed
+    d3 = load_data("digits", val_size=0.1, split_seed=1)
+    assert not torch.equal(d1.test_y, d3.test_y)
+    assert set(d1.train_y.tolist()) == set(range(10))
+
+
+def test_digits_split_indices_are_disjoint():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    data = load_data("digits", val_size=0.1)
+    # recover which original images landed in each split by matching the upscaled pixels
+    import torch.nn.functional as F
+
+    up = F.interpolate(torch.from_numpy(raw.images).float()[:, None] * (255 / 16), size=(16, 16), mode="bilinear")
+    up = up.round().clamp(0, 255).to(torch.uint8)[:, 0].reshape(1797, -1)
+    lookup = {}
+    for i, row in enumerate(up):
+        lookup.setdefault(bytes(row.numpy()), set()).add(i)
+
+    def ids(x):
+        out = set()
+        for img in x[:, 0].reshape(len(x), -1):
+            out |= lookup[bytes(img.numpy())]
+        return out
+
+    tr, va, te = ids(data.train_x), ids(data.val_x), ids(data.test_x)
+    assert len(tr | va | te) == 1797
+    # duplicate images exist in digits; apart from those, no index is shared
+    dupes = {i for s in lookup.values() if len(s) > 1 for i in s}
+    assert not ((tr & te) - dupes) and not ((tr & va) - dupes) and not ((va & te) - dupes)
+
+
+def test_cifar_loader_reads_torchvision_format(tmp_path):
+    arrays = write_cifar(tmp_path, "cifar10", n_train=40, n_test=20)
+    data = load_data("cifar10", tmp_path, val_size=10)
+    assert data.num_classes == 10 and data.image_shape == (3, 32, 32)
+    assert len(data.train_y) == 30 and len(data.val_y) == 10 and len(data.test_y) == 20
+    assert torch.equal(data.test_x, torch.from_numpy(arrays["test"]).view(20, 3, 32, 32))
+    assert data.test_y.tolist() == arrays["test_y"]
+    train_all = torch.from_numpy(arrays["train"]).view(40, 3, 32, 32)
+    merged = torch.cat([data.train_x, data.val_x])
+    assert sorted(bytes(x.numpy()) for x in merged) == sorted(bytes(x.numpy()) for x in train_all)
+    assert data.mean == (0.4914, 0.4822, 0.4465)
+    assert data.augmentation == CIFAR_AUG
+    assert data.classes[3] == "c3"
+
+
+def test_cifar100_loader(tmp_path):
+    arrays = write_cifar(tmp_path, "cifar100", n_train=30, n_test=10)
+    data = load_data("cifar100", tmp_path, val_size=0.2)
+    assert data.num_classes == 100 and len(data.val_y) == 6 and len(data.train_y) == 24
+    assert data.test_y.tolist() == arrays["test_y"]
+    assert data.std == (0.2673, 0.2564, 0.2762)
+
+
+def test_missing_cifar_names_path_and_download(tmp_path):
+    with pytest.raises(KdpipeError) as err:
+        load_data("cifar10", tmp_path / "nowhere")
+    msg = str(err.value)
+    assert "\n" not in msg and "cifar-10-batches-py" in msg and "--download" in msg and "nowhere" in msg
+
+
+def test_corrupt_cifar_file(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(KdpipeError, match="unreadable"):
+        load_data("cifar10", tmp_path)
+
+
+def test_unknown_dataset():
+    with pytest.raises(KdpipeError, match="data_name.*mnist.*cifar10"):
+        load_data("mnist")
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    data = load_data(f"imagefolder:{tmp_path}", val_size=2)
+    assert data.num_classes == 2 and data.classes == ["cat", "dog"]
+    assert data.image_shape == (3, 32, 32)
+    assert len(data.train_y) == 10 and len(data.val_y) == 2 and len(data.test_y) == 4
+    assert data.augmentation.num_views == 162
+
+
+def test_imagefolder_without_split_and_errors(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.jpg")
+    data = load_data(f"imagefolder:{tmp_path}", val_size=0.1)
+    assert data.num_classes == 3 and len(data.test_y) == 3
+    with pytest.raises(KdpipeError, match="no such directory"):
+        load_data(f"imagefolder:{tmp_path}/missing")
+
+
+def test_normalizer_matches_formula():
+    x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
+    out = Normalizer(mean, std, torch.device("cpu"))(x)
+    expected = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
