@@ -17,6 +17,7 @@ except KdpipeError as exc:
 
 include: "rules/common.smk"
 include: "rules/base.smk"
+include: "rules/kd.smk"
 include: "rules/summary.smk"
 
 

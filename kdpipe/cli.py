@@ -10,6 +10,7 @@ from .options import make_parser
 
 ENTRIES = {
     "base": "plain supervised training of one network (teachers and baseline students)",
+    "kd": "distil a trained teacher into a student with one of the 17 kd modes",
 }
 
 

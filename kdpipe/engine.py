@@ -9,7 +9,6 @@ metrics, atomic checkpoints with every RNG state, and exact resumption.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import logging
@@ -139,6 +138,14 @@ class Task:
         opt = next(iter(self.optimizers.values()))
         return float(opt.param_groups[0]["lr"])
 
+    def total_epochs(self) -> int:
+        """Epochs the engine runs (two-stage methods add their initialisation phase)."""
+        return self.ctx.opts["epochs"]
+
+    def selectable(self, epoch: int) -> bool:
+        """Whether a 0-based epoch may be chosen as the best-on-validation checkpoint."""
+        return True
+
     def identity(self, role: str) -> dict:
         """method / variant / teacher / student / generation of a role, for the summary."""
         return {"method": self.method, "variant": "", "teacher": "", "student": "", "generation": None}
@@ -214,25 +221,33 @@ def _tuplify(value):
 
 
 @torch.inference_mode()
-def evaluate(task: Task, role: str, images: Tensor, labels: Tensor, normalize: Normalizer, batch_size: int = 1000):
-    """(mean cross-entropy, top-1 accuracy in %) of one role on uint8 images."""
+def evaluate_model(model: nn.Module, ctx: Context, images: Tensor, labels: Tensor, normalize: Normalizer,
+                   batch_size: int = 1000, logits_fn=None):
+    """(mean cross-entropy, top-1 accuracy in %) of a model on uint8 images, in eval mode."""
     if len(labels) == 0:
         return math.nan, math.nan
-    model = task.roles[role]
+    logits_fn = logits_fn or (lambda x: model(x).logits)
+    images, labels = images.to(ctx.device), labels.to(ctx.device)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=task.ctx.device)
-    correct = torch.zeros((), device=task.ctx.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
         x = normalize(images[start : start + batch_size])
         y = labels[start : start + batch_size]
-        with task.ctx.autocast():
-            logits = task.eval_logits(role, x).float()
+        with ctx.autocast():
+            logits = logits_fn(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
     n = len(labels)
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def evaluate(task: Task, role: str, images: Tensor, labels: Tensor, normalize: Normalizer):
+    """(mean cross-entropy, top-1 accuracy in %) of one of the task's roles."""
+    return evaluate_model(task.roles[role], task.ctx, images, labels, normalize,
+                          logits_fn=lambda x: task.eval_logits(role, x))
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -276,7 +291,7 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
     """Train ``task`` for ``epochs`` epochs in ``ctx.run_dir``, resuming from its checkpoint."""
     opts, data, device = ctx.opts, ctx.data, ctx.device
-    epochs = epochs or opts["epochs"]
+    epochs = epochs or task.total_epochs()
     ckpt_path = ctx.run_dir / "checkpoint.pt"
     history: list[dict] = []
     best: dict[str, dict] = {}
@@ -356,7 +371,7 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                 "images_per_s": n_train / epoch_time if epoch_time > 0 else math.nan,
             }
             history.append(row)
-            if _better(row, best.get(role)):
+            if task.selectable(epoch) and _better(row, best.get(role)):
                 best[role] = {
                     "epoch": epoch + 1,
                     "val_acc": val_acc,
@@ -394,6 +409,3 @@ def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
                 "use the original settings to resume, or another --note / save_root for a new run"
             )
 
-
-def clone_state(model: nn.Module) -> dict:
-    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

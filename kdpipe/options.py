@@ -153,10 +153,53 @@ COMMON = [
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
     Option("val_size", float, 0.1, "validation split carved from training data: fraction (<1) or count", minimum=0),
     Option("split_seed", int, 0, "seed of the fixed train/val/test split", minimum=0),
+    Option("train_subset", int, None, "train on the first N training images only (smoke tests)", minimum=2),
+]
+
+def _modes() -> tuple:
+    from .losses import LOSSES
+
+    return tuple(LOSSES)
+
+
+def _positive(name: str, help: str, integer: bool = False) -> Option:
+    return Option(name, int if integer else float, None, help + " (default: the mode's reference value)",
+                  minimum=0, exclusive_min=not integer, nullable=True)
+
+
+def _nonnegative(name: str, help: str) -> Option:
+    return Option(name, float, None, help + " (default: the mode's reference value)", minimum=0, nullable=True)
+
+
+TEACHER_STUDENT = [
+    Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
+    Option("t_name", str, None, "teacher network", required=True, choices=_nets),
+    Option("s_name", str, None, "student network", required=True, choices=_nets),
+    Option("s_init", str, None, "initial student weights (default: the seeded initialisation)"),
 ]
 
 ENTRY_OPTIONS: dict[str, list[Option]] = {
     "base": [Option("net_name", str, None, "network to train", required=True, choices=_nets)],
+    "kd": TEACHER_STUDENT + [
+        Option("kd_mode", str, None, "distillation method", required=True, choices=_modes),
+        _nonnegative("lambda_kd", "weight of the distillation term"),
+        _positive("T", "softmax temperature (st, and the st_weight term: default 4)"),
+        _positive("p", "attention exponent (at)"),
+        _nonnegative("w_dist", "RKD distance weight"),
+        _nonnegative("w_angle", "RKD angle weight"),
+        _nonnegative("m", "activation-boundary margin (ab)"),
+        _positive("gamma", "CC kernel width"),
+        Option("P_order", int, None, "CC Taylor order (default 2)", minimum=0, nullable=True),
+        _nonnegative("w_irg_vert", "IRG vertex weight"),
+        _nonnegative("w_irg_edge", "IRG edge weight"),
+        _nonnegative("w_irg_tran", "IRG transformation weight"),
+        _positive("sf", "VID regressor width factor"),
+        _positive("init_var", "VID initial variance"),
+        _positive("att_f", "AFD attention width factor"),
+        Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
+        Option("init_epochs", int, None, "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
+               minimum=0, nullable=True),
+    ],
 }
 
 # Options that may differ between a checkpoint and its resumption without changing results.

@@ -98,6 +98,8 @@ def run_entry(
     device = select_device(opts["cuda"])
     data = load_data(opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"])
     check_num_class(opts, data)
+    if opts["train_subset"]:
+        data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]
     ctx = Context(opts, data, device, run_dir)
     from .engine import seed_everything
 

@@ -85,6 +85,23 @@ def _check_semantics(config: dict) -> None:
     for key, net in named:
         if net not in MODELS:
             raise KdpipeError(f"config {key}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    from .losses import LOSSES
+
+    for key in ("modes", "with_st"):
+        for mode in config["kd"][key]:
+            if mode not in LOSSES:
+                raise KdpipeError(f"config kd.{key}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+    for mode, settings in config["kd"]["settings"].items():
+        if mode not in LOSSES:
+            raise KdpipeError(f"config kd.settings: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+        allowed = set(LOSSES[mode].defaults) | ({"init_epochs"} if LOSSES[mode].two_stage else set())
+        for key in settings:
+            if key not in allowed:
+                raise KdpipeError(
+                    f"config kd.settings.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
+                )
+    if (config["kd"]["modes"] or config["kd"]["with_st"]) and not config["pairs"]:
+        raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
     if not base_nets(config):
         raise KdpipeError("config base.nets: nothing to train; list networks in base.nets or pairs")
 
@@ -111,17 +128,52 @@ def base_nets(config: dict) -> list[str]:
 
 
 def base_runs(config: dict) -> list[str]:
-    return [
+    runs = [
         run_dir(dataset, "base", net, seed)
         for dataset in config["datasets"]
         for net in base_nets(config)
         for seed in config["seeds"]
     ]
+    teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs
+        run_dir(dataset, "base", pair["teacher"], teacher_seed(config, seed))
+        for dataset in config["datasets"]
+        for pair in config["pairs"]
+        for seed in config["seeds"]
+    ]
+    return list(dict.fromkeys(runs + teachers))
+
+
+def pair_name(pair: dict) -> str:
+    return f"{pair['teacher']}-{pair['student']}"
+
+
+def kd_variants(config: dict) -> list[str]:
+    """Directory names of the kd student nodes: the mode, or ``<mode>+st`` with the soft-target term."""
+    return list(config["kd"]["modes"]) + [f"{m}+st" for m in config["kd"]["with_st"]]
+
+
+def kd_runs(config: dict) -> list[str]:
+    return [
+        run_dir(dataset, f"kd-{variant}", pair_name(pair), seed)
+        for dataset in config["datasets"]
+        for variant in kd_variants(config)
+        for pair in config["pairs"]
+        for seed in config["seeds"]
+    ]
+
+
+def teacher_seed(config: dict, seed) -> int:
+    return int(seed) if config["teacher_seed"] is None else int(config["teacher_seed"])
+
+
+def teacher_model(config: dict, dataset: str, teacher: str, seed) -> str:
+    """The teacher checkpoint a student of ``seed`` reads (an output of train_base)."""
+    return f"{run_dir(dataset, 'base', teacher, teacher_seed(config, seed))}/model.pt"
 
 
 def run_targets(config: dict) -> list[str]:
     """Every run directory the summary aggregates."""
-    return base_runs(config)
+    return base_runs(config) + kd_runs(config)
 
 
 def dataset_names(config: dict) -> dict:
@@ -150,6 +202,7 @@ def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
         "download": config["data"]["download"],
         "val_size": config["data"]["val_size"],
         "split_seed": config["data"]["split_seed"],
+        "train_subset": config["data"]["train_subset"],
         "seed": int(seed),
         **_training(config, stage),
     }
@@ -157,6 +210,21 @@ def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
     return {**_common(config, dataset, seed, "base"), "net_name": net}
+
+
+def split_variant(variant: str) -> tuple[str, bool]:
+    """``"at+st"`` -> ("at", True)."""
+    return (variant[:-3], True) if variant.endswith("+st") else (variant, False)
+
+
+def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
+    """Options of one kd student: the common schedule plus only this mode's settings."""
+    mode, with_st = split_variant(variant)
+    opts = {**_common(config, dataset, seed, "kd"), "kd_mode": mode, "t_name": teacher, "s_name": student}
+    opts.update(config["kd"]["settings"].get(mode, {}))
+    if with_st:
+        opts["st_weight"] = config["kd"]["st_weight"]
+    return opts
 
 
 # ---------------------------------------------------------------- scripts
@@ -185,12 +253,16 @@ def rule_logging(snakemake):
         handler.close()
 
 
-def run_rule(snakemake, entry: str) -> dict:
-    """Body of ``scripts/train_<entry>.py``: train into the directory of the rule's first output."""
+def run_rule(snakemake, entry: str, **inputs) -> dict:
+    """Body of ``scripts/train_<entry>.py``: train into the directory of the rule's first output.
+
+    ``inputs`` are options that name the rule's input files (``t_model=...``).
+    """
     import kdpipe
 
     out_dir = Path(snakemake.output[0]).parent
     opts = dict(snakemake.params.opts)
+    opts.update(inputs)
     opts.update(
         save_root=str(out_dir.parent),
         note=out_dir.name,

@@ -9,3 +9,9 @@ wildcard_constraints:
 
 def train_threads():
     return config["resources"]["threads"]
+
+
+wildcard_constraints:
+    variant=r"[a-z]+(\+st)?",
+    teacher=r"[A-Za-z0-9_]+",
+    student=r"[A-Za-z0-9_]+",

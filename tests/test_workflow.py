@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -101,3 +102,92 @@ def test_tiny_real_snakemake_run(tmp_path):
     )
     changed = snakemake("results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
     assert job_counts(changed.stdout + changed.stderr)["train_base"] == 4
+
+
+KD_CONFIG = """
+seeds: [0, 1]
+pairs: [{teacher: resnet14, student: resnet8}, {teacher: resnet8, student: resnet8}]
+train: {epochs: 1, batch_size: 64}
+kd:
+  modes: [st, at, fsp]
+  with_st: [rkd]
+  settings: {at: {lambda_kd: 500}, st: {T: 3}}
+"""
+
+
+def test_kd_nodes_and_params(tmp_path):
+    from kdpipe.workflow import kd_options, kd_runs, teacher_model
+
+    config = load_config(yaml.safe_load(KD_CONFIG))
+    runs = kd_runs(config)
+    assert len(runs) == 4 * 2 * 2  # variants x pairs x seeds
+    assert "results/digits/kd-rkd+st/resnet14-resnet8/seed1" in runs
+    at = kd_options(config, "digits", "at", "resnet14", "resnet8", 1)
+    assert at["lambda_kd"] == 500 and at["kd_mode"] == "at" and "T" not in at and at["seed"] == 1
+    assert kd_options(config, "digits", "st", "resnet14", "resnet8", 0)["T"] == 3
+    plus = kd_options(config, "digits", "rkd+st", "resnet14", "resnet8", 0)
+    assert plus["kd_mode"] == "rkd" and plus["st_weight"] == 0.1
+    assert teacher_model(config, "digits", "resnet14", 1) == "results/digits/base/resnet14/seed1/model.pt"
+    config["teacher_seed"] = 0
+    assert teacher_model(config, "digits", "resnet14", 1) == "results/digits/base/resnet14/seed0/model.pt"
+
+
+@pytest.mark.parametrize(
+    "kd, message",
+    [
+        ({"modes": ["xyz"]}, "config kd.modes: unknown mode 'xyz'"),
+        ({"settings": {"at": {"w_dist": 1}}}, "config kd.settings.at.w_dist: not a setting of at"),
+        ({"settings": {"st": {"T": 0}}}, "config kd.settings.st.T: 0 is less than or equal to the minimum of 0"),
+    ],
+)
+def test_kd_config_errors(kd, message):
+    with pytest.raises(KdpipeError) as err:
+        load_config({"pairs": [{"teacher": "resnet8", "student": "resnet8"}], "kd": kd})
+    assert message in str(err.value)
+
+
+@pytest.mark.slow
+def test_kd_wiring_and_exact_reruns(tmp_path):
+    """Teacher -> students wiring, and exactly which jobs a change re-plans (real tiny runs)."""
+    config = """
+seeds: [0]
+pairs: [{teacher: resnet8, student: resnet8}]
+data: {train_subset: 32}
+train: {epochs: 1, batch_size: 16}
+kd:
+  modes: [st, at, fsp]
+  with_st: [rkd]
+  settings: {at: {lambda_kd: 500}}
+"""
+    (tmp_path / "c.yaml").write_text(config)
+    cfg = ("--configfile", str(tmp_path / "c.yaml"))
+
+    def plan():
+        out = snakemake("results/summary.csv", "-n", "--cores", "2", *cfg, workdir=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return job_counts(out.stdout) if "Job stats" in out.stdout else {}
+
+    assert plan() == {"train_base": 1, "train_kd": 4, "summary": 1}
+    run = snakemake("results/summary.csv", "--cores", "2", *cfg, workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
+    assert sorted((r["method"], r["variant"]) for r in rows) == [
+        ("at", ""), ("baseline", ""), ("fsp", ""), ("rkd", "+st"), ("st", "")
+    ]
+    assert plan() == {}
+    # one mode's lambda: only that mode's students and the summary
+    (tmp_path / "c.yaml").write_text(config.replace("lambda_kd: 500", "lambda_kd: 250"))
+    assert plan() == {"train_kd": 1, "summary": 1}
+    # a new seed: only that seed's jobs
+    (tmp_path / "c.yaml").write_text(config.replace("seeds: [0]", "seeds: [0, 1]"))
+    assert plan() == {"train_base": 1, "train_kd": 4, "summary": 1}
+    dry = snakemake("results/summary.csv", "-n", "--cores", "1", *cfg, workdir=tmp_path).stdout
+    outputs = [o for o in re.findall(r"^\s+output: (.+)$", dry, re.M) if "summary.csv" not in o]
+    assert len(outputs) == 5 and all("seed1" in o and "seed0" not in o for o in outputs)
+    # a retrained teacher (new weights): all its students and the summary, not the teacher itself
+    (tmp_path / "c.yaml").write_text(config)
+    teacher = tmp_path / "results/digits/base/resnet8/seed0/model.pt"
+    state = torch.load(teacher, weights_only=True)
+    state["fc.bias"] += 1.0
+    torch.save(state, teacher)
+    assert plan() == {"train_kd": 4, "summary": 1}

@@ -83,6 +83,13 @@ class CifarResNet(nn.Module):
     def embedding_dim(self) -> int:
         return self.widths[-1]
 
+    def pre_relu_bns(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the batch norm whose output (plus the shortcut) is the stage's pre-ReLU output.
+
+        OFD reads the teacher's expected pre-ReLU response distribution from these.
+        """
+        return [stage.blocks[-1].bn2 for stage in self.stages]
+
     def forward(self, x: Tensor) -> FeatureTaps:
         stem = F.relu(self.bn1(self.conv1(x)))
         pres, posts = [], []

@@ -1,0 +1,41 @@
+"""Probabilistic knowledge transfer.
+
+Passalis & Tefas, "Learning deep representations with probabilistic knowledge
+transfer", ECCV 2018.  Conditional probabilities from the cosine-similarity kernel
+(Eq. 11): ``p_{i|j} = K(x_i, x_j) / sum_k K(x_k, x_j)`` with ``K = (cos + 1) / 2``,
+computed for teacher and student embeddings; the loss is the KL divergence of Eq. (9),
+``sum p_t log(p_t / p_s)``, here averaged over all ``B*B`` entries with ``eps = 1e-7``
+guards (Knowledge-Distillation-Zoo scale, ``lambda_kd`` = 1e4).  Embedding
+dimensions may differ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..models import FeatureTaps
+from . import register
+from .base import DistillBatch, DistillLoss, TapShapes
+
+EPS = 1e-7
+
+
+def conditional_probabilities(f: Tensor, eps: float = EPS) -> Tensor:
+    """Row-normalised ``(cos + 1) / 2`` similarity matrix of the rows of ``f`` (B, D)."""
+    f = f / (f.norm(p=2, dim=1, keepdim=True) + eps)
+    sim = (f @ f.t() + 1.0) / 2.0
+    return sim / sim.sum(dim=1, keepdim=True)
+
+
+@register
+class PKTLoss(DistillLoss):
+    name = "pkt"
+    paper = "Passalis & Tefas, ECCV 2018: Learning deep representations with probabilistic knowledge transfer"
+    defaults = {"lambda_kd": 10000.0}
+    teacher_taps = frozenset({"embedding"})
+
+    def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
+        p_s = conditional_probabilities(student.embedding)
+        p_t = conditional_probabilities(teacher.embedding.detach())
+        return torch.mean(p_t * torch.log((p_t + EPS) / (p_s + EPS)))

@@ -1,0 +1,42 @@
+"""Soft targets ("knowledge distillation").
+
+Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", NIPS Deep
+Learning Workshop 2015 (arXiv:1503.02531): the student matches the teacher's
+temperature-softened class distribution ``q_i = exp(z_i/T) / sum_j exp(z_j/T)`` (Eq. 1);
+the soft-target cross-entropy's gradients scale as ``1/T^2``, so the term is multiplied
+by ``T^2`` (Sec. 2).  Implemented as ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``,
+summed over classes and averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models import FeatureTaps
+from . import register
+from .base import DistillBatch, DistillLoss, TapShapes, require_same_classes
+
+
+def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """``T^2 * mean_b sum_k p_t log(p_t / p_s)`` with ``p = softmax(z / T)``; the teacher is detached."""
+    T = float(T)
+    log_p_s = F.log_softmax(student_logits / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl * (T * T)
+
+
+@register
+class SoftTargetLoss(DistillLoss):
+    name = "st"
+    paper = "Hinton, Vinyals & Dean, 2015: Distilling the knowledge in a neural network"
+    defaults = {"lambda_kd": 0.1, "T": 4.0}
+    teacher_taps = frozenset({"logits"})
+
+    def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
+        super().__init__(student, teacher, teacher_model, **settings)
+        require_same_classes(student, teacher, self.name)
+
+    def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
+        return soft_target_loss(student.logits, teacher.logits, self.settings["T"])

@@ -1,0 +1,53 @@
+"""Pieces shared by the entry points that read trained networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..checkpoint import safe_load
+from ..data import Normalizer
+from ..engine import Context, evaluate_model
+from ..errors import KdpipeError
+from ..models import build_model
+
+
+def load_network(path: str | Path, name: str, num_classes: int, flag: str) -> nn.Module:
+    """Build ``name`` and load a state dict saved by kdpipe (``model.pt``), weights only.
+
+    A checkpoint that does not fit the architecture or the data's class count is one
+    clear error naming the flag, the file and the first mismatch.
+    """
+    state = safe_load(path, flag)
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise KdpipeError(f"{flag} {path}: not a state dict (expected a kdpipe model.pt)")
+    model = build_model(name, num_classes)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        if mismatched:
+            k = mismatched[0]
+            detail = f"{k} has shape {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the network"
+        elif missing:
+            detail = f"{len(missing)} missing keys (first: {missing[0]})"
+        else:
+            detail = f"{len(unexpected)} unexpected keys (first: {unexpected[0]})"
+        raise KdpipeError(f"{flag} {path}: does not fit {name} with {num_classes} classes: {detail}")
+    model.load_state_dict(state)
+    return model
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """Eval mode, no parameter gradients: how every teacher is used."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def teacher_test_accuracy(teacher: nn.Module, ctx: Context) -> float:
+    normalize = Normalizer(ctx.data.mean, ctx.data.std, ctx.device, ctx.channels_last)
+    return evaluate_model(teacher, ctx, ctx.data.test_x, ctx.data.test_y, normalize)[1]

@@ -1,0 +1,199 @@
+"""``train_kd``: a student trained against a frozen teacher with one of the 17 ``kd`` modes.
+
+total loss = CE(student, y) + lambda_kd * L_mode + st_weight * L_st(T)
+
+Two-stage modes (FSP, AB) first run an initialisation phase on the distillation loss
+alone (``init_epochs``, default a quarter of ``epochs``; lr x0.1, then x0.01 and x0.001
+for the last 40 %), then ``epochs`` of cross-entropy training (plus the optional soft
+target term).  The student is built first after seeding, so it starts from the same
+weights as the baseline of the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Context, StepResult, Task, make_optimizer
+from ..errors import KdpipeError
+from ..losses import LOSSES, DistillBatch, TapShapes
+from ..losses.st import soft_target_loss
+from ..models import FeatureTaps
+from ..runner import run_entry
+from .common import frozen, load_network, teacher_test_accuracy
+
+# Mode settings: option name -> the settings key each loss reads.
+MODE_SETTINGS = ("T", "p", "w_dist", "w_angle", "m", "gamma", "P_order", "w_irg_vert", "w_irg_edge",
+                 "w_irg_tran", "sf", "init_var", "att_f")
+
+
+def init_phase_factor(epoch: int, init_epochs: int) -> float:
+    """lr multiplier in the two-stage initialisation phase: 0.1 (60 %), 0.01 (20 %), 0.001 (20 %)."""
+    if epoch < round(0.6 * init_epochs):
+        return 0.1
+    if epoch < round(0.8 * init_epochs):
+        return 0.01
+    return 0.001
+
+
+def float_taps(taps: FeatureTaps) -> FeatureTaps:
+    return FeatureTaps(
+        taps.stem.float(),
+        tuple(t.float() for t in taps.stages_pre),
+        tuple(t.float() for t in taps.stages),
+        taps.embedding.float(),
+        taps.logits.float(),
+    )
+
+
+def mode_settings(opts: dict) -> dict:
+    """The settings a mode reads, with the user's overrides; unset values fall back to the mode's defaults."""
+    loss_cls = LOSSES[opts["kd_mode"]]
+    settings = {k: opts[k] for k in MODE_SETTINGS if k in loss_cls.defaults and opts.get(k) is not None}
+    settings["lambda_kd"] = opts["lambda_kd"]
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+class DistillTask(Task):
+    method = "kd"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        opts, data = ctx.opts, ctx.data
+        self.mode = opts["kd_mode"]
+        loss_cls = LOSSES[self.mode]
+        student = build_student(ctx)
+        teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
+        self.teacher = teacher
+        self.teacher_acc = teacher_test_accuracy(teacher, ctx)
+        shapes_s = TapShapes.probe(student, data.image_shape)
+        shapes_t = TapShapes.probe(teacher, data.image_shape)
+        self.loss = loss_cls(shapes_s, shapes_t, teacher_model=teacher, **mode_settings(opts)).to(ctx.device)
+        self.lambda_kd = float(self.loss.settings["lambda_kd"])
+        self.st_weight = float(opts["st_weight"])
+        self.T = float(opts["T"] if opts["T"] is not None else LOSSES["st"].defaults["T"])
+        if self.st_weight > 0 and shapes_s.num_classes != shapes_t.num_classes:
+            raise KdpipeError("st_weight: soft targets need teacher and student with the same classes")
+        self.roles["student"] = student
+        self.extra_modules["loss"] = self.loss
+        params = list(student.parameters()) + list(self.loss.parameters())
+        self.optimizers["student"] = make_optimizer(params, opts)
+        from ..engine import make_scheduler
+
+        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        self.init_epochs = 0
+        if loss_cls.two_stage:
+            self.init_epochs = opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
+            if self.init_epochs:
+                init_opt = make_optimizer(params, opts)
+                self.optimizers["init"] = init_opt
+                n = self.init_epochs
+                self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(init_opt, lambda e: init_phase_factor(e, n))
+
+    # -- phases
+    def in_init_phase(self, epoch: int) -> bool:
+        return epoch < self.init_epochs
+
+    def total_epochs(self) -> int:
+        return self.init_epochs + self.ctx.opts["epochs"]
+
+    def selectable(self, epoch: int) -> bool:
+        return not self.in_init_phase(epoch)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.schedulers["init" if self.in_init_phase(epoch) else "student"].step()
+
+    def current_lr(self) -> float:
+        name = "init" if self.in_init_phase(getattr(self, "_epoch", 0)) else "student"
+        return float(self.optimizers[name].param_groups[0]["lr"])
+
+    # -- one batch
+    def teacher_forward(self, x):
+        if self.loss.teacher_grad:
+            with torch.enable_grad():
+                return self.teacher(x)
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def train_step(self, x, y, index, view_ids, epoch):
+        student, loss_fn = self.roles["student"], self.loss
+        init_phase = self.in_init_phase(epoch)
+        if loss_fn.input_grad:
+            x = x.detach().requires_grad_(True)
+        # after a two-stage mode's initialisation the teacher is only needed for soft targets
+        teacher_needed = init_phase or not loss_fn.two_stage or self.st_weight > 0
+        with self.ctx.autocast():
+            s_taps = student(x)
+            t_taps = self.teacher_forward(x) if teacher_needed else None
+        ce = F.cross_entropy(s_taps.logits.float(), y)
+        needs_graph = loss_fn.teacher_grad or loss_fn.input_grad or not teacher_needed
+        s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
+        batch = DistillBatch(x, y, index, student, self.teacher)
+        if init_phase:
+            total = self.lambda_kd * loss_fn(s_in, t_in, batch)
+        else:
+            total = ce
+            if not loss_fn.two_stage and self.lambda_kd > 0:
+                total = total + self.lambda_kd * loss_fn(s_in, t_in, batch)
+            if self.st_weight > 0:
+                total = total + self.st_weight * soft_target_loss(
+                    s_taps.logits.float(), t_taps.logits.float().detach(), self.T
+                )
+        opt = self.optimizers["init" if init_phase else "student"]
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return {"student": StepResult(total, (s_taps.logits.argmax(1) == y).sum())}
+
+    # -- reporting
+    def identity(self, role):
+        return {
+            "method": self.mode,
+            "variant": "+st" if self.st_weight > 0 else "",
+            "teacher": self.ctx.opts["t_name"],
+            "student": self.ctx.opts["s_name"],
+            "generation": None,
+        }
+
+    def info(self) -> dict:
+        return {
+            "teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc},
+            "loss": self.loss.describe(),
+            "lambda_kd": self.lambda_kd,
+            "st_weight": self.st_weight,
+            "T": self.T,
+            "init_epochs": self.init_epochs,
+        }
+
+
+def build_student(ctx: Context):
+    """The student: ``s_init`` weights if given, else the seeded initialisation."""
+    from ..models import build_model
+
+    opts = ctx.opts
+    if opts.get("s_init"):
+        model = load_network(opts["s_init"], opts["s_name"], ctx.data.num_classes, "s_init")
+    else:
+        model = build_model(opts["s_name"], ctx.data.num_classes)
+    return ctx.prepare(model)
+
+
+def _slug(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def train_kd(**kwargs) -> dict:
+    """Distil ``t_model`` (a ``t_name`` network) into an ``s_name`` student with ``kd_mode``.
+
+    Keyword arguments are the flags of ``python -m kdpipe kd``; returns the run record.
+    """
+    return run_entry(
+        "kd",
+        kwargs,
+        DistillTask,
+        default_note=lambda o: f"kd-{o['kd_mode']}-{_slug(o['data_name'])}-{o['t_name']}-{o['s_name']}-seed{o['seed']}",
+        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init")},
+    )

@@ -1,0 +1,20 @@
+# The distillation zoo: one student node per (dataset, mode, pair, seed).  Its input is the
+# teacher's model.pt from train_base, so a retrained teacher re-runs exactly its students.
+
+
+rule train_kd:
+    input:
+        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
+    output:
+        model="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/model.pt",
+        metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/metrics.csv",
+        record="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.kd_options(
+            config, w.dataset, w.variant, w.teacher, w.student, w.seed
+        ),
+    threads: train_threads()
+    script:
+        "../scripts/train_kd.py"
