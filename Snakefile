@@ -18,6 +18,10 @@ except KdpipeError as exc:
 include: "rules/common.smk"
 include: "rules/base.smk"
 include: "rules/kd.smk"
+include: "rules/ft.smk"
+include: "rules/crd.smk"
+include: "rules/dml.smk"
+include: "rules/bss.smk"
 include: "rules/summary.smk"
 
 

@@ -11,6 +11,11 @@ from .options import make_parser
 ENTRIES = {
     "base": "plain supervised training of one network (teachers and baseline students)",
     "kd": "distil a trained teacher into a student with one of the 17 kd modes",
+    "ft": "factor transfer: paraphraser on the teacher, translator on the student",
+    "ft_paraphraser": "train only FT's paraphraser on a teacher (the workflow's shared node)",
+    "crd": "contrastive representation distillation with a memory bank",
+    "dml": "deep mutual learning of 2+ peers, no pre-trained teacher",
+    "bss": "boundary supporting samples + soft targets; one born-again generation",
 }
 
 

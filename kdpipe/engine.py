@@ -157,6 +157,14 @@ class Task:
     def eval_logits(self, role: str, x: Tensor) -> Tensor:
         return self.roles[role](x).logits
 
+    def evaluate_role(self, role: str, images: Tensor, labels: Tensor, normalize: Normalizer) -> tuple[float, float]:
+        """(loss, accuracy %) of a role on held-out images; accuracy NaN for non-classifiers."""
+        return evaluate(self, role, images, labels, normalize)
+
+    def model_file(self, role: str) -> str:
+        """File name of a role's best-on-val weights in the run directory."""
+        return "model.pt" if role == next(iter(self.roles)) else f"model-{role}.pt"
+
     # -- state
     def train(self, mode: bool = True) -> None:
         for module in list(self.roles.values()) + list(self.extra_modules.values()):
@@ -274,8 +282,10 @@ def _better(candidate: dict, best: dict | None) -> bool:
     """Best on validation: higher val accuracy, ties broken by lower val loss, then later epoch."""
     if best is None:
         return True
-    if math.isnan(candidate["val_acc"]):  # no validation split: the last epoch is the best
+    if math.isnan(candidate["val_loss"]):  # no validation split: the last epoch is the best
         return True
+    if math.isnan(candidate["val_acc"]):  # not a classifier (e.g. an autoencoder): lowest val loss
+        return candidate["val_loss"] <= best["val_loss"]
     return (candidate["val_acc"], -candidate["val_loss"]) >= (best["val_acc"], -best["val_loss"])
 
 
@@ -355,8 +365,8 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
         task.on_epoch_end(epoch)
         train_time += epoch_time
         for role in task.roles:
-            val_loss, val_acc = evaluate(task, role, val_x, val_y, normalize)
-            test_loss, test_acc = evaluate(task, role, test_x, test_y, normalize)
+            val_loss, val_acc = task.evaluate_role(role, val_x, val_y, normalize)
+            test_loss, test_acc = task.evaluate_role(role, test_x, test_y, normalize)
             row = {
                 "epoch": epoch + 1,
                 "role": role,

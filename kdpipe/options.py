@@ -29,6 +29,7 @@ class Option:
     exclusive_min: bool = False
     exclusive_max: bool = False
     nullable: bool = False  # None is a valid value (meaning "automatic")
+    item_type: type = int  # element type when ``type`` is list
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -38,7 +39,8 @@ class Option:
             parts.append(f"{'>' if self.exclusive_min else '>='} {self.minimum:g}")
         if self.maximum is not None:
             parts.append(f"{'<' if self.exclusive_max else '<='} {self.maximum:g}")
-        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list of integers"}
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                list: "a list of integers" if self.item_type is int else "a list of names"}
         return kind[self.type] + (" " + " and ".join(parts) if parts else "")
 
     def _choices(self) -> tuple:
@@ -54,8 +56,10 @@ class Option:
                 return None
             return self.default
         value = self._convert(value, label)
-        if self.choices is not None and value not in self._choices():
-            raise KdpipeError(f"{label}: got {value!r}; allowed: {self.allowed()}")
+        if self.choices is not None:
+            for v in value if isinstance(value, list) else [value]:
+                if v not in self._choices():
+                    raise KdpipeError(f"{label}: got {v!r}; allowed: {self.allowed()}")
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if isinstance(v, float) and not math.isfinite(v):
@@ -107,6 +111,11 @@ class Option:
                 raise bad
             out = []
             for v in value:
+                if self.item_type is str:
+                    if not isinstance(v, str) or not v:
+                        raise bad
+                    out.append(v)
+                    continue
                 if isinstance(v, bool):
                     raise bad
                 try:
@@ -200,14 +209,73 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option("init_epochs", int, None, "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
                minimum=0, nullable=True),
     ],
+    "ft_paraphraser": [
+        Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
+        Option("t_name", str, None, "teacher network", required=True, choices=_nets),
+        Option("k", float, 0.5, "factor rate: factor channels = k x teacher's last-stage channels", minimum=0,
+               exclusive_min=True),
+    ],
+    "ft": TEACHER_STUDENT + [
+        Option("lambda_kd", float, 200.0, "weight of the factor-transfer term", minimum=0),
+        Option("k", float, 0.5, "factor rate of the paraphraser", minimum=0, exclusive_min=True),
+        Option("paraphraser", str, None, "trained paraphraser (paraphraser.pt); default: train one first, in this run"),
+        Option("para_epochs", int, None, "paraphraser epochs when trained here (default: 0.15 x --epochs, at least 1)",
+               minimum=1, nullable=True),
+        Option("para_lr", float, None, "paraphraser lr when trained here (default: --lr / 10)", minimum=0,
+               exclusive_min=True, nullable=True),
+        Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term", minimum=0),
+        Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
+    ],
+    "crd": TEACHER_STUDENT + [
+        Option("lambda_kd", float, None, "weight of the CRD term (default 0.2, or 0.8 with 100+ classes)", minimum=0,
+               nullable=True),
+        Option("feat_dim", int, 128, "embedding dimension", minimum=1),
+        Option("nce_n", int, 16384, "negatives per sample", minimum=1),
+        Option("nce_t", float, 0.1, "temperature", minimum=0, exclusive_min=True),
+        Option("nce_mom", float, 0.5, "memory-bank momentum", minimum=0, maximum=1, exclusive_max=True),
+        Option("mode", str, "exact", "exact: NCE with a noise distribution; relax: softmax over the contrasts",
+               choices=("exact", "relax")),
+        Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term (crd+st)", minimum=0),
+        Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
+    ],
+    "dml": [
+        Option("net1_name", str, None, "first peer", choices=_nets),
+        Option("net2_name", str, None, "second peer", choices=_nets),
+        Option("net1_init", str, None, "initial weights of net1 (default: seeded initialisation)"),
+        Option("net2_init", str, None, "initial weights of net2 (default: seeded initialisation)"),
+        Option("peers", list, None, "cohort of 2+ peers, e.g. resnet110,resnet20,resnet20 (instead of net1/net2)",
+               choices=_nets, item_type=str),
+        Option("peer_inits", list, None, "initial weights per peer (instead of net1_init/net2_init)", item_type=str),
+        Option("lambda_kd", float, 1.0, "weight of the mutual KL terms", minimum=0),
+    ],
+    "bss": [
+        Option("t_model", str, None, "teacher checkpoint (generation g-1 of a born-again chain)", required=True),
+        Option("t_name", str, None, "teacher network", required=True, choices=_nets),
+        Option("s_name", str, None, "student network", required=True, choices=_nets),
+        Option("s_init", str, None, "initial student weights (default: seeded by seed and generation)"),
+        Option("lambda_kd", float, 2.0, "peak weight of the adversarial soft-target term", minimum=0),
+        Option("T", float, 3.0, "softmax temperature", minimum=0, exclusive_min=True),
+        Option("attack_size", int, 32, "boundary samples per batch; 0 = plain soft targets (born-again networks)",
+               minimum=0),
+        Option("attack_class", str, "runner_up", "attack target: the teacher's runner-up class, or sampled from "
+               "its softmax", choices=("runner_up", "sampled")),
+        Option("generation", int, 1, "born-again generation this run produces (reporting, student init)", minimum=1),
+    ],
 }
+
+# Entry points whose defaults differ from the common table (SPEC's FT paraphraser: 30 epochs at lr 0.01).
+ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": 30, "lr": 0.01}}
 
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
 
 
 def options_for(entry: str) -> list[Option]:
-    return COMMON + ENTRY_OPTIONS[entry]
+    from dataclasses import replace
+
+    overrides = ENTRY_DEFAULTS.get(entry, {})
+    common = [replace(o, default=overrides[o.name]) if o.name in overrides else o for o in COMMON]
+    return common + ENTRY_OPTIONS[entry]
 
 
 def resolve(entry: str, kwargs: dict) -> dict:

@@ -54,6 +54,10 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
 def check_num_class(opts: dict, data: ImageData | None = None) -> None:
     known = data.num_classes if data is not None else num_classes_of(opts["data_name"])
     if known is not None and opts["num_class"] is not None and opts["num_class"] != known:
@@ -122,9 +126,8 @@ def run_entry(
 def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_time) -> dict:
     run_dir, opts = ctx.run_dir, ctx.opts
     roles = list(task.roles)
-    for i, role in enumerate(roles):
-        name = "model.pt" if i == 0 else f"model-{role}.pt"
-        atomic_save(result.best[role]["state"], run_dir / name)
+    for role in roles:
+        atomic_save(result.best[role]["state"], run_dir / task.model_file(role))
     epochs_run = sorted({row["epoch"] for row in result.history})
     mean_epoch = result.train_time_s / max(1, len(epochs_run))
     role_records = {}
@@ -136,9 +139,9 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
             "params": sum(p.numel() for p in task.roles[role].parameters()),
             "best_epoch": best["epoch"],
             "best_val_acc": _finite_or_none(best["val_acc"]),
-            "test_acc_at_best": best["test_acc"],
+            "test_acc_at_best": _finite_or_none(best["test_acc"]),
             "last_val_acc": _finite_or_none(last["val_acc"]),
-            "last_test_acc": last["test_acc"],
+            "last_test_acc": _finite_or_none(last["test_acc"]),
         }
     record = {
         "kdpipe": __version__,
@@ -169,7 +172,8 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
     log.info(
         "done: %s",
         "; ".join(
-            f"{role} best-on-val epoch {r['best_epoch']} test {r['test_acc_at_best']:.2f}%, last {r['last_test_acc']:.2f}%"
+            f"{role} best-on-val epoch {r['best_epoch']} test {_pct(r['test_acc_at_best'])}, "
+            f"last {_pct(r['last_test_acc'])}"
             for role, r in role_records.items()
         ),
     )

@@ -100,6 +100,18 @@ def _check_semantics(config: dict) -> None:
                 raise KdpipeError(
                     f"config kd.settings.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
                 )
+    for i, cohort in enumerate(config["dml"]["cohorts"]):
+        for net in cohort:
+            if net not in MODELS:
+                raise KdpipeError(f"config dml.cohorts.{i}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    for net in config["bss"]["nets"]:
+        if net not in MODELS:
+            raise KdpipeError(f"config bss.nets: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    for section in ("ft", "crd"):
+        if config[section]["enabled"] and not config["pairs"]:
+            raise KdpipeError(f"config {section}.enabled: true, but there are no teacher/student pairs")
+    if config["bss"]["pairs"] and not config["pairs"]:
+        raise KdpipeError("config bss.pairs: true, but there are no teacher/student pairs")
     if (config["kd"]["modes"] or config["kd"]["with_st"]) and not config["pairs"]:
         raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
     if not base_nets(config):
@@ -124,6 +136,9 @@ def base_nets(config: dict) -> list[str]:
     nets = list(config["base"]["nets"])
     for pair in config["pairs"]:
         nets += [pair["teacher"], pair["student"]]
+    for cohort in config["dml"]["cohorts"]:  # DML peers are compared with their baselines
+        nets += list(cohort)
+    nets += list(config["bss"]["nets"])  # generation 0 of a born-again chain
     return list(dict.fromkeys(nets))
 
 
@@ -162,6 +177,65 @@ def kd_runs(config: dict) -> list[str]:
     ]
 
 
+def ft_runs(config: dict) -> list[str]:
+    if not config["ft"]["enabled"]:
+        return []
+    return [run_dir(d, "ft", pair_name(p), s) for d in config["datasets"] for p in config["pairs"] for s in config["seeds"]]
+
+
+def crd_variants(config: dict) -> list[str]:
+    if not config["crd"]["enabled"]:
+        return []
+    return ["crd"] + (["crd+st"] if config["crd"]["with_st"] else [])
+
+
+def crd_runs(config: dict) -> list[str]:
+    return [
+        run_dir(d, v, pair_name(p), s)
+        for d in config["datasets"]
+        for v in crd_variants(config)
+        for p in config["pairs"]
+        for s in config["seeds"]
+    ]
+
+
+def cohort_name(cohort: list[str]) -> str:
+    return "-".join(cohort)
+
+
+def dml_runs(config: dict) -> list[str]:
+    return [
+        run_dir(d, "dml", cohort_name(c), s)
+        for d in config["datasets"]
+        for c in config["dml"]["cohorts"]
+        for s in config["seeds"]
+    ]
+
+
+def bss_chains(config: dict) -> list[str]:
+    """Born-again chains: ``<net>`` (gen0 = that net's base model) or ``<teacher>-<student>`` for pairs."""
+    chains = list(config["bss"]["nets"])
+    if config["bss"]["pairs"]:
+        chains += [pair_name(p) for p in config["pairs"]]
+    return list(dict.fromkeys(chains))
+
+
+def chain_nets(chain: str) -> tuple[str, str]:
+    """(generation-0 teacher, student architecture) of a chain."""
+    teacher, _, student = chain.partition("-")
+    return teacher, student or teacher
+
+
+def bss_runs(config: dict) -> list[str]:
+    return [
+        f"{run_dir(d, 'bss', c, s)}/gen{g}"
+        for d in config["datasets"]
+        for c in bss_chains(config)
+        for s in config["seeds"]
+        for g in range(1, config["bss"]["generations"] + 1)
+    ]
+
+
 def teacher_seed(config: dict, seed) -> int:
     return int(seed) if config["teacher_seed"] is None else int(config["teacher_seed"])
 
@@ -173,7 +247,20 @@ def teacher_model(config: dict, dataset: str, teacher: str, seed) -> str:
 
 def run_targets(config: dict) -> list[str]:
     """Every run directory the summary aggregates."""
-    return base_runs(config) + kd_runs(config)
+    return base_runs(config) + kd_runs(config) + ft_runs(config) + crd_runs(config) + dml_runs(config) + bss_runs(config)
+
+
+def paraphraser_path(config: dict, dataset: str, teacher: str, seed) -> str:
+    """FT's paraphraser node of the teacher a student of ``seed`` reads."""
+    return f"{run_dir(dataset, 'ft-paraphraser', teacher, teacher_seed(config, seed))}/paraphraser.pt"
+
+
+def bss_teacher(config: dict, dataset: str, chain: str, seed, generation) -> str:
+    """Generation g learns from generation g-1; generation 1 from the base model (gen0)."""
+    generation = int(generation)
+    if generation == 1:
+        return teacher_model(config, dataset, chain_nets(chain)[0], seed)
+    return f"{run_dir(dataset, 'bss', chain, seed)}/gen{generation - 1}/model.pt"
 
 
 def dataset_names(config: dict) -> dict:
@@ -215,6 +302,46 @@ def base_options(config: dict, dataset: str, net: str, seed) -> dict:
 def split_variant(variant: str) -> tuple[str, bool]:
     """``"at+st"`` -> ("at", True)."""
     return (variant[:-3], True) if variant.endswith("+st") else (variant, False)
+
+
+def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> dict:
+    opts = {**_common(config, dataset, seed, "ft"), "t_name": teacher, "k": config["ft"]["k"]}
+    opts["epochs"] = config["ft"]["paraphraser_epochs"] or max(1, round(0.15 * opts["epochs"]))
+    opts["lr"] = config["ft"]["paraphraser_lr"] or opts["lr"] / 10
+    opts["milestones"] = None  # the paraphraser's own, scaled schedule
+    return opts
+
+
+def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> dict:
+    return {**_common(config, dataset, seed, "ft"), "t_name": teacher, "s_name": student,
+            "lambda_kd": config["ft"]["lambda_kd"], "k": config["ft"]["k"]}
+
+
+def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
+    c = config["crd"]
+    opts = {**_common(config, dataset, seed, "crd"), "t_name": teacher, "s_name": student}
+    opts.update({k: c[k] for k in ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode")})
+    if variant.endswith("+st"):
+        opts["st_weight"] = c["st_weight"]
+    return opts
+
+
+def dml_options(config: dict, dataset: str, cohort: str, seed) -> dict:
+    return {**_common(config, dataset, seed, "dml"), "peers": cohort.split("-"),
+            "lambda_kd": config["dml"]["lambda_kd"]}
+
+
+def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dict:
+    b = config["bss"]
+    teacher, student = chain_nets(chain)
+    generation = int(generation)
+    return {
+        **_common(config, dataset, seed, "bss"),
+        "t_name": teacher if generation == 1 else student,
+        "s_name": student,
+        "generation": generation,
+        **{k: b[k] for k in ("lambda_kd", "T", "attack_size", "attack_class")},
+    }
 
 
 def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:

@@ -191,3 +191,53 @@ kd:
     state["fc.bias"] += 1.0
     torch.save(state, teacher)
     assert plan() == {"train_kd": 4, "summary": 1}
+
+
+def test_generation_chain_and_reruns(tmp_path):
+    """generations: 3 plans gen1 -> gen2 -> gen3; new weights in gen1 re-plan gen2 and gen3 only."""
+    config = """
+seeds: [0]
+base: {nets: [resnet8]}
+data: {train_subset: 32}
+train: {epochs: 1, batch_size: 16}
+bss: {nets: [resnet8], generations: 3, attack_size: 4}
+"""
+    (tmp_path / "c.yaml").write_text(config)
+    cfg = ("--configfile", str(tmp_path / "c.yaml"))
+    dry = snakemake("results/summary.csv", "-n", "--cores", "1", *cfg, workdir=tmp_path)
+    assert job_counts(dry.stdout) == {"train_base": 1, "train_bss": 3, "summary": 1}
+    # the chain: each generation's input is the previous generation's model
+    dag = snakemake("results/summary.csv", "--dag", *cfg, workdir=tmp_path).stdout
+    assert "train_bss" in dag
+    from kdpipe.workflow import bss_teacher
+
+    cfg_dict = load_config(yaml.safe_load(config))
+    assert bss_teacher(cfg_dict, "digits", "resnet8", 0, 1) == "results/digits/base/resnet8/seed0/model.pt"
+    assert bss_teacher(cfg_dict, "digits", "resnet8", 0, 3) == "results/digits/bss/resnet8/seed0/gen2/model.pt"
+    run = snakemake("results/summary.csv", "--cores", "2", *cfg, workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
+    assert sorted(r["generation"] for r in rows if r["method"] == "bss") == ["1", "2", "3"]
+    gen1 = tmp_path / "results/digits/bss/resnet8/seed0/gen1/model.pt"
+    state = torch.load(gen1, weights_only=True)
+    state["fc.bias"] += 1.0
+    torch.save(state, gen1)
+    replan = snakemake("results/summary.csv", "-n", "--cores", "1", *cfg, workdir=tmp_path).stdout
+    assert job_counts(replan) == {"train_bss": 2, "summary": 1}
+    outputs = [o for o in re.findall(r"^\s+output: (.+)$", replan, re.M) if "summary.csv" not in o]
+    assert sorted(o.split("/gen")[1][0] for o in outputs) == ["2", "3"]
+
+
+def test_default_dag_has_every_entry_point(tmp_path):
+    from kdpipe.workflow import run_targets
+
+    config = load_config(yaml.safe_load(open(ROOT / "config" / "config.yaml")))
+    runs = run_targets(config)
+    for prefix in ("base/", "kd-", "/ft/", "/crd/", "/dml/", "/bss/"):
+        assert any(prefix in r for r in runs), prefix
+    assert sum("/bss/" in r for r in runs) >= 2
+    out = snakemake("results/summary.csv", "-n", "--cores", "2", "--configfile", str(ROOT / "config" / "config.yaml"),
+                    workdir=tmp_path)
+    counts = job_counts(out.stdout)
+    assert counts["ft_paraphraser"] == 1 and counts["train_ft"] == 1 and counts["train_crd"] == 1
+    assert counts["train_dml"] == 1 and counts["train_bss"] >= 2

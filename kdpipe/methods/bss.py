@@ -1,0 +1,110 @@
+"""``train_bss``: distillation with boundary supporting samples (Heo et al., AAAI 2019), and
+born-again generations.
+
+Each step, up to ``attack_size`` samples that teacher and student both classify correctly
+are pushed by an iterative attack on the teacher toward another class (its runner-up by
+default) until they reach the teacher's decision boundary; the student then matches the
+teacher's softened outputs on them:
+
+    total = CE(x) + lambda_e * KL_T(teacher(x_adv) || student(x_adv))
+
+with lambda_e = 0 during a warm-up (10 of 200 epochs, scaled) and then
+max(lambda_kd * (1 - 1.25 (e - 1) / E), 0).  With ``attack_size`` 0 the same term is taken on
+the clean batch: plain born-again soft targets.  Generation g's student starts from a
+fresh initialisation seeded by (seed, g); generation 1's equals the baseline's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import derived_seed
+from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..models import build_model
+from ..objectives.bss import attack_classes, boundary_attack, bss_kd_loss, bss_lambda, select_attack_samples
+from ..runner import run_entry
+from .common import frozen, load_network, teacher_test_accuracy
+
+ATTACK_STEPS = 10
+ATTACK_STEP_SIZE = 0.3
+ATTACK_EPS = 1e-4
+
+
+class BoundarySampleTask(Task):
+    method = "bss"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        opts, data = ctx.opts, ctx.data
+        self.generation = opts["generation"]
+        if opts.get("s_init"):
+            student = load_network(opts["s_init"], opts["s_name"], data.num_classes, "s_init")
+        else:
+            if self.generation > 1:
+                torch.manual_seed(derived_seed("init", opts["seed"], "generation", self.generation))
+            student = build_model(opts["s_name"], data.num_classes)
+        self.roles["student"] = ctx.prepare(student)
+        self.teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
+        self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
+        self.optimizers["student"] = make_optimizer(self.roles["student"].parameters(), opts)
+        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        mean = torch.tensor(data.mean, device=ctx.device)
+        std = torch.tensor(data.std, device=ctx.device)
+        self.lower, self.upper = (0 - mean) / std, (1 - mean) / std  # the normalised image range
+
+    def train_step(self, x, y, index, view_ids, epoch):
+        opts, student = self.ctx.opts, self.roles["student"]
+        weight = bss_lambda(epoch + 1, opts["epochs"], opts["lambda_kd"])
+        with self.ctx.autocast():
+            s_logits = student(x).logits.float()
+        total = F.cross_entropy(s_logits, y)
+        if weight > 0:
+            with torch.no_grad(), self.ctx.autocast():
+                t_logits = self.teacher(x).logits.float()
+            if opts["attack_size"] > 0:
+                idx, valid = select_attack_samples(s_logits.detach(), t_logits, y, opts["attack_size"])
+                target = attack_classes(t_logits[idx], opts["attack_class"])
+                x_adv = boundary_attack(
+                    self.teacher, x[idx].float(), y[idx], target, steps=ATTACK_STEPS, step_size=ATTACK_STEP_SIZE,
+                    eps=ATTACK_EPS, lower=self.lower, upper=self.upper,
+                )
+                with self.ctx.autocast():
+                    s_adv = student(x_adv).logits.float()
+                    with torch.no_grad():
+                        t_adv = self.teacher(x_adv).logits.float()
+                kd = bss_kd_loss(s_adv, t_adv, opts["T"], valid)
+            else:
+                kd = bss_kd_loss(s_logits, t_logits, opts["T"])
+            total = total + weight * kd
+        opt = self.optimizers["student"]
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return {"student": StepResult(total, (s_logits.argmax(1) == y).sum())}
+
+    def identity(self, role):
+        o = self.ctx.opts
+        return {"method": "bss", "variant": "" if o["attack_size"] else "born-again", "teacher": o["t_name"],
+                "student": o["s_name"], "generation": self.generation}
+
+    def info(self):
+        o = self.ctx.opts
+        return {
+            "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
+            "lambda_kd": o["lambda_kd"], "T": o["T"], "attack_size": o["attack_size"],
+            "attack_class": o["attack_class"], "attack_steps": ATTACK_STEPS, "attack_step_size": ATTACK_STEP_SIZE,
+            "generation": self.generation,
+        }
+
+
+def train_bss(**kwargs) -> dict:
+    """BSS distillation (one born-again generation when teacher and student share the architecture)."""
+    return run_entry(
+        "bss",
+        kwargs,
+        BoundarySampleTask,
+        default_note=lambda o: f"bss-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}"
+        f"-gen{o['generation']}-seed{o['seed']}",
+        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init")},
+    )

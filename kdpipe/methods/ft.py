@@ -1,0 +1,195 @@
+"""Factor transfer (Kim, Park & Kwak, NeurIPS 2018): ``train_ft_paraphraser`` and ``train_ft``.
+
+1. A paraphraser (convolutional autoencoder, factor rate ``k``) is trained on the frozen
+   teacher's last-stage feature map with a reconstruction loss.  In the workflow this is
+   its own node (``paraphraser.pt``), so every FT student of the teacher reuses it.
+2. The student trains with CE + lambda_kd * || F_s/||F_s|| - F_t/||F_t|| ||_1, where F_t is
+   the paraphraser's factor of the teacher's map and F_s a learned translator's factor of
+   the student's last stage (the translator trains with the student and is saved with it).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import safe_load
+from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..errors import KdpipeError
+from ..losses import TapShapes
+from ..losses.st import soft_target_loss
+from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
+from ..runner import run_entry
+from .common import frozen, load_network, teacher_test_accuracy
+from .kd import build_student
+
+
+def _slug(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def _teacher(ctx: Context):
+    opts = ctx.opts
+    return frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], ctx.data.num_classes, "t_model")))
+
+
+class ParaphraserTask(Task):
+    """Trains the paraphraser on the teacher's last-stage map; 'loss' on val/test is the reconstruction MSE."""
+
+    method = "ft-paraphraser"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.teacher = _teacher(ctx)
+        self.channels = TapShapes.probe(self.teacher, ctx.data.image_shape).stages[-1][0]
+        self.roles["paraphraser"] = ctx.prepare(Paraphraser(self.channels, ctx.opts["k"]))
+        self.optimizers["paraphraser"] = make_optimizer(self.roles["paraphraser"].parameters(), ctx.opts)
+        self.schedulers["paraphraser"] = make_scheduler(self.optimizers["paraphraser"], ctx.opts)
+
+    def teacher_map(self, x):
+        with torch.no_grad(), self.ctx.autocast():
+            return self.teacher(x).stages[-1].float()
+
+    def train_step(self, x, y, index, view_ids, epoch):
+        target = self.teacher_map(x)
+        with self.ctx.autocast():
+            _, reconstruction = self.roles["paraphraser"](target)
+        loss = reconstruction_loss(reconstruction.float(), target)
+        opt = self.optimizers["paraphraser"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"paraphraser": StepResult(loss, torch.zeros((), dtype=torch.long, device=loss.device))}
+
+    @torch.no_grad()
+    def evaluate_role(self, role, images, labels, normalize):
+        if len(labels) == 0:
+            return math.nan, math.nan
+        model = self.roles[role]
+        model.eval()
+        total = 0.0
+        for start in range(0, len(labels), 1000):
+            target = self.teacher_map(normalize(images[start : start + 1000]))
+            with self.ctx.autocast():
+                _, reconstruction = model(target)
+            total += float(reconstruction_loss(reconstruction.float(), target)) * len(target)
+        model.train()
+        return total / len(labels), math.nan
+
+    def model_file(self, role):
+        return "paraphraser.pt"
+
+    def identity(self, role):
+        return {"method": "ft-paraphraser", "variant": f"k={self.ctx.opts['k']}", "teacher": self.ctx.opts["t_name"],
+                "student": "", "generation": None}
+
+    def info(self):
+        return {"k": self.ctx.opts["k"], "teacher_channels": self.channels,
+                "factor_channels": factor_channels(self.channels, self.ctx.opts["k"])}
+
+
+def load_paraphraser(path, channels: int, k: float) -> Paraphraser:
+    state = safe_load(path, "paraphraser")
+    model = Paraphraser(channels, k)
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(tuple(state[n].shape) != tuple(expected[n].shape) for n in expected):
+        raise KdpipeError(
+            f"paraphraser {path}: does not fit k={k} on a {channels}-channel teacher map "
+            f"({factor_channels(channels, k)} factor channels); train it with the same --k and teacher"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+class FactorTransferTask(Task):
+    method = "ft"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        opts, data = ctx.opts, ctx.data
+        student = build_student(ctx)
+        self.teacher = _teacher(ctx)
+        self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
+        t_shapes = TapShapes.probe(self.teacher, data.image_shape)
+        s_shapes = TapShapes.probe(student, data.image_shape)
+        channels = t_shapes.stages[-1][0]
+        self.paraphraser = frozen(ctx.prepare(load_paraphraser(opts["paraphraser"], channels, opts["k"])))
+        translator = ctx.prepare(Translator(s_shapes.stages[-1][0], factor_channels(channels, opts["k"])))
+        self.roles["student"] = student
+        self.extra_modules["translator"] = translator
+        params = list(student.parameters()) + list(translator.parameters())
+        self.optimizers["student"] = make_optimizer(params, opts)
+        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        self.lambda_kd, self.st_weight, self.T = opts["lambda_kd"], opts["st_weight"], opts["T"]
+
+    def train_step(self, x, y, index, view_ids, epoch):
+        student, translator = self.roles["student"], self.extra_modules["translator"]
+        with self.ctx.autocast():
+            s_taps = student(x)
+            with torch.no_grad():
+                t_taps = self.teacher(x)
+                factor_t = self.paraphraser.encode(t_taps.stages[-1])
+            factor_s = translator(s_taps.stages[-1])
+        total = F.cross_entropy(s_taps.logits.float(), y)
+        total = total + self.lambda_kd * factor_transfer_loss(factor_s.float(), factor_t.float())
+        if self.st_weight > 0:
+            total = total + self.st_weight * soft_target_loss(s_taps.logits.float(), t_taps.logits.float(), self.T)
+        opt = self.optimizers["student"]
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return {"student": StepResult(total, (s_taps.logits.argmax(1) == y).sum())}
+
+    def identity(self, role):
+        return {"method": "ft", "variant": "+st" if self.st_weight > 0 else "", "teacher": self.ctx.opts["t_name"],
+                "student": self.ctx.opts["s_name"], "generation": None}
+
+    def info(self):
+        return {
+            "teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc},
+            "lambda_kd": self.lambda_kd,
+            "k": self.ctx.opts["k"],
+            "st_weight": self.st_weight,
+            "translator_parameters": sum(p.numel() for p in self.extra_modules["translator"].parameters()),
+        }
+
+
+def train_ft_paraphraser(**kwargs) -> dict:
+    """Train FT's paraphraser on a teacher; writes ``paraphraser.pt``.  Defaults: 30 epochs at lr 0.01."""
+    return run_entry(
+        "ft_paraphraser",
+        kwargs,
+        ParaphraserTask,
+        default_note=lambda o: f"ft-paraphraser-{_slug(o['data_name'])}-{o['t_name']}-k{o['k']}-seed{o['seed']}",
+        input_files=lambda o: {"t_model": o["t_model"]},
+    )
+
+
+def train_ft(**kwargs) -> dict:
+    """Factor transfer into ``s_name``.  Without ``paraphraser=...`` one is trained first inside the run directory."""
+    from ..options import resolve
+
+    opts = resolve("ft", kwargs)
+    note = opts["note"] or f"ft-{_slug(opts['data_name'])}-{opts['t_name']}-{opts['s_name']}-seed{opts['seed']}"
+    kwargs = {**kwargs, "note": note}
+    if not opts["paraphraser"]:
+        run_dir = Path(opts["save_root"]) / note
+        para_epochs = opts["para_epochs"] or max(1, round(0.15 * opts["epochs"]))
+        shared = {k: kwargs[k] for k in ("data_name", "img_root", "download", "val_size", "split_seed", "seed",
+                                         "batch_size", "momentum", "weight_decay", "cuda", "threads", "print_freq",
+                                         "train_subset") if k in kwargs}
+        train_ft_paraphraser(
+            **shared, t_model=opts["t_model"], t_name=opts["t_name"], k=opts["k"], epochs=para_epochs,
+            lr=opts["para_lr"] or opts["lr"] / 10, save_root=str(run_dir), note="paraphraser",
+        )
+        kwargs["paraphraser"] = str(run_dir / "paraphraser" / "paraphraser.pt")
+    return run_entry(
+        "ft",
+        kwargs,
+        FactorTransferTask,
+        default_note=lambda o: note,
+        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), "paraphraser": o["paraphraser"]},
+    )

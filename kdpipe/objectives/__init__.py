@@ -1,0 +1,1 @@
+"""Building blocks of the entry points beyond ``kd``: CRD, FT, BSS (losses, memories, attacks)."""

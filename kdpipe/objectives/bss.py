@@ -1,0 +1,163 @@
+"""BSS: distillation with boundary supporting samples.
+
+Heo, Lee, Yun and Choi, "Knowledge Distillation with Adversarial Samples Supporting
+Decision Boundary", AAAI 2019.
+
+The teacher's decision boundary is transferred by distilling on adversarial
+"boundary supporting samples" (BSSs): base samples that student and teacher both
+classify correctly are pushed, by an iterative gradient attack on the teacher, toward
+a target class until they reach (cross) the teacher's boundary between the true and
+the target class.  The student then matches the teacher's softened outputs on those
+samples with a KL term whose weight decays over training.
+
+Building blocks (all batched, with no host synchronisation in the tensor functions):
+
+* :func:`bss_lambda` - the epoch schedule of the adversarial KD weight (zero during a
+  warm-up of 10 of 200 epochs, scaled; then a linear decay ``1 - 1.25 (epoch-1)/epochs``
+  clipped at zero), the Knowledge-Distillation-Zoo settings;
+* :func:`select_attack_samples` - which base samples to attack (correct for both
+  networks, largest student/teacher disagreement off the true class first);
+* :func:`attack_classes` - the target class per sample (teacher's runner-up, or drawn
+  from the teacher's softmax without its top-1 class);
+* :func:`boundary_attack` - the iterative attack ``x <- x + eta (p_y - p_k + eps)
+  g / ||g||`` with ``g`` the gradient of ``p_k - p_y``, applied only to samples the
+  teacher still assigns to their true class;
+* :func:`bss_kd_loss` - ``KL(softmax(t/T) || softmax(s/T))`` averaged over the valid
+  adversarial samples, without the ``T^2`` factor (the scale KD-Zoo's ``lambda_kd`` = 2
+  assumes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import KdpipeError
+
+ATTACK_CLASSES = ("runner_up", "sampled")
+
+
+def bss_lambda(epoch: int, epochs: int, lambda_kd: float, warmup_epochs: int | None = None) -> float:
+    """Weight of the adversarial KD term in 1-based ``epoch`` of ``epochs``.
+
+    0 while ``epoch <= warmup_epochs`` (default ``round(10 * epochs / 200)``: KD-Zoo's 10
+    of 200 epochs, scaled), then ``max(lambda_kd * (1 - 1.25 * (epoch - 1) / epochs), 0)``.
+    """
+    if warmup_epochs is None:
+        warmup_epochs = round(10 * epochs / 200)
+    if epoch <= warmup_epochs:
+        return 0.0
+    return max(lambda_kd * (1.0 - 1.25 * (epoch - 1) / epochs), 0.0)
+
+
+def select_attack_samples(s_logits: Tensor, t_logits: Tensor, y: Tensor, attack_size: int) -> tuple[Tensor, Tensor]:
+    """Base samples to attack, as ``(index, valid)``.
+
+    Candidates are samples that both student and teacher classify correctly.  Among
+    them, those whose softmax outputs disagree most off the true class come first:
+    ``score = sum_{c != y} (p_t[c] - p_s[c])^2``; non-candidates score ``-inf``.
+    ``index`` (A,) int64 holds the top ``A = min(attack_size, B)`` samples by score and
+    ``valid`` (A,) bool says which of them are candidates.
+    """
+    s_logits = s_logits.detach()
+    t_logits = t_logits.detach()
+    batch = s_logits.shape[0]
+    k = min(max(int(attack_size), 0), batch)
+    y_col = y.view(-1, 1).to(torch.long)
+    candidate = (s_logits.argmax(dim=1) == y) & (t_logits.argmax(dim=1) == y)
+    diff = F.softmax(t_logits.float(), dim=1) - F.softmax(s_logits.float(), dim=1)
+    score = diff.pow(2).scatter(1, y_col, 0.0).sum(dim=1)
+    score = torch.where(candidate, score, torch.full_like(score, float("-inf")))
+    index = score.topk(k, dim=0, largest=True, sorted=True).indices
+    return index, candidate.gather(0, index)
+
+
+def attack_classes(t_logits: Tensor, how: str = "runner_up", generator: torch.Generator | None = None) -> Tensor:
+    """Target class per sample, (B,) int64.
+
+    ``runner_up``: the teacher's second-highest class.  ``sampled``: drawn among all
+    classes but the teacher's top-1, with probability proportional to the teacher's
+    softmax (one batched ``torch.multinomial`` draw, using ``generator`` if given).
+    """
+    if how not in ATTACK_CLASSES:
+        raise KdpipeError(f"attack_class: got {how!r}; allowed: {', '.join(ATTACK_CLASSES)}")
+    if t_logits.dim() != 2 or t_logits.shape[1] < 2:
+        raise KdpipeError(f"attack_class: need (batch, classes >= 2) logits; got shape {tuple(t_logits.shape)}")
+    t_logits = t_logits.detach()
+    if how == "runner_up":
+        return t_logits.topk(2, dim=1).indices[:, 1]
+    # Softmax over the logits with the top-1 masked out = the teacher's softmax
+    # renormalised over the other classes, without underflowing to an all-zero row.
+    top1 = t_logits.argmax(dim=1, keepdim=True)
+    masked = t_logits.float().scatter(1, top1, float("-inf"))
+    probs = F.softmax(masked, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _channel_view(bound: Tensor, like: Tensor) -> Tensor:
+    """A per-channel (C,) bound shaped to broadcast against ``like`` (B, C, ...)."""
+    return bound.to(device=like.device, dtype=like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def boundary_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor,
+    steps: int = 10,
+    step_size: float = 0.3,
+    eps: float = 1e-4,
+    lower: Tensor | None = None,
+    upper: Tensor | None = None,
+) -> Tensor:
+    """Push ``x`` toward the teacher's boundary between ``y`` and ``target``.
+
+    Each of the ``steps`` iterations computes ``p = softmax(model(x_adv).logits)``,
+    ``L = sum_b (p[b, target_b] - p[b, y_b])`` and ``g = dL/dx_adv``; samples the model
+    still assigns to ``y_b`` move by ``step_size * (p[b, y_b] - p[b, target_b] + eps) *
+    g_b / ||g_b||_2`` (then clamped to the per-channel ``[lower, upper]``, shape (C,),
+    when given); the others stay put.  Only ``x_adv`` is differentiated, so the model's
+    parameters get no ``.grad``.  The model is used as given (eval mode is the caller's
+    job).  Returns the detached adversarial batch.
+    """
+    y_col = y.view(-1, 1).to(torch.long)
+    t_col = target.view(-1, 1).to(torch.long)
+    lo = _channel_view(lower, x) if lower is not None else None
+    hi = _channel_view(upper, x) if upper is not None else None
+    bshape = (-1,) + (1,) * (x.dim() - 1)
+    x_adv = x.detach().clone()
+    for _ in range(steps):
+        with torch.enable_grad():
+            x_var = x_adv.requires_grad_(True)
+            logits = model(x_var).logits
+            p = F.softmax(logits.float(), dim=1)
+            p_y = p.gather(1, y_col).squeeze(1)
+            p_k = p.gather(1, t_col).squeeze(1)
+            (grad,) = torch.autograd.grad((p_k - p_y).sum(), x_var)
+        x_adv = x_var.detach()
+        active = logits.detach().argmax(dim=1) == y
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        coef = (step_size * (p_y.detach() - p_k.detach() + eps) / norm).to(x_adv.dtype)
+        moved = x_adv + coef.view(bshape) * grad
+        if lo is not None:
+            moved = torch.maximum(moved, lo)
+        if hi is not None:
+            moved = torch.minimum(moved, hi)
+        x_adv = torch.where(active.view(bshape), moved, x_adv)
+    return x_adv.detach()
+
+
+def bss_kd_loss(s_logits: Tensor, t_logits: Tensor, T: float, valid: Tensor | None = None) -> Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))``, summed over classes, averaged over valid samples.
+
+    The mean is ``sum over valid / max(number valid, 1)`` (0 when none is valid); no
+    ``T^2`` factor.  ``t_logits`` are detached; ``valid`` None means all samples.
+    """
+    log_p_s = F.log_softmax(s_logits / T, dim=1)
+    log_p_t = F.log_softmax(t_logits.detach() / T, dim=1)
+    per_sample = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    if valid is None:
+        return per_sample.sum() / max(per_sample.shape[0], 1)
+    w = valid.to(per_sample.dtype)
+    return (per_sample * w).sum() / w.sum().clamp_min(1.0)

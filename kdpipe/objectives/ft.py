@@ -1,0 +1,175 @@
+"""Factor transfer (FT): paraphraser, translator and the two FT objectives.
+
+Kim, Park and Kwak, "Paraphrasing Complex Network: Network Compression via Factor
+Transfer", NeurIPS 2018.
+
+Two stages (Sec. 3 of the paper):
+
+1. A *paraphraser* P -- a convolutional autoencoder -- is trained, with the teacher
+   frozen, on the teacher's last-stage feature map x (C, H, W).  Its encoder output is
+   the teacher's *factor* F_T, with f = round(C * k) channels, k being the "factor
+   rate".  The paraphraser objective is the reconstruction loss (Eq. 1)
+
+       L_rec = || x - P(x) ||^2,
+
+   implemented here as the mean squared error over all elements
+   (:func:`reconstruction_loss`).
+
+2. The student's last-stage map goes through a *translator* (a convolutional encoder
+   shaped like the paraphraser's encoder), giving the student factor F_S, and the
+   student is trained with L_student = L_cls + beta * L_FT, where the factor-transfer
+   loss (Eq. 3) is
+
+       L_FT = || F_T / ||F_T||_2  -  F_S / ||F_S||_2 ||_p ,   p = 1,
+
+   each sample's factor being flattened to a vector and L2-normalised before taking
+   the L1 distance (:func:`factor_transfer_loss`).  The paraphraser (and so F_T) is
+   frozen in this stage.  As reduction we take the mean over all B * D elements
+   (D = the flattened factor size), the scale that KD-Zoo's default beta = 200 assumes.
+
+This module holds only the building blocks; wiring into an entry point lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "factor_channels",
+    "Paraphraser",
+    "Translator",
+    "reconstruction_loss",
+    "factor_transfer_loss",
+]
+
+_SLOPE = 0.1
+_EPS = 1e-12
+
+
+def factor_channels(in_channels: int, k: float) -> int:
+    """Channels of the factor: ``max(1, round(in_channels * k))``; k is the paper's 'factor rate' (> 0)."""
+    if int(in_channels) < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if not k > 0:
+        raise ValueError(f"factor rate k must be > 0, got {k}")
+    return max(1, int(round(int(in_channels) * float(k))))
+
+
+def _conv_bn_act(cin: int, cout: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(_SLOPE),
+    ]
+
+
+def _deconv_bn_act(cin: int, cout: int) -> list[nn.Module]:
+    return [
+        nn.ConvTranspose2d(cin, cout, 3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(_SLOPE),
+    ]
+
+
+def _encoder(in_channels: int, factor: int) -> nn.Sequential:
+    return nn.Sequential(
+        *_conv_bn_act(in_channels, in_channels),
+        *_conv_bn_act(in_channels, factor),
+        *_conv_bn_act(factor, factor),
+    )
+
+
+class Paraphraser(nn.Module):
+    """Convolutional autoencoder trained on the teacher's last-stage feature map (in_channels, H, W).
+
+    encoder: Conv3x3(in->in) BN LeakyReLU(0.1), Conv3x3(in->f) BN LeakyReLU(0.1), Conv3x3(f->f) BN LeakyReLU(0.1)
+    decoder: ConvTranspose3x3(f->f) BN LeakyReLU(0.1), ConvTranspose3x3(f->in) BN LeakyReLU(0.1), ConvTranspose3x3(in->in)
+
+    Stride 1, padding 1 everywhere, so H, W are preserved; the decoder's last layer has no
+    BN/activation (and has a bias) so it can reproduce any sign.  ``f = factor_channels(in_channels, k)``.
+    """
+
+    def __init__(self, in_channels: int, k: float):
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.k = float(k)
+        self.factor = factor_channels(self.in_channels, self.k)
+        f = self.factor
+        self.encoder = _encoder(self.in_channels, f)
+        self.decoder = nn.Sequential(
+            *_deconv_bn_act(f, f),
+            *_deconv_bn_act(f, self.in_channels),
+            nn.ConvTranspose2d(self.in_channels, self.in_channels, 3, stride=1, padding=1, bias=True),
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The factor, (B, f, H, W)."""
+        return self.encoder(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(factor, reconstruction)``; reconstruction has x's shape."""
+        factor = self.encoder(x)
+        return factor, self.decoder(factor)
+
+
+class Translator(nn.Module):
+    """Student-side encoder.
+
+    Conv3x3(in->in) BN LeakyReLU(0.1), Conv3x3(in->f) BN LeakyReLU(0.1), Conv3x3(f->f) BN LeakyReLU(0.1),
+    stride 1 / padding 1 (H, W preserved).  If the student's map is larger (H, W) than the
+    teacher's factor, it is average-pooled to the factor's size in :func:`factor_transfer_loss`
+    (not here).
+    """
+
+    def __init__(self, in_channels: int, factor: int):
+        super().__init__()
+        if int(in_channels) < 1 or int(factor) < 1:
+            raise ValueError(f"in_channels and factor must be >= 1, got {in_channels}, {factor}")
+        self.in_channels = int(in_channels)
+        self.factor = int(factor)
+        self.encoder = _encoder(self.in_channels, self.factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+
+def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """Paraphraser training objective (Eq. 1): mean squared error over all elements (target detached)."""
+    if reconstruction.shape != target.shape:
+        raise ValueError(f"shape mismatch: reconstruction {tuple(reconstruction.shape)} vs target {tuple(target.shape)}")
+    return F.mse_loss(reconstruction, target.detach())
+
+
+def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool 4-D maps to the common (smaller) spatial size; no-op when sizes agree."""
+    if a.dim() != 4 or b.dim() != 4 or a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    if a.shape[-2:] != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if b.shape[-2:] != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def factor_transfer_loss(factor_s: Tensor, factor_t: Tensor) -> Tensor:
+    """Factor-transfer loss (Eq. 3, p = 1).
+
+    ``|| F_s/||F_s||_2 - F_t/||F_t||_2 ||_1`` with each sample's factor flattened and
+    L2-normalised (norm clamped below at 1e-12); reduction: mean over all B*D elements
+    (the scale KD-Zoo's lambda 200 assumes).  ``factor_t`` is detached.  If spatial sizes
+    differ (4-D maps), the larger map is avg-pooled to the smaller first
+    (``adaptive_avg_pool2d``).
+    """
+    factor_t = factor_t.detach()
+    if factor_s.shape[0] != factor_t.shape[0]:
+        raise ValueError(f"batch mismatch: {factor_s.shape[0]} vs {factor_t.shape[0]}")
+    factor_s, factor_t = _match_spatial(factor_s, factor_t)
+    if factor_s.shape != factor_t.shape:
+        raise ValueError(
+            f"factor shape mismatch after pooling: student {tuple(factor_s.shape)} vs teacher {tuple(factor_t.shape)}"
+        )
+    s = F.normalize(factor_s.flatten(1), p=2, dim=1, eps=_EPS)
+    t = F.normalize(factor_t.flatten(1), p=2, dim=1, eps=_EPS)
+    return (s - t).abs().mean()

@@ -1,0 +1,21 @@
+# Contrastive representation distillation students (crd, and crd+st with soft targets).
+
+
+rule train_crd:
+    input:
+        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
+    output:
+        model="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/model.pt",
+        metrics="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/metrics.csv",
+        record="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/{crd}/{teacher}-{student}/seed{seed}.log",
+    wildcard_constraints:
+        crd=r"crd(\+st)?",
+    params:
+        opts=lambda w: kw.crd_options(
+            config, w.dataset, w.crd, w.teacher, w.student, w.seed
+        ),
+    threads: train_threads()
+    script:
+        "../scripts/train_crd.py"

@@ -1,0 +1,17 @@
+# Deep mutual learning cohorts: no teacher, every peer reported (net1, net2, ...).
+
+
+rule train_dml:
+    output:
+        model="results/{dataset}/dml/{cohort}/seed{seed}/model.pt",
+        metrics="results/{dataset}/dml/{cohort}/seed{seed}/metrics.csv",
+        record="results/{dataset}/dml/{cohort}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/dml/{cohort}/seed{seed}.log",
+    wildcard_constraints:
+        cohort=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+",
+    params:
+        opts=lambda w: kw.dml_options(config, w.dataset, w.cohort, w.seed),
+    threads: train_threads()
+    script:
+        "../scripts/train_dml.py"

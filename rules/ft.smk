@@ -1,0 +1,34 @@
+# Factor transfer: teacher -> paraphraser (one node per teacher) -> FT students.
+
+
+rule ft_paraphraser:
+    input:
+        teacher="results/{dataset}/base/{teacher}/seed{seed}/model.pt",
+    output:
+        model="results/{dataset}/ft-paraphraser/{teacher}/seed{seed}/paraphraser.pt",
+        metrics="results/{dataset}/ft-paraphraser/{teacher}/seed{seed}/metrics.csv",
+        record="results/{dataset}/ft-paraphraser/{teacher}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/ft-paraphraser/{teacher}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.ft_paraphraser_options(config, w.dataset, w.teacher, w.seed),
+    threads: train_threads()
+    script:
+        "../scripts/train_ft_paraphraser.py"
+
+
+rule train_ft:
+    input:
+        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
+        paraphraser=lambda w: kw.paraphraser_path(config, w.dataset, w.teacher, w.seed),
+    output:
+        model="results/{dataset}/ft/{teacher}-{student}/seed{seed}/model.pt",
+        metrics="results/{dataset}/ft/{teacher}-{student}/seed{seed}/metrics.csv",
+        record="results/{dataset}/ft/{teacher}-{student}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/ft/{teacher}-{student}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.ft_options(config, w.dataset, w.teacher, w.student, w.seed),
+    threads: train_threads()
+    script:
+        "../scripts/train_ft.py"

@@ -1,0 +1,5 @@
+"""Rule train_dml: one deep-mutual-learning cohort (see kdpipe.methods.dml)."""
+
+from kdpipe.workflow import run_rule
+
+run_rule(snakemake, "dml")  # noqa: F821 (injected by Snakemake)

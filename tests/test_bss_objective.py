@@ -1,0 +1,372 @@
+"""BSS building blocks (kdpipe.objectives.bss): schedule, sample selection, attack, loss."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdpipe.errors import KdpipeError
+from kdpipe.models.taps import FeatureTaps
+from kdpipe.objectives.bss import attack_classes, boundary_attack, bss_kd_loss, bss_lambda, select_attack_samples
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Linear2D(nn.Module):
+    """Teacher on 2-D inputs: logits (x0, x1, -5); the 0/1 boundary is the line x0 == x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([0.0, 0.0, -5.0]))
+
+    def forward(self, x):
+        return types.SimpleNamespace(logits=self.fc(x))
+
+
+class TinyImageNet(nn.Module):
+    """Linear classifier on flattened (B, C, H, W) images, returning FeatureTaps."""
+
+    def __init__(self, c=3, hw=2, k=4, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(c * hw * hw, k)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(k, c * hw * hw, generator=g))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        e = x.flatten(1)
+        return FeatureTaps(stem=x, stages_pre=(), stages=(), embedding=e, logits=self.fc(e))
+
+
+def loop_attack(model, x, y, target, steps, step_size, eps=1e-4, lower=None, upper=None):
+    """Per-sample reference of the BSS update rule."""
+    out = []
+    for b in range(x.shape[0]):
+        xb = x[b : b + 1].detach().clone()
+        yb, kb = int(y[b]), int(target[b])
+        for _ in range(steps):
+            xb.requires_grad_(True)
+            logits = model(xb).logits
+            p = F.softmax(logits, dim=1)[0]
+            (g,) = torch.autograd.grad(p[kb] - p[yb], xb)
+            xb, p, logits = xb.detach(), p.detach(), logits.detach()
+            if int(logits.argmax(dim=1)) == yb:
+                new = xb + step_size * float(p[yb] - p[kb] + eps) * g / max(float(g.norm()), 1e-12)
+                for c in range(x.shape[1]):
+                    if lower is not None:
+                        new[:, c] = new[:, c].clamp_min(float(lower[c]))
+                    if upper is not None:
+                        new[:, c] = new[:, c].clamp_max(float(upper[c]))
+                xb = new
+        out.append(xb)
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- 1. schedule
+
+
+def test_bss_lambda_schedule():
+    assert bss_lambda(1, 200, 2.0) == 0.0
+    assert bss_lambda(10, 200, 2.0) == 0.0
+    assert bss_lambda(11, 200, 2.0) == pytest.approx(2.0 * (1 - 1.25 * 10 / 200))
+    assert bss_lambda(100, 200, 2.0) == pytest.approx(2.0 * (1 - 1.25 * 99 / 200))
+    assert bss_lambda(200, 200, 2.0) == 0.0
+    assert bss_lambda(161, 200, 2.0) == 0.0  # 1 - 1.25 * 160/200 == 0
+    # 12 epochs: warm-up round(0.6) == 1
+    assert bss_lambda(1, 12, 2.0) == 0.0
+    assert bss_lambda(2, 12, 2.0) == pytest.approx(2.0 * (1 - 1.25 / 12))
+    # explicit warm-up
+    assert bss_lambda(3, 12, 2.0, warmup_epochs=3) == 0.0
+    assert bss_lambda(4, 12, 2.0, warmup_epochs=3) == pytest.approx(2.0 * (1 - 1.25 * 3 / 12))
+    assert bss_lambda(1, 12, 2.0, warmup_epochs=0) == pytest.approx(2.0)
+
+
+# ----------------------------------------------------------------------------- 2. selection
+
+
+def loop_select(s, t, y, attack_size):
+    scored = []
+    for b in range(s.shape[0]):
+        yb = int(y[b])
+        if int(s[b].argmax()) == yb and int(t[b].argmax()) == yb:
+            ps, pt = F.softmax(s[b], 0), F.softmax(t[b], 0)
+            sc = sum(float(pt[c] - ps[c]) ** 2 for c in range(s.shape[1]) if c != yb)
+            scored.append((sc, b))
+    scored.sort(reverse=True)
+    return [b for _, b in scored]
+
+
+def test_select_attack_samples_matches_loop():
+    g = torch.Generator().manual_seed(3)
+    B, K = 12, 5
+    y = torch.randint(0, K, (B,), generator=g)
+    s = torch.randn(B, K, generator=g)
+    t = torch.randn(B, K, generator=g)
+    # make most samples correct for both, with varied margins; a few wrong for one of them
+    s[torch.arange(B), y] += 3.0 * torch.rand(B, generator=g) + 4.0
+    t[torch.arange(B), y] += 3.0 * torch.rand(B, generator=g) + 4.0
+    s[1, y[1]] -= 10.0  # student wrong
+    t[4, y[4]] -= 10.0  # teacher wrong
+    s[7, y[7]] -= 10.0
+    t[7, y[7]] -= 10.0  # both wrong
+    ref = loop_select(s, t, y, B)
+    assert len(ref) == B - 3 and {1, 4, 7}.isdisjoint(ref)
+
+    index, valid = select_attack_samples(s, t, y, attack_size=5)
+    assert index.dtype == torch.int64 and valid.dtype == torch.bool
+    assert index.shape == (5,) and valid.shape == (5,)
+    assert index.tolist() == ref[:5]
+    assert valid.all()
+
+    # more requested than there are candidates: candidates first, in score order, then invalid ones
+    index, valid = select_attack_samples(s, t, y, attack_size=B)
+    assert index.shape == (B,)
+    assert index[: len(ref)].tolist() == ref
+    assert valid.tolist() == [True] * len(ref) + [False] * 3
+    assert sorted(index[len(ref) :].tolist()) == [1, 4, 7]
+
+    # attack_size above the batch size is capped at B
+    index, valid = select_attack_samples(s, t, y, attack_size=100)
+    assert index.shape == (B,) and int(valid.sum()) == len(ref)
+
+
+def test_select_attack_samples_few_candidates():
+    y = torch.tensor([0, 1, 2, 0])
+    s = torch.tensor([[3.0, 0, 0], [3.0, 0, 0], [0, 0, 3.0], [0, 3.0, 0]])  # correct: 0, 2
+    t = torch.tensor([[2.0, 1, 0], [0, 3.0, 0], [0, 0, 5.0], [3.0, 0, 0]])  # correct: 0, 1, 2, 3
+    index, valid = select_attack_samples(s, t, y, attack_size=3)
+    ref = loop_select(s, t, y, 3)
+    assert sorted(ref) == [0, 2]
+    assert index[:2].tolist() == ref
+    assert valid.tolist() == [True, True, False]
+    assert int(index[2]) in (1, 3)
+    # no candidate at all
+    index, valid = select_attack_samples(s, t, torch.tensor([1, 0, 0, 2]), attack_size=2)
+    assert index.shape == (2,) and not valid.any()
+
+
+# ----------------------------------------------------------------------------- 3. attack classes
+
+
+def test_attack_classes_runner_up():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(16, 10, generator=g)
+    got = attack_classes(t, "runner_up")
+    assert got.dtype == torch.int64
+    assert torch.equal(got, t.argsort(dim=1, descending=True)[:, 1])
+    assert torch.equal(attack_classes(t), got)
+
+
+def test_attack_classes_sampled_excludes_top1_and_matches_softmax():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(64, 6, generator=g) * 3
+    got = attack_classes(t, "sampled", generator=g)
+    assert got.shape == (64,) and got.dtype == torch.int64
+    assert not (got == t.argmax(dim=1)).any()
+
+    logits = torch.tensor([2.0, 0.5, 1.0, -0.5, 0.0])
+    n = 20000
+    draws = attack_classes(logits.expand(n, -1), "sampled", generator=torch.Generator().manual_seed(1))
+    assert not (draws == 0).any()
+    freq = torch.bincount(draws, minlength=5).float() / n
+    p = F.softmax(logits, 0)
+    p[0] = 0
+    p = p / p.sum()
+    assert (freq - p).abs().max() < 0.02
+
+    # a teacher so confident that the other classes underflow still yields a valid draw
+    sure = torch.tensor([[1000.0, 0.0, 0.0]])
+    assert int(attack_classes(sure, "sampled", generator=g)) in (1, 2)
+
+
+def test_attack_classes_rejects_unknown():
+    with pytest.raises(KdpipeError, match=r"attack_class: got 'x'; allowed: runner_up, sampled"):
+        attack_classes(torch.zeros(2, 3), "x")
+
+
+# ----------------------------------------------------------------------------- 4. boundary attack
+
+
+def test_boundary_attack_crosses_teacher_boundary():
+    model = Linear2D()
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [3.0, -1.0]])
+    y = torch.tensor([0, 0, 0, 0])
+    k = torch.tensor([1, 1, 1, 1])
+    assert model(x).logits.argmax(1).tolist() == [0, 1, 0, 0]  # sample 1 is already across
+
+    # large steps: clearly across the 0/1 boundary (x0 < x1)
+    adv = boundary_attack(model, x, y, k, steps=10, step_size=3.0)
+    pred = model(adv).logits.argmax(1)
+    assert pred[[0, 2, 3]].tolist() == [1, 1, 1]
+    assert torch.equal(adv[1], x[1])  # already across: never moved
+    assert not adv.requires_grad
+
+    # moderate steps: lands on the boundary (p_0 ~= p_1), just past it
+    adv = boundary_attack(model, x, y, k, steps=10, step_size=1.0)
+    p = F.softmax(model(adv).logits, 1)
+    assert ((p[:, 0] - p[:, 1]).abs()[[0, 2, 3]] < 1e-3).all()
+    assert torch.equal(adv[1], x[1])
+    # the move goes toward class 1: x0 down, x1 up
+    d = adv - x
+    assert (d[[0, 2, 3], 0] < 0).all() and (d[[0, 2, 3], 1] > 0).all()
+
+    # zero steps: identity
+    assert torch.equal(boundary_attack(model, x, y, k, steps=0), x)
+
+
+def test_boundary_attack_stops_once_across():
+    model = Linear2D()
+    x = torch.tensor([[1.2, 1.0]])
+    y, k = torch.tensor([0]), torch.tensor([1])
+    one = boundary_attack(model, x, y, k, steps=1, step_size=3.0)
+    assert int(model(one).logits.argmax()) == 1
+    many = boundary_attack(model, x, y, k, steps=10, step_size=3.0)
+    assert torch.equal(one, many)
+
+
+def test_boundary_attack_matches_per_sample_loop():
+    model = Linear2D()
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [3.0, -1.0], [0.5, 0.4]])
+    y = torch.tensor([0, 0, 0, 0, 1])
+    k = torch.tensor([1, 1, 2, 1, 2])
+    for steps, step_size in [(10, 0.3), (4, 3.0)]:
+        got = boundary_attack(model, x, y, k, steps=steps, step_size=step_size)
+        ref = loop_attack(model, x, y, k, steps, step_size)
+        assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_boundary_attack_images_clamp_and_loop():
+    model = TinyImageNet()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 3, 2, 2, generator=g) * 0.4 - 0.2
+    with torch.no_grad():
+        t = model(x).logits
+    y = t.argmax(1)
+    k = attack_classes(t, "runner_up")
+    lower = torch.tensor([-0.25, -0.3, -0.2])
+    upper = torch.tensor([0.25, 0.3, 0.2])
+    got = boundary_attack(model, x, y, k, steps=6, step_size=2.0, lower=lower, upper=upper)
+    assert got.shape == x.shape
+    assert (got >= lower.view(1, 3, 1, 1) - 1e-7).all() and (got <= upper.view(1, 3, 1, 1) + 1e-7).all()
+    # the clamp is active for at least one sample
+    at_bound = (got == lower.view(1, 3, 1, 1)) | (got == upper.view(1, 3, 1, 1))
+    assert at_bound.any()
+    ref = loop_attack(model, x, y, k, 6, 2.0, lower=lower, upper=upper)
+    assert torch.allclose(got, ref, atol=1e-6)
+    # without bounds the attack moves further out
+    free = boundary_attack(model, x, y, k, steps=6, step_size=2.0)
+    assert (free.abs().amax(dim=(1, 2, 3)) >= got.abs().amax(dim=(1, 2, 3)) - 1e-7).all()
+    assert not torch.equal(free, got)
+
+
+# ----------------------------------------------------------------------------- 5. no host sync
+
+
+def test_no_host_sync(monkeypatch):
+    model = TinyImageNet()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, 2, 2, generator=g)
+    with torch.no_grad():
+        t = model(x).logits
+    s = t + 0.3 * torch.randn(t.shape, generator=g)
+    y = t.argmax(1)
+    lower, upper = torch.full((3,), -1.0), torch.full((3,), 1.0)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("host synchronisation")
+
+    monkeypatch.setattr(torch.Tensor, "item", boom)
+    monkeypatch.setattr(torch.Tensor, "__bool__", boom)
+    monkeypatch.setattr(torch.Tensor, "tolist", boom)
+    monkeypatch.setattr(torch.Tensor, "__float__", boom)
+    monkeypatch.setattr(torch.Tensor, "__int__", boom)
+    monkeypatch.setattr(torch.Tensor, "nonzero", boom)
+    monkeypatch.setattr(torch, "nonzero", boom)
+
+    index, valid = select_attack_samples(s, t, y, attack_size=3)
+    target = attack_classes(t, "runner_up")
+    adv = boundary_attack(model, x, y, target, steps=3, lower=lower, upper=upper)
+    loss = bss_kd_loss(s, t, T=4.0, valid=valid.new_ones(5))
+    loss2 = bss_kd_loss(s, t, T=4.0)
+    monkeypatch.undo()
+    assert index.shape == (3,) and target.shape == (5,) and adv.shape == x.shape
+    assert torch.isfinite(loss) and torch.isfinite(loss2)
+
+
+# ----------------------------------------------------------------------------- 6. loss
+
+
+def loop_kl(s, t, T, valid):
+    total, n = 0.0, 0
+    for b in range(s.shape[0]):
+        if not valid[b]:
+            continue
+        ps, pt = F.softmax(s[b] / T, 0), F.softmax(t[b] / T, 0)
+        total += sum(float(pt[c]) * math.log(float(pt[c]) / float(ps[c])) for c in range(s.shape[1]))
+        n += 1
+    return total / max(n, 1)
+
+
+def test_bss_kd_loss_matches_loop_and_valid_mask():
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(6, 5, generator=g) * 2
+    t = torch.randn(6, 5, generator=g) * 2
+    allv = torch.ones(6, dtype=torch.bool)
+    assert float(bss_kd_loss(s, t, T=4.0)) == pytest.approx(loop_kl(s, t, 4.0, allv), rel=1e-5)
+    valid = torch.tensor([True, False, True, True, False, False])
+    assert float(bss_kd_loss(s, t, T=2.0, valid=valid)) == pytest.approx(loop_kl(s, t, 2.0, valid), rel=1e-5)
+    # invalid samples don't matter
+    s2 = s.clone()
+    s2[~valid] = 100.0
+    assert torch.allclose(bss_kd_loss(s2, t, 2.0, valid), bss_kd_loss(s, t, 2.0, valid))
+    # none valid -> 0
+    assert float(bss_kd_loss(s, t, 2.0, torch.zeros(6, dtype=torch.bool))) == 0.0
+    # identical logits -> 0
+    assert float(bss_kd_loss(t.clone(), t, 3.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_bss_kd_loss_gradients():
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(4, 3, generator=g).requires_grad_(True)
+    t = torch.randn(4, 3, generator=g).requires_grad_(True)
+    bss_kd_loss(s, t, 4.0, valid=torch.tensor([True, True, False, True])).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert torch.equal(s.grad[2], torch.zeros(3))
+    assert t.grad is None
+
+
+# ----------------------------------------------------------------------------- 7. no parameter gradients
+
+
+def test_boundary_attack_leaves_no_param_grads():
+    for model, x in [(Linear2D(), torch.tensor([[2.0, 0.0], [1.0, 0.5]])), (TinyImageNet(), torch.randn(3, 3, 2, 2))]:
+        with torch.no_grad():
+            t = model(x).logits
+        y, k = t.argmax(1), attack_classes(t)
+        x_in = x.clone().requires_grad_(True)
+        adv = boundary_attack(model, x_in, y, k, steps=3)
+        assert all(p.grad is None for p in model.parameters())
+        assert x_in.grad is None and not adv.requires_grad
+        # also under no_grad (e.g. called from an evaluation loop)
+        with torch.no_grad():
+            adv2 = boundary_attack(model, x, y, k, steps=3)
+        assert torch.allclose(adv, adv2)
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_boundary_attack_frozen_teacher():
+    model = Linear2D().requires_grad_(False).eval()
+    x = torch.tensor([[2.0, 0.0]])
+    adv = boundary_attack(model, x, torch.tensor([0]), torch.tensor([1]), steps=10, step_size=3.0)
+    assert int(model(adv).logits.argmax()) == 1
+    assert all(p.grad is None for p in model.parameters())

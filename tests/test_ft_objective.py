@@ -1,0 +1,149 @@
+"""Tests for kdpipe.objectives.ft (factor transfer, Kim et al., NeurIPS 2018)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdpipe.objectives.ft import (
+    Paraphraser,
+    Translator,
+    factor_channels,
+    factor_transfer_loss,
+    reconstruction_loss,
+)
+
+
+def _loop_ft(s: torch.Tensor, t: torch.Tensor) -> float:
+    """Independent reference: per sample flatten, L2-normalise, L1 distance; divide by B*D."""
+    b = s.shape[0]
+    total = 0.0
+    d = None
+    for i in range(b):
+        a = [float(v) for v in s[i].reshape(-1)]
+        c = [float(v) for v in t[i].reshape(-1)]
+        d = len(a)
+        na = math.sqrt(sum(v * v for v in a))
+        nc = math.sqrt(sum(v * v for v in c))
+        total += sum(abs(x / na - y / nc) for x, y in zip(a, c))
+    return total / (b * d)
+
+
+def test_factor_channels():
+    assert factor_channels(64, 0.5) == 32
+    assert factor_channels(3, 0.1) == 1
+    assert factor_channels(64, 1.0) == 64
+    with pytest.raises(ValueError):
+        factor_channels(64, 0.0)
+
+
+def test_paraphraser_shapes_and_encode():
+    torch.manual_seed(0)
+    p = Paraphraser(64, 0.5)
+    assert p.factor == 32
+    x = torch.randn(2, 64, 4, 4)
+    factor, rec = p(x)
+    assert factor.shape == (2, 32, 4, 4)
+    assert rec.shape == (2, 64, 4, 4)
+    p.eval()  # deterministic BN so encode and forward see identical statistics
+    factor, _ = p(x)
+    assert torch.allclose(p.encode(x), factor)
+
+
+def test_translator_shape():
+    tr = Translator(8, 4)
+    assert tr(torch.randn(2, 8, 4, 4)).shape == (2, 4, 4, 4)
+
+
+def test_factor_transfer_loss_matches_loop():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(3, 2, 2, 3, generator=g, dtype=torch.float64)
+    t = torch.randn(3, 2, 2, 3, generator=g, dtype=torch.float64)
+    got = factor_transfer_loss(s, t)
+    assert got.dim() == 0
+    assert got.item() == pytest.approx(_loop_ft(s, t), rel=1e-10)
+
+
+def test_factor_transfer_loss_scale_invariant_zero():
+    g = torch.Generator().manual_seed(2)
+    t = torch.randn(3, 2, 2, 2, generator=g)
+    scale = torch.tensor([0.5, 3.0, 10.0]).view(3, 1, 1, 1)
+    assert factor_transfer_loss(t * scale, t).item() == pytest.approx(0.0, abs=1e-7)
+    # a sign flip is not a positive scale: the loss is then maximal-ish, certainly nonzero
+    assert factor_transfer_loss(-t, t).item() > 0.1
+
+
+def test_factor_transfer_loss_pools_larger_map():
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64)
+    pooled = F.avg_pool2d(s, 2)  # 4x4 -> 2x2, same as adaptive pooling here
+    expected = _loop_ft(pooled, t)
+    assert factor_transfer_loss(s, t).item() == pytest.approx(expected, rel=1e-10)
+    # symmetric: a larger teacher map is pooled too
+    assert factor_transfer_loss(t, s).item() == pytest.approx(_loop_ft(t, pooled), rel=1e-10)
+
+
+def test_factor_transfer_loss_channel_mismatch_raises():
+    with pytest.raises(ValueError):
+        factor_transfer_loss(torch.randn(2, 3, 2, 2), torch.randn(2, 4, 2, 2))
+
+
+def test_reconstruction_loss_matches_loop_and_detaches_target():
+    g = torch.Generator().manual_seed(4)
+    rec = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    a = [float(v) for v in rec.detach().reshape(-1)]
+    b = [float(v) for v in target.detach().reshape(-1)]
+    expected = sum((x - y) ** 2 for x, y in zip(a, b)) / len(a)
+    loss = reconstruction_loss(rec, target)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert rec.grad is not None and rec.grad.abs().sum() > 0
+    assert target.grad is None
+
+
+@pytest.fixture
+def one_thread():
+    # tiny convolutions: intra-op threading only adds overhead (and suffers badly on a busy machine)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_paraphraser_learns_to_autoencode(one_thread):
+    torch.manual_seed(0)
+    p = Paraphraser(16, 0.5)  # 16 -> 8 channel factor
+    x = torch.randn(8, 16, 4, 4)
+    params = [q for q in p.parameters() if q.requires_grad]
+    # hand-rolled SGD with momentum (lr 0.1, 0.9): the first torch.optim optimizer in a process
+    # imports torch._dynamo (~1.5-2 s), which would dominate this test
+    bufs = [torch.zeros_like(q) for q in params]
+    with torch.no_grad():
+        initial = reconstruction_loss(p(x)[1], x).item()
+    for _ in range(150):
+        p.zero_grad(set_to_none=True)
+        loss = reconstruction_loss(p(x)[1], x)
+        loss.backward()
+        with torch.no_grad():
+            for q, buf in zip(params, bufs):
+                buf.mul_(0.9).add_(q.grad)
+                q.sub_(0.1 * buf)
+    with torch.no_grad():
+        final = reconstruction_loss(p(x)[1], x).item()
+    assert final * 5 <= initial, (initial, final)
+
+
+def test_gradients_reach_translator_not_teacher_factor():
+    torch.manual_seed(0)
+    tr = Translator(6, 4)
+    x_s = torch.randn(2, 6, 4, 4, requires_grad=True)
+    factor_t = torch.randn(2, 4, 2, 2, requires_grad=True)
+    loss = factor_transfer_loss(tr(x_s), factor_t)
+    loss.backward()
+    assert x_s.grad is not None and x_s.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in tr.parameters())
+    assert sum(p.grad.abs().sum() for p in tr.parameters()) > 0
+    assert factor_t.grad is None
