@@ -17,12 +17,18 @@ except KdpipeError as exc:
 
 include: "rules/common.smk"
 include: "rules/base.smk"
+include: "rules/cache.smk"
 include: "rules/kd.smk"
 include: "rules/ft.smk"
 include: "rules/crd.smk"
 include: "rules/dml.smk"
 include: "rules/bss.smk"
 include: "rules/summary.smk"
+
+
+onstart:
+    for line in kw.cache_plan(config):
+        print(line, file=sys.stderr)
 
 
 rule all:

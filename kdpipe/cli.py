@@ -16,13 +16,14 @@ ENTRIES = {
     "crd": "contrastive representation distillation with a memory bank",
     "dml": "deep mutual learning of 2+ peers, no pre-trained teacher",
     "bss": "boundary supporting samples + soft targets; one born-again generation",
+    "teacher_cache": "run a frozen teacher on every view of every training image, once, for the students",
 }
 
 
 def _train_function(entry: str):
     import kdpipe
 
-    return getattr(kdpipe, f"train_{entry}")
+    return kdpipe.build_teacher_cache if entry == "teacher_cache" else getattr(kdpipe, f"train_{entry}")
 
 
 def main(argv: list[str] | None = None) -> int:

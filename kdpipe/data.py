@@ -261,7 +261,7 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     if int(train_y.max()) >= num_classes or int(train_y.min()) < 0:
         raise KdpipeError(f"data_name {name}: labels outside 0..{num_classes - 1} in {base}")
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    aug = Augmentation(pad=4, pad_mode="reflect", flip=True)
+    aug = augmentation_of(name)
     return train_x, train_y, test_x, test_y, num_classes, classes, mean, std, aug
 
 
@@ -277,7 +277,7 @@ def load_digits_arrays(split_seed: int):
     perm = torch.randperm(len(labels), generator=generator("digits-test-split", split_seed))
     n_test = len(labels) // 5
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
-    aug = Augmentation(pad=2, pad_mode="constant", flip=False)  # a mirrored digit is another symbol
+    aug = augmentation_of("digits")  # no flip: a mirrored digit is another symbol
     classes = [str(i) for i in range(10)]
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10, classes, aug
 
@@ -326,7 +326,7 @@ def load_imagefolder(path: str, split_seed: int):
         train_x, train_y = x[perm[n_test:].sort().values], y[perm[n_test:].sort().values]
     if len(classes) < 2 or test_x is None or len(train_y) < 2:
         raise KdpipeError(f"data_name imagefolder:{path}: need at least 2 classes with images in train and test")
-    aug = Augmentation(pad=IMAGEFOLDER_SIZE // 8, pad_mode="reflect", flip=True)
+    aug = augmentation_of(f"imagefolder:{path}")
     return train_x, train_y.long(), test_x, test_y.long(), len(classes), classes, aug
 
 
@@ -336,6 +336,16 @@ def check_data_name(data_name: str) -> None:
     if data_name.startswith("imagefolder:") and len(data_name) > len("imagefolder:"):
         return
     raise KdpipeError(f"data_name: unknown dataset {data_name!r}; choose one of {', '.join(DATASET_NAMES)}")
+
+
+def augmentation_of(data_name: str) -> Augmentation:
+    """The training augmentation of a dataset, known without reading any file."""
+    check_data_name(data_name)
+    if data_name in ("cifar10", "cifar100"):
+        return Augmentation(pad=4, pad_mode="reflect", flip=True)
+    if data_name == "digits":
+        return Augmentation(pad=2, pad_mode="constant", flip=False)
+    return Augmentation(pad=IMAGEFOLDER_SIZE // 8, pad_mode="reflect", flip=True)
 
 
 def num_classes_of(data_name: str) -> int | None:

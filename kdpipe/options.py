@@ -208,6 +208,8 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
         Option("init_epochs", int, None, "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
                minimum=0, nullable=True),
+        Option("teacher_cache", str, None, "directory of a teacher cache (python -m kdpipe teacher_cache) to read "
+               "instead of running the teacher; modes logits, st, pkt, rkd, cc only"),
     ],
     "ft_paraphraser": [
         Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
@@ -237,6 +239,14 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
                choices=("exact", "relax")),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term (crd+st)", minimum=0),
         Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
+        Option("teacher_cache", str, None, "directory of a teacher cache to read instead of running the teacher"),
+    ],
+    "teacher_cache": [
+        Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
+        Option("t_name", str, None, "teacher network", required=True, choices=_nets),
+        Option("embeddings", bool, True, "also store pooled embeddings (for pkt, rkd, cc, crd)"),
+        Option("cache_dtype", str, "float16", "storage precision", choices=("float16", "float32")),
+        Option("batch_size", int, 1024, "images per teacher forward while building", minimum=1),
     ],
     "dml": [
         Option("net1_name", str, None, "first peer", choices=_nets),
@@ -270,11 +280,18 @@ ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": 30, "lr": 0.01}}
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
 
 
+# Entry points that do not train: they take the run, data and device options only.
+NON_TRAINING = {"teacher_cache": {"save_root", "note", "img_root", "download", "cuda", "threads", "seed", "data_name",
+                                  "val_size", "split_seed", "train_subset", "num_class"}}
+
+
 def options_for(entry: str) -> list[Option]:
     from dataclasses import replace
 
     overrides = ENTRY_DEFAULTS.get(entry, {})
     common = [replace(o, default=overrides[o.name]) if o.name in overrides else o for o in COMMON]
+    if entry in NON_TRAINING:
+        common = [o for o in common if o.name in NON_TRAINING[entry]]
     return common + ENTRY_OPTIONS[entry]
 
 

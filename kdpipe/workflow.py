@@ -250,6 +250,100 @@ def run_targets(config: dict) -> list[str]:
     return base_runs(config) + kd_runs(config) + ft_runs(config) + crd_runs(config) + dml_runs(config) + bss_runs(config)
 
 
+# ---------------------------------------------------------------- teacher cache
+
+
+def _cache_setting(config: dict) -> str:
+    value = config["teacher_cache"]
+    return {True: "on", False: "off"}.get(value, value)  # YAML reads a bare on/off as a boolean
+
+
+def cache_consumers(config: dict, dataset: str, teacher: str, tseed: int) -> list[tuple[str, int]]:
+    """(run directory, epochs) of every student that could read this teacher's cache."""
+    from .losses import LOSSES
+
+    runs = []
+    for pair in config["pairs"]:
+        if pair["teacher"] != teacher:
+            continue
+        for seed in config["seeds"]:
+            if teacher_seed(config, seed) != tseed:
+                continue
+            for variant in kd_variants(config):
+                if LOSSES[split_variant(variant)[0]].cacheable():
+                    runs.append((run_dir(dataset, f"kd-{variant}", pair_name(pair), seed), _training(config, "kd")["epochs"]))
+            for variant in crd_variants(config):
+                runs.append((run_dir(dataset, variant, pair_name(pair), seed), _training(config, "crd")["epochs"]))
+    return runs
+
+
+def cache_decision(config: dict, dataset: str, teacher: str, tseed) -> tuple[bool, str]:
+    """Whether students of (dataset, teacher, teacher seed) read a cache, and why."""
+    from .cache import MAX_CACHE_VIEWS
+    from .data import augmentation_of
+
+    setting = _cache_setting(config)
+    views = augmentation_of(data_name(config, dataset)).num_views
+    consumers = cache_consumers(config, dataset, teacher, int(tseed))
+    passes = sum(epochs for _, epochs in consumers)
+    if setting == "off":
+        return False, "teacher_cache: off"
+    if not consumers:
+        return False, "no student reads only logits or embeddings"
+    if views > MAX_CACHE_VIEWS:
+        return False, f"{views} views per image exceed the {MAX_CACHE_VIEWS} an exhaustive cache allows"
+    if setting == "on":
+        return True, f"teacher_cache: on ({views} views per image)"
+    if passes > views:
+        return True, (f"auto: {len(consumers)} students x their epochs = {passes} live teacher passes per image "
+                      f"> {views} views")
+    return False, f"auto: {passes} live teacher passes per image <= {views} views, the cache would not pay off"
+
+
+def cache_dir(dataset: str, teacher: str, tseed) -> str:
+    return run_dir(dataset, "cache", teacher, tseed)
+
+
+def cache_plan(config: dict) -> list[str]:
+    """One line per (dataset, teacher, teacher seed) with cache consumers: the decision and its reason."""
+    lines = []
+    for dataset in config["datasets"]:
+        for teacher in teacher_nets(config):
+            for tseed in sorted({teacher_seed(config, s) for s in config["seeds"]}):
+                if not cache_consumers(config, dataset, teacher, tseed):
+                    continue
+                use, why = cache_decision(config, dataset, teacher, tseed)
+                lines.append(f"teacher cache {cache_dir(dataset, teacher, tseed)}: {'built' if use else 'not used'} "
+                             f"-- {why}")
+    return lines
+
+
+def student_teacher_inputs(config: dict, dataset: str, teacher: str, seed, cacheable: bool) -> dict:
+    """Inputs of a student rule: the teacher checkpoint, plus the cache files when the plan uses them."""
+    inputs = {"teacher": teacher_model(config, dataset, teacher, seed)}
+    tseed = teacher_seed(config, seed)
+    if cacheable and cache_decision(config, dataset, teacher, tseed)[0]:
+        inputs["cache"] = f"{cache_dir(dataset, teacher, tseed)}/cache.pt"
+        inputs["manifest"] = f"{cache_dir(dataset, teacher, tseed)}/manifest.json"
+    return inputs
+
+
+def kd_inputs(config: dict, dataset: str, variant: str, teacher: str, seed) -> dict:
+    from .losses import LOSSES
+
+    return student_teacher_inputs(config, dataset, teacher, seed, LOSSES[split_variant(variant)[0]].cacheable())
+
+
+def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
+    c = _common(config, dataset, tseed, "kd")
+    return {
+        **{k: c[k] for k in ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "seed")},
+        "t_name": teacher,
+        "cache_dtype": config["cache_dtype"],
+        "embeddings": True,
+    }
+
+
 def paraphraser_path(config: dict, dataset: str, teacher: str, seed) -> str:
     """FT's paraphraser node of the teacher a student of ``seed`` reads."""
     return f"{run_dir(dataset, 'ft-paraphraser', teacher, teacher_seed(config, seed))}/paraphraser.pt"
@@ -380,10 +474,11 @@ def rule_logging(snakemake):
         handler.close()
 
 
-def run_rule(snakemake, entry: str, **inputs) -> dict:
-    """Body of ``scripts/train_<entry>.py``: train into the directory of the rule's first output.
+def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dict:
+    """Body of ``scripts/*.py``: run an entry point into the directory of the rule's first output.
 
-    ``inputs`` are options that name the rule's input files (``t_model=...``).
+    ``inputs`` are options that name the rule's input files (``t_model=...``); ``message``
+    is logged first (e.g. why the teacher cache is or is not used).
     """
     import kdpipe
 
@@ -396,5 +491,21 @@ def run_rule(snakemake, entry: str, **inputs) -> dict:
         threads=snakemake.threads,
         cuda=snakemake.config.get("resources", {}).get("cuda"),
     )
-    with rule_logging(snakemake):
-        return getattr(kdpipe, f"train_{entry}")(**opts)
+    function = kdpipe.build_teacher_cache if entry == "teacher_cache" else getattr(kdpipe, f"train_{entry}")
+    with rule_logging(snakemake) as logger:
+        if message:
+            logger.info("%s", message)
+        return function(**opts)
+
+
+def student_rule(snakemake, entry: str) -> dict:
+    """Body of the kd and crd scripts: the teacher, plus its cache when the plan gives one."""
+    w = snakemake.wildcards
+    use, why = cache_decision(snakemake.config, w.dataset, w.teacher, teacher_seed(snakemake.config, w.seed))
+    inputs = {"t_model": snakemake.input.teacher}
+    if "cache" in snakemake.input.keys():
+        inputs["teacher_cache"] = str(Path(snakemake.input.cache).parent)
+        message = f"teacher: cache -- {why}"
+    else:
+        message = f"teacher: live -- {why if not use else 'this method reads feature maps'}"
+    return run_rule(snakemake, entry, message=message, **inputs)

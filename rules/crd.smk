@@ -3,7 +3,11 @@
 
 rule train_crd:
     input:
-        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
+        unpack(
+            lambda w: kw.student_teacher_inputs(
+                config, w.dataset, w.teacher, w.seed, cacheable=True
+            )
+        ),
     output:
         model="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/metrics.csv",

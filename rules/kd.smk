@@ -4,7 +4,9 @@
 
 rule train_kd:
     input:
-        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
+        unpack(
+            lambda w: kw.kd_inputs(config, w.dataset, w.variant, w.teacher, w.seed)
+        ),
     output:
         model="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/metrics.csv",

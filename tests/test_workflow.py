@@ -154,6 +154,7 @@ seeds: [0]
 pairs: [{teacher: resnet8, student: resnet8}]
 data: {train_subset: 32}
 train: {epochs: 1, batch_size: 16}
+teacher_cache: "on"
 kd:
   modes: [st, at, fsp]
   with_st: [rkd]
@@ -167,7 +168,7 @@ kd:
         assert out.returncode == 0, out.stderr
         return job_counts(out.stdout) if "Job stats" in out.stdout else {}
 
-    assert plan() == {"train_base": 1, "train_kd": 4, "summary": 1}
+    assert plan() == {"train_base": 1, "teacher_cache": 1, "train_kd": 4, "summary": 1}
     run = snakemake("results/summary.csv", "--cores", "2", *cfg, workdir=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
@@ -180,17 +181,22 @@ kd:
     assert plan() == {"train_kd": 1, "summary": 1}
     # a new seed: only that seed's jobs
     (tmp_path / "c.yaml").write_text(config.replace("seeds: [0]", "seeds: [0, 1]"))
-    assert plan() == {"train_base": 1, "train_kd": 4, "summary": 1}
+    assert plan() == {"train_base": 1, "teacher_cache": 1, "train_kd": 4, "summary": 1}
     dry = snakemake("results/summary.csv", "-n", "--cores", "1", *cfg, workdir=tmp_path).stdout
     outputs = [o for o in re.findall(r"^\s+output: (.+)$", dry, re.M) if "summary.csv" not in o]
-    assert len(outputs) == 5 and all("seed1" in o and "seed0" not in o for o in outputs)
-    # a retrained teacher (new weights): all its students and the summary, not the teacher itself
+    assert len(outputs) == 6 and all("seed1" in o and "seed0" not in o for o in outputs)
+    # a retrained teacher (new weights): its cache, all its students and the summary, not the teacher itself
     (tmp_path / "c.yaml").write_text(config)
     teacher = tmp_path / "results/digits/base/resnet8/seed0/model.pt"
     state = torch.load(teacher, weights_only=True)
     state["fc.bias"] += 1.0
     torch.save(state, teacher)
-    assert plan() == {"train_kd": 4, "summary": 1}
+    assert plan() == {"teacher_cache": 1, "train_kd": 4, "summary": 1}
+    # which students read the cache, and the logged reason
+    st_log = (tmp_path / "results/logs/digits/kd-st/resnet8-resnet8/seed0.log").read_text()
+    at_log = (tmp_path / "results/logs/digits/kd-at/resnet8-resnet8/seed0.log").read_text()
+    assert "teacher: cache -- teacher_cache: on" in st_log and "teacher: live" in at_log
+    assert "teacher cache results/digits/cache/resnet8/seed0: built" in run.stderr
 
 
 def test_generation_chain_and_reruns(tmp_path):
@@ -241,3 +247,35 @@ def test_default_dag_has_every_entry_point(tmp_path):
     counts = job_counts(out.stdout)
     assert counts["ft_paraphraser"] == 1 and counts["train_ft"] == 1 and counts["train_crd"] == 1
     assert counts["train_dml"] == 1 and counts["train_bss"] >= 2
+
+
+@pytest.mark.parametrize(
+    "setting, epochs, modes, expected, reason",
+    [
+        ("auto", 12, ["st", "rkd", "at"], False, "auto: 24 live teacher passes per image <= 25 views"),
+        ("auto", 12, ["st", "rkd", "cc"], True, "auto: 3 students x their epochs = 36 live teacher passes per image"),
+        ("auto", 12, ["st"], False, "12 live teacher passes per image <= 25 views"),
+        ("auto", 30, ["st"], True, "30 live teacher passes per image > 25 views"),
+        ("on", 1, ["st"], True, "teacher_cache: on"),
+        ("off", 200, ["st", "rkd"], False, "teacher_cache: off"),
+        ("auto", 200, ["at", "fitnet"], False, "no student reads only logits or embeddings"),
+    ],
+)
+def test_cache_decision(setting, epochs, modes, expected, reason):
+    from kdpipe.workflow import cache_decision
+
+    config = load_config({"pairs": [{"teacher": "resnet20", "student": "resnet8"}], "teacher_cache": setting,
+                          "train": {"epochs": epochs}, "kd": {"modes": modes}})
+    use, why = cache_decision(config, "digits", "resnet20", 0)
+    assert use is expected and reason in why
+
+
+def test_cache_off_for_too_many_views(monkeypatch):
+    from kdpipe import cache
+    from kdpipe.workflow import cache_decision
+
+    monkeypatch.setattr(cache, "MAX_CACHE_VIEWS", 100)
+    config = load_config({"datasets": ["cifar10"], "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+                          "teacher_cache": "on", "kd": {"modes": ["st"]}})
+    use, why = cache_decision(config, "cifar10", "resnet20", 0)
+    assert not use and "162 views per image exceed the 100" in why

@@ -131,6 +131,11 @@ class DistillLoss(nn.Module):
         self.settings = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
         self.adapters = nn.ModuleDict()
 
+    @classmethod
+    def cacheable(cls) -> bool:
+        """Whether a teacher cache (logits and pooled embeddings per view) can replace the live teacher."""
+        return cls.teacher_taps <= {"logits", "embedding"} and not cls.teacher_grad and not cls.input_grad
+
     def adapter(self, key: str, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...],
                 pool_only: bool = False) -> Adapter | None:
         """Register (once) and return an adapter where the shapes differ; None where they match.

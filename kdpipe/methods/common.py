@@ -48,6 +48,28 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
+def open_cache(ctx: Context, need_embedding: bool):
+    """The verified teacher cache named by ``--teacher_cache``, or None (live teacher)."""
+    if not ctx.opts.get("teacher_cache"):
+        return None
+    from ..cache import load_cache
+
+    return load_cache(ctx.opts["teacher_cache"], ctx.opts["t_model"], ctx.data, ctx.device, need_embedding)
+
+
+def cached_taps(cache, index, view_ids):
+    """Teacher taps read from a cache: logits and (when stored) the pooled embedding."""
+    from ..models import FeatureTaps
+
+    outputs = cache.lookup(index, view_ids)
+    return FeatureTaps(None, (), (), outputs.get("embedding"), outputs["logits"])
+
+
+def cache_input(opts: dict) -> dict:
+    """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read."""
+    return {"teacher_cache": str(Path(opts["teacher_cache"]) / "manifest.json")} if opts.get("teacher_cache") else {}
+
+
 def teacher_test_accuracy(teacher: nn.Module, ctx: Context) -> float:
     normalize = Normalizer(ctx.data.mean, ctx.data.std, ctx.device, ctx.channels_last)
     return evaluate_model(teacher, ctx, ctx.data.test_x, ctx.data.test_y, normalize)[1]

@@ -17,7 +17,7 @@ from ..losses import TapShapes
 from ..losses.st import soft_target_loss
 from ..objectives.crd import CRDLoss
 from ..runner import run_entry
-from .common import frozen, load_network, teacher_test_accuracy
+from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
 from .kd import build_student
 
 
@@ -43,6 +43,7 @@ class ContrastiveTask(Task):
         ).to(ctx.device)
         self.lambda_kd = opts["lambda_kd"] if opts["lambda_kd"] is not None else default_lambda(data.num_classes)
         self.st_weight, self.T = opts["st_weight"], opts["T"]
+        self.cache = open_cache(ctx, need_embedding=True)
         self.roles["student"] = student
         self.extra_modules["crd"] = self.crd
         params = list(student.parameters()) + list(self.crd.parameters())
@@ -53,8 +54,11 @@ class ContrastiveTask(Task):
         student = self.roles["student"]
         with self.ctx.autocast():
             s_taps = student(x)
-            with torch.no_grad():
-                t_taps = self.teacher(x)
+            if self.cache is not None:
+                t_taps = cached_taps(self.cache, index, view_ids)
+            else:
+                with torch.no_grad():
+                    t_taps = self.teacher(x)
         total = F.cross_entropy(s_taps.logits.float(), y)
         index = index.to(self.ctx.device, non_blocking=True)
         total = total + self.lambda_kd * self.crd(s_taps.embedding.float(), t_taps.embedding.float(), index)
@@ -79,6 +83,7 @@ class ContrastiveTask(Task):
             "feat_dim": o["feat_dim"], "nce_n": o["nce_n"], "nce_t": o["nce_t"], "nce_mom": o["nce_mom"],
             "mode": o["mode"],
             "memory_rows": len(self.ctx.data.train_y),
+            "teacher_source": "cache" if self.cache is not None else "live",
         }
 
 
@@ -90,5 +95,5 @@ def train_crd(**kwargs) -> dict:
         ContrastiveTask,
         default_note=lambda o: f"crd-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}"
         f"-seed{o['seed']}",
-        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init")},
+        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
     )

@@ -20,7 +20,7 @@ from ..losses import LOSSES, DistillBatch, TapShapes
 from ..losses.st import soft_target_loss
 from ..models import FeatureTaps
 from ..runner import run_entry
-from .common import frozen, load_network, teacher_test_accuracy
+from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
 
 # Mode settings: option name -> the settings key each loss reads.
 MODE_SETTINGS = ("T", "p", "w_dist", "w_angle", "m", "gamma", "P_order", "w_irg_vert", "w_irg_edge",
@@ -36,14 +36,21 @@ def init_phase_factor(epoch: int, init_epochs: int) -> float:
     return 0.001
 
 
+def _float(t):
+    return None if t is None else t.float()
+
+
 def float_taps(taps: FeatureTaps) -> FeatureTaps:
     return FeatureTaps(
-        taps.stem.float(),
+        _float(taps.stem),
         tuple(t.float() for t in taps.stages_pre),
         tuple(t.float() for t in taps.stages),
-        taps.embedding.float(),
-        taps.logits.float(),
+        _float(taps.embedding),
+        _float(taps.logits),
     )
+
+
+CACHEABLE_MODES = tuple(m for m, cls in LOSSES.items() if cls.cacheable())
 
 
 def mode_settings(opts: dict) -> dict:
@@ -69,6 +76,12 @@ class DistillTask(Task):
         shapes_s = TapShapes.probe(student, data.image_shape)
         shapes_t = TapShapes.probe(teacher, data.image_shape)
         self.loss = loss_cls(shapes_s, shapes_t, teacher_model=teacher, **mode_settings(opts)).to(ctx.device)
+        if opts["teacher_cache"] and not loss_cls.cacheable():
+            raise KdpipeError(
+                f"teacher_cache: kd_mode {self.mode} reads the teacher's {', '.join(sorted(loss_cls.teacher_taps))}; "
+                f"a cache serves only the modes {', '.join(CACHEABLE_MODES)}"
+            )
+        self.cache = open_cache(ctx, need_embedding="embedding" in loss_cls.teacher_taps)
         self.lambda_kd = float(self.loss.settings["lambda_kd"])
         self.st_weight = float(opts["st_weight"])
         self.T = float(opts["T"] if opts["T"] is not None else LOSSES["st"].defaults["T"])
@@ -127,7 +140,12 @@ class DistillTask(Task):
         teacher_needed = init_phase or not loss_fn.two_stage or self.st_weight > 0
         with self.ctx.autocast():
             s_taps = student(x)
-            t_taps = self.teacher_forward(x) if teacher_needed else None
+            if not teacher_needed:
+                t_taps = None
+            elif self.cache is not None:
+                t_taps = cached_taps(self.cache, index, view_ids)
+            else:
+                t_taps = self.teacher_forward(x)
         ce = F.cross_entropy(s_taps.logits.float(), y)
         needs_graph = loss_fn.teacher_grad or loss_fn.input_grad or not teacher_needed
         s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
@@ -166,6 +184,7 @@ class DistillTask(Task):
             "st_weight": self.st_weight,
             "T": self.T,
             "init_epochs": self.init_epochs,
+            "teacher_source": "cache" if self.cache is not None else "live",
         }
 
 
@@ -195,5 +214,5 @@ def train_kd(**kwargs) -> dict:
         kwargs,
         DistillTask,
         default_note=lambda o: f"kd-{o['kd_mode']}-{_slug(o['data_name'])}-{o['t_name']}-{o['s_name']}-seed{o['seed']}",
-        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init")},
+        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
     )

@@ -1,0 +1,168 @@
+"""An exact cache of a teacher's outputs for every view of every training image.
+
+The training augmentation has a small, finite set of views per image (CIFAR: 9 x 9 crop
+offsets x 2 flips = 162; digits: 25), each named by a view id (see :mod:`kdpipe.data`).
+Running the frozen teacher once on every (image, view) pair gives a table from which a
+student reads exactly the teacher output for the view it trains on -- no teacher forward
+per step, and no approximation beyond the storage precision (fp16 by default).
+
+Files in a cache directory:
+
+* ``cache.pt``: ``{"logits": (N, V, K), "embedding": (N, V, D) or absent}``, loaded with
+  ``weights_only=True``;
+* ``manifest.json``: what the table is valid for (teacher checkpoint sha256, dataset and
+  its training images, view definition, normalisation, dtype) -- a student refuses a cache
+  whose manifest does not match its own setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import atomic_save, atomic_write_json, safe_load, sha256_file
+from .data import ImageData, Normalizer
+from .errors import KdpipeError
+
+log = logging.getLogger("kdpipe")
+
+CACHE_FORMAT = 1
+MAX_CACHE_VIEWS = 512  # beyond this many views per image an exhaustive table is not worth it
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def data_fingerprint(data: ImageData) -> dict:
+    """What makes a cache valid for a dataset: its training images, in order, and their augmentation."""
+    digest = hashlib.sha256()
+    digest.update(data.train_x.contiguous().numpy().tobytes())
+    return {
+        "name": data.name,
+        "num_train": len(data.train_y),
+        "train_images_sha256": digest.hexdigest(),
+        "image_shape": list(data.image_shape),
+        "views": data.augmentation.describe(),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
+
+
+def cacheable_views(data: ImageData) -> bool:
+    return data.augmentation.num_views <= MAX_CACHE_VIEWS
+
+
+@torch.inference_mode()
+def compute_table(teacher: nn.Module, data: ImageData, device: torch.device, embeddings: bool,
+                  dtype: torch.dtype, batch_size: int = 1024, channels_last: bool = False,
+                  autocast: bool = False) -> dict[str, Tensor]:
+    """Teacher logits (and embeddings) for every (training image, view id), as (N, V, dim) tables."""
+    from .losses import TapShapes
+
+    aug = data.augmentation
+    n, views = len(data.train_y), aug.num_views
+    shapes = TapShapes.probe(teacher, data.image_shape)
+    dims = {"logits": shapes.num_classes, **({"embedding": shapes.embedding} if embeddings else {})}
+    table = {key: torch.empty(n, views, dim, dtype=dtype, device=device) for key, dim in dims.items()}
+    normalize = Normalizer(data.mean, data.std, device, channels_last)
+    padded = aug.pad_images(data.train_x).to(device)
+    teacher.eval()
+    for view in range(views):
+        for start in range(0, n, batch_size):
+            chunk = padded[start : start + batch_size]
+            x = normalize(aug.apply(chunk, torch.full((len(chunk),), view, dtype=torch.long)))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+                taps = teacher(x)
+            for key in table:
+                table[key][start : start + len(chunk), view] = getattr(taps, key).to(dtype)
+    return {key: value.cpu() for key, value in table.items()}
+
+
+def build_cache(teacher: nn.Module, teacher_path: str | Path, data: ImageData, out_dir: str | Path,
+                device: torch.device, embeddings: bool = True, dtype: str = "float16",
+                batch_size: int = 1024) -> dict:
+    """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``."""
+    if dtype not in DTYPES:
+        raise KdpipeError(f"cache_dtype: got {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if not cacheable_views(data):
+        raise KdpipeError(
+            f"teacher_cache: {data.name} has {data.augmentation.num_views} views per image, more than the "
+            f"{MAX_CACHE_VIEWS} an exhaustive cache allows; train with the live teacher (teacher_cache: off)"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cuda = device.type == "cuda"
+    table = compute_table(teacher, data, device, embeddings, DTYPES[dtype], batch_size,
+                          channels_last=cuda, autocast=cuda)
+    seconds = time.perf_counter() - t0
+    atomic_save(table, out_dir / "cache.pt")
+    manifest = {
+        "format": CACHE_FORMAT,
+        "kdpipe": __version__,
+        "teacher": {"path": str(teacher_path), "sha256": sha256_file(teacher_path)},
+        "data": data_fingerprint(data),
+        "dtype": dtype,
+        "entries": sorted(table),
+        "shapes": {k: list(v.shape) for k, v in table.items()},
+        "bytes": (out_dir / "cache.pt").stat().st_size,
+        "build_seconds": seconds,
+        "device": str(device),
+        "amp_bf16": cuda,
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    log.info("teacher cache %s: %s in %.1fs, %.1f MB", out_dir, manifest["shapes"], seconds, manifest["bytes"] / 1e6)
+    return manifest
+
+
+class TeacherCache:
+    """A verified cache, on the training device; ``lookup(index, view_ids)`` gives the teacher's outputs."""
+
+    def __init__(self, table: dict[str, Tensor], manifest: dict, device: torch.device):
+        self.manifest = manifest
+        self.tables = {k: v.to(device) for k, v in table.items()}
+        self.device = device
+
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in self.tables
+
+    def lookup(self, index: Tensor, view_ids: Tensor) -> dict[str, Tensor]:
+        index = index.to(self.device, non_blocking=True)
+        view_ids = view_ids.to(self.device, non_blocking=True)
+        return {k: t[index, view_ids].float() for k, t in self.tables.items()}
+
+
+def load_cache(cache_dir: str | Path, teacher_path: str | Path, data: ImageData, device: torch.device,
+               need_embedding: bool) -> TeacherCache:
+    """Load a cache and refuse it, with one line, unless it was built for exactly this teacher and data."""
+    cache_dir = Path(cache_dir)
+    manifest_path = cache_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise KdpipeError(f"teacher_cache {cache_dir}: no manifest.json (an incomplete or missing cache)")
+    manifest = json.loads(manifest_path.read_text())
+    expected_sha = sha256_file(teacher_path)
+    if manifest.get("teacher", {}).get("sha256") != expected_sha:
+        raise KdpipeError(
+            f"teacher_cache {cache_dir}: built for another teacher checkpoint "
+            f"(sha256 {manifest.get('teacher', {}).get('sha256', '?')[:12]}..., t_model has {expected_sha[:12]}...)"
+        )
+    current = data_fingerprint(data)
+    for key in ("name", "num_train", "train_images_sha256", "image_shape", "views", "mean", "std"):
+        if manifest.get("data", {}).get(key) != current[key]:
+            what = {"views": "view definition", "mean": "normalisation", "std": "normalisation",
+                    "train_images_sha256": "training images"}.get(key, key)
+            raise KdpipeError(
+                f"teacher_cache {cache_dir}: built for another {what} ({key}: {manifest.get('data', {}).get(key)!r} "
+                f"vs {current[key]!r}); rebuild it for this data"
+            )
+    if need_embedding and "embedding" not in manifest.get("entries", []):
+        raise KdpipeError(f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it "
+                          "with embeddings")
+    table = safe_load(cache_dir / "cache.pt", "teacher_cache")
+    return TeacherCache(table, manifest, device)

@@ -1,0 +1,54 @@
+"""``build_teacher_cache``: the teacher-cache node (see :mod:`kdpipe.cache`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..cache import build_cache, data_fingerprint
+from ..checkpoint import sha256_file
+from ..data import check_data_name, load_data
+from ..options import resolve
+from ..runner import check_num_class, select_device
+from .common import frozen, load_network
+
+log = logging.getLogger("kdpipe")
+
+
+def build_teacher_cache(**kwargs) -> dict:
+    """Run the frozen teacher on every (training image, view) and write ``cache.pt`` + ``manifest.json``.
+
+    Keyword arguments are the flags of ``python -m kdpipe teacher_cache``; returns the manifest.
+    An up-to-date cache in the target directory is kept as it is.
+    """
+    opts = resolve("teacher_cache", kwargs)
+    check_data_name(opts["data_name"])
+    check_num_class(opts)
+    note = opts["note"] or f"cache-{opts['data_name'].replace(':', '_').replace('/', '_')}-{opts['t_name']}"
+    out_dir = Path(opts["save_root"]) / note
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    device = select_device(opts["cuda"])
+    data = load_data(opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"])
+    check_num_class(opts, data)
+    if opts["train_subset"]:
+        data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if (
+            manifest.get("teacher", {}).get("sha256") == sha256_file(opts["t_model"])
+            and manifest.get("data") == data_fingerprint(data)
+            and manifest.get("dtype") == opts["cache_dtype"]
+            and ("embedding" in manifest.get("entries", [])) >= opts["embeddings"]
+        ):
+            log.info("%s is up to date; nothing to do", out_dir)
+            return manifest
+    teacher = frozen(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model").to(device))
+    if device.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return build_cache(teacher, opts["t_model"], data, out_dir, device, embeddings=opts["embeddings"],
+                       dtype=opts["cache_dtype"], batch_size=opts["batch_size"])

@@ -1,0 +1,17 @@
+# The exact teacher cache: teacher outputs for every (training image, view), built once per
+# teacher and read by the students whose method needs only logits or pooled embeddings.
+
+
+rule teacher_cache:
+    input:
+        teacher="results/{dataset}/base/{teacher}/seed{seed}/model.pt",
+    output:
+        cache="results/{dataset}/cache/{teacher}/seed{seed}/cache.pt",
+        manifest="results/{dataset}/cache/{teacher}/seed{seed}/manifest.json",
+    log:
+        "results/logs/{dataset}/cache/{teacher}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.cache_options(config, w.dataset, w.teacher, w.seed),
+    threads: train_threads()
+    script:
+        "../scripts/teacher_cache.py"

@@ -1,0 +1,7 @@
+"""Rule teacher_cache: run the frozen teacher on every view of every training image (kdpipe.cache)."""
+
+from kdpipe.workflow import cache_decision, run_rule
+
+w = snakemake.wildcards  # noqa: F821 (injected by Snakemake)
+use, why = cache_decision(snakemake.config, w.dataset, w.teacher, w.seed)  # noqa: F821
+run_rule(snakemake, "teacher_cache", message=f"teacher cache: {why}", t_model=snakemake.input.teacher)  # noqa: F821
