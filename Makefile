@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 CORES  ?= all
+GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test dry-run clean-results install
+.PHONY: run test lint dry-run clean-results install
 
 install: $(STAMP)
 
@@ -15,13 +16,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) results/summary.csv
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(or $(GPUS),0)
+	$(BIN)/snakemake --report results/report.html
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) -n results/summary.csv
+	$(BIN)/snakemake --cores $(CORES) -n
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
 
 clean-results:
 	rm -rf results .snakemake

@@ -9,6 +9,9 @@ from kdpipe import workflow as kw
 configfile: "config/config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 try:
     kw.load_config(config)
 except KdpipeError as exc:
@@ -32,6 +35,6 @@ onstart:
 
 
 rule all:
-    input:
-        "results/summary.csv",
     default_target: True
+    input:
+        kw.report_targets(config),

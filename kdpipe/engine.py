@@ -57,14 +57,13 @@ class Context:
     data: ImageData
     device: torch.device
     run_dir: Path
+    amp: bool | None = None  # bf16 autocast; default: on CUDA
+    channels_last: bool | None = None  # default: on CUDA
 
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def channels_last(self) -> bool:
-        return self.device.type == "cuda"
+    def __post_init__(self):
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if self.amp is None else self.amp
+        self.channels_last = cuda if self.channels_last is None else self.channels_last
 
     def autocast(self):
         if self.amp:

@@ -28,11 +28,48 @@ from .options import RESUME_NEUTRAL, resolve
 log = logging.getLogger("kdpipe")
 
 
+_GPU_LOCK = None  # open lock file of the GPU this process holds
+
+
+def claim_gpu() -> int:
+    """A GPU of this process's own when several are visible and no scheduler assigned one.
+
+    Local Snakemake runs jobs side by side on a multi-GPU machine without telling them which
+    device to use; each job takes the first GPU whose lock file it can lock (released when the
+    process ends).  Under SLURM (or with CUDA_VISIBLE_DEVICES) a job sees only its own GPU.
+    """
+    global _GPU_LOCK
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return 0
+    if _GPU_LOCK is not None:
+        return int(Path(_GPU_LOCK.name).stem)
+    import fcntl
+    import os
+    import tempfile
+
+    lock_dir = Path(tempfile.gettempdir()) / f"kdpipe-gpu-locks-{os.getuid()}"
+    lock_dir.mkdir(exist_ok=True)
+    for index in range(count):
+        handle = open(lock_dir / f"{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _GPU_LOCK = handle
+        return index
+    log.warning("all %d GPUs are held by other kdpipe jobs; sharing GPU 0", count)
+    return 0
+
+
 def select_device(cuda: int | None) -> torch.device:
     if cuda == 0:
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        index = claim_gpu()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if cuda == 1:
         raise KdpipeError("cuda: 1 asks for a CUDA device but none is available; use --cuda 0 or leave it unset")
     return torch.device("cpu")

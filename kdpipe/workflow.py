@@ -344,6 +344,43 @@ def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
     }
 
 
+# ---------------------------------------------------------------- reports
+
+
+def report_groups(config: dict) -> list[str]:
+    """What plots and races compare: every pair, DML cohort and born-again chain, as '<teacher>-<student>'."""
+    groups = []
+    if kd_variants(config) or config["ft"]["enabled"] or config["crd"]["enabled"]:
+        groups += [pair_name(p) for p in config["pairs"]]
+    groups += [f"{c[0]}-{'+'.join(c[1:])}" for c in config["dml"]["cohorts"]]
+    for chain in bss_chains(config):
+        teacher, student = chain_nets(chain)
+        groups.append(f"{teacher}-{student}")
+    return list(dict.fromkeys(groups))
+
+
+def summary_inputs(config: dict) -> list[str]:
+    """run.json of every run; with report.partial only those that exist, so failures do not block it."""
+    records = [f"{run}/run.json" for run in run_targets(config)]
+    if config["report"]["partial"]:
+        records = [r for r in records if Path(r).is_file()]
+    return records
+
+
+def report_targets(config: dict) -> list[str]:
+    targets = ["results/summary.csv"]
+    for dataset in config["datasets"]:
+        targets += [f"results/tables/{dataset}.md", f"results/tables/{dataset}.csv", f"results/tables/{dataset}.tex"]
+        groups = report_groups(config)
+        if groups:
+            targets.append(f"results/plots/{dataset}/cost.png")
+        for group in groups:
+            targets += [f"results/plots/{dataset}/{group}/{kind}.png" for kind in ("test_acc", "loss", "final")]
+            if config["report"]["races"]:
+                targets.append(f"results/race/{dataset}/{group}.gif")
+    return targets
+
+
 def paraphraser_path(config: dict, dataset: str, teacher: str, seed) -> str:
     """FT's paraphraser node of the teacher a student of ``seed`` reads."""
     return f"{run_dir(dataset, 'ft-paraphraser', teacher, teacher_seed(config, seed))}/paraphraser.pt"
@@ -365,6 +402,15 @@ def dataset_names(config: dict) -> dict:
 def teacher_nets(config: dict) -> list[str]:
     """Networks that teach someone in this config (their base runs are reported as teachers)."""
     return list(dict.fromkeys(pair["teacher"] for pair in config["pairs"]))
+
+
+def gpus_per_training_job(config: dict) -> int:
+    """1 when training runs on CUDA here (so --resources gpu=N bounds the jobs in flight), else 0."""
+    if config["resources"]["cuda"] == 0:
+        return 0
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------- params

@@ -8,8 +8,12 @@ rule train_base:
         record="results/{dataset}/base/{net}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/base/{net}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.base_options(config, w.dataset, w.net, w.seed),
-    threads: train_threads()
     script:
         "../scripts/train_base.py"

@@ -15,8 +15,12 @@ rule train_bss:
     wildcard_constraints:
         chain=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)?",
         gen=r"[1-9]\d*",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.bss_options(config, w.dataset, w.chain, w.seed, w.gen),
-    threads: train_threads()
     script:
         "../scripts/train_bss.py"

@@ -10,8 +10,12 @@ rule teacher_cache:
         manifest="results/{dataset}/cache/{teacher}/seed{seed}/manifest.json",
     log:
         "results/logs/{dataset}/cache/{teacher}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.cache_options(config, w.dataset, w.teacher, w.seed),
-    threads: train_threads()
     script:
         "../scripts/teacher_cache.py"

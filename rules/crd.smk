@@ -16,10 +16,14 @@ rule train_crd:
         "results/logs/{dataset}/{crd}/{teacher}-{student}/seed{seed}.log",
     wildcard_constraints:
         crd=r"crd(\+st)?",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.crd_options(
             config, w.dataset, w.crd, w.teacher, w.student, w.seed
         ),
-    threads: train_threads()
     script:
         "../scripts/train_crd.py"

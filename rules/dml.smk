@@ -10,8 +10,12 @@ rule train_dml:
         "results/logs/{dataset}/dml/{cohort}/seed{seed}.log",
     wildcard_constraints:
         cohort=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.dml_options(config, w.dataset, w.cohort, w.seed),
-    threads: train_threads()
     script:
         "../scripts/train_dml.py"

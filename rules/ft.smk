@@ -10,9 +10,13 @@ rule ft_paraphraser:
         record="results/{dataset}/ft-paraphraser/{teacher}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/ft-paraphraser/{teacher}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.ft_paraphraser_options(config, w.dataset, w.teacher, w.seed),
-    threads: train_threads()
     script:
         "../scripts/train_ft_paraphraser.py"
 
@@ -27,8 +31,12 @@ rule train_ft:
         record="results/{dataset}/ft/{teacher}-{student}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/ft/{teacher}-{student}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.ft_options(config, w.dataset, w.teacher, w.student, w.seed),
-    threads: train_threads()
     script:
         "../scripts/train_ft.py"

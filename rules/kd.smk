@@ -4,19 +4,21 @@
 
 rule train_kd:
     input:
-        unpack(
-            lambda w: kw.kd_inputs(config, w.dataset, w.variant, w.teacher, w.seed)
-        ),
+        unpack(lambda w: kw.kd_inputs(config, w.dataset, w.variant, w.teacher, w.seed)),
     output:
         model="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/metrics.csv",
         record="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    threads: train_threads()
+    resources:
+        gpu=TRAIN_GPUS,
     params:
         opts=lambda w: kw.kd_options(
             config, w.dataset, w.variant, w.teacher, w.student, w.seed
         ),
-    threads: train_threads()
     script:
         "../scripts/train_kd.py"

@@ -1,19 +1,121 @@
-# Aggregation of finished runs into results/summary.csv.
+# Aggregation of finished runs: summary, comparison tables, plots, bar-chart races.
+# All local, each with a log; they read only run outputs.
 
 
 localrules:
     summary,
+    tables,
+    group_plots,
+    cost_plot,
+    race,
 
 
 rule summary:
     input:
-        records=[f"{run}/run.json" for run in kw.run_targets(config)],
+        records=kw.summary_inputs(config),
     output:
-        "results/summary.csv",
+        report(
+            "results/summary.csv",
+            caption="report/summary.rst",
+            category="Data",
+        ),
     log:
-        "results/logs/summary.log",
+        "results/logs/report/summary.log",
+    conda:
+        "../environment.yml"
     params:
+        runs=kw.run_targets(config),
         teachers=kw.teacher_nets(config),
         dataset_names=kw.dataset_names(config),
     script:
         "../scripts/summary.py"
+
+
+rule tables:
+    input:
+        "results/summary.csv",
+    output:
+        md=report(
+            "results/tables/{dataset}.md",
+            caption="report/table.rst",
+            category="Tables",
+            subcategory="{dataset}",
+        ),
+        csv="results/tables/{dataset}.csv",
+        tex="results/tables/{dataset}.tex",
+    log:
+        "results/logs/report/tables-{dataset}.log",
+    conda:
+        "../environment.yml"
+    params:
+        published=config["report"]["published"],
+    script:
+        "../scripts/tables.py"
+
+
+rule group_plots:
+    input:
+        "results/summary.csv",
+    output:
+        test_acc=report(
+            "results/plots/{dataset}/{group}/test_acc.png",
+            caption="report/test_acc.rst",
+            category="Curves",
+            subcategory="{dataset} {group}",
+        ),
+        loss=report(
+            "results/plots/{dataset}/{group}/loss.png",
+            caption="report/loss.rst",
+            category="Curves",
+            subcategory="{dataset} {group}",
+        ),
+        final=report(
+            "results/plots/{dataset}/{group}/final.png",
+            caption="report/final.rst",
+            category="Final accuracy",
+            subcategory="{dataset}",
+        ),
+    log:
+        "results/logs/report/plots-{dataset}-{group}.log",
+    conda:
+        "../environment.yml"
+    script:
+        "../scripts/plots.py"
+
+
+rule cost_plot:
+    input:
+        "results/summary.csv",
+    output:
+        report(
+            "results/plots/{dataset}/cost.png",
+            caption="report/cost.rst",
+            category="Cost",
+        ),
+    log:
+        "results/logs/report/cost-{dataset}.log",
+    conda:
+        "../environment.yml"
+    script:
+        "../scripts/plots.py"
+
+
+rule race:
+    input:
+        "results/summary.csv",
+    output:
+        report(
+            "results/race/{dataset}/{group}.gif",
+            caption="report/race.rst",
+            category="Races",
+            subcategory="{dataset}",
+        ),
+    log:
+        "results/logs/report/race-{dataset}-{group}.log",
+    conda:
+        "../environment.yml"
+    params:
+        steps_per_period=config["report"]["steps_per_period"],
+        period_ms=config["report"]["period_ms"],
+    script:
+        "../scripts/race.py"

@@ -279,3 +279,47 @@ def test_cache_off_for_too_many_views(monkeypatch):
                           "teacher_cache": "on", "kd": {"modes": ["st"]}})
     use, why = cache_decision(config, "cifar10", "resnet20", 0)
     assert not use and "162 views per image exceed the 100" in why
+
+
+@pytest.mark.slow
+def test_reports_build_and_report_settings_rerun_only_reports(tmp_path):
+    from PIL import Image, ImageSequence
+
+    pytest.importorskip("bar_chart_race")
+    config = """
+seeds: [0, 1]
+pairs: [{teacher: resnet8, student: resnet8}]
+data: {train_subset: 32}
+train: {epochs: 3, batch_size: 16}
+kd: {modes: [st]}
+report: {steps_per_period: 2}
+"""
+    (tmp_path / "c.yaml").write_text(config)
+    cfg = ("--configfile", str(tmp_path / "c.yaml"))
+    out = snakemake("--cores", "2", *cfg, workdir=tmp_path)  # the default target: everything
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = tmp_path / "results"
+    for path in ("tables/digits.md", "tables/digits.csv", "tables/digits.tex", "plots/digits/cost.png",
+                 "plots/digits/resnet8-resnet8/test_acc.png", "plots/digits/resnet8-resnet8/loss.png",
+                 "plots/digits/resnet8-resnet8/final.png"):
+        assert (results / path).stat().st_size > 0, path
+    for png in results.glob("plots/**/*.png"):
+        with Image.open(png) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    with Image.open(results / "race/digits/resnet8-resnet8.gif") as gif:
+        frames = sum(1 for _ in ImageSequence.Iterator(gif))
+    assert frames == (3 - 1) * 2 + 1  # one frame per epoch step: (epochs - 1) x steps_per_period + 1
+    table = (results / "tables/digits.md").read_text()
+    assert "| st |" in table and "| baseline |" in table and "published" not in table
+    report = snakemake("--report", "results/report.html", *cfg, workdir=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (results / "report.html").read_text(errors="replace")
+    assert "race" in html and "test_acc.png" in html and "digits.md" in html
+    # a report setting re-runs only the report rules that read it
+    (tmp_path / "c.yaml").write_text(config.replace("steps_per_period: 2", "steps_per_period: 3"))
+    plan = snakemake("-n", "--cores", "1", *cfg, workdir=tmp_path)
+    assert job_counts(plan.stdout) == {"race": 1, "all": 1}
+    (tmp_path / "c.yaml").write_text(config.replace("report: {steps_per_period: 2}",
+                                                    "report: {steps_per_period: 2, published: false}"))
+    plan = snakemake("-n", "--cores", "1", *cfg, workdir=tmp_path)
+    assert job_counts(plan.stdout) == {"tables": 1, "all": 1}

@@ -1,0 +1,1 @@
+"""Aggregation of finished runs: tables against published numbers, plots, bar-chart races."""

@@ -1,0 +1,412 @@
+"""Static report figures (PNG): per-epoch curves, final accuracies and accuracy against cost.
+
+Every figure is a :class:`matplotlib.figure.Figure` drawn on an explicit Agg canvas: nothing here
+uses pyplot, selects a global backend or changes ``matplotlib.rcParams`` (styles are applied with
+``rc_context``), so these functions are safe in a long-lived process. Each function writes its PNG
+atomically (a temporary name in the target folder, then ``os.replace``) and returns the path.
+
+Colours are fixed per dataset by :func:`label_colors`: ``baseline`` black, ``teacher`` grey (drawn
+dashed in line plots), every other method label a tab20 colour assigned in sorted-label order, so
+one method has the same colour in every figure (and race) of a dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from .frame import group_rows
+
+DPI = 150
+BASELINE_COLOR = (0.0, 0.0, 0.0, 1.0)
+TEACHER_COLOR = (0.45, 0.45, 0.45, 1.0)
+# tab20: the dark shade of each hue first, then the light ones; its greys (14, 15) are left out
+# because grey means "teacher".
+_TAB20_ORDER = [0, 2, 4, 6, 8, 10, 12, 16, 18, 1, 3, 5, 7, 9, 11, 13, 17, 19]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "8"]
+BASE_MARKER = "*"
+
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "savefig.facecolor": "white",
+}
+
+METRIC_NAMES = {
+    "test_acc": "test accuracy",
+    "val_acc": "validation accuracy",
+    "train_acc": "training accuracy",
+    "test_loss": "test loss",
+    "val_loss": "validation loss",
+    "train_loss": "training loss",
+}
+
+
+# ---------------------------------------------------------------- data helpers
+
+
+def label_colors(frame: pd.DataFrame, dataset: str) -> dict:
+    """Method label -> RGBA, the same for every figure and race of ``dataset``."""
+    labels = set(frame.loc[frame["dataset"] == dataset, "label"])
+    colors = {"baseline": BASELINE_COLOR, "teacher": TEACHER_COLOR}
+    cmap = matplotlib.colormaps["tab20"]
+    others = sorted(label for label in labels if label not in colors)
+    for i, label in enumerate(others):
+        colors[label] = tuple(cmap(_TAB20_ORDER[i % len(_TAB20_ORDER)]))
+    return colors
+
+
+def dataset_group_rows(frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
+    """``group_rows`` of one dataset (group_rows itself does not look at the dataset)."""
+    rows = group_rows(frame[frame["dataset"] == dataset], group)
+    if rows.empty:
+        raise ValueError(f"no runs of group {group!r} in dataset {dataset!r}")
+    return rows
+
+
+def finished(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[(rows["status"] == "ok") & rows["test_acc_at_best"].notna()]
+
+
+def group_curves(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
+    """Curves rows of the runs shown in ``group``, with the group's labels.
+
+    Non-baseline runs are matched on (dataset, group, label, method, net, seed); base runs, whose
+    curves rows have group '' and label 'baseline'/'teacher', are matched by (dataset, net, seed)
+    and take the label ``group_rows`` gives them (the student's base is 'baseline', the teacher's
+    'teacher'), exactly as in the summary tables.
+    """
+    rows = finished(dataset_group_rows(frame, dataset, group))
+    cur = curves[curves["dataset"] == dataset]
+    seeds = pd.to_numeric(cur["seed"], errors="coerce")
+    parts = []
+    for _, row in rows.iterrows():
+        mask = (seeds == float(row["seed"])) & (cur["net"] == row["net"])
+        if row["method"] == "baseline":
+            mask &= cur["method"] == "baseline"
+        else:
+            mask &= (cur["group"] == row["group"]) & (cur["label"] == row["label"]) & (cur["method"] == row["method"])
+        parts.append(cur[mask].assign(label=row["label"], group=group))
+    if not parts:
+        return cur.iloc[0:0].assign(label=pd.Series(dtype=str))
+    out = pd.concat(parts, ignore_index=True)
+    return out.drop_duplicates(subset=["label", "seed", "epoch"], keep="first").reset_index(drop=True)
+
+
+def final_stats(frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
+    """Per label: mean, std (NaN for one seed) and count of best-on-val test accuracy, best first."""
+    rows = finished(dataset_group_rows(frame, dataset, group))
+    stats = rows.groupby("label")["test_acc_at_best"].agg(["mean", "std", "count"])
+    return stats.sort_values("mean", ascending=False)
+
+
+def _order(frame: pd.DataFrame, dataset: str, group: str, present) -> list[str]:
+    """Labels best first (by final accuracy) -- the legend order of every figure of a group."""
+    ranked = [label for label in final_stats(frame, dataset, group).index if label in set(present)]
+    return ranked + sorted(set(present) - set(ranked))
+
+
+def _pair(group: str) -> tuple[str, str]:
+    teacher, _, student = group.partition("-")
+    return teacher, student
+
+
+# ---------------------------------------------------------------- drawing helpers
+
+
+def _figure(width: float, height: float) -> tuple[Figure, object]:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    return fig, ax
+
+
+def _save(fig: Figure, out_png) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.15, format="png")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def placeholder(out_png, title: str, message: str) -> Path:
+    """A figure that says why there is nothing to show (a partial report still gets every file)."""
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(8.0, 3.0)
+        ax.set_axis_off()
+        ax.set_title(title, loc="left")
+        ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="0.35", transform=ax.transAxes)
+        return _save(fig, out_png)
+
+
+def _line_style(label: str, colors: dict) -> dict:
+    color = colors.get(label, (0.2, 0.2, 0.6, 1.0))
+    if label == "teacher":
+        return {"color": color, "linestyle": (0, (5, 3)), "linewidth": 2.0, "zorder": 2}
+    if label == "baseline":
+        return {"color": color, "linestyle": "-", "linewidth": 2.2, "zorder": 4}
+    return {"color": color, "linestyle": "-", "linewidth": 1.7, "zorder": 3}
+
+
+def zoom_range(finals, highs, floor: float = 0.0, ceiling: float | None = 100.0) -> tuple[float, float]:
+    """An axis window that separates close methods.
+
+    From the 5th percentile of the final values minus a margin up to the largest value shown plus
+    a margin. The margin is a third of that spread, at least 0.5 points, so near-identical methods
+    still get a readable window; curves from early epochs simply enter from below.
+    """
+    finals = np.asarray([v for v in finals if np.isfinite(v)], dtype=float)
+    highs = np.asarray([v for v in highs if np.isfinite(v)], dtype=float)
+    if finals.size == 0:
+        return floor, ceiling if ceiling is not None else 1.0
+    low = float(np.percentile(finals, 5))
+    high = float(max(finals.max(), highs.max() if highs.size else finals.max()))
+    margin = max(0.5, (high - low) / 3)
+    lo = max(floor, low - margin)
+    hi = high + margin
+    if ceiling is not None:
+        hi = min(hi, ceiling + margin / 2)
+    return lo, hi
+
+
+def _percent_axis(axis) -> None:
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_curves(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, out_png,
+                metric: str = "test_acc") -> Path:
+    """One line per method label of ``group``: ``metric`` per epoch, mean over seeds, ±std band."""
+    return _plot_metric(curves, frame, dataset, group, out_png, metric)
+
+
+def plot_losses(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
+    """Training loss per epoch (each method's own total objective, so levels differ by method)."""
+    return _plot_metric(curves, frame, dataset, group, out_png, "train_loss")
+
+
+def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
+    data = group_curves(curves, frame, dataset, group)
+    data = data[data[metric].notna()] if metric in data else data.iloc[0:0]
+    teacher, student = _pair(group)
+    name = METRIC_NAMES.get(metric, metric)
+    title = f"{dataset}: {teacher} → {student}, {name} per epoch"
+    if data.empty:
+        return placeholder(out_png, title, f"no finished run of this group has {metric} curves yet")
+    is_loss = metric.endswith("loss")
+    colors = label_colors(frame, dataset)
+    stats = data.groupby(["label", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
+
+    zoomed = not is_loss
+    with matplotlib.rc_context(STYLE):
+        if zoomed:
+            fig = Figure(figsize=(10.0, 4.8), dpi=DPI)
+            FigureCanvasAgg(fig)
+            overview, ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3.2], "wspace": 0.22})
+        else:
+            fig, ax = _figure(8.0, 4.8)
+            overview = None
+        finals, highs = [], []
+        for label in _order(frame, dataset, group, stats["label"].unique()):
+            s = stats[stats["label"] == label].sort_values("epoch")
+            style = _line_style(label, colors)
+            ax.plot(s["epoch"], s["mean"], label=label, **style)
+            if overview is not None:
+                overview.plot(s["epoch"], s["mean"], **{**style, "linewidth": style["linewidth"] * 0.7})
+            if (s["count"] > 1).any():
+                std = s["std"].fillna(0.0)
+                lower = s["mean"] - std
+                if is_loss:
+                    lower = lower.where(lower > 0, s["mean"] * 0.5)
+                ax.fill_between(s["epoch"], lower, s["mean"] + std, color=style["color"], alpha=0.15,
+                                linewidth=0, zorder=1)
+            finals.append(s["mean"].iloc[-1])
+            highs.append((s["mean"] + s["std"].fillna(0.0)).max())
+        epochs = stats["epoch"]
+        first, last = int(epochs.min()), int(epochs.max())
+        for a in (ax, overview):
+            if a is None:
+                continue
+            a.set_xlim(first, last)
+            a.set_xlabel("epoch")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12 if a is ax else 4))
+        if is_loss:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_ylabel(f"{name} (log scale)")
+            fig.text(0.5, -0.02, "each method's loss is its own total training objective; levels are not comparable "
+                     "across methods", ha="center", va="top", fontsize=9, color="0.35")
+            ax.set_title(title, loc="left")
+        else:
+            is_acc = metric.endswith("acc")
+            lo, hi = zoom_range(finals, highs, ceiling=100.0 if is_acc else None)
+            ax.set_ylim(lo, hi)
+            if is_acc:
+                ax.set_yticks([t for t in ax.get_yticks() if lo - 1e-9 <= t <= 100.0 + 1e-9])
+            _percent_axis(ax.yaxis)
+            unit = " (%)" if is_acc else ""
+            ax.set_ylabel(f"{name}{unit}, mean over seeds")
+            ax.set_title("zoomed to the final values", loc="left", fontsize=10, color="0.35")
+            low_all = float(stats["mean"].min())
+            overview.set_ylim(max(0.0, np.floor(low_all / 10) * 10) if is_acc else low_all, 100.0 if is_acc else hi)
+            overview.axhspan(lo, hi, color="gold", alpha=0.25, linewidth=0, zorder=0)
+            overview.set_title("all epochs", loc="left", fontsize=10, color="0.35")
+            overview.set_ylabel(f"{name}{unit}")
+            _percent_axis(overview.yaxis)
+            fig.suptitle(title, x=0.07, ha="left", y=1.0, fontsize=STYLE["axes.titlesize"])
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="method",
+                  alignment="left")
+        return _save(fig, out_png)
+
+
+def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
+    """Horizontal bars: best-on-val test accuracy per label (mean over seeds, ±std), best on top."""
+    stats = final_stats(frame, dataset, group)
+    teacher, student = _pair(group)
+    title = f"{dataset}: {teacher} → {student}, final test accuracy"
+    if stats.empty:
+        return placeholder(out_png, title, "no finished run in this group yet")
+    shown = dataset_group_rows(frame, dataset, group)
+    missing = sorted(set(shown["label"]) - set(stats.index))
+    colors = label_colors(frame, dataset)
+    stats = stats.iloc[::-1]  # barh draws bottom-up: best ends on top
+    std = stats["std"].fillna(0.0)
+    lo, hi = zoom_range(stats["mean"] - std, stats["mean"] + std)
+    span = hi - lo
+    multi = (stats["count"] > 1).any()
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(8.0, 1.2 + 0.42 * len(stats))
+        y = np.arange(len(stats))
+        bar_colors = [colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in stats.index]
+        ax.barh(y, stats["mean"], height=0.7, color=bar_colors, alpha=0.9,
+                xerr=std.where(stats["count"] > 1) if multi else None,
+                error_kw={"ecolor": "0.2", "capsize": 3, "linewidth": 1})
+        ax.set_yticks(y, stats.index)
+        ax.grid(False, axis="y")
+        for yi, (label, row) in zip(y, stats.iterrows()):
+            end = row["mean"] + (row["std"] if row["count"] > 1 and np.isfinite(row["std"]) else 0.0)
+            text = f"{row['mean']:.2f}"
+            if row["count"] > 1 and np.isfinite(row["std"]):
+                text += f" ± {row['std']:.2f}  (n={int(row['count'])})"
+            ax.text(max(end, lo) + 0.012 * span, yi, text, va="center", ha="left", fontsize=10)
+        if "baseline" in stats.index:
+            base = stats.loc["baseline", "mean"]
+            ax.axvline(base, color="black", linestyle=(0, (4, 3)), linewidth=1.2, zorder=5)
+            ax.text(base, len(stats) - 0.5, f" baseline {base:.2f}", ha="left", va="bottom", fontsize=9,
+                    color="0.2")
+        ax.set_xlim(lo, hi + 0.28 * span)
+        ax.set_ylim(-0.6, len(stats) + 0.15)
+        ax.set_xticks([t for t in ax.get_xticks() if lo - 1e-9 <= t <= 100.0 + 1e-9])
+        _percent_axis(ax.xaxis)
+        ax.set_xlabel("test accuracy at the best validation epoch (%)" + (", mean ± std over seeds" if multi else ""))
+        ax.set_title(title, loc="left")
+        if missing:
+            ax.annotate("no finished run: " + ", ".join(missing), xy=(0, 0), xycoords="axes fraction",
+                        xytext=(0, -46), textcoords="offset points", ha="left", va="top", fontsize=9, color="0.35")
+        return _save(fig, out_png)
+
+
+def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
+    """Accuracy (best-on-val test accuracy, mean over seeds) against relative training cost.
+
+    One point per (group, label); cost is ``cost_vs_baseline`` (mean epoch time over that of the
+    baseline of the same network), so base runs sit at 1. Base runs are drawn as stars and named
+    after their network; each group gets its own marker.
+    """
+    rows = frame[(frame["dataset"] == dataset) & (frame["status"] == "ok")]
+    rows = rows[rows["test_acc_at_best"].notna() & rows["cost_vs_baseline"].notna()]
+    if rows.empty:
+        return placeholder(out_png, f"{dataset}: accuracy vs training cost", "no finished run with a cost yet")
+    points = (rows.groupby(["group", "label", "net"], sort=False)
+              .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"))
+              .reset_index())
+    colors = label_colors(frame, dataset)
+    group_names = [g for g in dict.fromkeys(points["group"]) if g]
+    markers = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(group_names)}
+    lo, hi = zoom_range(points["acc"], points["acc"])
+    cmin, cmax = points["cost"].min(), points["cost"].max()
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(8.5, 5.5)
+        ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1, zorder=1)
+        texts, anchors = [], []
+        for group in [""] + group_names:
+            part = points[points["group"] == group]
+            if part.empty:
+                continue
+            marker = markers.get(group, BASE_MARKER)
+            ax.scatter(part["cost"], part["acc"], marker=marker, s=150 if marker == BASE_MARKER else 60,
+                       c=[colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in part["label"]],
+                       edgecolors="white", linewidths=0.6, zorder=3,
+                       label=("base runs" if not group else group.replace("-", " → ")))
+            for _, p in part.iterrows():
+                text = f"{p['label']} ({p['net']})" if not group else p["label"]
+                texts.append(ax.annotate(text, (p["cost"], p["acc"]), xytext=(7, 4), textcoords="offset points",
+                                         fontsize=9.5, ha="left", va="bottom", zorder=4,
+                                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6,
+                                                     "shrinkA": 0, "shrinkB": 4}))
+                anchors.append((p["cost"], p["acc"]))
+        if cmax / max(cmin, 1e-12) > 10:
+            ax.set_xscale("log")
+        pad = 0.08 * (cmax - cmin) if cmax > cmin else 0.1 * cmax
+        ax.set_xlim(max(cmin - pad, 0.0) if ax.get_xscale() == "linear" else cmin / 1.3, cmax + 3 * pad
+                    if ax.get_xscale() == "linear" else cmax * 1.8)
+        ax.set_ylim(lo, hi)
+        _percent_axis(ax.yaxis)
+        ax.set_xlabel("training cost: mean epoch time relative to the baseline of the same network (×)")
+        ax.set_ylabel("test accuracy at the best validation epoch (%)")
+        ax.set_title(f"{dataset}: accuracy vs training cost", loc="left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="group", markerscale=0.9)
+        for handle in ax.get_legend().legend_handles:
+            handle.set_color("0.35")
+        _declutter(fig, ax, texts)
+        return _save(fig, out_png)
+
+
+def _declutter(fig: Figure, ax, texts, iterations: int = 60) -> None:
+    """Nudge annotation texts vertically (in points) until their boxes stop overlapping."""
+    if len(texts) < 2:
+        return
+    renderer = fig.canvas.get_renderer()
+    step = 72.0 / fig.dpi  # one pixel in points
+    for _ in range(iterations):
+        boxes = [t.get_window_extent(renderer).expanded(1.0, 1.1) for t in texts]
+        moved = False
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                a, b = boxes[i], boxes[j]
+                if not a.overlaps(b):
+                    continue
+                overlap = min(a.y1, b.y1) - max(a.y0, b.y0)
+                shift = (overlap / 2 + 1) * step
+                upper, lower = (texts[i], texts[j]) if a.y0 + a.y1 >= b.y0 + b.y1 else (texts[j], texts[i])
+                ux, uy = upper.xyann
+                lx, ly = lower.xyann
+                upper.xyann = (ux, uy + shift)
+                lower.xyann = (lx, ly - shift)
+                moved = True
+        if not moved:
+            break

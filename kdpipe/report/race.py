@@ -1,0 +1,245 @@
+"""Bar-chart races: test accuracy of every method of a group, epoch by epoch, as an animated GIF.
+
+Rendering uses ``bar_chart_race`` 0.1.0, which rebinds ``matplotlib.pyplot.rcParams`` to a copy of
+itself when it finishes. Never render a race inside a long-lived process that draws other figures:
+run ``python -m kdpipe.report.race ...`` (:func:`main`), one process per animation.
+
+The package's own bar labels are integers and its axis always starts at 0, which hides the
+fractions of a point that separate methods; so :func:`render_race` hands it a prepared figure with
+a fixed x window, switches its bar labels off and draws ``'99.4%'`` labels itself (through the
+``period_summary_func`` hook, which runs once per frame and whose texts the package clears on the
+next frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .plots import group_curves, label_colors
+
+
+def race_frame(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
+    """Epoch x method table of test accuracy (mean over seeds), the input of :func:`render_race`.
+
+    Index: the union of the epoch numbers of the group's runs, each run on its own epoch numbers
+    (no re-alignment: a run that stops early, or has fewer epochs, keeps its last value, forward
+    filled, until the race ends). Per method label, each seed's series is forward-filled over that
+    union first and then averaged, so a seed that ended early still counts with its final value.
+    Epochs before a run's first reported epoch stay 0. Columns: method labels, highest value at the
+    last epoch first. Note this is the last-epoch test accuracy, not the best-on-validation number
+    of ``plot_final`` and the tables, so the race's final standings can differ from those.
+    """
+    data = group_curves(curves, frame, dataset, group)
+    data = data[data["test_acc"].notna()]
+    if data.empty:
+        raise ValueError(f"no test_acc curves for group {group!r} of dataset {dataset!r}")
+    data = data.assign(epoch=data["epoch"].astype(int))
+    wide = data.pivot_table(index="epoch", columns=["label", "seed"], values="test_acc", aggfunc="mean")
+    wide = wide.sort_index().ffill()
+    race = wide.T.groupby(level="label").mean().T
+    order = (race.iloc[-1].sort_values(ascending=False, kind="stable").index.tolist())
+    race = race[order].fillna(0.0)
+    race.index.name = "epoch"
+    race.columns.name = None
+    return race
+
+
+def expected_frames(n_epochs: int, steps_per_period: int) -> int:
+    """Frames in the GIF that :func:`render_race` writes for ``n_epochs`` periods.
+
+    bar_chart_race 0.1.0 (``prepare_wide_data``) places period i at step i * steps_per_period and
+    interpolates between them, giving (n_epochs - 1) * steps_per_period + 1 frames: the first period
+    shown alone, then steps_per_period frames per further period, ending exactly on the last one.
+    Pillow merges consecutive identical frames into one (adding their durations): the final hold of
+    :func:`render_race` relies on that and adds no frame, while a progress line drawn on every
+    animated frame keeps them distinct even when no bar moves for a whole epoch.
+    """
+    if n_epochs < 1 or steps_per_period < 1:
+        raise ValueError("n_epochs and steps_per_period must be at least 1")
+    return (n_epochs - 1) * steps_per_period + 1
+
+
+def race_window(race_df: pd.DataFrame) -> tuple[float, float]:
+    """The x range shown: a little below the lowest final value (rounded down to a whole point), up to 100."""
+    final = race_df.iloc[-1].astype(float)
+    spread = float(final.max() - final.min())
+    lo = float(final.min()) - max(1.0, 0.35 * spread)
+    lo = max(0.0, float(math.floor(lo)))
+    hi = max(100.0, float(np.nanmax(race_df.to_numpy(dtype=float))))
+    return lo, hi
+
+
+def render_race(race_df: pd.DataFrame, out_gif, title: str, steps_per_period: int = 4,
+                period_length_ms: int = 500, dpi: int = 80, colors: dict | None = None,
+                hold_periods: int = 2, subtitle: str = "test accuracy (%), mean over seeds") -> int:
+    """Write an animated GIF of ``race_df`` (rows = epochs, columns = methods); returns its frame count.
+
+    Bars are sorted by value (best on top) and labelled with the method name and ``'{x:.1f}%'``;
+    ``'epoch N'`` counts up at the top right; the x axis is fixed to :func:`race_window`, and values
+    below it are drawn in a squeezed strip for [0, window start] at the left. Each epoch
+    lasts ``period_length_ms`` over ``steps_per_period`` frames, and the last frame is held for
+    ``hold_periods`` more periods (the GIF loops). ``colors`` maps labels to colours: pass
+    ``plots.label_colors(frame, dataset)`` to match the dataset's static figures (without it the
+    same scheme is applied to these columns alone). The file is written under a temporary
+    name in the same folder and moved into place.
+    """
+    import bar_chart_race as bcr
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+    from PIL import Image, ImageSequence
+
+    if race_df.empty or race_df.shape[1] == 0:
+        raise ValueError("empty race")
+    race_df = race_df.astype(float)
+    labels = [str(c) for c in race_df.columns]
+    race_df = race_df.set_axis(labels, axis=1)
+    if colors is None:
+        colors = label_colors(pd.DataFrame({"dataset": "", "label": labels}), "")
+    bar_colors = [colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in labels]
+    if hold_periods > 0:
+        last = race_df.iloc[[-1] * hold_periods]
+        race_df = pd.concat([race_df, last])
+
+    lo, hi = race_window(race_df)
+    # Values below the window are not hidden: [0, lo] is squeezed into a narrow lighter strip at the
+    # left (a broken axis), so early epochs still show growing bars; labels always show true values.
+    squeeze = 0.16 * (hi - lo)
+    if squeeze >= lo:  # the window nearly reaches 0 anyway: plain axis from 0
+        lo, squeeze = 0.0, 0.0
+    left_edge = lo - squeeze
+
+    def shown(v):
+        v = np.asarray(v, dtype=float)
+        return np.where(v >= lo, v, left_edge + squeeze * np.clip(v, 0.0, None) / lo if lo > 0 else v)
+
+    def true(d):
+        return d if d >= lo or squeeze == 0 else (d - left_edge) * lo / squeeze
+
+    plotted = pd.DataFrame(shown(race_df.to_numpy()), index=race_df.index, columns=race_df.columns)
+    right = hi + 0.16 * (hi - lo)  # room for the value labels
+    n = len(labels)
+    height = 1.35 + 0.42 * n
+    fig = Figure(figsize=(8.0, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    longest = max(len(label) for label in labels)
+    left = min(0.35, (0.25 + 0.085 * longest) / 8.0)
+    top = 1 - 0.95 / height
+    ax = fig.add_axes([left, 0.42 / height, 0.97 - left, top - 0.42 / height])
+    ax.set_xlim(left_edge, right)
+    ax.set_ylim(0.4, n + 0.6)
+    ticks = [t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9]
+    if squeeze:
+        ticks = [left_edge] + ([lo] if all(abs(t - lo) > 1e-6 for t in ticks) else []) + ticks
+        ax.axvspan(left_edge, lo, color="0.975", linewidth=0, zorder=0)
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{true(v):g}"))
+    ax.tick_params(length=0, labelsize=11, pad=4)
+    ax.grid(True, axis="x", color="white", linewidth=1.2)
+    ax.set_axisbelow(True)
+    ax.set_facecolor("0.93")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.text(left, 1 - 0.12 / height, title, ha="left", va="top", fontsize=14, weight="bold")
+    fig.text(left, 1 - 0.5 / height, subtitle, ha="left", va="top", fontsize=10.5, color="0.35")
+
+    span = right - left_edge
+    animated = max(1, (len(race_df) - hold_periods - 1) * steps_per_period)  # frames before the hold
+    frame_index = [0]
+    # a thin progress line along the top of the bars: it makes every animated frame distinct (so the
+    # GIF has exactly expected_frames() frames even when no bar moves) and stops during the hold
+    from matplotlib.lines import Line2D
+
+    axes_width = 0.97 - left
+    progress_line = Line2D([left, left], [top, top], transform=fig.transFigure, color="0.45", linewidth=2.5,
+                           solid_capstyle="butt")
+    fig.add_artist(progress_line)
+
+    def value_labels(values, ranks):
+        progress = min(1.0, frame_index[0] / animated)
+        frame_index[0] += 1
+        progress_line.set_xdata([left, left + progress * axes_width])
+        for label in values.index:
+            value, rank = values[label], ranks[label]
+            if not (np.isfinite(value) and np.isfinite(rank)):
+                continue
+            ax.text(value + 0.008 * span, rank, f"{true(value):.1f}%", ha="left", va="center", fontsize=11)
+        return {"x": 0.0, "y": 0.0, "s": ""}
+
+    out = Path(out_gif)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gif")
+    try:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # 0.1.0 calls fillna(method=...) (deprecated in pandas 2)
+                bcr.bar_chart_race(
+                    plotted, filename=str(tmp), orientation="h", sort="desc", fixed_order=False, fixed_max=True,
+                    steps_per_period=steps_per_period, period_length=period_length_ms, interpolate_period=False,
+                    label_bars=False, bar_size=0.8,
+                    period_label={"x": 1.0, "y": 1.015, "ha": "right", "va": "bottom", "size": 15, "weight": "bold",
+                                  "color": "0.25"},
+                    period_fmt="epoch {x:.0f}", period_summary_func=value_labels, cmap=bar_colors,
+                    writer="pillow", fig=fig, bar_kwargs={"alpha": 0.9, "ec": "white"},
+                )
+        except TypeError as err:
+            if "method" not in str(err):
+                raise
+            raise RuntimeError(f"bar_chart_race {getattr(bcr, '__version__', '')} does not work with pandas "
+                               f"{pd.__version__} (it calls fillna(method=...); install pandas<3): {err}") from err
+        with Image.open(tmp) as image:
+            frames = sum(1 for _ in ImageSequence.Iterator(image))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return frames
+
+
+def render_group_race(summary: str | Path, dataset: str, group: str, out_gif, steps_per_period: int = 4,
+                      period_length_ms: int = 500, dpi: int = 80) -> int:
+    """Summary CSV -> race GIF of one group, with the dataset's colours; returns the frame count."""
+    from .frame import load_curves, load_summary
+
+    frame = load_summary(summary)
+    frame = frame[frame["dataset"] == dataset]
+    curves = load_curves(frame)
+    race = race_frame(curves, frame, dataset, group)
+    teacher, _, student = group.partition("-")
+    title = f"{dataset}: {teacher} → {student}"
+    return render_race(race, out_gif, title, steps_per_period=steps_per_period, period_length_ms=period_length_ms,
+                       dpi=dpi, colors=label_colors(frame, dataset))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdpipe.report.race",
+                                     description="Render one group's test-accuracy bar-chart race as a GIF.")
+    parser.add_argument("--summary", required=True, help="results/summary.csv")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--group", required=True, help="'<teacher>-<student>', e.g. resnet110-resnet20")
+    parser.add_argument("--out", required=True, help="GIF to write")
+    parser.add_argument("--steps-per-period", type=int, default=4, help="frames per epoch (default 4)")
+    parser.add_argument("--period-ms", type=int, default=500, help="milliseconds per epoch (default 500)")
+    parser.add_argument("--dpi", type=int, default=80)
+    args = parser.parse_args(argv)
+    try:
+        frames = render_group_race(args.summary, args.dataset, args.group, args.out,
+                                   steps_per_period=args.steps_per_period, period_length_ms=args.period_ms,
+                                   dpi=args.dpi)
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        print(f"race: {err}", file=sys.stderr)
+        return 1
+    print(f"race: wrote {args.out} ({frames} frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Rules group_plots and cost_plot: accuracy curves, loss curves, final accuracy, accuracy vs cost."""
+
+from kdpipe.report import plots
+from kdpipe.report.frame import load_curves, load_summary
+from kdpipe.workflow import rule_logging
+
+with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
+    w, out = snakemake.wildcards, snakemake.output  # noqa: F821
+    frame = load_summary(snakemake.input[0])  # noqa: F821
+    if snakemake.rule == "cost_plot":  # noqa: F821
+        plots.plot_cost(frame, w.dataset, out[0])
+    else:
+        curves = load_curves(frame[frame["dataset"] == w.dataset])
+        plots.plot_curves(curves, frame, w.dataset, w.group, out.test_acc)
+        plots.plot_losses(curves, frame, w.dataset, w.group, out.loss)
+        plots.plot_final(frame, w.dataset, w.group, out.final)

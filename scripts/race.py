@@ -1,0 +1,15 @@
+"""Rule race: one bar-chart-race GIF, rendered in this job's own process (kdpipe.report.race)."""
+
+from kdpipe.report.race import render_group_race
+from kdpipe.workflow import rule_logging
+
+with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
+    w, params = snakemake.wildcards, snakemake.params  # noqa: F821
+    render_group_race(
+        snakemake.input[0],  # noqa: F821
+        w.dataset,
+        w.group,
+        snakemake.output[0],  # noqa: F821
+        steps_per_period=params.steps_per_period,
+        period_length_ms=params.period_ms,
+    )

@@ -1,0 +1,12 @@
+"""Rule tables: results/summary.csv -> results/tables/{dataset}.md/.csv/.tex (kdpipe.report.tables)."""
+
+from kdpipe.report.frame import load_summary
+from kdpipe.report.reference import load_reference
+from kdpipe.report.tables import write_tables
+from kdpipe.workflow import rule_logging
+
+with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
+    out = snakemake.output  # noqa: F821
+    reference = load_reference() if snakemake.params.published else None  # noqa: F821
+    write_tables(load_summary(snakemake.input[0]), snakemake.wildcards.dataset, out.md, out.csv, out.tex,  # noqa: F821
+                 reference=reference)

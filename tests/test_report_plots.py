@@ -1,0 +1,206 @@
+"""Report figures and races on a small fabricated results tree (summary.csv + per-run metrics.csv)."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageSequence
+
+from kdpipe.report import frame as F
+from kdpipe.report import plots, race
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCHS = 5
+DATASET = "toy"
+PAIR = "tnet-snet"
+COHORT = "snet-snet"
+
+SUMMARY_COLUMNS = ["dataset", "method", "variant", "teacher", "student", "role", "net", "seed", "generation", "epochs",
+                   "params", "best_val_acc", "test_acc_at_best", "last_test_acc", "train_time_s", "mean_epoch_s",
+                   "cost_vs_baseline", "settings", "status", "note", "run_dir"]
+METRIC_COLUMNS = ["epoch", "role", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                  "epoch_time_s", "images_per_s"]
+
+# (method, teacher, student, role in the summary, net, seed, run dir, metrics role, start accuracy, epochs, cost)
+RUNS = [
+    ("baseline", "", "tnet", "teacher", "tnet", 0, "base/tnet/seed0", "net", 70.0, EPOCHS, 1.0),
+    ("baseline", "", "snet", "student", "snet", 0, "base/snet/seed0", "net", 60.0, EPOCHS, 1.0),
+    ("baseline", "", "snet", "student", "snet", 1, "base/snet/seed1", "net", 62.0, EPOCHS, 1.0),
+    ("st", "tnet", "snet", "student", "snet", 0, "kd-st/tnet-snet/seed0", "student", 64.0, EPOCHS, 1.1),
+    ("st", "tnet", "snet", "student", "snet", 1, "kd-st/tnet-snet/seed1", "student", 67.0, EPOCHS, 1.3),
+    # a run that stopped after 3 epochs: the race forward-fills it
+    ("at", "tnet", "snet", "student", "snet", 0, "kd-at/tnet-snet/seed0", "student", 58.0, 3, 2.0),
+    ("dml", "snet", "snet", "net1", "snet", 0, "dml/snet-snet/seed0", "net1", 61.0, EPOCHS, 2.1),
+    ("dml", "snet", "snet", "net2", "snet", 0, "dml/snet-snet/seed0", "net2", 63.0, EPOCHS, 2.1),
+]
+
+
+def accuracy(start: float, epoch: int) -> float:
+    """Distinct, increasing, below 100; every epoch changes every run's value (frames never repeat)."""
+    return round(start + 6.0 * epoch - 0.3 * epoch ** 2, 4)
+
+
+def write_results(root: Path) -> Path:
+    """A results/ tree the way the workflow leaves it: run dirs with metrics.csv, and summary.csv."""
+    metrics: dict[str, list[dict]] = {}
+    rows = []
+    for method, teacher, student, role, net, seed, run_dir, metric_role, start, epochs, cost in RUNS:
+        path = f"results/{DATASET}/{run_dir}"
+        accs = [accuracy(start, e) for e in range(1, epochs + 1)]
+        for epoch, acc in enumerate(accs, start=1):
+            metrics.setdefault(path, []).append({
+                "epoch": epoch, "role": metric_role, "lr": 0.1, "train_loss": round(2.0 / epoch + 0.01 * start, 4),
+                "train_acc": acc + 1, "val_loss": 1.0 / epoch, "val_acc": acc - 1, "test_loss": 1.0 / epoch,
+                "test_acc": acc, "epoch_time_s": cost, "images_per_s": 100.0 / cost})
+        best = max(range(epochs), key=lambda i: accs[i] - 1)
+        rows.append({"dataset": DATASET, "method": method, "variant": "", "teacher": teacher, "student": student,
+                     "role": role, "net": net, "seed": seed, "generation": "", "epochs": epochs, "params": 1000,
+                     "best_val_acc": accs[best] - 1, "test_acc_at_best": accs[best], "last_test_acc": accs[-1],
+                     "train_time_s": cost * epochs, "mean_epoch_s": cost, "cost_vs_baseline": cost, "settings": "",
+                     "status": "ok", "note": "", "run_dir": path})
+    rows.append({**rows[3], "method": "sp", "role": "", "seed": 0, "epochs": "", "best_val_acc": "",
+                 "test_acc_at_best": "", "last_test_acc": "", "train_time_s": "", "mean_epoch_s": "",
+                 "cost_vs_baseline": "", "status": "missing", "run_dir": f"results/{DATASET}/kd-sp/tnet-snet/seed0"})
+    for path, records in metrics.items():
+        (root / path).mkdir(parents=True, exist_ok=True)
+        with open(root / path / "metrics.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(records)
+    summary = root / "results" / "summary.csv"
+    with open(summary, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return summary
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    summary = write_results(tmp_path)
+    monkeypatch.chdir(tmp_path)  # run_dir is relative to the workdir, as in the workflow
+    frame = F.load_summary(summary)
+    return summary, frame, F.load_curves(frame)
+
+
+def assert_png(path, out):
+    assert Path(path) == Path(out) and Path(out).is_file()
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert 500 <= width <= 3000 and 300 <= height <= 2000, (width, height)
+    assert not [p for p in Path(out).parent.iterdir() if ".tmp" in p.name]
+
+
+def test_group_curves_maps_base_runs_by_net(results):
+    _, frame, curves = results
+    pair = plots.group_curves(curves, frame, DATASET, PAIR)
+    assert set(pair["label"]) == {"baseline", "teacher", "st", "at"}
+    assert sorted(pair.loc[pair["label"] == "baseline", "seed"].unique()) == [0, 1]
+    assert (pair.loc[pair["label"] == "teacher", "net"] == "tnet").all()
+    cohort = plots.group_curves(curves, frame, DATASET, COHORT)
+    assert set(cohort["label"]) == {"baseline", "dml net1", "dml net2"}
+    assert len(cohort[cohort["label"] == "dml net2"]) == EPOCHS
+    with pytest.raises(ValueError):
+        plots.group_curves(curves, frame, DATASET, "nope-none")
+
+
+def test_label_colors_fixed_per_dataset(results):
+    _, frame, _ = results
+    colors = plots.label_colors(frame, DATASET)
+    assert colors["baseline"] == plots.BASELINE_COLOR and colors["teacher"] == plots.TEACHER_COLOR
+    others = [colors[k] for k in ("st", "at", "dml net1", "dml net2", "sp")]
+    assert len(set(others)) == len(others)
+    assert plots.label_colors(frame.iloc[::-1], DATASET) == colors
+
+
+def test_plots_write_readable_pngs(results, tmp_path):
+    _, frame, curves = results
+    out = tmp_path / "plots"
+    for group in (PAIR, COHORT):
+        assert_png(plots.plot_curves(curves, frame, DATASET, group, out / group / "test_acc.png"),
+                   out / group / "test_acc.png")
+        assert_png(plots.plot_losses(curves, frame, DATASET, group, out / group / "loss.png"), out / group / "loss.png")
+        assert_png(plots.plot_final(frame, DATASET, group, out / group / "final.png"), out / group / "final.png")
+    val = out / PAIR / "val_acc.png"
+    assert_png(plots.plot_curves(curves, frame, DATASET, PAIR, val, metric="val_acc"), val)
+    assert_png(plots.plot_cost(frame, DATASET, out / "cost.png"), out / "cost.png")
+
+
+def test_final_stats_mean_and_std_over_seeds(results):
+    _, frame, _ = results
+    stats = plots.final_stats(frame, DATASET, PAIR)
+    st = [r for r in RUNS if r[0] == "st"]
+    finals = [accuracy(r[8], EPOCHS) for r in st]  # accuracy rises every epoch: best == last
+    assert stats.loc["st", "mean"] == pytest.approx(sum(finals) / 2)
+    assert stats.loc["st", "std"] == pytest.approx(pd.Series(finals).std())
+    assert stats.loc["st", "count"] == 2 and stats.loc["teacher", "count"] == 1
+    assert "sp" not in stats.index  # missing runs are not plotted (final.png names them in a footnote)
+
+
+def test_race_frame_is_mean_over_seeds_with_forward_fill(results):
+    _, frame, curves = results
+    table = race.race_frame(curves, frame, DATASET, PAIR)
+    assert list(table.index) == list(range(1, EPOCHS + 1))
+    assert set(table.columns) == {"baseline", "teacher", "st", "at"}
+    for epoch in range(1, EPOCHS + 1):
+        assert table.loc[epoch, "baseline"] == pytest.approx((accuracy(60.0, epoch) + accuracy(62.0, epoch)) / 2)
+        assert table.loc[epoch, "st"] == pytest.approx((accuracy(64.0, epoch) + accuracy(67.0, epoch)) / 2)
+        assert table.loc[epoch, "teacher"] == pytest.approx(accuracy(70.0, epoch))
+        assert table.loc[epoch, "at"] == pytest.approx(accuracy(58.0, min(epoch, 3)))
+    assert list(table.columns) == list(table.iloc[-1].sort_values(ascending=False).index)
+
+
+def test_expected_frames():
+    assert race.expected_frames(5, 4) == 17
+    assert race.expected_frames(12, 4) == 45
+    assert race.expected_frames(1, 10) == 1
+    with pytest.raises(ValueError):
+        race.expected_frames(0, 4)
+
+
+def gif_frames(path) -> int:
+    with Image.open(path) as image:
+        assert image.format == "GIF"
+        assert image.size[0] >= 300 and image.size[1] >= 100
+        return sum(1 for _ in ImageSequence.Iterator(image))
+
+
+def test_render_race_gif_frame_count(results, tmp_path):
+    pytest.importorskip("bar_chart_race")
+    _, frame, curves = results
+    table = race.race_frame(curves, frame, DATASET, PAIR)
+    out = tmp_path / "race" / "toy.gif"
+    frames = race.render_race(table, out, "toy: tnet → snet", steps_per_period=2, period_length_ms=200, dpi=50,
+                              colors=plots.label_colors(frame, DATASET))
+    assert frames == race.expected_frames(EPOCHS, 2) == gif_frames(out)
+    assert not [p for p in out.parent.iterdir() if p.name != "toy.gif"]
+
+
+def test_race_cli_renders_in_subprocess(results, tmp_path):  # results writes the tree
+    pytest.importorskip("bar_chart_race")
+    out = tmp_path / "results" / "race" / DATASET / f"{COHORT}.gif"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    base = [sys.executable, "-m", "kdpipe.report.race", "--summary", "results/summary.csv", "--dataset", DATASET]
+    cmd = base + ["--group", COHORT, "--out", str(out), "--steps-per-period", "2", "--dpi", "50"]
+    done = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert gif_frames(out) == race.expected_frames(EPOCHS, 2)
+    bad = subprocess.run(base + ["--group", "nope-none", "--out", str(tmp_path / "x.gif")], check=False,
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "nope-none" in bad.stderr and not (tmp_path / "x.gif").exists()
+
+
+def test_nothing_finished_gives_placeholder_pngs(results, tmp_path):
+    _, frame, curves = results
+    frame = frame.assign(status="missing")
+    out = tmp_path / "empty"
+    assert_png(plots.plot_curves(curves, frame, DATASET, PAIR, out / "test_acc.png"), out / "test_acc.png")
+    assert_png(plots.plot_final(frame, DATASET, PAIR, out / "final.png"), out / "final.png")
+    assert_png(plots.plot_cost(frame, DATASET, out / "cost.png"), out / "cost.png")
+    with pytest.raises(ValueError):
+        race.race_frame(curves, frame, DATASET, PAIR)

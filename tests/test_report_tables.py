@@ -1,0 +1,258 @@
+"""Comparison tables: means/stds over seeds, delta vs baseline, the published join, not-ok runs, md/csv/tex."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdpipe.report import frame as rf
+from kdpipe.report.reference import load_reference, preferred, published_for
+from kdpipe.report.tables import comparison_table, write_tables
+from kdpipe.summary import log_path_of, write_summary
+
+# (test_acc_at_best, last_test_acc) per seed
+BASE20 = {0: (92.10, 92.00), 1: (92.50, 92.30), 2: (92.30, 92.45)}
+BASE110 = {0: (93.70, 93.60), 1: (94.00, 93.90), 2: (93.85, 93.95)}
+BASE56 = {0: (72.50, 72.40)}
+BASE_WRN402 = {0: (75.10, 75.00)}
+ST = {0: (92.90, 92.80), 1: (93.20, 93.00), 2: (92.75, 92.95)}
+AT_ST = {0: (93.10, 93.00), 1: (92.95, 93.05)}
+DML = {0: {"net1": ("resnet110", 94.20, 94.10), "net2": ("resnet20", 93.00, 92.90)}}
+ST56 = {0: (70.90, 70.80)}
+ST_WRN = {0: (74.00, 73.90)}
+TEACHERS = ("resnet110", "resnet56", "wrn_40_2")
+PAIR = "resnet110-resnet20"
+
+
+def _role(method, teacher, student, best, last, variant="", generation=None):
+    return {"method": method, "variant": variant, "teacher": teacher, "student": student, "generation": generation,
+            "params": 1000, "best_epoch": 3, "best_val_acc": best - 0.5, "test_acc_at_best": best,
+            "last_val_acc": last - 0.5, "last_test_acc": last}
+
+
+def _write_run(run_dir: Path, dataset: str, seed: int, entry: str, roles: dict, info: dict | None = None) -> None:
+    """A run directory as kdpipe.runner.finalize leaves it: run.json (the fields the summary reads) + metrics.csv."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"kdpipe": "0.1.0", "entry": entry, "method": entry, "dataset": dataset, "seed": seed, "epochs": 4,
+              "roles": roles, "train_time_s": 8.0, "mean_epoch_s": 2.0, "wall_time_s": 9.0,
+              "resumed_at_epochs": [], "device": "cpu", "info": info or {}}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
+    lines = ["epoch,role,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,epoch_time_s,images_per_s"]
+    for role, r in roles.items():
+        metrics_role = "net" if entry == "base" else role
+        for epoch in range(1, 5):
+            acc = r["last_test_acc"] if epoch == 4 else r["test_acc_at_best"] - 4 + epoch
+            lines.append(f"{epoch},{metrics_role},0.1,1.0,50.0,1.0,{acc - 0.5},1.0,{acc},2.0,100.0")
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
+    """Runs of one dataset under tmp_path/results, their summary.csv, loaded as the report frame."""
+    results = tmp_path / "results"
+    data = results / dataset
+    dirs = []
+
+    def base(net, accs):
+        for seed, (best, last) in accs.items():
+            d = data / "base" / net / f"seed{seed}"
+            _write_run(d, dataset, seed, "base", {"net": _role("baseline", "", net, best, last)})
+            dirs.append(d)
+
+    def kd(mode, teacher, student, accs, variant=""):
+        for seed, (best, last) in accs.items():
+            d = data / f"kd-{mode}{variant}" / f"{teacher}-{student}" / f"seed{seed}"
+            info = {"loss": {"mode": mode, "settings": {"lambda_kd": 0.1, "T": 4.0}},
+                    "st_weight": 1.0 if variant else 0.0}
+            _write_run(d, dataset, seed, "kd", {"student": _role(mode, teacher, student, best, last, variant)}, info)
+            dirs.append(d)
+
+    base("resnet110", BASE110)
+    base("resnet20", BASE20)
+    base("resnet56", BASE56)
+    base("wrn_40_2", BASE_WRN402)
+    kd("st", "resnet110", "resnet20", ST)
+    kd("at", "resnet110", "resnet20", AT_ST, variant="+st")
+    for seed, peers in DML.items():
+        d = data / "dml" / PAIR / f"seed{seed}"
+        roles = {role: _role("dml", "resnet110", "resnet20", best, last) for role, (_, best, last) in peers.items()}
+        _write_run(d, dataset, seed, "dml", roles, {"peers": {role: net for role, (net, _, _) in peers.items()},
+                                                    "lambda_kd": 1.0})
+        dirs.append(d)
+    kd("st", "resnet56", "resnet20", ST56)
+    kd("st", "wrn_40_2", "wrn_16_2", ST_WRN)
+    if bad:
+        failed = data / "kd-st" / PAIR / "seed3"
+        log = log_path_of(failed)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("epoch 1/4 ...\nerror: CUDA out of memory\n")
+        dirs.append(failed)
+        dirs.append(data / "kd-ft" / PAIR / "seed0")  # never ran: no directory, no log
+    write_summary(dirs, results / "summary.csv", teachers=TEACHERS)
+    return rf.load_summary(results / "summary.csv")
+
+
+def _mean(accs, i=0):
+    return statistics.mean(v[i] for v in accs.values())
+
+
+def _stdev(accs, i=0):
+    return statistics.stdev(v[i] for v in accs.values())
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_reference()
+
+
+def test_means_stds_and_delta_vs_baseline(tmp_path):
+    table = comparison_table(fabricate(tmp_path, "cifar10"), "cifar10")
+    assert table.columns.names == ["group", "stat"]
+    assert list(table.index[:2]) == ["teacher", "baseline"]
+    assert list(table.index[2:]) == ["st", "at+st", "dml net1", "dml net2", "ft"]  # first appearance in the summary
+    assert "published" not in table.columns.get_level_values("stat")  # no reference given
+    cell = table[PAIR]
+    for label, accs in [("st", ST), ("baseline", BASE20), ("teacher", BASE110), ("at+st", AT_ST)]:
+        assert cell.at[label, "n"] == len(accs)
+        assert cell.at[label, "best"] == pytest.approx(_mean(accs, 0))
+        assert cell.at[label, "best_std"] == pytest.approx(_stdev(accs, 0))
+        assert cell.at[label, "last"] == pytest.approx(_mean(accs, 1))
+        assert cell.at[label, "last_std"] == pytest.approx(_stdev(accs, 1))
+        assert cell.at[label, "delta"] == pytest.approx(_mean(accs, 0) - _mean(BASE20, 0))
+    assert cell.at["baseline", "delta"] == pytest.approx(0.0)
+    assert cell.at["dml net1", "best"] == pytest.approx(94.20) and cell.at["dml net2", "last"] == pytest.approx(92.90)
+    assert math.isnan(cell.at["dml net1", "best_std"])  # one seed: no std
+    # the failed seed is counted, not averaged; the missing run is a row of its own
+    assert cell.at["st", "not_ok"] == 1 and cell.at["baseline", "not_ok"] == 0
+    assert cell.at["ft", "n"] == 0 and cell.at["ft", "not_ok"] == 1 and math.isnan(cell.at["ft", "best"])
+    # a pair without a student baseline has no delta
+    wrn = table["wrn_40_2-wrn_16_2"]
+    assert wrn.at["st", "best"] == pytest.approx(74.00) and math.isnan(wrn.at["st", "delta"])
+    assert wrn.at["baseline", "n"] == 0 and wrn.at["teacher", "best"] == pytest.approx(75.10)
+
+
+def test_published_join_cifar10(tmp_path, reference):
+    table = comparison_table(fabricate(tmp_path, "cifar10"), "cifar10", reference)
+    cell = table[PAIR]
+    assert cell.at["st", "published"] == pytest.approx(92.82)
+    assert cell.at["st", "published_source"] == "KD-Zoo README"
+    assert cell.at["st", "diff"] == pytest.approx(_mean(ST) - 92.82)
+    assert cell.at["baseline", "published"] == pytest.approx(92.37)
+    assert cell.at["baseline", "diff"] == pytest.approx(_mean(BASE20) - 92.37)
+    assert cell.at["teacher", "published"] == pytest.approx(93.86)
+    assert cell.at["dml net1", "published"] == pytest.approx(94.45)
+    assert cell.at["dml net2", "published"] == pytest.approx(92.92)
+    assert math.isnan(cell.at["at+st", "published"]) and math.isnan(cell.at["at+st", "diff"])
+    # KD-Zoo has no resnet56, RepDistiller no cifar10
+    assert math.isnan(table["resnet56-resnet20"].at["st", "published"])
+
+
+def test_repdistiller_kd_joins_st_on_cifar100(tmp_path, reference):
+    assert "kd" not in set(reference["method"])
+    assert set(reference["source"]) == {"KD-Zoo README", "RepDistiller README"}
+    assert published_for(reference, "cifar100", "st", "resnet56", "resnet20") == [("RepDistiller README", 70.66)]
+    both = published_for(reference, "cifar100", "st", "resnet110", "resnet20")
+    assert both == [("KD-Zoo README", 70.06), ("RepDistiller README", 70.67)]
+    assert preferred(both) == ("KD-Zoo README", 70.06)
+
+    table = comparison_table(fabricate(tmp_path, "cifar100"), "cifar100", reference)
+    r56 = table["resnet56-resnet20"]
+    assert r56.at["st", "published"] == pytest.approx(70.66)
+    assert r56.at["st", "published_source"] == "RepDistiller README"
+    assert r56.at["st", "diff"] == pytest.approx(70.90 - 70.66)
+    assert r56.at["teacher", "published"] == pytest.approx(72.34)  # RepDistiller's teacher row
+    assert table[PAIR].at["st", "published"] == pytest.approx(70.06)  # both report it: KD-Zoo's
+    assert table[PAIR].at["teacher", "published"] == pytest.approx(73.15)
+    assert table["wrn_40_2-wrn_16_2"].at["st", "published"] == pytest.approx(74.92)
+
+
+def test_published_for_matching_rules(reference):
+    def top1(*args):
+        return [value for _, value in published_for(reference, *args)]
+
+    assert top1("cifar10", "bss gen1", "resnet110", "resnet20") == [92.78]
+    assert top1("cifar10", "bss gen2", "resnet110", "resnet20") == []
+    assert top1("cifar10", "born-again gen1", "resnet110", "resnet20") == []
+    assert top1("cifar10", "crd", "resnet110", "resnet20") == [92.92]
+    assert top1("cifar10", "crd+st", "resnet110", "resnet20") == []
+    assert top1("cifar10", "dml net2", "resnet20", "resnet20") == [93.37]
+    assert top1("cifar10", "dml", "resnet20", "resnet20") == []
+    assert top1("cifar10", "ft", "resnet20", "resnet110") == []  # direction matters
+    assert top1("cifar100", "baseline", "resnet110", "resnet20") == [68.92, 69.06]
+    assert top1("digits", "st", "resnet110", "resnet20") == []
+    assert published_for(None, "cifar10", "st", "resnet110", "resnet20") == []
+
+
+def _write(tmp_path, frame, dataset, reference):
+    out = tmp_path / "tables"
+    table = write_tables(frame, dataset, out / f"{dataset}.md", out / f"{dataset}.csv", out / f"{dataset}.tex",
+                         reference)
+    return (table, (out / f"{dataset}.md").read_text(), pd.read_csv(out / f"{dataset}.csv"),
+            (out / f"{dataset}.tex").read_text())
+
+
+def test_write_tables_cifar10(tmp_path, reference):
+    _, md, csv, tex = _write(tmp_path, fabricate(tmp_path, "cifar10"), "cifar10", reference)
+    lines = md.splitlines()
+    assert lines[0] == "# cifar10: test accuracy (%) by method"
+    assert "### resnet110 \u2192 resnet20" in lines
+    header = next(line for line in lines if line.startswith("| method | best-on-val"))
+    assert "| published | ours \u2212 published |" in header
+    st = next(line for line in lines if line.startswith("| st |"))
+    st_mean = f"{_mean(ST):.2f} \u00b1 {_stdev(ST):.2f}"
+    assert f"| {st_mean} (1 run failed) |" in st
+    assert f"| {_mean(ST) - _mean(BASE20):+.2f} |" in st
+    assert "| 92.82 (KD-Zoo) |" in st
+    base = next(line for line in lines if line.startswith("| baseline |"))
+    assert "| \u2014 | 3 |" in base  # no delta for the baseline itself
+    assert next(line for line in lines if line.startswith("| ft |")).startswith("| ft | missing |")
+    dml1 = next(line for line in lines if line.startswith("| dml net1 |"))
+    assert "| 94.20 |" in dml1 and "\u00b1" not in dml1.split("|")[2]  # one seed: no std
+    # the not-finished section lists both runs
+    section = md.split("## Runs not finished", 1)[1]
+    assert "| st | resnet110 \u2192 resnet20 | 3 | failed | CUDA out of memory |" in section
+    assert "| ft | resnet110 \u2192 resnet20 | 0 | missing |" in section
+    assert "All runs finished." not in md
+
+    assert {"published", "published_source", "diff_vs_published", "not_ok"} <= set(csv.columns)
+    row = csv[(csv["group"] == PAIR) & (csv["label"] == "st")].iloc[0]
+    assert row["n"] == 3 and row["not_ok"] == 1 and row["teacher"] == "resnet110" and row["student"] == "resnet20"
+    assert row["best_mean"] == pytest.approx(_mean(ST), abs=1e-4)
+    assert row["best_std"] == pytest.approx(_stdev(ST), abs=1e-4)
+    assert row["delta_vs_baseline"] == pytest.approx(_mean(ST) - _mean(BASE20), abs=1e-4)
+    assert row["published"] == pytest.approx(92.82) and row["published_source"] == "KD-Zoo README"
+    assert row["diff_vs_published"] == pytest.approx(_mean(ST) - 92.82, abs=1e-4)
+    ft = csv[(csv["group"] == PAIR) & (csv["label"] == "ft")].iloc[0]
+    assert ft["n"] == 0 and ft["not_ok"] == 1
+
+    assert r"\begin{table}" in tex and r"\begin{tabular}{lccc}" in tex and r"\end{tabular}" in tex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\caption{" in tex and r"\label{tab:kdpipe-cifar10}" in tex
+    assert r"wrn\_40\_2 $\rightarrow$ wrn\_16\_2" in tex
+    assert "at$+$st &" in tex and "wrn_" not in tex
+    assert f"{_mean(ST):.2f} $\\pm$ {_stdev(ST):.2f}" in tex and "(92.82)" in tex
+
+
+def test_non_cifar_has_no_published_columns(tmp_path, reference):
+    table, md, csv, tex = _write(tmp_path, fabricate(tmp_path, "digits"), "digits", reference)
+    assert not {"published", "published_source", "diff"} & set(table.columns.get_level_values("stat"))
+    assert "published" not in md
+    header = next(line for line in md.splitlines() if line.startswith("| method | best-on-val"))
+    assert header == "| method | best-on-val test acc | last-epoch test acc | \u0394 vs baseline | n |"
+    assert not {"published", "published_source", "diff_vs_published"} & set(csv.columns)
+    assert list(csv.columns) == ["dataset", "group", "teacher", "student", "label", "n", "best_mean", "best_std",
+                                 "last_mean", "last_std", "delta_vs_baseline", "not_ok"]
+    assert "published" not in tex
+
+
+def test_all_runs_finished_and_other_datasets_ignored(tmp_path):
+    frame = fabricate(tmp_path / "a", "cifar10", bad=False)
+    other = fabricate(tmp_path / "b", "digits")  # failed runs of another dataset do not leak in
+    _, md, csv, _ = _write(tmp_path, pd.concat([frame, other], ignore_index=True), "cifar10", None)
+    assert "All runs finished." in md
+    assert set(csv["dataset"]) == {"cifar10"} and csv["not_ok"].sum() == 0
+    assert "ft" not in set(csv["label"])
