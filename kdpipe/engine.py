@@ -123,6 +123,15 @@ class Task:
         self.schedulers: dict[str, Any] = {}
 
     # -- hooks
+    def optimize(self, loss: Tensor, optimizer: str, role: str, logits: Tensor | None, y: Tensor) -> dict:
+        """One update of ``optimizer`` on ``loss``; the role's step result (accuracy from ``logits``)."""
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        correct = (logits.argmax(1) == y).sum() if logits is not None else torch.zeros((), dtype=torch.long, device=loss.device)
+        return {role: StepResult(loss, correct)}
+
     def train_step(self, x: Tensor, y: Tensor, index: Tensor, view_ids: Tensor, epoch: int) -> dict[str, StepResult]:
         raise NotImplementedError
 

@@ -1,6 +1,5 @@
 import csv
 import re
-import shutil
 import subprocess
 import sys
 

@@ -9,7 +9,7 @@ submodules, so they are optimised with the student and saved with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..models import FeatureTaps
 from . import register
-from .base import DistillBatch, DistillLoss, TapShapes
+from .base import DistillBatch, DistillLoss
 
 EPS = 1e-7
 

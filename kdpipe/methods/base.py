@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..engine import Context, Task, make_optimizer, make_scheduler
 from ..models import build_model
 from ..runner import run_entry
 
@@ -21,14 +21,11 @@ class SupervisedTask(Task):
         self.schedulers["net"] = make_scheduler(self.optimizers["net"], ctx.opts)
 
     def train_step(self, x, y, index, view_ids, epoch):
-        model, opt = self.roles["net"], self.optimizers["net"]
+        model = self.roles["net"]
         with self.ctx.autocast():
             logits = model(x).logits
             loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"net": StepResult(loss, (logits.argmax(1) == y).sum())}
+        return self.optimize(loss, "net", "net", logits, y)
 
     def identity(self, role):
         return {"method": "baseline", "variant": "", "teacher": "", "student": self.net_name, "generation": None}

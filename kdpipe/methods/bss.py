@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import derived_seed
-from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..engine import Context, Task, make_optimizer, make_scheduler
 from ..models import build_model
 from ..objectives.bss import attack_classes, boundary_attack, bss_kd_loss, bss_lambda, select_attack_samples
 from ..runner import run_entry
@@ -77,11 +77,7 @@ class BoundarySampleTask(Task):
             else:
                 kd = bss_kd_loss(s_logits, t_logits, opts["T"])
             total = total + weight * kd
-        opt = self.optimizers["student"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return {"student": StepResult(total, (s_logits.argmax(1) == y).sum())}
+        return self.optimize(total, "student", "student", s_logits, y)
 
     def identity(self, role):
         o = self.ctx.opts

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..engine import Context, Task, make_optimizer, make_scheduler
 from ..losses import TapShapes
 from ..losses.st import soft_target_loss
 from ..objectives.crd import CRDLoss
@@ -64,11 +64,7 @@ class ContrastiveTask(Task):
         total = total + self.lambda_kd * self.crd(s_taps.embedding.float(), t_taps.embedding.float(), index)
         if self.st_weight > 0:
             total = total + self.st_weight * soft_target_loss(s_taps.logits.float(), t_taps.logits.float(), self.T)
-        opt = self.optimizers["student"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return {"student": StepResult(total, (s_taps.logits.argmax(1) == y).sum())}
+        return self.optimize(total, "student", "student", s_taps.logits, y)
 
     def identity(self, role):
         return {"method": "crd", "variant": "+st" if self.st_weight > 0 else "", "teacher": self.ctx.opts["t_name"],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import safe_load
-from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
+from ..engine import Context, Task, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import TapShapes
 from ..losses.st import soft_target_loss
@@ -58,11 +58,7 @@ class ParaphraserTask(Task):
         with self.ctx.autocast():
             _, reconstruction = self.roles["paraphraser"](target)
         loss = reconstruction_loss(reconstruction.float(), target)
-        opt = self.optimizers["paraphraser"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"paraphraser": StepResult(loss, torch.zeros((), dtype=torch.long, device=loss.device))}
+        return self.optimize(loss, "paraphraser", "paraphraser", None, y)
 
     @torch.no_grad()
     def evaluate_role(self, role, images, labels, normalize):
@@ -137,11 +133,7 @@ class FactorTransferTask(Task):
         total = total + self.lambda_kd * factor_transfer_loss(factor_s.float(), factor_t.float())
         if self.st_weight > 0:
             total = total + self.st_weight * soft_target_loss(s_taps.logits.float(), t_taps.logits.float(), self.T)
-        opt = self.optimizers["student"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return {"student": StepResult(total, (s_taps.logits.argmax(1) == y).sum())}
+        return self.optimize(total, "student", "student", s_taps.logits, y)
 
     def identity(self, role):
         return {"method": "ft", "variant": "+st" if self.st_weight > 0 else "", "teacher": self.ctx.opts["t_name"],

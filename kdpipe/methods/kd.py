@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine import Context, StepResult, Task, make_optimizer
+from ..engine import Context, Task, make_optimizer
 from ..errors import KdpipeError
 from ..losses import LOSSES, DistillBatch, TapShapes
 from ..losses.st import soft_target_loss
@@ -160,11 +160,7 @@ class DistillTask(Task):
                 total = total + self.st_weight * soft_target_loss(
                     s_taps.logits.float(), t_taps.logits.float().detach(), self.T
                 )
-        opt = self.optimizers["init" if init_phase else "student"]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        return {"student": StepResult(total, (s_taps.logits.argmax(1) == y).sum())}
+        return self.optimize(total, "init" if init_phase else "student", "student", s_taps.logits, y)
 
     # -- reporting
     def identity(self, role):
