@@ -79,7 +79,11 @@ class Context:
 
 def make_optimizer(params, opts: dict) -> torch.optim.SGD:
     return torch.optim.SGD(
-        params, lr=opts["lr"], momentum=opts["momentum"], nesterov=opts["momentum"] > 0, weight_decay=opts["weight_decay"]
+        params,
+        lr=opts["lr"],
+        momentum=opts["momentum"],
+        nesterov=opts["momentum"] > 0,
+        weight_decay=opts["weight_decay"],
     )
 
 
@@ -129,7 +133,10 @@ class Task:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        correct = (logits.argmax(1) == y).sum() if logits is not None else torch.zeros((), dtype=torch.long, device=loss.device)
+        if logits is None:  # not a classifier
+            correct = torch.zeros((), dtype=torch.long, device=loss.device)
+        else:
+            correct = (logits.argmax(1) == y).sum()
         return {role: StepResult(loss, correct)}
 
     def train_step(self, x: Tensor, y: Tensor, index: Tensor, view_ids: Tensor, epoch: int) -> dict[str, StepResult]:
