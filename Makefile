@@ -28,6 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check --select F,E9,E501 kdpipe scripts bench tests
+	$(BIN)/ruff format --check kdpipe scripts bench tests
 
 clean-results:
 	rm -rf results .snakemake

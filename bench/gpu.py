@@ -35,8 +35,19 @@ def synthetic_cifar(n: int) -> ImageData:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
-    return ImageData("synthetic-cifar10", 10, x, y, x[:1000], y[:1000], x[:1000], y[:1000], CIFAR10_MEAN,
-                     CIFAR10_STD, augmentation_of("cifar10"))
+    return ImageData(
+        "synthetic-cifar10",
+        10,
+        x,
+        y,
+        x[:1000],
+        y[:1000],
+        x[:1000],
+        y[:1000],
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        augmentation_of("cifar10"),
+    )
 
 
 def main() -> None:

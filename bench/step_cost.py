@@ -99,8 +99,10 @@ def main() -> None:
     wanted = {w for w in args.only.split(",") if w}
     base_ctx = context("base", net_name=args.student)
     plain = time_task(SupervisedTask(base_ctx), base_ctx, args.steps)
-    print(f"device {device}, data {args.data_name} {tuple(data.image_shape)}, batch {args.batch_size}, "
-          f"{args.teacher} -> {args.student}, plain {args.student}: {plain * 1000:.1f} ms/step")
+    print(
+        f"device {device}, data {args.data_name} {tuple(data.image_shape)}, batch {args.batch_size}, "
+        f"{args.teacher} -> {args.student}, plain {args.student}: {plain * 1000:.1f} ms/step"
+    )
     print("| method | ms/step | × plain |")
     print("|---|---:|---:|")
     for label, entry, task_cls, opts, epoch in cases:

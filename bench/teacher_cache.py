@@ -79,8 +79,10 @@ def main() -> None:
     plain_run = plain * steps_per_epoch * args.epochs
 
     views = augmentation_of(args.data_name).num_views
-    print(f"device {device}, {args.data_name} {tuple(data.image_shape)}, {views} views/image, batch {args.batch_size}, "
-          f"{args.teacher} -> {args.student}, {args.epochs} epochs")
+    print(
+        f"device {device}, {args.data_name} {tuple(data.image_shape)}, {views} views/image, batch {args.batch_size}, "
+        f"{args.teacher} -> {args.student}, {args.epochs} epochs"
+    )
     print("| measure | value |")
     print("|---|---:|")
     print(f"| st-KD with cache / plain step | {cached / plain:.2f} |")

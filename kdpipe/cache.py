@@ -58,9 +58,16 @@ def cacheable_views(data: ImageData) -> bool:
 
 
 @torch.inference_mode()
-def compute_table(teacher: nn.Module, data: ImageData, device: torch.device, embeddings: bool,
-                  dtype: torch.dtype, batch_size: int = 1024, channels_last: bool = False,
-                  autocast: bool = False) -> dict[str, Tensor]:
+def compute_table(
+    teacher: nn.Module,
+    data: ImageData,
+    device: torch.device,
+    embeddings: bool,
+    dtype: torch.dtype,
+    batch_size: int = 1024,
+    channels_last: bool = False,
+    autocast: bool = False,
+) -> dict[str, Tensor]:
     """Teacher logits (and embeddings) for every (training image, view id), as (N, V, dim) tables."""
     from .losses import TapShapes
 
@@ -83,9 +90,16 @@ def compute_table(teacher: nn.Module, data: ImageData, device: torch.device, emb
     return {key: value.cpu() for key, value in table.items()}
 
 
-def build_cache(teacher: nn.Module, teacher_path: str | Path, data: ImageData, out_dir: str | Path,
-                device: torch.device, embeddings: bool = True, dtype: str = "float16",
-                batch_size: int = 1024) -> dict:
+def build_cache(
+    teacher: nn.Module,
+    teacher_path: str | Path,
+    data: ImageData,
+    out_dir: str | Path,
+    device: torch.device,
+    embeddings: bool = True,
+    dtype: str = "float16",
+    batch_size: int = 1024,
+) -> dict:
     """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``."""
     if dtype not in DTYPES:
         raise KdpipeError(f"cache_dtype: got {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -98,8 +112,9 @@ def build_cache(teacher: nn.Module, teacher_path: str | Path, data: ImageData, o
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cuda = device.type == "cuda"
-    table = compute_table(teacher, data, device, embeddings, DTYPES[dtype], batch_size,
-                          channels_last=cuda, autocast=cuda)
+    table = compute_table(
+        teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=cuda, autocast=cuda
+    )
     seconds = time.perf_counter() - t0
     atomic_save(table, out_dir / "cache.pt")
     manifest = {
@@ -138,8 +153,9 @@ class TeacherCache:
         return {k: t[index, view_ids].float() for k, t in self.tables.items()}
 
 
-def load_cache(cache_dir: str | Path, teacher_path: str | Path, data: ImageData, device: torch.device,
-               need_embedding: bool) -> TeacherCache:
+def load_cache(
+    cache_dir: str | Path, teacher_path: str | Path, data: ImageData, device: torch.device, need_embedding: bool
+) -> TeacherCache:
     """Load a cache and refuse it, with one line, unless it was built for exactly this teacher and data."""
     cache_dir = Path(cache_dir)
     manifest_path = cache_dir / "manifest.json"
@@ -155,14 +171,19 @@ def load_cache(cache_dir: str | Path, teacher_path: str | Path, data: ImageData,
     current = data_fingerprint(data)
     for key in ("name", "num_train", "train_images_sha256", "image_shape", "views", "mean", "std"):
         if manifest.get("data", {}).get(key) != current[key]:
-            what = {"views": "view definition", "mean": "normalisation", "std": "normalisation",
-                    "train_images_sha256": "training images"}.get(key, key)
+            what = {
+                "views": "view definition",
+                "mean": "normalisation",
+                "std": "normalisation",
+                "train_images_sha256": "training images",
+            }.get(key, key)
             raise KdpipeError(
                 f"teacher_cache {cache_dir}: built for another {what} ({key}: {manifest.get('data', {}).get(key)!r} "
                 f"vs {current[key]!r}); rebuild it for this data"
             )
     if need_embedding and "embedding" not in manifest.get("entries", []):
-        raise KdpipeError(f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it "
-                          "with embeddings")
+        raise KdpipeError(
+            f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it with embeddings"
+        )
     table = safe_load(cache_dir / "cache.pt", "teacher_cache")
     return TeacherCache(table, manifest, device)

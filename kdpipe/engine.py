@@ -244,8 +244,15 @@ def _tuplify(value):
 
 
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, ctx: Context, images: Tensor, labels: Tensor, normalize: Normalizer,
-                   batch_size: int = 1000, logits_fn=None):
+def evaluate_model(
+    model: nn.Module,
+    ctx: Context,
+    images: Tensor,
+    labels: Tensor,
+    normalize: Normalizer,
+    batch_size: int = 1000,
+    logits_fn=None,
+):
     """(mean cross-entropy, top-1 accuracy in %) of a model on uint8 images, in eval mode."""
     if len(labels) == 0:
         return math.nan, math.nan
@@ -269,8 +276,9 @@ def evaluate_model(model: nn.Module, ctx: Context, images: Tensor, labels: Tenso
 
 def evaluate(task: Task, role: str, images: Tensor, labels: Tensor, normalize: Normalizer):
     """(mean cross-entropy, top-1 accuracy in %) of one of the task's roles."""
-    return evaluate_model(task.roles[role], task.ctx, images, labels, normalize,
-                          logits_fn=lambda x: task.eval_logits(role, x))
+    return evaluate_model(
+        task.roles[role], task.ctx, images, labels, normalize, logits_fn=lambda x: task.eval_logits(role, x)
+    )
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -367,7 +375,12 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                 role = next(iter(results))
                 log.info(
                     "epoch %d/%d step %d/%d  %s loss %.4f",
-                    epoch + 1, epochs, step + 1, len(bounds), role, float(results[role].loss),
+                    epoch + 1,
+                    epochs,
+                    step + 1,
+                    len(bounds),
+                    role,
+                    float(results[role].loss),
                 )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -406,8 +419,16 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                 }
             log.info(
                 "epoch %d/%d %-8s lr %.4g  train loss %.4f acc %.2f  val acc %.2f  test acc %.2f  %.1fs (%.0f img/s)",
-                epoch + 1, epochs, role, lr, row["train_loss"], row["train_acc"], val_acc, test_acc,
-                epoch_time, row["images_per_s"],
+                epoch + 1,
+                epochs,
+                role,
+                lr,
+                row["train_loss"],
+                row["train_acc"],
+                val_acc,
+                test_acc,
+                epoch_time,
+                row["images_per_s"],
             )
         atomic_save(
             {
@@ -433,4 +454,3 @@ def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
                 f"{path}: checkpoint was made with {key}={stored.get(key)!r}, this run has {key}={current.get(key)!r}; "
                 "use the original settings to resume, or another --note / save_root for a new run"
             )
-

@@ -39,8 +39,13 @@ class Option:
             parts.append(f"{'>' if self.exclusive_min else '>='} {self.minimum:g}")
         if self.maximum is not None:
             parts.append(f"{'<' if self.exclusive_max else '<='} {self.maximum:g}")
-        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                list: "a list of integers" if self.item_type is int else "a list of names"}
+        kind = {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            list: "a list of integers" if self.item_type is int else "a list of names",
+        }
         return kind[self.type] + (" " + " and ".join(parts) if parts else "")
 
     def _choices(self) -> tuple:
@@ -154,16 +159,26 @@ COMMON = [
         "epochs at which lr is multiplied by 0.1 (default: half and three quarters of --epochs)",
         minimum=1,
     ),
-    Option("warmup_epochs", int, 0, "epochs at lr/10 before the schedule starts (He et al.'s ResNet-110 warm-up)", minimum=0),
+    Option(
+        "warmup_epochs",
+        int,
+        0,
+        "epochs at lr/10 before the schedule starts (He et al.'s ResNet-110 warm-up)",
+        minimum=0,
+    ),
     Option("num_class", int, None, "number of classes (follows from --data_name; must agree)", minimum=2),
-    Option("cuda", int, None, "1: train on CUDA (error if absent), 0: on CPU; default: CUDA if available", choices=(0, 1)),
+    Option(
+        "cuda", int, None, "1: train on CUDA (error if absent), 0: on CPU; default: CUDA if available", choices=(0, 1)
+    ),
     Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
     Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
     Option("val_size", float, 0.1, "validation split carved from training data: fraction (<1) or count", minimum=0),
     Option("split_seed", int, 0, "seed of the fixed train/val/test split", minimum=0),
     Option("train_subset", int, None, "train on the first N training images only (smoke tests)", minimum=2),
+    Option("image_size", int, None, "imagefolder datasets: resize to this many pixels (default 32)", minimum=8),
 ]
+
 
 def _modes() -> tuple:
     from .losses import LOSSES
@@ -172,8 +187,15 @@ def _modes() -> tuple:
 
 
 def _positive(name: str, help: str, integer: bool = False) -> Option:
-    return Option(name, int if integer else float, None, help + " (default: the mode's reference value)",
-                  minimum=0, exclusive_min=not integer, nullable=True)
+    return Option(
+        name,
+        int if integer else float,
+        None,
+        help + " (default: the mode's reference value)",
+        minimum=0,
+        exclusive_min=not integer,
+        nullable=True,
+    )
 
 
 def _nonnegative(name: str, help: str) -> Option:
@@ -189,7 +211,8 @@ TEACHER_STUDENT = [
 
 ENTRY_OPTIONS: dict[str, list[Option]] = {
     "base": [Option("net_name", str, None, "network to train", required=True, choices=_nets)],
-    "kd": TEACHER_STUDENT + [
+    "kd": TEACHER_STUDENT
+    + [
         Option("kd_mode", str, None, "distillation method", required=True, choices=_modes),
         _nonnegative("lambda_kd", "weight of the distillation term"),
         _positive("T", "softmax temperature (st, and the st_weight term: default 4)"),
@@ -206,37 +229,80 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         _positive("init_var", "VID initial variance"),
         _positive("att_f", "AFD attention width factor"),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
-        Option("init_epochs", int, None, "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
-               minimum=0, nullable=True),
-        Option("teacher_cache", str, None, "directory of a teacher cache (python -m kdpipe teacher_cache) to read "
-               "instead of running the teacher; modes logits, st, pkt, rkd, cc only"),
+        Option(
+            "init_epochs",
+            int,
+            None,
+            "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
+            minimum=0,
+            nullable=True,
+        ),
+        Option(
+            "teacher_cache",
+            str,
+            None,
+            "directory of a teacher cache (python -m kdpipe teacher_cache) to read "
+            "instead of running the teacher; modes logits, st, pkt, rkd, cc only",
+        ),
     ],
     "ft_paraphraser": [
         Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
         Option("t_name", str, None, "teacher network", required=True, choices=_nets),
-        Option("k", float, 0.5, "factor rate: factor channels = k x teacher's last-stage channels", minimum=0,
-               exclusive_min=True),
+        Option(
+            "k",
+            float,
+            0.5,
+            "factor rate: factor channels = k x teacher's last-stage channels",
+            minimum=0,
+            exclusive_min=True,
+        ),
     ],
-    "ft": TEACHER_STUDENT + [
+    "ft": TEACHER_STUDENT
+    + [
         Option("lambda_kd", float, 200.0, "weight of the factor-transfer term", minimum=0),
         Option("k", float, 0.5, "factor rate of the paraphraser", minimum=0, exclusive_min=True),
         Option("paraphraser", str, None, "trained paraphraser (paraphraser.pt); default: train one first, in this run"),
-        Option("para_epochs", int, None, "paraphraser epochs when trained here (default: 0.15 x --epochs, at least 1)",
-               minimum=1, nullable=True),
-        Option("para_lr", float, None, "paraphraser lr when trained here (default: --lr / 10)", minimum=0,
-               exclusive_min=True, nullable=True),
+        Option(
+            "para_epochs",
+            int,
+            None,
+            "paraphraser epochs when trained here (default: 0.15 x --epochs, at least 1)",
+            minimum=1,
+            nullable=True,
+        ),
+        Option(
+            "para_lr",
+            float,
+            None,
+            "paraphraser lr when trained here (default: --lr / 10)",
+            minimum=0,
+            exclusive_min=True,
+            nullable=True,
+        ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term", minimum=0),
         Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
     ],
-    "crd": TEACHER_STUDENT + [
-        Option("lambda_kd", float, None, "weight of the CRD term (default 0.2, or 0.8 with 100+ classes)", minimum=0,
-               nullable=True),
+    "crd": TEACHER_STUDENT
+    + [
+        Option(
+            "lambda_kd",
+            float,
+            None,
+            "weight of the CRD term (default 0.2, or 0.8 with 100+ classes)",
+            minimum=0,
+            nullable=True,
+        ),
         Option("feat_dim", int, 128, "embedding dimension", minimum=1),
         Option("nce_n", int, 16384, "negatives per sample", minimum=1),
         Option("nce_t", float, 0.1, "temperature", minimum=0, exclusive_min=True),
         Option("nce_mom", float, 0.5, "memory-bank momentum", minimum=0, maximum=1, exclusive_max=True),
-        Option("mode", str, "exact", "exact: NCE with a noise distribution; relax: softmax over the contrasts",
-               choices=("exact", "relax")),
+        Option(
+            "mode",
+            str,
+            "exact",
+            "exact: NCE with a noise distribution; relax: softmax over the contrasts",
+            choices=("exact", "relax"),
+        ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term (crd+st)", minimum=0),
         Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
         Option("teacher_cache", str, None, "directory of a teacher cache to read instead of running the teacher"),
@@ -253,8 +319,14 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option("net2_name", str, None, "second peer", choices=_nets),
         Option("net1_init", str, None, "initial weights of net1 (default: seeded initialisation)"),
         Option("net2_init", str, None, "initial weights of net2 (default: seeded initialisation)"),
-        Option("peers", list, None, "cohort of 2+ peers, e.g. resnet110,resnet20,resnet20 (instead of net1/net2)",
-               choices=_nets, item_type=str),
+        Option(
+            "peers",
+            list,
+            None,
+            "cohort of 2+ peers, e.g. resnet110,resnet20,resnet20 (instead of net1/net2)",
+            choices=_nets,
+            item_type=str,
+        ),
         Option("peer_inits", list, None, "initial weights per peer (instead of net1_init/net2_init)", item_type=str),
         Option("lambda_kd", float, 1.0, "weight of the mutual KL terms", minimum=0),
     ],
@@ -265,10 +337,20 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option("s_init", str, None, "initial student weights (default: seeded by seed and generation)"),
         Option("lambda_kd", float, 2.0, "peak weight of the adversarial soft-target term", minimum=0),
         Option("T", float, 3.0, "softmax temperature", minimum=0, exclusive_min=True),
-        Option("attack_size", int, 32, "boundary samples per batch; 0 = plain soft targets (born-again networks)",
-               minimum=0),
-        Option("attack_class", str, "runner_up", "attack target: the teacher's runner-up class, or sampled from "
-               "its softmax", choices=("runner_up", "sampled")),
+        Option(
+            "attack_size",
+            int,
+            32,
+            "boundary samples per batch; 0 = plain soft targets (born-again networks)",
+            minimum=0,
+        ),
+        Option(
+            "attack_class",
+            str,
+            "runner_up",
+            "attack target: the teacher's runner-up class, or sampled from its softmax",
+            choices=("runner_up", "sampled"),
+        ),
         Option("generation", int, 1, "born-again generation this run produces (reporting, student init)", minimum=1),
     ],
 }
@@ -281,8 +363,23 @@ RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "th
 
 
 # Entry points that do not train: they take the run, data and device options only.
-NON_TRAINING = {"teacher_cache": {"save_root", "note", "img_root", "download", "cuda", "threads", "seed", "data_name",
-                                  "val_size", "split_seed", "train_subset", "num_class"}}
+NON_TRAINING = {
+    "teacher_cache": {
+        "save_root",
+        "note",
+        "img_root",
+        "download",
+        "cuda",
+        "threads",
+        "seed",
+        "data_name",
+        "val_size",
+        "split_seed",
+        "train_subset",
+        "num_class",
+        "image_size",
+    }
+}
 
 
 def options_for(entry: str) -> list[Option]:
@@ -300,9 +397,7 @@ def resolve(entry: str, kwargs: dict) -> dict:
     table = {opt.name: opt for opt in options_for(entry)}
     unknown = sorted(set(kwargs) - set(table))
     if unknown:
-        raise KdpipeError(
-            f"train_{entry}: unknown option {unknown[0]!r}; allowed: {', '.join(sorted(table))}"
-        )
+        raise KdpipeError(f"train_{entry}: unknown option {unknown[0]!r}; allowed: {', '.join(sorted(table))}")
     return {name: opt.check(kwargs.get(name), "") for name, opt in table.items()}
 
 
@@ -331,7 +426,9 @@ def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
 
 def make_parser(prog: str, entries: dict[str, str]) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="kdpipe: knowledge distillation runs")
-    sub = parser.add_subparsers(dest="entry", required=True, metavar="{" + ",".join(entries) + "}", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="entry", required=True, metavar="{" + ",".join(entries) + "}", parser_class=_Parser
+    )
     for entry, help_text in entries.items():
         p = sub.add_parser(entry, help=help_text, description=help_text)
         add_to_parser(p, entry)

@@ -120,8 +120,11 @@ def run_entry(
     run_dir = Path(opts["save_root"]) / opts["note"]
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    inputs = {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in input_files(opts).items()
-              if path and Path(path).is_file()}
+    inputs = {
+        name: {"path": str(path), "sha256": sha256_file(path)}
+        for name, path in input_files(opts).items()
+        if path and Path(path).is_file()
+    }
     fingerprint = {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
     fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
 
@@ -137,7 +140,9 @@ def run_entry(
 
     wall0 = time.perf_counter()
     device = select_device(opts["cuda"])
-    data = load_data(opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"])
+    data = load_data(
+        opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"], opts["image_size"]
+    )
     check_num_class(opts, data)
     if opts["train_subset"]:
         data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]

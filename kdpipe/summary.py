@@ -58,8 +58,14 @@ def identity_from_path(run_dir: str | Path) -> dict:
         raise ValueError(f"not a kdpipe run directory: {run_dir}")
     kind, nets = m["kind"], m["nets"]
     teacher, _, student = nets.partition("-")
-    identity = {"dataset": m["dataset"], "seed": int(m["seed"]), "generation": int(m["gen"]) if m["gen"] else None,
-                "variant": "", "teacher": teacher if student else "", "student": student or nets}
+    identity = {
+        "dataset": m["dataset"],
+        "seed": int(m["seed"]),
+        "generation": int(m["gen"]) if m["gen"] else None,
+        "variant": "",
+        "teacher": teacher if student else "",
+        "student": student or nets,
+    }
     if kind == "base":
         identity.update(method="baseline", teacher="", student=nets)
     elif kind.startswith("kd-"):
@@ -143,10 +149,18 @@ def summary_rows(run_dirs, teachers=(), dataset_names: dict | None = None) -> li
         status, note = run_status(run_dir, log_path_of(run_dir))
         if status != "ok":
             identity = identity_from_path(run_dir)
-            rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **identity, "net": identity["student"],
-                         "role": "teacher" if identity["method"] == "baseline" and identity["student"] in teachers
-                         else "", "generation": identity["generation"] or "", "status": status, "note": note,
-                         "run_dir": str(run_dir)})
+            rows.append(
+                {
+                    **{c: "" for c in SUMMARY_COLUMNS},
+                    **identity,
+                    "net": identity["student"],
+                    "role": "teacher" if identity["method"] == "baseline" and identity["student"] in teachers else "",
+                    "generation": identity["generation"] or "",
+                    "status": status,
+                    "note": note,
+                    "run_dir": str(run_dir),
+                }
+            )
             continue
         record = json.loads((run_dir / "run.json").read_text())
         for role, info in record["roles"].items():
@@ -191,7 +205,9 @@ def _add_costs(rows: list[dict]) -> None:
     for row in rows:
         if row["status"] != "ok" or not row["mean_epoch_s"]:
             continue
-        base = baselines.get((row["dataset"], row["net"], row["seed"])) or baselines.get((row["dataset"], row["net"], None))
+        base = baselines.get((row["dataset"], row["net"], row["seed"])) or baselines.get(
+            (row["dataset"], row["net"], None)
+        )
         if base:
             row["cost_vs_baseline"] = round(float(row["mean_epoch_s"]) / float(base), 3)
 

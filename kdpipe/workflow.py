@@ -81,7 +81,9 @@ def _check_semantics(config: dict) -> None:
         if name in BUILTIN_DATASETS:
             raise KdpipeError(f"config imagefolders.{name}: the name is taken by a built-in dataset")
     named = [("base.nets", net) for net in config["base"]["nets"]]
-    named += [(f"pairs.{i}.{role}", pair[role]) for i, pair in enumerate(config["pairs"]) for role in ("teacher", "student")]
+    named += [
+        (f"pairs.{i}.{role}", pair[role]) for i, pair in enumerate(config["pairs"]) for role in ("teacher", "student")
+    ]
     for key, net in named:
         if net not in MODELS:
             raise KdpipeError(f"config {key}: unknown network {net!r}; choose from {', '.join(MODELS)}")
@@ -120,8 +122,15 @@ def _check_semantics(config: dict) -> None:
 
 def data_name(config: dict, dataset: str) -> str:
     if dataset in config["imagefolders"]:
-        return f"imagefolder:{config['imagefolders'][dataset]}"
+        entry = config["imagefolders"][dataset]
+        return f"imagefolder:{entry['path'] if isinstance(entry, dict) else entry}"
     return dataset
+
+
+def image_size(config: dict, dataset: str) -> int | None:
+    """The resize of an image-folder dataset (None: built-in datasets, or the default 32)."""
+    entry = config["imagefolders"].get(dataset)
+    return entry.get("image_size") if isinstance(entry, dict) else None
 
 
 # ---------------------------------------------------------------- DAG nodes
@@ -180,7 +189,9 @@ def kd_runs(config: dict) -> list[str]:
 def ft_runs(config: dict) -> list[str]:
     if not config["ft"]["enabled"]:
         return []
-    return [run_dir(d, "ft", pair_name(p), s) for d in config["datasets"] for p in config["pairs"] for s in config["seeds"]]
+    return [
+        run_dir(d, "ft", pair_name(p), s) for d in config["datasets"] for p in config["pairs"] for s in config["seeds"]
+    ]
 
 
 def crd_variants(config: dict) -> list[str]:
@@ -247,7 +258,9 @@ def teacher_model(config: dict, dataset: str, teacher: str, seed) -> str:
 
 def run_targets(config: dict) -> list[str]:
     """Every run directory the summary aggregates."""
-    return base_runs(config) + kd_runs(config) + ft_runs(config) + crd_runs(config) + dml_runs(config) + bss_runs(config)
+    return (
+        base_runs(config) + kd_runs(config) + ft_runs(config) + crd_runs(config) + dml_runs(config) + bss_runs(config)
+    )
 
 
 # ---------------------------------------------------------------- teacher cache
@@ -271,7 +284,9 @@ def cache_consumers(config: dict, dataset: str, teacher: str, tseed: int) -> lis
                 continue
             for variant in kd_variants(config):
                 if LOSSES[split_variant(variant)[0]].cacheable():
-                    runs.append((run_dir(dataset, f"kd-{variant}", pair_name(pair), seed), _training(config, "kd")["epochs"]))
+                    runs.append(
+                        (run_dir(dataset, f"kd-{variant}", pair_name(pair), seed), _training(config, "kd")["epochs"])
+                    )
             for variant in crd_variants(config):
                 runs.append((run_dir(dataset, variant, pair_name(pair), seed), _training(config, "crd")["epochs"]))
     return runs
@@ -283,7 +298,7 @@ def cache_decision(config: dict, dataset: str, teacher: str, tseed) -> tuple[boo
     from .data import augmentation_of
 
     setting = _cache_setting(config)
-    views = augmentation_of(data_name(config, dataset)).num_views
+    views = augmentation_of(data_name(config, dataset), image_size(config, dataset)).num_views
     consumers = cache_consumers(config, dataset, teacher, int(tseed))
     passes = sum(epochs for _, epochs in consumers)
     if setting == "off":
@@ -295,8 +310,9 @@ def cache_decision(config: dict, dataset: str, teacher: str, tseed) -> tuple[boo
     if setting == "on":
         return True, f"teacher_cache: on ({views} views per image)"
     if passes > views:
-        return True, (f"auto: {len(consumers)} students x their epochs = {passes} live teacher passes per image "
-                      f"> {views} views")
+        return True, (
+            f"auto: {len(consumers)} students x their epochs = {passes} live teacher passes per image > {views} views"
+        )
     return False, f"auto: {passes} live teacher passes per image <= {views} views, the cache would not pay off"
 
 
@@ -313,8 +329,9 @@ def cache_plan(config: dict) -> list[str]:
                 if not cache_consumers(config, dataset, teacher, tseed):
                     continue
                 use, why = cache_decision(config, dataset, teacher, tseed)
-                lines.append(f"teacher cache {cache_dir(dataset, teacher, tseed)}: {'built' if use else 'not used'} "
-                             f"-- {why}")
+                lines.append(
+                    f"teacher cache {cache_dir(dataset, teacher, tseed)}: {'built' if use else 'not used'} -- {why}"
+                )
     return lines
 
 
@@ -337,7 +354,19 @@ def kd_inputs(config: dict, dataset: str, variant: str, teacher: str, seed) -> d
 def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
     c = _common(config, dataset, tseed, "kd")
     return {
-        **{k: c[k] for k in ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "seed")},
+        **{
+            k: c[k]
+            for k in (
+                "data_name",
+                "img_root",
+                "download",
+                "val_size",
+                "split_seed",
+                "train_subset",
+                "seed",
+                "image_size",
+            )
+        },
         "t_name": teacher,
         "cache_dtype": config["cache_dtype"],
         "embeddings": True,
@@ -430,6 +459,7 @@ def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
         "val_size": config["data"]["val_size"],
         "split_seed": config["data"]["split_seed"],
         "train_subset": config["data"]["train_subset"],
+        "image_size": image_size(config, dataset),
         "seed": int(seed),
         **_training(config, stage),
     }
@@ -453,8 +483,13 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
 
 
 def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> dict:
-    return {**_common(config, dataset, seed, "ft"), "t_name": teacher, "s_name": student,
-            "lambda_kd": config["ft"]["lambda_kd"], "k": config["ft"]["k"]}
+    return {
+        **_common(config, dataset, seed, "ft"),
+        "t_name": teacher,
+        "s_name": student,
+        "lambda_kd": config["ft"]["lambda_kd"],
+        "k": config["ft"]["k"],
+    }
 
 
 def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
@@ -467,8 +502,11 @@ def crd_options(config: dict, dataset: str, variant: str, teacher: str, student:
 
 
 def dml_options(config: dict, dataset: str, cohort: str, seed) -> dict:
-    return {**_common(config, dataset, seed, "dml"), "peers": cohort.split("-"),
-            "lambda_kd": config["dml"]["lambda_kd"]}
+    return {
+        **_common(config, dataset, seed, "dml"),
+        "peers": cohort.split("-"),
+        "lambda_kd": config["dml"]["lambda_kd"],
+    }
 
 
 def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dict:

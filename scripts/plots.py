@@ -4,10 +4,10 @@ from kdpipe.report import plots
 from kdpipe.report.frame import load_curves, load_summary
 from kdpipe.workflow import rule_logging
 
-with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
-    w, out = snakemake.wildcards, snakemake.output  # noqa: F821
-    frame = load_summary(snakemake.input[0])  # noqa: F821
-    if snakemake.rule == "cost_plot":  # noqa: F821
+with rule_logging(snakemake):
+    w, out = snakemake.wildcards, snakemake.output
+    frame = load_summary(snakemake.input[0])
+    if snakemake.rule == "cost_plot":
         plots.plot_cost(frame, w.dataset, out[0])
     else:
         curves = load_curves(frame[frame["dataset"] == w.dataset])

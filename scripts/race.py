@@ -3,13 +3,13 @@
 from kdpipe.report.race import render_group_race
 from kdpipe.workflow import rule_logging
 
-with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
-    w, params = snakemake.wildcards, snakemake.params  # noqa: F821
+with rule_logging(snakemake):
+    w, params = snakemake.wildcards, snakemake.params
     render_group_race(
-        snakemake.input[0],  # noqa: F821
+        snakemake.input[0],
         w.dataset,
         w.group,
-        snakemake.output[0],  # noqa: F821
+        snakemake.output[0],
         steps_per_period=params.steps_per_period,
         period_length_ms=params.period_ms,
     )

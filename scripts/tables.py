@@ -5,8 +5,14 @@ from kdpipe.report.reference import load_reference
 from kdpipe.report.tables import write_tables
 from kdpipe.workflow import rule_logging
 
-with rule_logging(snakemake):  # noqa: F821 (injected by Snakemake)
-    out = snakemake.output  # noqa: F821
-    reference = load_reference() if snakemake.params.published else None  # noqa: F821
-    write_tables(load_summary(snakemake.input[0]), snakemake.wildcards.dataset, out.md, out.csv, out.tex,  # noqa: F821
-                 reference=reference)
+with rule_logging(snakemake):
+    out = snakemake.output
+    reference = load_reference() if snakemake.params.published else None
+    write_tables(
+        load_summary(snakemake.input[0]),
+        snakemake.wildcards.dataset,
+        out.md,
+        out.csv,
+        out.tex,
+        reference=reference,
+    )

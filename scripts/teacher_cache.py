@@ -2,6 +2,6 @@
 
 from kdpipe.workflow import cache_decision, run_rule
 
-w = snakemake.wildcards  # noqa: F821 (injected by Snakemake)
-use, why = cache_decision(snakemake.config, w.dataset, w.teacher, w.seed)  # noqa: F821
-run_rule(snakemake, "teacher_cache", message=f"teacher cache: {why}", t_model=snakemake.input.teacher)  # noqa: F821
+w = snakemake.wildcards
+use, why = cache_decision(snakemake.config, w.dataset, w.teacher, w.seed)
+run_rule(snakemake, "teacher_cache", message=f"teacher cache: {why}", t_model=snakemake.input.teacher)

@@ -2,4 +2,4 @@
 
 from kdpipe.workflow import run_rule
 
-run_rule(snakemake, "base")  # noqa: F821 (injected by Snakemake)
+run_rule(snakemake, "base")

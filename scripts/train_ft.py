@@ -3,8 +3,8 @@
 from kdpipe.workflow import run_rule
 
 run_rule(
-    snakemake,  # noqa: F821 (injected by Snakemake)
+    snakemake,
     "ft",
-    t_model=snakemake.input.teacher,  # noqa: F821
-    paraphraser=snakemake.input.paraphraser,  # noqa: F821
+    t_model=snakemake.input.teacher,
+    paraphraser=snakemake.input.paraphraser,
 )

@@ -2,4 +2,4 @@
 
 from kdpipe.workflow import run_rule
 
-run_rule(snakemake, "ft_paraphraser", t_model=snakemake.input.teacher)  # noqa: F821 (injected by Snakemake)
+run_rule(snakemake, "ft_paraphraser", t_model=snakemake.input.teacher)

@@ -24,8 +24,14 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache32(teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    kdpipe.build_teacher_cache(t_model=str(teacher), t_name="resnet14", save_root=str(root), note="c",
-                               cache_dtype="float32", **{k: TINY[k] for k in ("data_name", "train_subset", "cuda")})
+    kdpipe.build_teacher_cache(
+        t_model=str(teacher),
+        t_name="resnet14",
+        save_root=str(root),
+        note="c",
+        cache_dtype="float32",
+        **{k: TINY[k] for k in ("data_name", "train_subset", "cuda")},
+    )
     return root / "c"
 
 
@@ -49,15 +55,31 @@ def test_table_holds_teacher_output_of_every_view(teacher, cache32):
 
 
 def test_fp16_cache_and_no_embeddings(teacher, tmp_path):
-    manifest = kdpipe.build_teacher_cache(t_model=str(teacher), t_name="resnet14", save_root=str(tmp_path), note="c",
-                                          embeddings=False, data_name="digits", train_subset=40)
+    manifest = kdpipe.build_teacher_cache(
+        t_model=str(teacher),
+        t_name="resnet14",
+        save_root=str(tmp_path),
+        note="c",
+        embeddings=False,
+        data_name="digits",
+        train_subset=40,
+    )
     table = torch.load(tmp_path / "c" / "cache.pt", weights_only=True)
     assert table["logits"].dtype == torch.float16 and "embedding" not in table
     assert manifest["entries"] == ["logits"]
     # a student reading embeddings refuses it
     with pytest.raises(KdpipeError, match="holds no embeddings"):
-        kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="rkd", epochs=1,
-                        teacher_cache=str(tmp_path / "c"), save_root=str(tmp_path), note="s", **TINY)
+        kdpipe.train_kd(
+            t_model=str(teacher),
+            t_name="resnet14",
+            s_name="resnet8",
+            kd_mode="rkd",
+            epochs=1,
+            teacher_cache=str(tmp_path / "c"),
+            save_root=str(tmp_path),
+            note="s",
+            **TINY,
+        )
 
 
 def _weights(path):
@@ -66,21 +88,38 @@ def _weights(path):
 
 @pytest.mark.parametrize("mode", ["st", "rkd"])
 def test_cached_training_equals_live_teacher(tmp_path, teacher, cache32, mode):
-    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode=mode, epochs=2,
-                save_root=str(tmp_path), **TINY)
+    args = dict(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode=mode,
+        epochs=2,
+        save_root=str(tmp_path),
+        **TINY,
+    )
     live = kdpipe.train_kd(note="live", **args)
     cached = kdpipe.train_kd(note="cached", teacher_cache=str(cache32), **args)
     assert live["info"]["teacher_source"] == "live" and cached["info"]["teacher_source"] == "cache"
     a, b = _weights(tmp_path / "live" / "model.pt"), _weights(tmp_path / "cached" / "model.pt")
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-3, atol=1e-4), key
-    assert cached["roles"]["student"]["last_test_acc"] == pytest.approx(live["roles"]["student"]["last_test_acc"],
-                                                                         abs=0.5)
+    assert cached["roles"]["student"]["last_test_acc"] == pytest.approx(
+        live["roles"]["student"]["last_test_acc"], abs=0.5
+    )
 
 
 def test_cached_crd_runs(tmp_path, teacher, cache32):
-    record = kdpipe.train_crd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", nce_n=16, epochs=1,
-                              teacher_cache=str(cache32), save_root=str(tmp_path), note="crd", **TINY)
+    record = kdpipe.train_crd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        nce_n=16,
+        epochs=1,
+        teacher_cache=str(cache32),
+        save_root=str(tmp_path),
+        note="crd",
+        **TINY,
+    )
     assert record["info"]["teacher_source"] == "cache" and "teacher_cache" in record["inputs"]
 
 
@@ -90,8 +129,17 @@ def test_cache_refused_for_other_teacher(tmp_path, teacher, cache32):
     state["fc.bias"] += 1
     torch.save(state, other)
     with pytest.raises(KdpipeError, match="built for another teacher checkpoint"):
-        kdpipe.train_kd(t_model=str(other), t_name="resnet14", s_name="resnet8", kd_mode="st", epochs=1,
-                        teacher_cache=str(cache32), save_root=str(tmp_path), note="s", **TINY)
+        kdpipe.train_kd(
+            t_model=str(other),
+            t_name="resnet14",
+            s_name="resnet8",
+            kd_mode="st",
+            epochs=1,
+            teacher_cache=str(cache32),
+            save_root=str(tmp_path),
+            note="s",
+            **TINY,
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -103,8 +151,17 @@ def test_cache_refused_for_other_teacher(tmp_path, teacher, cache32):
     ],
 )
 def test_cache_refused_for_other_data(tmp_path, teacher, cache32, change, what):
-    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="st", epochs=1,
-                teacher_cache=str(cache32), save_root=str(tmp_path), note="s", **TINY)
+    args = dict(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="st",
+        epochs=1,
+        teacher_cache=str(cache32),
+        save_root=str(tmp_path),
+        note="s",
+        **TINY,
+    )
     args.update(change)
     with pytest.raises(KdpipeError, match=f"built for another {what}"):
         kdpipe.train_kd(**args)
@@ -112,21 +169,41 @@ def test_cache_refused_for_other_data(tmp_path, teacher, cache32, change, what):
 
 def test_cache_refused_for_other_views_or_normalisation(tmp_path, teacher, cache32):
     manifest = json.loads((cache32 / "manifest.json").read_text())
-    for key, value, what in [("views", {"pad": 4, "pad_mode": "reflect", "flip": True, "num_views": 162},
-                              "view definition"), ("mean", [0.5, 0.5, 0.5], "normalisation")]:
+    for key, value, what in [
+        ("views", {"pad": 4, "pad_mode": "reflect", "flip": True, "num_views": 162}, "view definition"),
+        ("mean", [0.5, 0.5, 0.5], "normalisation"),
+    ]:
         bad = tmp_path / f"bad-{key}"
         bad.mkdir()
         (bad / "cache.pt").write_bytes((cache32 / "cache.pt").read_bytes())
         (bad / "manifest.json").write_text(json.dumps({**manifest, "data": {**manifest["data"], key: value}}))
         with pytest.raises(KdpipeError, match=f"built for another {what}"):
-            kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="st", epochs=1,
-                            teacher_cache=str(bad), save_root=str(tmp_path), note="s", **TINY)
+            kdpipe.train_kd(
+                t_model=str(teacher),
+                t_name="resnet14",
+                s_name="resnet8",
+                kd_mode="st",
+                epochs=1,
+                teacher_cache=str(bad),
+                save_root=str(tmp_path),
+                note="s",
+                **TINY,
+            )
 
 
 def test_feature_modes_refuse_a_cache(tmp_path, teacher, cache32):
     with pytest.raises(KdpipeError, match="kd_mode at reads the teacher's stages; a cache serves only the modes"):
-        kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="at", epochs=1,
-                        teacher_cache=str(cache32), save_root=str(tmp_path), note="s", **TINY)
+        kdpipe.train_kd(
+            t_model=str(teacher),
+            t_name="resnet14",
+            s_name="resnet8",
+            kd_mode="at",
+            epochs=1,
+            teacher_cache=str(cache32),
+            save_root=str(tmp_path),
+            note="s",
+            **TINY,
+        )
 
 
 def test_compute_table_batching_is_irrelevant(teacher):

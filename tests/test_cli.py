@@ -10,8 +10,20 @@ from conftest import ROOT
 from kdpipe.errors import KdpipeError
 
 SEED_FIG2_FLAGS = [
-    "--save_root", "--img_root", "--print_freq", "--epochs", "--batch_size", "--lr", "--momentum",
-    "--weight_decay", "--num_class", "--cuda", "--seed", "--note", "--data_name", "--net_name",
+    "--save_root",
+    "--img_root",
+    "--print_freq",
+    "--epochs",
+    "--batch_size",
+    "--lr",
+    "--momentum",
+    "--weight_decay",
+    "--num_class",
+    "--cuda",
+    "--seed",
+    "--note",
+    "--data_name",
+    "--net_name",
 ]
 
 
@@ -35,11 +47,17 @@ def test_help_lists_seed_flags():
         (["--data_name", "digits", "--net_name", "resnet21"], "net_name: got 'resnet21'; allowed: one of resnet8"),
         (["--data_name", "digits", "--net_name", "resnet20", "--lr", "-1"], "lr: got -1.0; must be a number > 0"),
         (["--data_name", "digits", "--net_name", "resnet20", "--epochs", "two"], "epochs: got 'two'"),
-        (["--data_name", "digits", "--net_name", "resnet20", "--num_class", "100"], "num_class: got 100, but data_name digits has 10"),
+        (
+            ["--data_name", "digits", "--net_name", "resnet20", "--num_class", "100"],
+            "num_class: got 100, but data_name digits has 10",
+        ),
         (["--data_name", "mnist", "--net_name", "resnet20"], "data_name: unknown dataset 'mnist'"),
         (["--data_name", "digits", "--net_name", "resnet20", "--cuda", "2"], "cuda: got 2"),
         (["--data_name", "digits", "--net_name", "resnet20", "--bogus", "1"], "unrecognized arguments: --bogus"),
-        (["--data_name", "cifar10", "--img_root", "/nonexistent", "--net_name", "resnet20"], "/nonexistent/cifar-10-batches-py"),
+        (
+            ["--data_name", "cifar10", "--img_root", "/nonexistent", "--net_name", "resnet20"],
+            "/nonexistent/cifar-10-batches-py",
+        ),
     ],
 )
 def test_bad_flags_one_line_nonzero_nothing_written(tmp_path, args, needle):
@@ -63,8 +81,25 @@ def test_api_rejects_unknown_and_mistyped_options(tmp_path):
 
 def test_cli_trains_and_writes_artefacts(tmp_path):
     out = cli(
-        "base", "--data_name", "digits", "--net_name", "resnet8", "--epochs", "2", "--batch_size", "64",
-        "--save_root", str(tmp_path), "--note", "cli", "--cuda", "0", "--seed", "3", "--print_freq", "5",
+        "base",
+        "--data_name",
+        "digits",
+        "--net_name",
+        "resnet8",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "64",
+        "--save_root",
+        str(tmp_path),
+        "--note",
+        "cli",
+        "--cuda",
+        "0",
+        "--seed",
+        "3",
+        "--print_freq",
+        "5",
     )
     assert out.returncode == 0, out.stderr
     run = tmp_path / "cli"

@@ -36,9 +36,24 @@ def slurm_dry_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("paper")
     env = {"KDPIPE_SLURM_PARTITION": "gpu-test", "KDPIPE_SLURM_ACCOUNT": "kd-project", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(PAPER)],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--profile",
+            str(ROOT / "profiles" / "slurm"),
+            "--configfile",
+            str(PAPER),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -71,8 +86,16 @@ def test_slurm_resources_per_rule(slurm_dry_run):
     by_rule = {}
     for block in blocks:
         by_rule.setdefault(block["rule"], block)
-    for rule in ("train_base", "train_kd", "train_ft", "ft_paraphraser", "train_crd", "train_dml", "train_bss",
-                 "teacher_cache"):
+    for rule in (
+        "train_base",
+        "train_kd",
+        "train_ft",
+        "ft_paraphraser",
+        "train_crd",
+        "train_dml",
+        "train_bss",
+        "teacher_cache",
+    ):
         res = by_rule[rule]["resources"]
         assert res["gpu"] == "1" and res["cpus_per_gpu"] == "8", rule
         assert res["slurm_partition"] == "gpu-test" and res["slurm_account"] == "kd-project", rule

@@ -176,8 +176,9 @@ def test_relax_loss_matches_loop_softmax():
     t = loss_mod.memory.nce_t
     f_s, f_t, index, cidx = make_batch()
     v_s, v_t = embeddings(loss_mod, f_s, f_t)
-    want = (loop_softmax_ce(loop_scores(v_s, loss_mod.memory.memory_t, cidx), t)
-            + loop_softmax_ce(loop_scores(v_t, loss_mod.memory.memory_s, cidx), t))
+    want = loop_softmax_ce(loop_scores(v_s, loss_mod.memory.memory_t, cidx), t) + loop_softmax_ce(
+        loop_scores(v_t, loss_mod.memory.memory_s, cidx), t
+    )
     got = loss_mod(f_s, f_t, index, cidx)
     assert got.item() == pytest.approx(want, rel=1e-6)
     assert loss_mod.memory.z_s.item() == -1.0  # Z is an exact-mode quantity
@@ -268,7 +269,11 @@ def test_gradients_and_state(mode):
     keys = set(loss_mod.state_dict())
     assert {"memory.memory_s", "memory.memory_t", "memory.z_s", "memory.z_t"} <= keys
     assert set(dict(loss_mod.named_parameters())) == {
-        "embed_s.linear.weight", "embed_s.linear.bias", "embed_t.linear.weight", "embed_t.linear.bias"}
+        "embed_s.linear.weight",
+        "embed_s.linear.bias",
+        "embed_t.linear.weight",
+        "embed_t.linear.bias",
+    }
 
 
 def test_embed_normalises_and_flattens():

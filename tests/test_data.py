@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -187,3 +186,17 @@ def test_normalizer_matches_formula():
     out = Normalizer(mean, std, torch.device("cpu"))(x)
     expected = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_imagefolder_image_size_sets_views(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("RGB", (80, 70), (i * 40, 10, 0)).save(tmp_path / cls / f"{i}.png")
+    data = load_data(f"imagefolder:{tmp_path}", val_size=0.1, image_size=64)
+    assert data.image_shape == (3, 64, 64)
+    assert data.augmentation.pad == 8 and data.augmentation.num_views == 17 * 17 * 2 == 578
+    with pytest.raises(KdpipeError, match="image_size: applies to imagefolder datasets only"):
+        load_data("digits", image_size=64)

@@ -30,8 +30,14 @@ def test_batch_bounds_never_leave_a_single_sample():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     record = kdpipe.train_base(
-        data_name="digits", net_name="resnet8", epochs=4, batch_size=32, lr=0.05,
-        save_root=str(root), note="r8", cuda=0,
+        data_name="digits",
+        net_name="resnet8",
+        epochs=4,
+        batch_size=32,
+        lr=0.05,
+        save_root=str(root),
+        note="r8",
+        cuda=0,
     )
     return root / "r8", record
 
@@ -41,8 +47,17 @@ def test_training_learns_digits(trained):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert list(rows[0]) == [
-        "epoch", "role", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-        "epoch_time_s", "images_per_s",
+        "epoch",
+        "role",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "epoch_time_s",
+        "images_per_s",
     ]
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0] * 0.5
@@ -81,8 +96,15 @@ def test_finished_run_is_not_retrained_and_other_settings_refused(trained):
     run, record = trained
     before = sha256_file(run / "model.pt")
     again = kdpipe.train_base(
-        data_name="digits", net_name="resnet8", epochs=4, batch_size=32, lr=0.05,
-        save_root=str(run.parent), note="r8", cuda=0, print_freq=7,
+        data_name="digits",
+        net_name="resnet8",
+        epochs=4,
+        batch_size=32,
+        lr=0.05,
+        save_root=str(run.parent),
+        note="r8",
+        cuda=0,
+        print_freq=7,
     )
     assert again["finished_at"] == record["finished_at"] and sha256_file(run / "model.pt") == before
     with pytest.raises(KdpipeError, match="finished run with other settings"):
@@ -100,8 +122,14 @@ def test_corrupted_checkpoint_is_reported(tmp_path):
 def test_nonfinite_loss_stops_with_epoch_and_batch(tmp_path):
     with pytest.raises(KdpipeError, match=r"non-finite loss at epoch 1, batch \d+/\d+"):
         kdpipe.train_base(
-            data_name="digits", net_name="resnet8", epochs=2, lr=1e6, momentum=0.0, batch_size=64,
-            save_root=str(tmp_path), note="nan",
+            data_name="digits",
+            net_name="resnet8",
+            epochs=2,
+            lr=1e6,
+            momentum=0.0,
+            batch_size=64,
+            save_root=str(tmp_path),
+            note="nan",
         )
     assert not (tmp_path / "nan" / "run.json").exists()
     assert not (tmp_path / "nan" / "model.pt").exists()

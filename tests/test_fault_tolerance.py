@@ -16,13 +16,37 @@ from kdpipe.errors import KdpipeError
 
 pytestmark = pytest.mark.slow
 
-ACCURACY = ("method", "variant", "teacher", "student", "role", "seed", "generation", "best_val_acc",
-            "test_acc_at_best", "last_test_acc", "status")
+ACCURACY = (
+    "method",
+    "variant",
+    "teacher",
+    "student",
+    "role",
+    "seed",
+    "generation",
+    "best_val_acc",
+    "test_acc_at_best",
+    "last_test_acc",
+    "status",
+)
 
 
 def snakemake_cmd(workdir, config, *args):
-    return [sys.executable, "-m", "snakemake", "results/summary.csv", "--snakefile", str(ROOT / "Snakefile"),
-            "--directory", str(workdir), "--cores", "2", "--configfile", str(config), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "results/summary.csv",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+        *args,
+    ]
 
 
 def run(workdir, config, *args, timeout=600):
@@ -36,14 +60,16 @@ def accuracies(workdir):
 
 def test_sigkill_of_snakemake_resumes_and_matches_uninterrupted(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("base: {nets: [resnet8]}\ndata: {train_subset: 160}\n"
-                      "train: {epochs: 6, batch_size: 16, lr: 0.05}\nresources: {threads: 1}\n")
+    config.write_text(
+        "base: {nets: [resnet8]}\ndata: {train_subset: 160}\n"
+        "train: {epochs: 6, batch_size: 16, lr: 0.05}\nresources: {threads: 1}\n"
+    )
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
-    reference = subprocess.Popen(snakemake_cmd(straight, config), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    proc = subprocess.Popen(snakemake_cmd(killed, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    reference = subprocess.Popen(snakemake_cmd(straight, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        snakemake_cmd(killed, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ckpt = killed / "results/digits/base/resnet8/seed0/checkpoint.pt"
     deadline = time.time() + 300
     while True:
@@ -73,9 +99,11 @@ def test_sigkill_of_snakemake_resumes_and_matches_uninterrupted(tmp_path):
 
 def test_diverging_run_fails_only_its_branch(tmp_path):
     config = tmp_path / "c.yaml"
-    body = ("pairs: [{teacher: resnet8, student: resnet8}]\ndata: {train_subset: 48}\n"
-            "train: {epochs: 2, batch_size: 16}\n"
-            "kd: {modes: [st, at], settings: {at: {lambda_kd: 1.0e+30}}}\n")
+    body = (
+        "pairs: [{teacher: resnet8, student: resnet8}]\ndata: {train_subset: 48}\n"
+        "train: {epochs: 2, batch_size: 16}\n"
+        "kd: {modes: [st, at], settings: {at: {lambda_kd: 1.0e+30}}}\n"
+    )
     config.write_text(body)
     out = run(tmp_path, config, "--keep-going")
     assert out.returncode != 0
@@ -94,20 +122,36 @@ def test_diverging_run_fails_only_its_branch(tmp_path):
 
 
 def test_truncated_teacher_is_a_clear_error(tmp_path):
-    kdpipe.train_base(data_name="digits", net_name="resnet8", epochs=1, train_subset=32, batch_size=16,
-                      save_root=str(tmp_path), note="t")
+    kdpipe.train_base(
+        data_name="digits",
+        net_name="resnet8",
+        epochs=1,
+        train_subset=32,
+        batch_size=16,
+        save_root=str(tmp_path),
+        note="t",
+    )
     teacher = tmp_path / "t" / "model.pt"
     teacher.write_bytes(teacher.read_bytes()[:200])
     with pytest.raises(KdpipeError, match="t_model .*model.pt: unreadable, truncated or corrupted"):
-        kdpipe.train_kd(data_name="digits", t_model=str(teacher), t_name="resnet8", s_name="resnet8", kd_mode="st",
-                        epochs=1, save_root=str(tmp_path), note="s")
+        kdpipe.train_kd(
+            data_name="digits",
+            t_model=str(teacher),
+            t_name="resnet8",
+            s_name="resnet8",
+            kd_mode="st",
+            epochs=1,
+            save_root=str(tmp_path),
+            note="s",
+        )
 
 
 def test_second_invocation_is_refused_by_the_lock(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("base: {nets: [resnet8]}\ndata: {train_subset: 160}\ntrain: {epochs: 3, batch_size: 16}\n")
-    first = subprocess.Popen(snakemake_cmd(tmp_path, config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        snakemake_cmd(tmp_path, config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     locks = tmp_path / ".snakemake" / "locks"
     deadline = time.time() + 120
     while not (locks.exists() and any(locks.iterdir())):

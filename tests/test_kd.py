@@ -15,8 +15,25 @@ from kdpipe.checkpoint import sha256_file
 from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES
 
-ALL_MODES = ["logits", "st", "at", "fitnet", "nst", "pkt", "fsp", "rkd", "ab", "sp", "sobolev", "cc", "lwm",
-             "irg", "vid", "ofd", "afd"]
+ALL_MODES = [
+    "logits",
+    "st",
+    "at",
+    "fitnet",
+    "nst",
+    "pkt",
+    "fsp",
+    "rkd",
+    "ab",
+    "sp",
+    "sobolev",
+    "cc",
+    "lwm",
+    "irg",
+    "vid",
+    "ofd",
+    "afd",
+]
 TINY = dict(data_name="digits", epochs=1, batch_size=16, lr=0.05, train_subset=48, cuda=0, threads=1)
 
 
@@ -29,9 +46,25 @@ def teacher(tmp_path_factory):
 
 def test_registry_has_all_seventeen_modes():
     assert sorted(LOSSES) == sorted(ALL_MODES)
-    reference = {"logits": 0.1, "st": 0.1, "at": 1000, "fitnet": 0.1, "nst": 10, "pkt": 10000, "fsp": 1.0,
-                 "rkd": 1.0, "ab": 10, "sp": 3000, "sobolev": 20, "cc": 100, "lwm": 0.4, "irg": 1.0, "vid": 1.0,
-                 "ofd": 0.5, "afd": 500}
+    reference = {
+        "logits": 0.1,
+        "st": 0.1,
+        "at": 1000,
+        "fitnet": 0.1,
+        "nst": 10,
+        "pkt": 10000,
+        "fsp": 1.0,
+        "rkd": 1.0,
+        "ab": 10,
+        "sp": 3000,
+        "sobolev": 20,
+        "cc": 100,
+        "lwm": 0.4,
+        "irg": 1.0,
+        "vid": 1.0,
+        "ofd": 0.5,
+        "afd": 500,
+    }
     assert {m: LOSSES[m].defaults["lambda_kd"] for m in ALL_MODES} == pytest.approx(reference)
     assert {m for m in ALL_MODES if LOSSES[m].two_stage} == {"fsp", "ab"}
 
@@ -39,8 +72,13 @@ def test_registry_has_all_seventeen_modes():
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_every_mode_trains_from_api(tmp_path, teacher, mode):
     record = kdpipe.train_kd(
-        t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode=mode, save_root=str(tmp_path),
-        note=mode, **TINY,
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode=mode,
+        save_root=str(tmp_path),
+        note=mode,
+        **TINY,
     )
     rows = list(csv.DictReader(open(tmp_path / mode / "metrics.csv")))
     expected_epochs = 2 if LOSSES[mode].two_stage else 1  # init phase (epochs/4, at least 1) + 1
@@ -56,8 +94,15 @@ def test_every_mode_trains_from_api(tmp_path, teacher, mode):
 
 
 def test_learned_helpers_are_trained_and_saved(tmp_path, teacher):
-    kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="vid",
-                    save_root=str(tmp_path), note="vid", **TINY)
+    kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="vid",
+        save_root=str(tmp_path),
+        note="vid",
+        **TINY,
+    )
     ckpt = torch.load(tmp_path / "vid" / "checkpoint.pt", weights_only=True)
     helper_state = ckpt["task"]["extra"]["loss"]
     assert any("alpha" in k or "regressor" in k for k in helper_state)
@@ -68,8 +113,15 @@ def test_learned_helpers_are_trained_and_saved(tmp_path, teacher):
 
 def test_teacher_is_frozen_and_measured(tmp_path, teacher):
     before = torch.load(teacher, weights_only=True)
-    record = kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="at",
-                             save_root=str(tmp_path), note="at", **TINY)
+    record = kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="at",
+        save_root=str(tmp_path),
+        note="at",
+        **TINY,
+    )
     after = torch.load(teacher, weights_only=True)
     assert all(torch.equal(before[k], after[k]) for k in before)
     teacher_record = json.loads((teacher.parent / "run.json").read_text())
@@ -89,14 +141,30 @@ def test_adapter_reported_when_widths_differ(tmp_path, teacher):
 
 
 def test_st_weight_adds_soft_target_term_for_any_mode(tmp_path, teacher):
-    record = kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="rkd",
-                             st_weight=0.5, save_root=str(tmp_path), note="rkd+st", **TINY)
+    record = kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="rkd",
+        st_weight=0.5,
+        save_root=str(tmp_path),
+        note="rkd+st",
+        **TINY,
+    )
     assert record["roles"]["student"]["variant"] == "+st" and record["info"]["st_weight"] == 0.5
 
 
 def test_two_stage_phases_and_schedule(tmp_path, teacher):
-    record = kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="fsp",
-                             save_root=str(tmp_path), note="fsp", init_epochs=5, **{**TINY, "epochs": 2})
+    record = kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="fsp",
+        save_root=str(tmp_path),
+        note="fsp",
+        init_epochs=5,
+        **{**TINY, "epochs": 2},
+    )
     rows = list(csv.DictReader(open(tmp_path / "fsp" / "metrics.csv")))
     lrs = [float(r["lr"]) for r in rows]
     assert lrs == pytest.approx([0.005, 0.005, 0.005, 0.0005, 0.00005, 0.05, 0.005])
@@ -110,15 +178,29 @@ def test_student_starts_from_baseline_init_or_s_init(tmp_path, teacher):
 
     seed_everything(0)
     baseline_init = build_model("resnet8", 10).state_dict()
-    kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="st",
-                    save_root=str(tmp_path), note="zero", **{**TINY, "lr": 1e-12, "weight_decay": 0.0})
+    kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="st",
+        save_root=str(tmp_path),
+        note="zero",
+        **{**TINY, "lr": 1e-12, "weight_decay": 0.0},
+    )
     trained = torch.load(tmp_path / "zero" / "model.pt", weights_only=True)
     assert torch.allclose(trained["conv1.weight"], baseline_init["conv1.weight"], atol=1e-6)
     torch.save(build_model("resnet8", 10).state_dict(), tmp_path / "init.pt")
     given = torch.load(tmp_path / "init.pt", weights_only=True)
-    kdpipe.train_kd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="st",
-                    s_init=str(tmp_path / "init.pt"), save_root=str(tmp_path), note="given",
-                    **{**TINY, "lr": 1e-12, "weight_decay": 0.0})
+    kdpipe.train_kd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        kd_mode="st",
+        s_init=str(tmp_path / "init.pt"),
+        save_root=str(tmp_path),
+        note="given",
+        **{**TINY, "lr": 1e-12, "weight_decay": 0.0},
+    )
     trained = torch.load(tmp_path / "given" / "model.pt", weights_only=True)
     assert torch.allclose(trained["conv1.weight"], given["conv1.weight"], atol=1e-6)
 
@@ -147,17 +229,47 @@ def test_teacher_with_other_class_count_is_refused(tmp_path):
 
     torch.save(build_model("resnet8", 100).state_dict(), tmp_path / "t100.pt")
     with pytest.raises(KdpipeError, match=r"t_model .*t100.pt: does not fit resnet8 with 10 classes: fc.weight"):
-        kdpipe.train_kd(t_model=str(tmp_path / "t100.pt"), t_name="resnet8", s_name="resnet8", kd_mode="st",
-                        save_root=str(tmp_path), **TINY)
+        kdpipe.train_kd(
+            t_model=str(tmp_path / "t100.pt"),
+            t_name="resnet8",
+            s_name="resnet8",
+            kd_mode="st",
+            save_root=str(tmp_path),
+            **TINY,
+        )
 
 
-@pytest.mark.parametrize("mode", ["st", "ab", "lwm"])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_cli_kd(tmp_path, teacher, mode):
-    args = ["--t_model", str(teacher), "--t_name", "resnet14", "--s_name", "resnet8", "--kd_mode", mode,
-            "--data_name", "digits", "--epochs", "1", "--batch_size", "16", "--train_subset", "48",
-            "--save_root", str(tmp_path), "--note", "cli", "--cuda", "0", "--lambda_kd", "0.5"]
-    out = subprocess.run([sys.executable, "-m", "kdpipe", "kd", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    args = [
+        "--t_model",
+        str(teacher),
+        "--t_name",
+        "resnet14",
+        "--s_name",
+        "resnet8",
+        "--kd_mode",
+        mode,
+        "--data_name",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--train_subset",
+        "48",
+        "--save_root",
+        str(tmp_path),
+        "--note",
+        "cli",
+        "--cuda",
+        "0",
+        "--lambda_kd",
+        "0.5",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "kdpipe", "kd", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     record = json.loads((tmp_path / "cli" / "run.json").read_text())
     assert record["info"]["lambda_kd"] == 0.5 and record["config"]["kd_mode"] == mode
@@ -165,7 +277,25 @@ def test_cli_kd(tmp_path, teacher, mode):
 
 def test_cli_kd_help_lists_seed_flags():
     out = subprocess.run([sys.executable, "-m", "kdpipe", "kd", "-h"], cwd=ROOT, capture_output=True, text=True)
-    for flag in ("--s_init", "--t_model", "--t_name", "--s_name", "--kd_mode", "--lambda_kd", "--T", "--p",
-                 "--w_dist", "--w_angle", "--m", "--gamma", "--P_order", "--w_irg_vert", "--w_irg_edge",
-                 "--w_irg_tran", "--sf", "--init_var", "--att_f"):
+    for flag in (
+        "--s_init",
+        "--t_model",
+        "--t_name",
+        "--s_name",
+        "--kd_mode",
+        "--lambda_kd",
+        "--T",
+        "--p",
+        "--w_dist",
+        "--w_angle",
+        "--m",
+        "--gamma",
+        "--P_order",
+        "--w_irg_vert",
+        "--w_irg_edge",
+        "--w_irg_tran",
+        "--sf",
+        "--init_var",
+        "--att_f",
+    ):
         assert flag in out.stdout, flag

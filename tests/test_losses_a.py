@@ -294,8 +294,9 @@ def test_st_hand_computed():
     zs = torch.tensor([[5.0, 5.0], [1.0, -1.0]])
     assert soft_target_loss(zs, zt, 2.0).item() == pytest.approx(0.2616240720, rel=1e-5)
     shapes = TapShapes(stem=(1, 2, 2), stages=((1, 2, 2),) * 3, embedding=2, num_classes=2)
-    student, teacher = make_taps(shapes, batch=2, dtype=torch.float32), make_taps(
-        shapes, batch=2, seed=3, dtype=torch.float32
+    student, teacher = (
+        make_taps(shapes, batch=2, dtype=torch.float32),
+        make_taps(shapes, batch=2, seed=3, dtype=torch.float32),
     )
     student.logits, teacher.logits = zs, zt
     got, _ = run_loss("st", shapes, shapes, student, teacher, T=2.0)

@@ -531,9 +531,7 @@ class TinyCamNet(nn.Module):
 def ref_cam_analytic(a, w, k):
     """One sample: a (C,H,W) nested lists, w the fc weight rows; returns the H x W cam."""
     C, H, W = len(a), len(a[0]), len(a[0][0])
-    return [
-        [max(0.0, sum(w[k][c] / (H * W) * a[c][yy][xx] for c in range(C))) for xx in range(W)] for yy in range(H)
-    ]
+    return [[max(0.0, sum(w[k][c] / (H * W) * a[c][yy][xx] for c in range(C))) for xx in range(W)] for yy in range(H)]
 
 
 def ref_lwm_from_cams(cams_s, cams_t):

@@ -250,8 +250,12 @@ def test_vid_golden_with_hand_set_regressor():
     value = loss(taps_from([s, s1, s1]), taps_from([t, t1, t1]), batch_of(1)).item()
     v0, v1 = math.log(2.0) + 1e-6, math.log1p(math.e) + 1e-6
     # stage 1: mu0 = relu(s0) = (1, 0); mu1 = 3
-    e1 = [0.5 * (math.log(v0) + 0.25 / v0), 0.5 * (math.log(v0) + 1.0 / v0),
-          0.5 * (math.log(v1) + 0.0 / v1), 0.5 * (math.log(v1) + 1.0 / v1)]
+    e1 = [
+        0.5 * (math.log(v0) + 0.25 / v0),
+        0.5 * (math.log(v0) + 1.0 / v0),
+        0.5 * (math.log(v1) + 0.0 / v1),
+        0.5 * (math.log(v1) + 1.0 / v1),
+    ]
     # stages 2, 3: exact fit
     e2 = [0.5 * math.log(v0), 0.5 * math.log(v1)]
     expected = (sum(e1) / 4 + 2 * sum(e2) / 2) / 3
@@ -538,7 +542,7 @@ def test_helpers_saved_in_state_dict_and_restored(name):
     helper_keys = [k for k in state if k.startswith(prefix)]
     helpers = getattr(loss, HELPERS[name])
     expected_keys = {f"{i}.{n}" for i in range(3) for n, _ in helpers[i].named_parameters()}
-    assert {k[len(prefix):] for k in helper_keys} >= expected_keys
+    assert {k[len(prefix) :] for k in helper_keys} >= expected_keys
     n_state_params = sum(v.numel() for k, v in state.items() if k in dict(loss.named_parameters()))
     assert n_state_params == sum(p.numel() for p in loss.parameters()) == loss.describe()["learned_parameters"]
     if name == "afd":

@@ -37,17 +37,24 @@ def finite_losses(run):
 
 
 def test_ft_paraphraser_then_student(tmp_path, teacher):
-    para = kdpipe.train_ft_paraphraser(t_model=str(teacher), t_name="resnet14", k=0.5, save_root=str(tmp_path),
-                                       note="para", **{**TINY, "lr": 0.01})
+    para = kdpipe.train_ft_paraphraser(
+        t_model=str(teacher), t_name="resnet14", k=0.5, save_root=str(tmp_path), note="para", **{**TINY, "lr": 0.01}
+    )
     rows = metrics(tmp_path / "para")
     assert all(r["role"] == "paraphraser" and r["test_acc"] in ("", "nan") for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns to reconstruct
     assert para["info"]["factor_channels"] == 32
     state = torch.load(tmp_path / "para" / "paraphraser.pt", weights_only=True)
     assert any(k.startswith("encoder") for k in state)
-    record = kdpipe.train_ft(t_model=str(teacher), t_name="resnet14", s_name="resnet8",
-                             paraphraser=str(tmp_path / "para" / "paraphraser.pt"), save_root=str(tmp_path),
-                             note="ft", **TINY)
+    record = kdpipe.train_ft(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        paraphraser=str(tmp_path / "para" / "paraphraser.pt"),
+        save_root=str(tmp_path),
+        note="ft",
+        **TINY,
+    )
     assert finite_losses(tmp_path / "ft")
     assert record["roles"]["student"]["method"] == "ft" and record["info"]["lambda_kd"] == 200.0
     assert "paraphraser" in record["inputs"]
@@ -56,18 +63,27 @@ def test_ft_paraphraser_then_student(tmp_path, teacher):
 
 
 def test_ft_trains_its_own_paraphraser_without_one(tmp_path, teacher):
-    record = kdpipe.train_ft(t_model=str(teacher), t_name="resnet14", s_name="resnet8", save_root=str(tmp_path),
-                             note="ft", **TINY)
+    record = kdpipe.train_ft(
+        t_model=str(teacher), t_name="resnet14", s_name="resnet8", save_root=str(tmp_path), note="ft", **TINY
+    )
     assert (tmp_path / "ft" / "paraphraser" / "paraphraser.pt").is_file()
     assert record["inputs"]["paraphraser"]["path"].endswith("paraphraser/paraphraser.pt")
 
 
 def test_ft_refuses_paraphraser_of_other_k(tmp_path, teacher):
-    kdpipe.train_ft_paraphraser(t_model=str(teacher), t_name="resnet14", k=0.25, save_root=str(tmp_path),
-                                note="para", **{**TINY, "epochs": 1})
+    kdpipe.train_ft_paraphraser(
+        t_model=str(teacher), t_name="resnet14", k=0.25, save_root=str(tmp_path), note="para", **{**TINY, "epochs": 1}
+    )
     with pytest.raises(KdpipeError, match="paraphraser .*does not fit k=0.5"):
-        kdpipe.train_ft(t_model=str(teacher), t_name="resnet14", s_name="resnet8", k=0.5,
-                        paraphraser=str(tmp_path / "para" / "paraphraser.pt"), save_root=str(tmp_path), **TINY)
+        kdpipe.train_ft(
+            t_model=str(teacher),
+            t_name="resnet14",
+            s_name="resnet8",
+            k=0.5,
+            paraphraser=str(tmp_path / "para" / "paraphraser.pt"),
+            save_root=str(tmp_path),
+            **TINY,
+        )
 
 
 # ---------------------------------------------------------------- CRD
@@ -75,8 +91,17 @@ def test_ft_refuses_paraphraser_of_other_k(tmp_path, teacher):
 
 @pytest.mark.parametrize("mode", ["exact", "relax"])
 def test_crd_trains_both_modes(tmp_path, teacher, mode):
-    record = kdpipe.train_crd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", mode=mode, nce_n=64,
-                              feat_dim=16, save_root=str(tmp_path), note=mode, **TINY)
+    record = kdpipe.train_crd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        mode=mode,
+        nce_n=64,
+        feat_dim=16,
+        save_root=str(tmp_path),
+        note=mode,
+        **TINY,
+    )
     assert finite_losses(tmp_path / mode)
     assert record["info"]["lambda_kd"] == 0.2 and record["info"]["memory_rows"] == 48
     state = torch.load(tmp_path / mode / "checkpoint.pt", weights_only=True)["task"]["extra"]["crd"]
@@ -86,8 +111,16 @@ def test_crd_trains_both_modes(tmp_path, teacher, mode):
 
 
 def test_crd_plus_st(tmp_path, teacher):
-    record = kdpipe.train_crd(t_model=str(teacher), t_name="resnet14", s_name="resnet8", nce_n=32, st_weight=0.1,
-                              save_root=str(tmp_path), note="c", **TINY)
+    record = kdpipe.train_crd(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        nce_n=32,
+        st_weight=0.1,
+        save_root=str(tmp_path),
+        note="c",
+        **TINY,
+    )
     assert record["roles"]["student"]["variant"] == "+st"
 
 
@@ -120,8 +153,9 @@ def test_dml_two_peers_each_own_optimizer(tmp_path):
 
 
 def test_dml_cohort_of_three(tmp_path):
-    record = kdpipe.train_dml(peers=["resnet8", "resnet8", "resnet8"], save_root=str(tmp_path), note="d3",
-                              **{**TINY, "epochs": 1})
+    record = kdpipe.train_dml(
+        peers=["resnet8", "resnet8", "resnet8"], save_root=str(tmp_path), note="d3", **{**TINY, "epochs": 1}
+    )
     assert set(record["roles"]) == {"net1", "net2", "net3"}
 
 
@@ -136,8 +170,15 @@ def test_dml_requires_two_peers(tmp_path):
 
 def test_bss_attacks_after_warmup(tmp_path, teacher):
     # 20 epochs -> warm-up round(10*20/200) = 1 epoch, so epoch 2 uses boundary samples
-    record = kdpipe.train_bss(t_model=str(teacher), t_name="resnet14", s_name="resnet8", attack_size=8,
-                              save_root=str(tmp_path), note="b", **{**TINY, "epochs": 20, "milestones": [30]})
+    record = kdpipe.train_bss(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        attack_size=8,
+        save_root=str(tmp_path),
+        note="b",
+        **{**TINY, "epochs": 20, "milestones": [30]},
+    )
     assert finite_losses(tmp_path / "b")
     assert record["roles"]["student"]["generation"] == 1 and record["info"]["attack_size"] == 8
 
@@ -145,8 +186,16 @@ def test_bss_attacks_after_warmup(tmp_path, teacher):
 def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
     kdpipe.train_base(net_name="resnet8", save_root=str(tmp_path), note="gen0", **TINY)
     gen0 = tmp_path / "gen0" / "model.pt"
-    record = kdpipe.train_bss(t_model=str(gen0), t_name="resnet8", s_name="resnet8", attack_size=0, generation=2,
-                              save_root=str(tmp_path), note="gen2", **TINY)
+    record = kdpipe.train_bss(
+        t_model=str(gen0),
+        t_name="resnet8",
+        s_name="resnet8",
+        attack_size=0,
+        generation=2,
+        save_root=str(tmp_path),
+        note="gen2",
+        **TINY,
+    )
     assert record["roles"]["student"]["variant"] == "born-again"
     assert record["roles"]["student"]["generation"] == 2
 
@@ -158,31 +207,91 @@ def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
     "entry, args",
     [
         ("ft", ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "100", "--k", "0.5"]),
-        ("crd", ["--t_name", "resnet14", "--s_name", "resnet8", "--feat_dim", "16", "--nce_n", "32", "--nce_t",
-                 "0.1", "--nce_mom", "0.5", "--mode", "relax"]),
-        ("bss", ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "2", "--T", "3",
-                 "--attack_size", "4"]),
+        (
+            "crd",
+            [
+                "--t_name",
+                "resnet14",
+                "--s_name",
+                "resnet8",
+                "--feat_dim",
+                "16",
+                "--nce_n",
+                "32",
+                "--nce_t",
+                "0.1",
+                "--nce_mom",
+                "0.5",
+                "--mode",
+                "relax",
+            ],
+        ),
+        ("bss", ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "2", "--T", "3", "--attack_size", "4"]),
     ],
 )
 def test_cli_entries(tmp_path, teacher, entry, args):
-    common = ["--data_name", "digits", "--epochs", "1", "--batch_size", "16", "--train_subset", "48",
-              "--save_root", str(tmp_path), "--note", "cli", "--cuda", "0", "--t_model", str(teacher)]
-    out = subprocess.run([sys.executable, "-m", "kdpipe", entry, *common, *args], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    common = [
+        "--data_name",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--train_subset",
+        "48",
+        "--save_root",
+        str(tmp_path),
+        "--note",
+        "cli",
+        "--cuda",
+        "0",
+        "--t_model",
+        str(teacher),
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "kdpipe", entry, *common, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["entry"] == entry
 
 
 def test_cli_dml_seed_flags(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "kdpipe", "dml", "--data_name", "digits", "--net1_name", "resnet8", "--net2_name",
-         "resnet8", "--lambda_kd", "1", "--epochs", "1", "--batch_size", "16", "--train_subset", "48",
-         "--save_root", str(tmp_path), "--note", "cli", "--cuda", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "kdpipe",
+            "dml",
+            "--data_name",
+            "digits",
+            "--net1_name",
+            "resnet8",
+            "--net2_name",
+            "resnet8",
+            "--lambda_kd",
+            "1",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "16",
+            "--train_subset",
+            "48",
+            "--save_root",
+            str(tmp_path),
+            "--note",
+            "cli",
+            "--cuda",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    help_text = subprocess.run([sys.executable, "-m", "kdpipe", "dml", "-h"], cwd=ROOT, capture_output=True,
-                               text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "kdpipe", "dml", "-h"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     for flag in ("--net1_init", "--net2_init", "--net1_name", "--net2_name", "--lambda_kd"):
         assert flag in help_text
 

@@ -19,11 +19,42 @@ DATASET = "toy"
 PAIR = "tnet-snet"
 COHORT = "snet-snet"
 
-SUMMARY_COLUMNS = ["dataset", "method", "variant", "teacher", "student", "role", "net", "seed", "generation", "epochs",
-                   "params", "best_val_acc", "test_acc_at_best", "last_test_acc", "train_time_s", "mean_epoch_s",
-                   "cost_vs_baseline", "settings", "status", "note", "run_dir"]
-METRIC_COLUMNS = ["epoch", "role", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "epoch_time_s", "images_per_s"]
+SUMMARY_COLUMNS = [
+    "dataset",
+    "method",
+    "variant",
+    "teacher",
+    "student",
+    "role",
+    "net",
+    "seed",
+    "generation",
+    "epochs",
+    "params",
+    "best_val_acc",
+    "test_acc_at_best",
+    "last_test_acc",
+    "train_time_s",
+    "mean_epoch_s",
+    "cost_vs_baseline",
+    "settings",
+    "status",
+    "note",
+    "run_dir",
+]
+METRIC_COLUMNS = [
+    "epoch",
+    "role",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_time_s",
+    "images_per_s",
+]
 
 # (method, teacher, student, role in the summary, net, seed, run dir, metrics role, start accuracy, epochs, cost)
 RUNS = [
@@ -41,7 +72,7 @@ RUNS = [
 
 def accuracy(start: float, epoch: int) -> float:
     """Distinct, increasing, below 100; every epoch changes every run's value (frames never repeat)."""
-    return round(start + 6.0 * epoch - 0.3 * epoch ** 2, 4)
+    return round(start + 6.0 * epoch - 0.3 * epoch**2, 4)
 
 
 def write_results(root: Path) -> Path:
@@ -52,19 +83,64 @@ def write_results(root: Path) -> Path:
         path = f"results/{DATASET}/{run_dir}"
         accs = [accuracy(start, e) for e in range(1, epochs + 1)]
         for epoch, acc in enumerate(accs, start=1):
-            metrics.setdefault(path, []).append({
-                "epoch": epoch, "role": metric_role, "lr": 0.1, "train_loss": round(2.0 / epoch + 0.01 * start, 4),
-                "train_acc": acc + 1, "val_loss": 1.0 / epoch, "val_acc": acc - 1, "test_loss": 1.0 / epoch,
-                "test_acc": acc, "epoch_time_s": cost, "images_per_s": 100.0 / cost})
+            metrics.setdefault(path, []).append(
+                {
+                    "epoch": epoch,
+                    "role": metric_role,
+                    "lr": 0.1,
+                    "train_loss": round(2.0 / epoch + 0.01 * start, 4),
+                    "train_acc": acc + 1,
+                    "val_loss": 1.0 / epoch,
+                    "val_acc": acc - 1,
+                    "test_loss": 1.0 / epoch,
+                    "test_acc": acc,
+                    "epoch_time_s": cost,
+                    "images_per_s": 100.0 / cost,
+                }
+            )
         best = max(range(epochs), key=lambda i: accs[i] - 1)
-        rows.append({"dataset": DATASET, "method": method, "variant": "", "teacher": teacher, "student": student,
-                     "role": role, "net": net, "seed": seed, "generation": "", "epochs": epochs, "params": 1000,
-                     "best_val_acc": accs[best] - 1, "test_acc_at_best": accs[best], "last_test_acc": accs[-1],
-                     "train_time_s": cost * epochs, "mean_epoch_s": cost, "cost_vs_baseline": cost, "settings": "",
-                     "status": "ok", "note": "", "run_dir": path})
-    rows.append({**rows[3], "method": "sp", "role": "", "seed": 0, "epochs": "", "best_val_acc": "",
-                 "test_acc_at_best": "", "last_test_acc": "", "train_time_s": "", "mean_epoch_s": "",
-                 "cost_vs_baseline": "", "status": "missing", "run_dir": f"results/{DATASET}/kd-sp/tnet-snet/seed0"})
+        rows.append(
+            {
+                "dataset": DATASET,
+                "method": method,
+                "variant": "",
+                "teacher": teacher,
+                "student": student,
+                "role": role,
+                "net": net,
+                "seed": seed,
+                "generation": "",
+                "epochs": epochs,
+                "params": 1000,
+                "best_val_acc": accs[best] - 1,
+                "test_acc_at_best": accs[best],
+                "last_test_acc": accs[-1],
+                "train_time_s": cost * epochs,
+                "mean_epoch_s": cost,
+                "cost_vs_baseline": cost,
+                "settings": "",
+                "status": "ok",
+                "note": "",
+                "run_dir": path,
+            }
+        )
+    rows.append(
+        {
+            **rows[3],
+            "method": "sp",
+            "role": "",
+            "seed": 0,
+            "epochs": "",
+            "best_val_acc": "",
+            "test_acc_at_best": "",
+            "last_test_acc": "",
+            "train_time_s": "",
+            "mean_epoch_s": "",
+            "cost_vs_baseline": "",
+            "status": "missing",
+            "run_dir": f"results/{DATASET}/kd-sp/tnet-snet/seed0",
+        }
+    )
     for path, records in metrics.items():
         (root / path).mkdir(parents=True, exist_ok=True)
         with open(root / path / "metrics.csv", "w", newline="") as fh:
@@ -122,8 +198,9 @@ def test_plots_write_readable_pngs(results, tmp_path):
     _, frame, curves = results
     out = tmp_path / "plots"
     for group in (PAIR, COHORT):
-        assert_png(plots.plot_curves(curves, frame, DATASET, group, out / group / "test_acc.png"),
-                   out / group / "test_acc.png")
+        assert_png(
+            plots.plot_curves(curves, frame, DATASET, group, out / group / "test_acc.png"), out / group / "test_acc.png"
+        )
         assert_png(plots.plot_losses(curves, frame, DATASET, group, out / group / "loss.png"), out / group / "loss.png")
         assert_png(plots.plot_final(frame, DATASET, group, out / group / "final.png"), out / group / "final.png")
     val = out / PAIR / "val_acc.png"
@@ -175,8 +252,15 @@ def test_render_race_gif_frame_count(results, tmp_path):
     _, frame, curves = results
     table = race.race_frame(curves, frame, DATASET, PAIR)
     out = tmp_path / "race" / "toy.gif"
-    frames = race.render_race(table, out, "toy: tnet → snet", steps_per_period=2, period_length_ms=200, dpi=50,
-                              colors=plots.label_colors(frame, DATASET))
+    frames = race.render_race(
+        table,
+        out,
+        "toy: tnet → snet",
+        steps_per_period=2,
+        period_length_ms=200,
+        dpi=50,
+        colors=plots.label_colors(frame, DATASET),
+    )
     assert frames == race.expected_frames(EPOCHS, 2) == gif_frames(out)
     assert not [p for p in out.parent.iterdir() if p.name != "toy.gif"]
 
@@ -190,8 +274,15 @@ def test_race_cli_renders_in_subprocess(results, tmp_path):  # results writes th
     done = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert gif_frames(out) == race.expected_frames(EPOCHS, 2)
-    bad = subprocess.run(base + ["--group", "nope-none", "--out", str(tmp_path / "x.gif")], check=False,
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        base + ["--group", "nope-none", "--out", str(tmp_path / "x.gif")],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "nope-none" in bad.stderr and not (tmp_path / "x.gif").exists()
 
 

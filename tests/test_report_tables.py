@@ -30,17 +30,39 @@ PAIR = "resnet110-resnet20"
 
 
 def _role(method, teacher, student, best, last, variant="", generation=None):
-    return {"method": method, "variant": variant, "teacher": teacher, "student": student, "generation": generation,
-            "params": 1000, "best_epoch": 3, "best_val_acc": best - 0.5, "test_acc_at_best": best,
-            "last_val_acc": last - 0.5, "last_test_acc": last}
+    return {
+        "method": method,
+        "variant": variant,
+        "teacher": teacher,
+        "student": student,
+        "generation": generation,
+        "params": 1000,
+        "best_epoch": 3,
+        "best_val_acc": best - 0.5,
+        "test_acc_at_best": best,
+        "last_val_acc": last - 0.5,
+        "last_test_acc": last,
+    }
 
 
 def _write_run(run_dir: Path, dataset: str, seed: int, entry: str, roles: dict, info: dict | None = None) -> None:
     """A run directory as kdpipe.runner.finalize leaves it: run.json (the fields the summary reads) + metrics.csv."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"kdpipe": "0.1.0", "entry": entry, "method": entry, "dataset": dataset, "seed": seed, "epochs": 4,
-              "roles": roles, "train_time_s": 8.0, "mean_epoch_s": 2.0, "wall_time_s": 9.0,
-              "resumed_at_epochs": [], "device": "cpu", "info": info or {}}
+    record = {
+        "kdpipe": "0.1.0",
+        "entry": entry,
+        "method": entry,
+        "dataset": dataset,
+        "seed": seed,
+        "epochs": 4,
+        "roles": roles,
+        "train_time_s": 8.0,
+        "mean_epoch_s": 2.0,
+        "wall_time_s": 9.0,
+        "resumed_at_epochs": [],
+        "device": "cpu",
+        "info": info or {},
+    }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     lines = ["epoch,role,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,epoch_time_s,images_per_s"]
     for role, r in roles.items():
@@ -66,8 +88,10 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
     def kd(mode, teacher, student, accs, variant=""):
         for seed, (best, last) in accs.items():
             d = data / f"kd-{mode}{variant}" / f"{teacher}-{student}" / f"seed{seed}"
-            info = {"loss": {"mode": mode, "settings": {"lambda_kd": 0.1, "T": 4.0}},
-                    "st_weight": 1.0 if variant else 0.0}
+            info = {
+                "loss": {"mode": mode, "settings": {"lambda_kd": 0.1, "T": 4.0}},
+                "st_weight": 1.0 if variant else 0.0,
+            }
             _write_run(d, dataset, seed, "kd", {"student": _role(mode, teacher, student, best, last, variant)}, info)
             dirs.append(d)
 
@@ -80,8 +104,14 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
     for seed, peers in DML.items():
         d = data / "dml" / PAIR / f"seed{seed}"
         roles = {role: _role("dml", "resnet110", "resnet20", best, last) for role, (_, best, last) in peers.items()}
-        _write_run(d, dataset, seed, "dml", roles, {"peers": {role: net for role, (net, _, _) in peers.items()},
-                                                    "lambda_kd": 1.0})
+        _write_run(
+            d,
+            dataset,
+            seed,
+            "dml",
+            roles,
+            {"peers": {role: net for role, (net, _, _) in peers.items()}, "lambda_kd": 1.0},
+        )
         dirs.append(d)
     kd("st", "resnet56", "resnet20", ST56)
     kd("st", "wrn_40_2", "wrn_16_2", ST_WRN)
@@ -189,10 +219,15 @@ def test_published_for_matching_rules(reference):
 
 def _write(tmp_path, frame, dataset, reference):
     out = tmp_path / "tables"
-    table = write_tables(frame, dataset, out / f"{dataset}.md", out / f"{dataset}.csv", out / f"{dataset}.tex",
-                         reference)
-    return (table, (out / f"{dataset}.md").read_text(), pd.read_csv(out / f"{dataset}.csv"),
-            (out / f"{dataset}.tex").read_text())
+    table = write_tables(
+        frame, dataset, out / f"{dataset}.md", out / f"{dataset}.csv", out / f"{dataset}.tex", reference
+    )
+    return (
+        table,
+        (out / f"{dataset}.md").read_text(),
+        pd.read_csv(out / f"{dataset}.csv"),
+        (out / f"{dataset}.tex").read_text(),
+    )
 
 
 def test_write_tables_cifar10(tmp_path, reference):
@@ -244,8 +279,20 @@ def test_non_cifar_has_no_published_columns(tmp_path, reference):
     header = next(line for line in md.splitlines() if line.startswith("| method | best-on-val"))
     assert header == "| method | best-on-val test acc | last-epoch test acc | \u0394 vs baseline | n |"
     assert not {"published", "published_source", "diff_vs_published"} & set(csv.columns)
-    assert list(csv.columns) == ["dataset", "group", "teacher", "student", "label", "n", "best_mean", "best_std",
-                                 "last_mean", "last_std", "delta_vs_baseline", "not_ok"]
+    assert list(csv.columns) == [
+        "dataset",
+        "group",
+        "teacher",
+        "student",
+        "label",
+        "n",
+        "best_mean",
+        "best_std",
+        "last_mean",
+        "last_std",
+        "delta_vs_baseline",
+        "not_ok",
+    ]
     assert "published" not in tex
 
 

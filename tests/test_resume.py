@@ -14,15 +14,33 @@ import torch
 from conftest import ROOT
 
 ARGS = [
-    "base", "--data_name", "digits", "--net_name", "resnet8", "--epochs", "5", "--batch_size", "32",
-    "--lr", "0.05", "--threads", "1", "--cuda", "0", "--seed", "7",
+    "base",
+    "--data_name",
+    "digits",
+    "--net_name",
+    "resnet8",
+    "--epochs",
+    "5",
+    "--batch_size",
+    "32",
+    "--lr",
+    "0.05",
+    "--threads",
+    "1",
+    "--cuda",
+    "0",
+    "--seed",
+    "7",
 ]
 
 
 def start(save_root, note):
     return subprocess.Popen(
         [sys.executable, "-m", "kdpipe", *ARGS, "--save_root", str(save_root), "--note", note],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

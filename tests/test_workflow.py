@@ -45,7 +45,10 @@ def test_params_slice_has_only_what_the_rule_reads():
         ({"train": {"lr": "fast"}}, "config train.lr: 'fast' is not of type 'number'"),
         ({"train": {"epoch": 3}}, "'epoch' was unexpected"),
         ({"datasets": ["mnist"]}, "unknown dataset 'mnist'"),
-        ({"pairs": [{"teacher": "resnet111", "student": "resnet20"}]}, "config pairs.0.teacher: unknown network 'resnet111'"),
+        (
+            {"pairs": [{"teacher": "resnet111", "student": "resnet20"}]},
+            "config pairs.0.teacher: unknown network 'resnet111'",
+        ),
         ({"seeds": [0, 0]}, "repeats a seed"),
         ({"data": {"val_size": -0.1}}, "config data.val_size"),
         ({"resources": {"cuda": 2}}, "config resources.cuda"),
@@ -76,30 +79,37 @@ def test_default_dag_dry_run(tmp_path):
 @pytest.mark.slow
 def test_tiny_real_snakemake_run(tmp_path):
     (tmp_path / "c.yaml").write_text(
-        "seeds: [0, 1]\npairs: [{teacher: resnet14, student: resnet8}]\n"
-        "train: {epochs: 2, batch_size: 64, lr: 0.05}\n"
+        "seeds: [0, 1]\npairs: [{teacher: resnet14, student: resnet8}]\ntrain: {epochs: 2, batch_size: 64, lr: 0.05}\n"
     )
     out = snakemake("results/summary.csv", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
     assert len(rows) == 4
     assert {(r["student"], r["role"], r["seed"]) for r in rows} == {
-        ("resnet14", "teacher", "0"), ("resnet14", "teacher", "1"), ("resnet8", "student", "0"), ("resnet8", "student", "1")
+        ("resnet14", "teacher", "0"),
+        ("resnet14", "teacher", "1"),
+        ("resnet8", "student", "0"),
+        ("resnet8", "student", "1"),
     }
     for row in rows:
         assert row["method"] == "baseline" and row["dataset"] == "digits" and row["epochs"] == "2"
         assert float(row["test_acc_at_best"]) > 10 and float(row["mean_epoch_s"]) > 0
     for net in ("resnet14", "resnet8"):
-        assert (tmp_path / "results" / "logs" / "digits" / "base" / net / "seed0.log").read_text().count("test acc") == 2
+        assert (tmp_path / "results" / "logs" / "digits" / "base" / net / "seed0.log").read_text().count(
+            "test acc"
+        ) == 2
     # nothing to do on a second invocation
-    again = snakemake("results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    again = snakemake(
+        "results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
     # a changed training setting re-runs the training jobs and the summary
     (tmp_path / "c.yaml").write_text(
-        "seeds: [0, 1]\npairs: [{teacher: resnet14, student: resnet8}]\n"
-        "train: {epochs: 2, batch_size: 64, lr: 0.04}\n"
+        "seeds: [0, 1]\npairs: [{teacher: resnet14, student: resnet8}]\ntrain: {epochs: 2, batch_size: 64, lr: 0.04}\n"
     )
-    changed = snakemake("results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    changed = snakemake(
+        "results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path
+    )
     assert job_counts(changed.stdout + changed.stderr)["train_base"] == 4
 
 
@@ -172,7 +182,11 @@ kd:
     assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
     assert sorted((r["method"], r["variant"]) for r in rows) == [
-        ("at", ""), ("baseline", ""), ("fsp", ""), ("rkd", "+st"), ("st", "")
+        ("at", ""),
+        ("baseline", ""),
+        ("fsp", ""),
+        ("rkd", "+st"),
+        ("st", ""),
     ]
     assert plan() == {}
     # one mode's lambda: only that mode's students and the summary
@@ -241,8 +255,15 @@ def test_default_dag_has_every_entry_point(tmp_path):
     for prefix in ("base/", "kd-", "/ft/", "/crd/", "/dml/", "/bss/"):
         assert any(prefix in r for r in runs), prefix
     assert sum("/bss/" in r for r in runs) >= 2
-    out = snakemake("results/summary.csv", "-n", "--cores", "2", "--configfile", str(ROOT / "config" / "config.yaml"),
-                    workdir=tmp_path)
+    out = snakemake(
+        "results/summary.csv",
+        "-n",
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "config" / "config.yaml"),
+        workdir=tmp_path,
+    )
     counts = job_counts(out.stdout)
     assert counts["ft_paraphraser"] == 1 and counts["train_ft"] == 1 and counts["train_crd"] == 1
     assert counts["train_dml"] == 1 and counts["train_bss"] >= 2
@@ -263,8 +284,14 @@ def test_default_dag_has_every_entry_point(tmp_path):
 def test_cache_decision(setting, epochs, modes, expected, reason):
     from kdpipe.workflow import cache_decision
 
-    config = load_config({"pairs": [{"teacher": "resnet20", "student": "resnet8"}], "teacher_cache": setting,
-                          "train": {"epochs": epochs}, "kd": {"modes": modes}})
+    config = load_config(
+        {
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "teacher_cache": setting,
+            "train": {"epochs": epochs},
+            "kd": {"modes": modes},
+        }
+    )
     use, why = cache_decision(config, "digits", "resnet20", 0)
     assert use is expected and reason in why
 
@@ -274,8 +301,14 @@ def test_cache_off_for_too_many_views(monkeypatch):
     from kdpipe.workflow import cache_decision
 
     monkeypatch.setattr(cache, "MAX_CACHE_VIEWS", 100)
-    config = load_config({"datasets": ["cifar10"], "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
-                          "teacher_cache": "on", "kd": {"modes": ["st"]}})
+    config = load_config(
+        {
+            "datasets": ["cifar10"],
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "teacher_cache": "on",
+            "kd": {"modes": ["st"]},
+        }
+    )
     use, why = cache_decision(config, "cifar10", "resnet20", 0)
     assert not use and "162 views per image exceed the 100" in why
 
@@ -298,9 +331,15 @@ report: {steps_per_period: 2}
     out = snakemake("--cores", "2", *cfg, workdir=tmp_path)  # the default target: everything
     assert out.returncode == 0, out.stderr[-3000:]
     results = tmp_path / "results"
-    for path in ("tables/digits.md", "tables/digits.csv", "tables/digits.tex", "plots/digits/cost.png",
-                 "plots/digits/resnet8-resnet8/test_acc.png", "plots/digits/resnet8-resnet8/loss.png",
-                 "plots/digits/resnet8-resnet8/final.png"):
+    for path in (
+        "tables/digits.md",
+        "tables/digits.csv",
+        "tables/digits.tex",
+        "plots/digits/cost.png",
+        "plots/digits/resnet8-resnet8/test_acc.png",
+        "plots/digits/resnet8-resnet8/loss.png",
+        "plots/digits/resnet8-resnet8/final.png",
+    ):
         assert (results / path).stat().st_size > 0, path
     for png in results.glob("plots/**/*.png"):
         with Image.open(png) as image:
@@ -318,7 +357,36 @@ report: {steps_per_period: 2}
     (tmp_path / "c.yaml").write_text(config.replace("steps_per_period: 2", "steps_per_period: 3"))
     plan = snakemake("-n", "--cores", "1", *cfg, workdir=tmp_path)
     assert job_counts(plan.stdout) == {"race": 1, "all": 1}
-    (tmp_path / "c.yaml").write_text(config.replace("report: {steps_per_period: 2}",
-                                                    "report: {steps_per_period: 2, published: false}"))
+    (tmp_path / "c.yaml").write_text(
+        config.replace("report: {steps_per_period: 2}", "report: {steps_per_period: 2, published: false}")
+    )
     plan = snakemake("-n", "--cores", "1", *cfg, workdir=tmp_path)
     assert job_counts(plan.stdout) == {"tables": 1, "all": 1}
+
+
+def test_cache_off_for_large_image_folders(tmp_path):
+    from kdpipe.workflow import base_options, cache_decision
+
+    config = load_config(
+        {
+            "datasets": ["flowers"],
+            "imagefolders": {"flowers": {"path": str(tmp_path), "image_size": 64}},
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "teacher_cache": "on",
+            "kd": {"modes": ["st"]},
+        }
+    )
+    use, why = cache_decision(config, "flowers", "resnet20", 0)
+    assert not use and "578 views per image exceed the 512" in why
+    opts = base_options(config, "flowers", "resnet8", 0)
+    assert opts["data_name"] == f"imagefolder:{tmp_path}" and opts["image_size"] == 64
+    small = load_config(
+        {
+            "datasets": ["flowers"],
+            "imagefolders": {"flowers": str(tmp_path)},
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "teacher_cache": "on",
+            "kd": {"modes": ["st"]},
+        }
+    )
+    assert cache_decision(small, "flowers", "resnet20", 0)[0]  # 32 pixels: 162 views

@@ -33,8 +33,7 @@ def ab_loss(s: Tensor, t: Tensor, m: float) -> Tensor:
 class ABLoss(DistillLoss):
     name = "ab"
     paper = (
-        "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, "
-        "AAAI 2019"
+        "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, AAAI 2019"
     )
     defaults = {"lambda_kd": 10.0, "m": 2.0}
     teacher_taps = frozenset({"stages_pre"})

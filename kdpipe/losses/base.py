@@ -63,8 +63,9 @@ class Adapter(nn.Module):
     was inserted, for ``run.json``.
     """
 
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], where: str,
-                 pool_only: bool = False):
+    def __init__(
+        self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], where: str, pool_only: bool = False
+    ):
         super().__init__()
         cs, hs, ws = student_shape
         ct, ht, wt = teacher_shape
@@ -136,8 +137,9 @@ class DistillLoss(nn.Module):
         """Whether a teacher cache (logits and pooled embeddings per view) can replace the live teacher."""
         return cls.teacher_taps <= {"logits", "embedding"} and not cls.teacher_grad and not cls.input_grad
 
-    def adapter(self, key: str, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...],
-                pool_only: bool = False) -> Adapter | None:
+    def adapter(
+        self, key: str, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], pool_only: bool = False
+    ) -> Adapter | None:
         """Register (once) and return an adapter where the shapes differ; None where they match.
 
         ``pool_only``: only the spatial sizes need to agree (the method compares maps of

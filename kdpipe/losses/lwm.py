@@ -46,9 +46,7 @@ class LwMLoss(DistillLoss):
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         a_s, a_t = student.stages[1], teacher.stages[1]
         if not a_t.requires_grad or not a_s.requires_grad:
-            raise KdpipeError(
-                "kd_mode lwm: both forwards must run with autograd enabled and the input requiring grad"
-            )
+            raise KdpipeError("kd_mode lwm: both forwards must run with autograd enabled and the input requiring grad")
         # Teacher first, keeping its graph: the teacher taps may share a graph with the student's.
         (g_t,) = torch.autograd.grad(target_logit_sum(teacher.logits, batch.y), a_t, retain_graph=True)
         (g_s,) = torch.autograd.grad(target_logit_sum(student.logits, batch.y), a_s, create_graph=True)

@@ -40,5 +40,7 @@ def train_base(**kwargs) -> dict:
         "base",
         kwargs,
         SupervisedTask,
-        default_note=lambda o: f"base-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['net_name']}-seed{o['seed']}",
+        default_note=lambda o: (
+            f"base-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['net_name']}-seed{o['seed']}"
+        ),
     )

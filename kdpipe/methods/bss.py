@@ -66,8 +66,15 @@ class BoundarySampleTask(Task):
                 idx, valid = select_attack_samples(s_logits.detach(), t_logits, y, opts["attack_size"])
                 target = attack_classes(t_logits[idx], opts["attack_class"])
                 x_adv = boundary_attack(
-                    self.teacher, x[idx].float(), y[idx], target, steps=ATTACK_STEPS, step_size=ATTACK_STEP_SIZE,
-                    eps=ATTACK_EPS, lower=self.lower, upper=self.upper,
+                    self.teacher,
+                    x[idx].float(),
+                    y[idx],
+                    target,
+                    steps=ATTACK_STEPS,
+                    step_size=ATTACK_STEP_SIZE,
+                    eps=ATTACK_EPS,
+                    lower=self.lower,
+                    upper=self.upper,
                 )
                 with self.ctx.autocast():
                     s_adv = student(x_adv).logits.float()
@@ -81,15 +88,24 @@ class BoundarySampleTask(Task):
 
     def identity(self, role):
         o = self.ctx.opts
-        return {"method": "bss", "variant": "" if o["attack_size"] else "born-again", "teacher": o["t_name"],
-                "student": o["s_name"], "generation": self.generation}
+        return {
+            "method": "bss",
+            "variant": "" if o["attack_size"] else "born-again",
+            "teacher": o["t_name"],
+            "student": o["s_name"],
+            "generation": self.generation,
+        }
 
     def info(self):
         o = self.ctx.opts
         return {
             "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
-            "lambda_kd": o["lambda_kd"], "T": o["T"], "attack_size": o["attack_size"],
-            "attack_class": o["attack_class"], "attack_steps": ATTACK_STEPS, "attack_step_size": ATTACK_STEP_SIZE,
+            "lambda_kd": o["lambda_kd"],
+            "T": o["T"],
+            "attack_size": o["attack_size"],
+            "attack_class": o["attack_class"],
+            "attack_steps": ATTACK_STEPS,
+            "attack_step_size": ATTACK_STEP_SIZE,
             "generation": self.generation,
         }
 
@@ -100,7 +116,9 @@ def train_bss(**kwargs) -> dict:
         "bss",
         kwargs,
         BoundarySampleTask,
-        default_note=lambda o: f"bss-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}"
-        f"-gen{o['generation']}-seed{o['seed']}",
+        default_note=lambda o: (
+            f"bss-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}"
+            f"-gen{o['generation']}-seed{o['seed']}"
+        ),
         input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init")},
     )

@@ -38,8 +38,14 @@ class ContrastiveTask(Task):
         s_dim = TapShapes.probe(student, data.image_shape).embedding
         t_dim = TapShapes.probe(self.teacher, data.image_shape).embedding
         self.crd = CRDLoss(
-            s_dim, t_dim, n_data=len(data.train_y), feat_dim=opts["feat_dim"], nce_n=opts["nce_n"],
-            nce_t=opts["nce_t"], nce_mom=opts["nce_mom"], mode=opts["mode"],
+            s_dim,
+            t_dim,
+            n_data=len(data.train_y),
+            feat_dim=opts["feat_dim"],
+            nce_n=opts["nce_n"],
+            nce_t=opts["nce_t"],
+            nce_mom=opts["nce_mom"],
+            mode=opts["mode"],
         ).to(ctx.device)
         self.lambda_kd = opts["lambda_kd"] if opts["lambda_kd"] is not None else default_lambda(data.num_classes)
         self.st_weight, self.T = opts["st_weight"], opts["T"]
@@ -67,8 +73,13 @@ class ContrastiveTask(Task):
         return self.optimize(total, "student", "student", s_taps.logits, y)
 
     def identity(self, role):
-        return {"method": "crd", "variant": "+st" if self.st_weight > 0 else "", "teacher": self.ctx.opts["t_name"],
-                "student": self.ctx.opts["s_name"], "generation": None}
+        return {
+            "method": "crd",
+            "variant": "+st" if self.st_weight > 0 else "",
+            "teacher": self.ctx.opts["t_name"],
+            "student": self.ctx.opts["s_name"],
+            "generation": None,
+        }
 
     def info(self):
         o = self.ctx.opts
@@ -76,7 +87,10 @@ class ContrastiveTask(Task):
             "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": self.lambda_kd,
             "st_weight": self.st_weight,
-            "feat_dim": o["feat_dim"], "nce_n": o["nce_n"], "nce_t": o["nce_t"], "nce_mom": o["nce_mom"],
+            "feat_dim": o["feat_dim"],
+            "nce_n": o["nce_n"],
+            "nce_t": o["nce_t"],
+            "nce_mom": o["nce_mom"],
             "mode": o["mode"],
             "memory_rows": len(self.ctx.data.train_y),
             "teacher_source": "cache" if self.cache is not None else "live",
@@ -89,7 +103,8 @@ def train_crd(**kwargs) -> dict:
         "crd",
         kwargs,
         ContrastiveTask,
-        default_note=lambda o: f"crd-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}"
-        f"-seed{o['seed']}",
+        default_note=lambda o: (
+            f"crd-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}-seed{o['seed']}"
+        ),
         input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
     )

@@ -79,12 +79,20 @@ class ParaphraserTask(Task):
         return "paraphraser.pt"
 
     def identity(self, role):
-        return {"method": "ft-paraphraser", "variant": f"k={self.ctx.opts['k']}", "teacher": self.ctx.opts["t_name"],
-                "student": "", "generation": None}
+        return {
+            "method": "ft-paraphraser",
+            "variant": f"k={self.ctx.opts['k']}",
+            "teacher": self.ctx.opts["t_name"],
+            "student": "",
+            "generation": None,
+        }
 
     def info(self):
-        return {"k": self.ctx.opts["k"], "teacher_channels": self.channels,
-                "factor_channels": factor_channels(self.channels, self.ctx.opts["k"])}
+        return {
+            "k": self.ctx.opts["k"],
+            "teacher_channels": self.channels,
+            "factor_channels": factor_channels(self.channels, self.ctx.opts["k"]),
+        }
 
 
 def load_paraphraser(path, channels: int, k: float) -> Paraphraser:
@@ -136,8 +144,13 @@ class FactorTransferTask(Task):
         return self.optimize(total, "student", "student", s_taps.logits, y)
 
     def identity(self, role):
-        return {"method": "ft", "variant": "+st" if self.st_weight > 0 else "", "teacher": self.ctx.opts["t_name"],
-                "student": self.ctx.opts["s_name"], "generation": None}
+        return {
+            "method": "ft",
+            "variant": "+st" if self.st_weight > 0 else "",
+            "teacher": self.ctx.opts["t_name"],
+            "student": self.ctx.opts["s_name"],
+            "generation": None,
+        }
 
     def info(self):
         return {
@@ -170,12 +183,34 @@ def train_ft(**kwargs) -> dict:
     if not opts["paraphraser"]:
         run_dir = Path(opts["save_root"]) / note
         para_epochs = opts["para_epochs"] or max(1, round(0.15 * opts["epochs"]))
-        shared = {k: kwargs[k] for k in ("data_name", "img_root", "download", "val_size", "split_seed", "seed",
-                                         "batch_size", "momentum", "weight_decay", "cuda", "threads", "print_freq",
-                                         "train_subset") if k in kwargs}
+        shared = {
+            k: kwargs[k]
+            for k in (
+                "data_name",
+                "img_root",
+                "download",
+                "val_size",
+                "split_seed",
+                "seed",
+                "batch_size",
+                "momentum",
+                "weight_decay",
+                "cuda",
+                "threads",
+                "print_freq",
+                "train_subset",
+            )
+            if k in kwargs
+        }
         train_ft_paraphraser(
-            **shared, t_model=opts["t_model"], t_name=opts["t_name"], k=opts["k"], epochs=para_epochs,
-            lr=opts["para_lr"] or opts["lr"] / 10, save_root=str(run_dir), note="paraphraser",
+            **shared,
+            t_model=opts["t_model"],
+            t_name=opts["t_name"],
+            k=opts["k"],
+            epochs=para_epochs,
+            lr=opts["para_lr"] or opts["lr"] / 10,
+            save_root=str(run_dir),
+            note="paraphraser",
         )
         kwargs["paraphraser"] = str(run_dir / "paraphraser" / "paraphraser.pt")
     return run_entry(

@@ -23,8 +23,21 @@ from ..runner import run_entry
 from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
 
 # Mode settings: option name -> the settings key each loss reads.
-MODE_SETTINGS = ("T", "p", "w_dist", "w_angle", "m", "gamma", "P_order", "w_irg_vert", "w_irg_edge",
-                 "w_irg_tran", "sf", "init_var", "att_f")
+MODE_SETTINGS = (
+    "T",
+    "p",
+    "w_dist",
+    "w_angle",
+    "m",
+    "gamma",
+    "P_order",
+    "w_irg_vert",
+    "w_irg_edge",
+    "w_irg_tran",
+    "sf",
+    "init_var",
+    "att_f",
+)
 
 
 def init_phase_factor(epoch: int, init_epochs: int) -> float:
@@ -96,7 +109,9 @@ class DistillTask(Task):
         self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
         self.init_epochs = 0
         if loss_cls.two_stage:
-            self.init_epochs = opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
+            self.init_epochs = (
+                opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
+            )
             if self.init_epochs:
                 init_opt = make_optimizer(params, opts)
                 self.optimizers["init"] = init_opt

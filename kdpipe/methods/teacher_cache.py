@@ -32,7 +32,9 @@ def build_teacher_cache(**kwargs) -> dict:
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     device = select_device(opts["cuda"])
-    data = load_data(opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"])
+    data = load_data(
+        opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"], opts["image_size"]
+    )
     check_num_class(opts, data)
     if opts["train_subset"]:
         data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]
@@ -50,5 +52,13 @@ def build_teacher_cache(**kwargs) -> dict:
     teacher = frozen(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model").to(device))
     if device.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
-    return build_cache(teacher, opts["t_model"], data, out_dir, device, embeddings=opts["embeddings"],
-                       dtype=opts["cache_dtype"], batch_size=opts["batch_size"])
+    return build_cache(
+        teacher,
+        opts["t_model"],
+        data,
+        out_dir,
+        device,
+        embeddings=opts["embeddings"],
+        dtype=opts["cache_dtype"],
+        batch_size=opts["batch_size"],
+    )

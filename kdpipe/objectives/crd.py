@@ -82,8 +82,7 @@ class ContrastMemory(nn.Module):
     def __init__(self, feat_dim: int, n_data: int, nce_n: int, nce_t: float, nce_mom: float):
         super().__init__()
         if feat_dim < 1 or n_data < 1 or nce_n < 1:
-            raise KdpipeError(
-                f"crd memory: feat_dim, n_data and nce_n must be >= 1; got {feat_dim}, {n_data}, {nce_n}")
+            raise KdpipeError(f"crd memory: feat_dim, n_data and nce_n must be >= 1; got {feat_dim}, {n_data}, {nce_n}")
         if not nce_t > 0:
             raise KdpipeError(f"nce_t: got {nce_t!r}; must be > 0")
         if not 0.0 <= nce_mom <= 1.0:
@@ -97,8 +96,10 @@ class ContrastMemory(nn.Module):
         self.register_buffer("z_t", torch.tensor(-1.0))
 
     def extra_repr(self) -> str:
-        return (f"feat_dim={self.feat_dim}, n_data={self.n_data}, nce_n={self.nce_n}, "
-                f"nce_t={self.nce_t}, nce_mom={self.nce_mom}")
+        return (
+            f"feat_dim={self.feat_dim}, n_data={self.n_data}, nce_n={self.nce_n}, "
+            f"nce_t={self.nce_t}, nce_mom={self.nce_mom}"
+        )
 
     def sample(self, index: Tensor) -> Tensor:
         """(B, nce_n + 1) int64 contrast indices on the memory's device.
@@ -156,8 +157,17 @@ class CRDLoss(nn.Module):
     term, not multiplied by any weight.
     """
 
-    def __init__(self, s_dim: int, t_dim: int, n_data: int, feat_dim: int = 128, nce_n: int = 16384,
-                 nce_t: float = 0.1, nce_mom: float = 0.5, mode: str = "exact"):
+    def __init__(
+        self,
+        s_dim: int,
+        t_dim: int,
+        n_data: int,
+        feat_dim: int = 128,
+        nce_n: int = 16384,
+        nce_t: float = 0.1,
+        nce_mom: float = 0.5,
+        mode: str = "exact",
+    ):
         super().__init__()
         if mode not in MODES:
             raise KdpipeError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
@@ -169,8 +179,9 @@ class CRDLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
-    def forward(self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor | None = None,
-                dense: bool | None = None) -> Tensor:
+    def forward(
+        self, f_s: Tensor, f_t: Tensor, index: Tensor, contrast_idx: Tensor | None = None, dense: bool | None = None
+    ) -> Tensor:
         """CRD loss for one batch, then the momentum update of both banks.
 
         ``f_s`` (B, s_dim) student and ``f_t`` (B, t_dim) teacher embeddings (``f_t`` is
@@ -182,14 +193,16 @@ class CRDLoss(nn.Module):
         b = index.numel()
         if f_s.shape[0] != b or f_t.shape[0] != b:
             raise KdpipeError(
-                f"crd: batch sizes differ: f_s {tuple(f_s.shape)}, f_t {tuple(f_t.shape)}, index {tuple(index.shape)}")
+                f"crd: batch sizes differ: f_s {tuple(f_s.shape)}, f_t {tuple(f_t.shape)}, index {tuple(index.shape)}"
+            )
         v_s = self.embed_s(f_s)
         v_t = self.embed_t(f_t.detach())
         if contrast_idx is None:
             contrast_idx = mem.sample(index)
         elif tuple(contrast_idx.shape) != (b, mem.nce_n + 1):
             raise KdpipeError(
-                f"crd: contrast_idx must have shape {(b, mem.nce_n + 1)}; got {tuple(contrast_idx.shape)}")
+                f"crd: contrast_idx must have shape {(b, mem.nce_n + 1)}; got {tuple(contrast_idx.shape)}"
+            )
         contrast_idx = contrast_idx.to(device=mem.memory_s.device, dtype=torch.long)
         if dense is None:
             dense = mem._dense(contrast_idx)

@@ -84,7 +84,8 @@ class Paraphraser(nn.Module):
     """Convolutional autoencoder trained on the teacher's last-stage feature map (in_channels, H, W).
 
     encoder: Conv3x3(in->in) BN LeakyReLU(0.1), Conv3x3(in->f) BN LeakyReLU(0.1), Conv3x3(f->f) BN LeakyReLU(0.1)
-    decoder: ConvTranspose3x3(f->f) BN LeakyReLU(0.1), ConvTranspose3x3(f->in) BN LeakyReLU(0.1), ConvTranspose3x3(in->in)
+    decoder: ConvTranspose3x3(f->f) BN LeakyReLU(0.1), ConvTranspose3x3(f->in) BN LeakyReLU(0.1),
+             ConvTranspose3x3(in->in)
 
     Stride 1, padding 1 everywhere, so H, W are preserved; the decoder's last layer has no
     BN/activation (and has a bias) so it can reproduce any sign.  ``f = factor_channels(in_channels, k)``.
@@ -137,7 +138,9 @@ class Translator(nn.Module):
 def reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
     """Paraphraser training objective (Eq. 1): mean squared error over all elements (target detached)."""
     if reconstruction.shape != target.shape:
-        raise ValueError(f"shape mismatch: reconstruction {tuple(reconstruction.shape)} vs target {tuple(target.shape)}")
+        raise ValueError(
+            f"shape mismatch: reconstruction {tuple(reconstruction.shape)} vs target {tuple(target.shape)}"
+        )
     return F.mse_loss(reconstruction, target.detach())
 
 

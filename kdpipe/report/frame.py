@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
-NUMERIC = ["seed", "epochs", "params", "best_val_acc", "test_acc_at_best", "last_test_acc", "train_time_s",
-           "mean_epoch_s", "cost_vs_baseline"]
+NUMERIC = [
+    "seed",
+    "epochs",
+    "params",
+    "best_val_acc",
+    "test_acc_at_best",
+    "last_test_acc",
+    "train_time_s",
+    "mean_epoch_s",
+    "cost_vs_baseline",
+]
 
 
 def load_summary(path: str | Path) -> pd.DataFrame:
@@ -70,8 +79,16 @@ def load_curves(frame: pd.DataFrame) -> pd.DataFrame:
     for _, row in frame[frame["status"] == "ok"].iterrows():
         metrics = pd.read_csv(Path(row["run_dir"]) / "metrics.csv")
         metrics = metrics[metrics["role"] == _metrics_role(row)]
-        parts.append(metrics.assign(dataset=row["dataset"], label=row["label"], group=row["group"], net=row["net"],
-                                    seed=row["seed"], method=row["method"]))
+        parts.append(
+            metrics.assign(
+                dataset=row["dataset"],
+                label=row["label"],
+                group=row["group"],
+                net=row["net"],
+                seed=row["seed"],
+                method=row["method"],
+            )
+        )
     if not parts:
         return pd.DataFrame(columns=["dataset", "label", "group", "net", "seed", "epoch", "test_acc", "train_loss"])
     return pd.concat(parts, ignore_index=True)

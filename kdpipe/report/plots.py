@@ -196,8 +196,9 @@ def _percent_axis(axis) -> None:
 # ---------------------------------------------------------------- figures
 
 
-def plot_curves(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, out_png,
-                metric: str = "test_acc") -> Path:
+def plot_curves(
+    curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, out_png, metric: str = "test_acc"
+) -> Path:
     """One line per method label of ``group``: ``metric`` per epoch, mean over seeds, ±std band."""
     return _plot_metric(curves, frame, dataset, group, out_png, metric)
 
@@ -240,8 +241,9 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
                 lower = s["mean"] - std
                 if is_loss:
                     lower = lower.where(lower > 0, s["mean"] * 0.5)
-                ax.fill_between(s["epoch"], lower, s["mean"] + std, color=style["color"], alpha=0.15,
-                                linewidth=0, zorder=1)
+                ax.fill_between(
+                    s["epoch"], lower, s["mean"] + std, color=style["color"], alpha=0.15, linewidth=0, zorder=1
+                )
             finals.append(s["mean"].iloc[-1])
             highs.append((s["mean"] + s["std"].fillna(0.0)).max())
         epochs = stats["epoch"]
@@ -256,8 +258,15 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_ylabel(f"{name} (log scale)")
-            fig.text(0.5, -0.02, "each method's loss is its own total training objective; levels are not comparable "
-                     "across methods", ha="center", va="top", fontsize=9, color="0.35")
+            fig.text(
+                0.5,
+                -0.02,
+                "each method's loss is its own total training objective; levels are not comparable across methods",
+                ha="center",
+                va="top",
+                fontsize=9,
+                color="0.35",
+            )
             ax.set_title(title, loc="left")
         else:
             is_acc = metric.endswith("acc")
@@ -276,8 +285,7 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
             overview.set_ylabel(f"{name}{unit}")
             _percent_axis(overview.yaxis)
             fig.suptitle(title, x=0.07, ha="left", y=1.0, fontsize=STYLE["axes.titlesize"])
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="method",
-                  alignment="left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="method", alignment="left")
         return _save(fig, out_png)
 
 
@@ -301,9 +309,15 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
         fig, ax = _figure(8.0, 1.2 + 0.42 * len(stats))
         y = np.arange(len(stats))
         bar_colors = [colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in stats.index]
-        ax.barh(y, stats["mean"], height=0.7, color=bar_colors, alpha=0.9,
-                xerr=std.where(stats["count"] > 1) if multi else None,
-                error_kw={"ecolor": "0.2", "capsize": 3, "linewidth": 1})
+        ax.barh(
+            y,
+            stats["mean"],
+            height=0.7,
+            color=bar_colors,
+            alpha=0.9,
+            xerr=std.where(stats["count"] > 1) if multi else None,
+            error_kw={"ecolor": "0.2", "capsize": 3, "linewidth": 1},
+        )
         ax.set_yticks(y, stats.index)
         ax.grid(False, axis="y")
         for yi, (label, row) in zip(y, stats.iterrows()):
@@ -315,8 +329,7 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
         if "baseline" in stats.index:
             base = stats.loc["baseline", "mean"]
             ax.axvline(base, color="black", linestyle=(0, (4, 3)), linewidth=1.2, zorder=5)
-            ax.text(base, len(stats) - 0.5, f" baseline {base:.2f}", ha="left", va="bottom", fontsize=9,
-                    color="0.2")
+            ax.text(base, len(stats) - 0.5, f" baseline {base:.2f}", ha="left", va="bottom", fontsize=9, color="0.2")
         ax.set_xlim(lo, hi + 0.28 * span)
         ax.set_ylim(-0.6, len(stats) + 0.15)
         ax.set_xticks([t for t in ax.get_xticks() if lo - 1e-9 <= t <= 100.0 + 1e-9])
@@ -324,8 +337,17 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
         ax.set_xlabel("test accuracy at the best validation epoch (%)" + (", mean ± std over seeds" if multi else ""))
         ax.set_title(title, loc="left")
         if missing:
-            ax.annotate("no finished run: " + ", ".join(missing), xy=(0, 0), xycoords="axes fraction",
-                        xytext=(0, -46), textcoords="offset points", ha="left", va="top", fontsize=9, color="0.35")
+            ax.annotate(
+                "no finished run: " + ", ".join(missing),
+                xy=(0, 0),
+                xycoords="axes fraction",
+                xytext=(0, -46),
+                textcoords="offset points",
+                ha="left",
+                va="top",
+                fontsize=9,
+                color="0.35",
+            )
         return _save(fig, out_png)
 
 
@@ -340,9 +362,11 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
     rows = rows[rows["test_acc_at_best"].notna() & rows["cost_vs_baseline"].notna()]
     if rows.empty:
         return placeholder(out_png, f"{dataset}: accuracy vs training cost", "no finished run with a cost yet")
-    points = (rows.groupby(["group", "label", "net"], sort=False)
-              .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"))
-              .reset_index())
+    points = (
+        rows.groupby(["group", "label", "net"], sort=False)
+        .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"))
+        .reset_index()
+    )
     colors = label_colors(frame, dataset)
     group_names = [g for g in dict.fromkeys(points["group"]) if g]
     markers = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(group_names)}
@@ -358,22 +382,40 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
             if part.empty:
                 continue
             marker = markers.get(group, BASE_MARKER)
-            ax.scatter(part["cost"], part["acc"], marker=marker, s=150 if marker == BASE_MARKER else 60,
-                       c=[colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in part["label"]],
-                       edgecolors="white", linewidths=0.6, zorder=3,
-                       label=("base runs" if not group else group.replace("-", " → ")))
+            ax.scatter(
+                part["cost"],
+                part["acc"],
+                marker=marker,
+                s=150 if marker == BASE_MARKER else 60,
+                c=[colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in part["label"]],
+                edgecolors="white",
+                linewidths=0.6,
+                zorder=3,
+                label=("base runs" if not group else group.replace("-", " → ")),
+            )
             for _, p in part.iterrows():
                 text = f"{p['label']} ({p['net']})" if not group else p["label"]
-                texts.append(ax.annotate(text, (p["cost"], p["acc"]), xytext=(7, 4), textcoords="offset points",
-                                         fontsize=9.5, ha="left", va="bottom", zorder=4,
-                                         arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6,
-                                                     "shrinkA": 0, "shrinkB": 4}))
+                texts.append(
+                    ax.annotate(
+                        text,
+                        (p["cost"], p["acc"]),
+                        xytext=(7, 4),
+                        textcoords="offset points",
+                        fontsize=9.5,
+                        ha="left",
+                        va="bottom",
+                        zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4},
+                    )
+                )
                 anchors.append((p["cost"], p["acc"]))
         if cmax / max(cmin, 1e-12) > 10:
             ax.set_xscale("log")
         pad = 0.08 * (cmax - cmin) if cmax > cmin else 0.1 * cmax
-        ax.set_xlim(max(cmin - pad, 0.0) if ax.get_xscale() == "linear" else cmin / 1.3, cmax + 3 * pad
-                    if ax.get_xscale() == "linear" else cmax * 1.8)
+        ax.set_xlim(
+            max(cmin - pad, 0.0) if ax.get_xscale() == "linear" else cmin / 1.3,
+            cmax + 3 * pad if ax.get_xscale() == "linear" else cmax * 1.8,
+        )
         ax.set_ylim(lo, hi)
         _percent_axis(ax.yaxis)
         ax.set_xlabel("training cost: mean epoch time relative to the baseline of the same network (×)")

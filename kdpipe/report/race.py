@@ -45,7 +45,7 @@ def race_frame(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: s
     wide = data.pivot_table(index="epoch", columns=["label", "seed"], values="test_acc", aggfunc="mean")
     wide = wide.sort_index().ffill()
     race = wide.T.groupby(level="label").mean().T
-    order = (race.iloc[-1].sort_values(ascending=False, kind="stable").index.tolist())
+    order = race.iloc[-1].sort_values(ascending=False, kind="stable").index.tolist()
     race = race[order].fillna(0.0)
     race.index.name = "epoch"
     race.columns.name = None
@@ -77,9 +77,17 @@ def race_window(race_df: pd.DataFrame) -> tuple[float, float]:
     return lo, hi
 
 
-def render_race(race_df: pd.DataFrame, out_gif, title: str, steps_per_period: int = 4,
-                period_length_ms: int = 500, dpi: int = 80, colors: dict | None = None,
-                hold_periods: int = 2, subtitle: str = "test accuracy (%), mean over seeds") -> int:
+def render_race(
+    race_df: pd.DataFrame,
+    out_gif,
+    title: str,
+    steps_per_period: int = 4,
+    period_length_ms: int = 500,
+    dpi: int = 80,
+    colors: dict | None = None,
+    hold_periods: int = 2,
+    subtitle: str = "test accuracy (%), mean over seeds",
+) -> int:
     """Write an animated GIF of ``race_df`` (rows = epochs, columns = methods); returns its frame count.
 
     Bars are sorted by value (best on top) and labelled with the method name and ``'{x:.1f}%'``;
@@ -159,8 +167,9 @@ def render_race(race_df: pd.DataFrame, out_gif, title: str, steps_per_period: in
     from matplotlib.lines import Line2D
 
     axes_width = 0.97 - left
-    progress_line = Line2D([left, left], [top, top], transform=fig.transFigure, color="0.45", linewidth=2.5,
-                           solid_capstyle="butt")
+    progress_line = Line2D(
+        [left, left], [top, top], transform=fig.transFigure, color="0.45", linewidth=2.5, solid_capstyle="butt"
+    )
     fig.add_artist(progress_line)
 
     def value_labels(values, ranks):
@@ -182,19 +191,40 @@ def render_race(race_df: pd.DataFrame, out_gif, title: str, steps_per_period: in
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # 0.1.0 calls fillna(method=...) (deprecated in pandas 2)
                 bcr.bar_chart_race(
-                    plotted, filename=str(tmp), orientation="h", sort="desc", fixed_order=False, fixed_max=True,
-                    steps_per_period=steps_per_period, period_length=period_length_ms, interpolate_period=False,
-                    label_bars=False, bar_size=0.8,
-                    period_label={"x": 1.0, "y": 1.015, "ha": "right", "va": "bottom", "size": 15, "weight": "bold",
-                                  "color": "0.25"},
-                    period_fmt="epoch {x:.0f}", period_summary_func=value_labels, cmap=bar_colors,
-                    writer="pillow", fig=fig, bar_kwargs={"alpha": 0.9, "ec": "white"},
+                    plotted,
+                    filename=str(tmp),
+                    orientation="h",
+                    sort="desc",
+                    fixed_order=False,
+                    fixed_max=True,
+                    steps_per_period=steps_per_period,
+                    period_length=period_length_ms,
+                    interpolate_period=False,
+                    label_bars=False,
+                    bar_size=0.8,
+                    period_label={
+                        "x": 1.0,
+                        "y": 1.015,
+                        "ha": "right",
+                        "va": "bottom",
+                        "size": 15,
+                        "weight": "bold",
+                        "color": "0.25",
+                    },
+                    period_fmt="epoch {x:.0f}",
+                    period_summary_func=value_labels,
+                    cmap=bar_colors,
+                    writer="pillow",
+                    fig=fig,
+                    bar_kwargs={"alpha": 0.9, "ec": "white"},
                 )
         except TypeError as err:
             if "method" not in str(err):
                 raise
-            raise RuntimeError(f"bar_chart_race {getattr(bcr, '__version__', '')} does not work with pandas "
-                               f"{pd.__version__} (it calls fillna(method=...); install pandas<3): {err}") from err
+            raise RuntimeError(
+                f"bar_chart_race {getattr(bcr, '__version__', '')} does not work with pandas "
+                f"{pd.__version__} (it calls fillna(method=...); install pandas<3): {err}"
+            ) from err
         with Image.open(tmp) as image:
             frames = sum(1 for _ in ImageSequence.Iterator(image))
         os.replace(tmp, out)
@@ -204,8 +234,15 @@ def render_race(race_df: pd.DataFrame, out_gif, title: str, steps_per_period: in
     return frames
 
 
-def render_group_race(summary: str | Path, dataset: str, group: str, out_gif, steps_per_period: int = 4,
-                      period_length_ms: int = 500, dpi: int = 80) -> int:
+def render_group_race(
+    summary: str | Path,
+    dataset: str,
+    group: str,
+    out_gif,
+    steps_per_period: int = 4,
+    period_length_ms: int = 500,
+    dpi: int = 80,
+) -> int:
     """Summary CSV -> race GIF of one group, with the dataset's colours; returns the frame count."""
     from .frame import load_curves, load_summary
 
@@ -215,13 +252,21 @@ def render_group_race(summary: str | Path, dataset: str, group: str, out_gif, st
     race = race_frame(curves, frame, dataset, group)
     teacher, _, student = group.partition("-")
     title = f"{dataset}: {teacher} → {student}"
-    return render_race(race, out_gif, title, steps_per_period=steps_per_period, period_length_ms=period_length_ms,
-                       dpi=dpi, colors=label_colors(frame, dataset))
+    return render_race(
+        race,
+        out_gif,
+        title,
+        steps_per_period=steps_per_period,
+        period_length_ms=period_length_ms,
+        dpi=dpi,
+        colors=label_colors(frame, dataset),
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdpipe.report.race",
-                                     description="Render one group's test-accuracy bar-chart race as a GIF.")
+    parser = argparse.ArgumentParser(
+        prog="python -m kdpipe.report.race", description="Render one group's test-accuracy bar-chart race as a GIF."
+    )
     parser.add_argument("--summary", required=True, help="results/summary.csv")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--group", required=True, help="'<teacher>-<student>', e.g. resnet110-resnet20")
@@ -231,9 +276,15 @@ def main(argv=None) -> int:
     parser.add_argument("--dpi", type=int, default=80)
     args = parser.parse_args(argv)
     try:
-        frames = render_group_race(args.summary, args.dataset, args.group, args.out,
-                                   steps_per_period=args.steps_per_period, period_length_ms=args.period_ms,
-                                   dpi=args.dpi)
+        frames = render_group_race(
+            args.summary,
+            args.dataset,
+            args.group,
+            args.out,
+            steps_per_period=args.steps_per_period,
+            period_length_ms=args.period_ms,
+            dpi=args.dpi,
+        )
     except (ValueError, KeyError, OSError, RuntimeError) as err:
         print(f"race: {err}", file=sys.stderr)
         return 1

@@ -42,8 +42,9 @@ def is_cifar(dataset: str) -> bool:
     return str(dataset).lower() in CIFAR
 
 
-def published_for(reference: pd.DataFrame | None, dataset: str, method_label: str, teacher: str,
-                  student: str) -> list[tuple[str, float]]:
+def published_for(
+    reference: pd.DataFrame | None, dataset: str, method_label: str, teacher: str, student: str
+) -> list[tuple[str, float]]:
     """The published ``(source, top1)`` cells for one table cell, in the reference's order (KD-Zoo first).
 
     ``method_label`` is a row label of :func:`kdpipe.report.frame.method_label`; ``teacher`` and
@@ -75,8 +76,9 @@ def published_for(reference: pd.DataFrame | None, dataset: str, method_label: st
             return []
         else:
             role = "student"
-        rows = ref[(ref["method"] == name) & (ref["teacher"] == teacher) & (ref["student"] == student)
-                   & (ref["role"] == role)]
+        rows = ref[
+            (ref["method"] == name) & (ref["teacher"] == teacher) & (ref["student"] == student) & (ref["role"] == role)
+        ]
     return [(str(source), float(top1)) for source, top1 in zip(rows["source"], rows["top1"])]
 
 

@@ -25,8 +25,23 @@ MINUS = "\u2212"
 ARROW = "\u2192"
 DASH = "\u2014"
 
-CSV_COLUMNS = ["dataset", "group", "teacher", "student", "label", "n", "best_mean", "best_std", "last_mean",
-               "last_std", "delta_vs_baseline", "published", "published_source", "diff_vs_published", "not_ok"]
+CSV_COLUMNS = [
+    "dataset",
+    "group",
+    "teacher",
+    "student",
+    "label",
+    "n",
+    "best_mean",
+    "best_std",
+    "last_mean",
+    "last_std",
+    "delta_vs_baseline",
+    "published",
+    "published_source",
+    "diff_vs_published",
+    "not_ok",
+]
 
 
 # ----------------------------------------------------------------------------------------------- computing
@@ -47,8 +62,10 @@ def _cells(frame: pd.DataFrame, dataset: str) -> tuple[list[str], list[str], dic
             cells[(label, group)] = rows[rows["label"] == label]
     # first appearance in the summary (group_rows puts baselines after a group's runs)
     order = {label: i for i, label in enumerate(dict.fromkeys(frame["label"]))}
-    others = sorted((label for label in seen if label not in FIRST_LABELS),
-                    key=lambda label: (order.get(label, len(order)), seen.index(label)))
+    others = sorted(
+        (label for label in seen if label not in FIRST_LABELS),
+        key=lambda label: (order.get(label, len(order)), seen.index(label)),
+    )
     labels = [label for label in FIRST_LABELS if label in seen] + others
     return labels, pairs, cells
 
@@ -100,10 +117,14 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
         for stat in stats:
             data[(group, stat)] = columns[stat]
     index = pd.Index(labels, name="label")
-    columns = pd.MultiIndex.from_tuples(list(data), names=["group", "stat"]) if data else \
-        pd.MultiIndex.from_tuples([], names=["group", "stat"])
-    table = pd.DataFrame({key: pd.Series(values, index=index, dtype=_dtype(key[1]))
-                          for key, values in data.items()}, index=index)
+    columns = (
+        pd.MultiIndex.from_tuples(list(data), names=["group", "stat"])
+        if data
+        else pd.MultiIndex.from_tuples([], names=["group", "stat"])
+    )
+    table = pd.DataFrame(
+        {key: pd.Series(values, index=index, dtype=_dtype(key[1])) for key, values in data.items()}, index=index
+    )
     table.columns = columns
     return table
 
@@ -174,18 +195,30 @@ def _shown(table: pd.DataFrame, group: str) -> list[str]:
 def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dict) -> str:
     with_published = "published" in table.columns.get_level_values("stat")
     lines = [f"# {dataset}: test accuracy (%) by method", ""]
-    intro = ("Means \u00b1 sample standard deviations are over seeds (n = finished seeds); "
-             "'best-on-val' is the test accuracy of the checkpoint from the epoch with the highest validation "
-             "accuracy, 'last-epoch' that of the final epoch; \u0394 is the best-on-val mean minus the student "
-             "baseline's.")
+    intro = (
+        "Means \u00b1 sample standard deviations are over seeds (n = finished seeds); "
+        "'best-on-val' is the test accuracy of the checkpoint from the epoch with the highest validation "
+        "accuracy, 'last-epoch' that of the final epoch; \u0394 is the best-on-val mean minus the student "
+        "baseline's."
+    )
     if with_published:
-        sources = sorted({_short_source(table[g].at[label, "published_source"])
-                          for g in table.columns.get_level_values("group").unique() for label in _shown(table, g)
-                          if not _isnan(table[g].at[label, "published_source"])})
-        where = (f"the {' and '.join(sources)} README{'s' if len(sources) > 1 else ''}" if sources
-                 else "the KD-Zoo and RepDistiller READMEs (none reports these pairs)")
-        intro += (f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell); "
-                  "'ours \u2212 published' is our best-on-val mean minus it.")
+        sources = sorted(
+            {
+                _short_source(table[g].at[label, "published_source"])
+                for g in table.columns.get_level_values("group").unique()
+                for label in _shown(table, g)
+                if not _isnan(table[g].at[label, "published_source"])
+            }
+        )
+        where = (
+            f"the {' and '.join(sources)} README{'s' if len(sources) > 1 else ''}"
+            if sources
+            else "the KD-Zoo and RepDistiller READMEs (none reports these pairs)"
+        )
+        intro += (
+            f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell); "
+            "'ours \u2212 published' is our best-on-val mean minus it."
+        )
     lines += [intro, ""]
     pairs = list(table.columns.get_level_values("group").unique())
     if not pairs:
@@ -211,8 +244,11 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
             row = [label, best, last, delta, str(n)]
             if with_published:
                 published = cell.at[label, "published"]
-                row.append(DASH if _isnan(published)
-                           else f"{published:.2f} ({_short_source(cell.at[label, 'published_source'])})")
+                row.append(
+                    DASH
+                    if _isnan(published)
+                    else f"{published:.2f} ({_short_source(cell.at[label, 'published_source'])})"
+                )
                 row.append(_signed(cell.at[label, "diff"]) if n else DASH)
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
@@ -243,7 +279,7 @@ def _not_finished(frame: pd.DataFrame, dataset: str, cells: dict) -> list[str]:
 
 def _short_dir(run_dir: str) -> str:
     parts = Path(str(run_dir)).parts
-    return str(Path(*parts[parts.index("results"):])) if "results" in parts else str(run_dir)
+    return str(Path(*parts[parts.index("results") :])) if "results" in parts else str(run_dir)
 
 
 def _csv(table: pd.DataFrame, dataset: str) -> str:
@@ -253,28 +289,58 @@ def _csv(table: pd.DataFrame, dataset: str) -> str:
         teacher, _, student = group.partition("-")
         cell = table[group]
         for label in _shown(table, group):
-            record = {"dataset": dataset, "group": group, "teacher": teacher, "student": student, "label": label,
-                      "n": int(cell.at[label, "n"]), "best_mean": cell.at[label, "best"],
-                      "best_std": cell.at[label, "best_std"], "last_mean": cell.at[label, "last"],
-                      "last_std": cell.at[label, "last_std"], "delta_vs_baseline": cell.at[label, "delta"],
-                      "not_ok": int(cell.at[label, "not_ok"])}
+            record = {
+                "dataset": dataset,
+                "group": group,
+                "teacher": teacher,
+                "student": student,
+                "label": label,
+                "n": int(cell.at[label, "n"]),
+                "best_mean": cell.at[label, "best"],
+                "best_std": cell.at[label, "best_std"],
+                "last_mean": cell.at[label, "last"],
+                "last_std": cell.at[label, "last_std"],
+                "delta_vs_baseline": cell.at[label, "delta"],
+                "not_ok": int(cell.at[label, "not_ok"]),
+            }
             if with_published:
-                record.update(published=cell.at[label, "published"],
-                              published_source=cell.at[label, "published_source"],
-                              diff_vs_published=cell.at[label, "diff"])
+                record.update(
+                    published=cell.at[label, "published"],
+                    published_source=cell.at[label, "published_source"],
+                    diff_vs_published=cell.at[label, "diff"],
+                )
             records.append(record)
-    columns = [c for c in CSV_COLUMNS if with_published or c not in ("published", "published_source",
-                                                                       "diff_vs_published")]
+    columns = [
+        c for c in CSV_COLUMNS if with_published or c not in ("published", "published_source", "diff_vs_published")
+    ]
     out = pd.DataFrame(records, columns=columns)
-    for column in ("best_mean", "best_std", "last_mean", "last_std", "delta_vs_baseline", "published",
-                   "diff_vs_published"):
+    for column in (
+        "best_mean",
+        "best_std",
+        "last_mean",
+        "last_std",
+        "delta_vs_baseline",
+        "published",
+        "diff_vs_published",
+    ):
         if column in out:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype(float).round(4)
     return out.to_csv(index=False, lineterminator="\n")
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "+": "$+$"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "+": "$+$",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -303,8 +369,9 @@ def _latex(table: pd.DataFrame, dataset: str, cells: dict) -> str:
                 text += f" ({cell.at[label, 'published']:.2f})"
             texts.append(text)
         body.append(" & ".join([tex_escape(label)] + texts) + r" \\")
-    caption = (f"{tex_escape(dataset)}: test accuracy (\\%) of the best-on-val checkpoint, mean $\\pm$ sample "
-               "std over seeds")
+    caption = (
+        f"{tex_escape(dataset)}: test accuracy (\\%) of the best-on-val checkpoint, mean $\\pm$ sample std over seeds"
+    )
     if with_published:
         caption += "; published top-1 (KD-Zoo, else RepDistiller) in parentheses"
     if flagged:
@@ -331,8 +398,9 @@ def _latex(table: pd.DataFrame, dataset: str, cells: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(frame: pd.DataFrame, dataset: str, out_md, out_csv, out_tex,
-                 reference: pd.DataFrame | None = None) -> pd.DataFrame:
+def write_tables(
+    frame: pd.DataFrame, dataset: str, out_md, out_csv, out_tex, reference: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Write :func:`comparison_table` as markdown, tidy CSV and LaTeX (each atomically); returns the table.
 
     Published columns appear only for CIFAR datasets and only when ``reference``
