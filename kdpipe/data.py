@@ -364,7 +364,9 @@ def load_data(
     download: bool = False,
     split_seed: int = 0,
     image_size: int | None = None,
+    train_subset: int | None = None,
 ) -> ImageData:
+    """Load a dataset with its fixed train/val/test split; ``train_subset`` keeps the first N training images."""
     check_data_name(data_name)
     if image_size is not None and not data_name.startswith("imagefolder:"):
         raise KdpipeError(f"image_size: applies to imagefolder datasets only; {data_name} has a fixed size")
@@ -384,4 +386,6 @@ def load_data(
         val_x, val_y = train_x[:0], train_y[:0]
     if mean is None:
         mean, std = channel_stats(train_x)
+    if train_subset:
+        train_x, train_y = train_x[:train_subset], train_y[:train_subset]
     return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes)

@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .checkpoint import atomic_save, atomic_write_json, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
-from .engine import Context, Task, fit
+from .engine import Context, Task, fit, seed_everything
 from .errors import KdpipeError
 from .options import RESUME_NEUTRAL, resolve
 
@@ -95,6 +95,19 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
 
+def load_options_data(opts: dict) -> ImageData:
+    """The dataset the resolved options name (split, image size and training subset applied)."""
+    return load_data(
+        opts["data_name"],
+        opts["img_root"],
+        opts["val_size"],
+        opts["download"],
+        opts["split_seed"],
+        opts["image_size"],
+        opts["train_subset"],
+    )
+
+
 def check_num_class(opts: dict, data: ImageData | None = None) -> None:
     known = data.num_classes if data is not None else num_classes_of(opts["data_name"])
     if known is not None and opts["num_class"] is not None and opts["num_class"] != known:
@@ -140,15 +153,9 @@ def run_entry(
 
     wall0 = time.perf_counter()
     device = select_device(opts["cuda"])
-    data = load_data(
-        opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"], opts["image_size"]
-    )
+    data = load_options_data(opts)
     check_num_class(opts, data)
-    if opts["train_subset"]:
-        data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]
     ctx = Context(opts, data, device, run_dir)
-    from .engine import seed_everything
-
     seed_everything(opts["seed"])
     task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The Snakemake side of kdpipe, kept in the package so it is importable and testable.
 
-* :func:`load_config` validates a workflow config against ``config/schema.yaml``
+* :func:`load_config` validates a workflow config against ``kdpipe/config.schema.yaml``
   (JSON schema, defaults filled in) plus the checks a schema cannot express.
 * :func:`base_runs`, :func:`run_targets` enumerate the DAG's run directories.
 * :func:`base_options` builds the slice of config one rule needs (its ``params:``),

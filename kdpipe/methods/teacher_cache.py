@@ -10,9 +10,9 @@ import torch
 
 from ..cache import build_cache, data_fingerprint
 from ..checkpoint import sha256_file
-from ..data import check_data_name, load_data
+from ..data import check_data_name
 from ..options import resolve
-from ..runner import check_num_class, select_device
+from ..runner import check_num_class, load_options_data, select_device
 from .common import frozen, load_network
 
 log = logging.getLogger("kdpipe")
@@ -32,12 +32,8 @@ def build_teacher_cache(**kwargs) -> dict:
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     device = select_device(opts["cuda"])
-    data = load_data(
-        opts["data_name"], opts["img_root"], opts["val_size"], opts["download"], opts["split_seed"], opts["image_size"]
-    )
+    data = load_options_data(opts)
     check_num_class(opts, data)
-    if opts["train_subset"]:
-        data.train_x, data.train_y = data.train_x[: opts["train_subset"]], data.train_y[: opts["train_subset"]]
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
