@@ -1,6 +1,7 @@
 import logging
 import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,33 @@ sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 logging.getLogger("kdpipe").setLevel(logging.INFO)
+
+
+def cli(*args, timeout=300):
+    """``python -m kdpipe <args>`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "kdpipe", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tiny_cli_flags(save_root, note: str = "cli") -> list[str]:
+    """Flags of a CLI run that trains one epoch on 48 digits images on the CPU."""
+    return [
+        "--data_name",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--train_subset",
+        "48",
+        "--save_root",
+        str(save_root),
+        "--note",
+        note,
+        "--cuda",
+        "0",
+    ]
 
 
 def write_cifar(root: Path, name: str = "cifar10", n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict:

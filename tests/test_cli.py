@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import kdpipe
-from conftest import ROOT
+from conftest import cli
 from kdpipe.errors import KdpipeError
 
 SEED_FIG2_FLAGS = [
@@ -25,12 +23,6 @@ SEED_FIG2_FLAGS = [
     "--data_name",
     "--net_name",
 ]
-
-
-def cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "kdpipe", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_help_lists_seed_flags():

@@ -3,14 +3,12 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import kdpipe
-from conftest import ROOT
+from conftest import cli, tiny_cli_flags
 from kdpipe.checkpoint import sha256_file
 from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES
@@ -241,7 +239,9 @@ def test_teacher_with_other_class_count_is_refused(tmp_path):
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_cli_kd(tmp_path, teacher, mode):
-    args = [
+    out = cli(
+        "kd",
+        *tiny_cli_flags(tmp_path),
         "--t_model",
         str(teacher),
         "--t_name",
@@ -250,25 +250,8 @@ def test_cli_kd(tmp_path, teacher, mode):
         "resnet8",
         "--kd_mode",
         mode,
-        "--data_name",
-        "digits",
-        "--epochs",
-        "1",
-        "--batch_size",
-        "16",
-        "--train_subset",
-        "48",
-        "--save_root",
-        str(tmp_path),
-        "--note",
-        "cli",
-        "--cuda",
-        "0",
         "--lambda_kd",
         "0.5",
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "kdpipe", "kd", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
     record = json.loads((tmp_path / "cli" / "run.json").read_text())
@@ -276,7 +259,7 @@ def test_cli_kd(tmp_path, teacher, mode):
 
 
 def test_cli_kd_help_lists_seed_flags():
-    out = subprocess.run([sys.executable, "-m", "kdpipe", "kd", "-h"], cwd=ROOT, capture_output=True, text=True)
+    out = cli("kd", "-h")
     for flag in (
         "--s_init",
         "--t_model",

@@ -3,15 +3,13 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import kdpipe
-from conftest import ROOT
+from conftest import cli, tiny_cli_flags
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.dml import mutual_kl
 
@@ -230,68 +228,15 @@ def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
     ],
 )
 def test_cli_entries(tmp_path, teacher, entry, args):
-    common = [
-        "--data_name",
-        "digits",
-        "--epochs",
-        "1",
-        "--batch_size",
-        "16",
-        "--train_subset",
-        "48",
-        "--save_root",
-        str(tmp_path),
-        "--note",
-        "cli",
-        "--cuda",
-        "0",
-        "--t_model",
-        str(teacher),
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "kdpipe", entry, *common, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    out = cli(entry, *tiny_cli_flags(tmp_path), "--t_model", str(teacher), *args)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["entry"] == entry
 
 
 def test_cli_dml_seed_flags(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kdpipe",
-            "dml",
-            "--data_name",
-            "digits",
-            "--net1_name",
-            "resnet8",
-            "--net2_name",
-            "resnet8",
-            "--lambda_kd",
-            "1",
-            "--epochs",
-            "1",
-            "--batch_size",
-            "16",
-            "--train_subset",
-            "48",
-            "--save_root",
-            str(tmp_path),
-            "--note",
-            "cli",
-            "--cuda",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = cli("dml", *tiny_cli_flags(tmp_path), "--net1_name", "resnet8", "--net2_name", "resnet8", "--lambda_kd", "1")
     assert out.returncode == 0, out.stderr
-    help_text = subprocess.run(
-        [sys.executable, "-m", "kdpipe", "dml", "-h"], cwd=ROOT, capture_output=True, text=True
-    ).stdout
+    help_text = cli("dml", "-h").stdout
     for flag in ("--net1_init", "--net2_init", "--net1_name", "--net2_name", "--lambda_kd"):
         assert flag in help_text
 
