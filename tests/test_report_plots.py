@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageSequence
 
+from kdpipe.engine import METRIC_COLUMNS
 from kdpipe.report import frame as F
 from kdpipe.report import plots, race
+from kdpipe.summary import SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 5
@@ -19,42 +21,6 @@ DATASET = "toy"
 PAIR = "tnet-snet"
 COHORT = "snet-snet"
 
-SUMMARY_COLUMNS = [
-    "dataset",
-    "method",
-    "variant",
-    "teacher",
-    "student",
-    "role",
-    "net",
-    "seed",
-    "generation",
-    "epochs",
-    "params",
-    "best_val_acc",
-    "test_acc_at_best",
-    "last_test_acc",
-    "train_time_s",
-    "mean_epoch_s",
-    "cost_vs_baseline",
-    "settings",
-    "status",
-    "note",
-    "run_dir",
-]
-METRIC_COLUMNS = [
-    "epoch",
-    "role",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "epoch_time_s",
-    "images_per_s",
-]
 
 # (method, teacher, student, role in the summary, net, seed, run dir, metrics role, start accuracy, epochs, cost)
 RUNS = [
