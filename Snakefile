@@ -5,8 +5,11 @@ import sys
 from kdpipe.errors import KdpipeError
 from kdpipe import workflow as kw
 
+# The embedded default applies only when no --configfile is given: a user's config means exactly
+# what it says plus the schema's defaults (the reference settings), never the demo's choices.
+if not workflow.overwrite_configfiles:
 
-configfile: "config/config.yaml"
+    configfile: "config/config.yaml"
 
 
 report: "rules/report/workflow.rst"

@@ -1,5 +1,6 @@
 import csv
 import re
+import shutil
 import subprocess
 import sys
 
@@ -74,6 +75,24 @@ def test_default_dag_dry_run(tmp_path):
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout + out.stderr)
     assert counts["train_base"] >= 2 and counts["summary"] == 1
+
+
+def test_user_config_does_not_inherit_the_embedded_default(tmp_path):
+    """--configfile means exactly that file plus the schema's defaults: none of the demo's extra
+    chains, cohorts or methods, and the demo applies only when no config file is given."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", tmp_path / "config" / "config.yaml")  # found by the Snakefile
+    (tmp_path / "c.yaml").write_text(
+        "datasets: [digits]\npairs: [{teacher: resnet20, student: resnet8}]\nbss: {pairs: true}\n"
+    )
+    out = snakemake("results/summary.csv", "-n", "--cores", "1", "--configfile", "c.yaml", workdir=tmp_path)
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts == {"train_base": 2, "train_bss": 1, "summary": 1}, counts
+    demo = snakemake("results/summary.csv", "-n", "--cores", "1", workdir=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    demo_counts = job_counts(demo.stdout + demo.stderr)
+    assert demo_counts["train_bss"] == 2 and demo_counts["train_dml"] == 1 and demo_counts["train_ft"] == 1
 
 
 @pytest.mark.slow
