@@ -204,9 +204,48 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
+# What a CIFAR batch may contain: plain containers, strings, bytes, numbers (built in by the
+# pickle opcodes themselves) and numpy arrays.  These are the only callables a pickle may name;
+# the numpy ones rebuild arrays and dtypes and nothing else.  ``numpy.core`` is numpy 1's name.
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that cannot run code: it resolves only the names in ``_PICKLE_ALLOWED``."""
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("numpy.core."):
+            module = "numpy._core." + module[len("numpy.core.") :]
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise _Refused(f"refused to load {module}.{name}: a dataset may hold only plain data and numpy arrays")
+        if module.startswith("numpy._core.") and not hasattr(np, "_core"):  # numpy 1
+            module = "numpy.core." + module[len("numpy._core.") :]
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")
+    """A CIFAR pickle, read so that a crafted file cannot execute code (one line names the file)."""
+    try:
+        with open(path, "rb") as fh:
+            entry = _DataUnpickler(fh, encoding="latin1").load()
+    except _Refused as exc:
+        raise KdpipeError(f"dataset file {path}: {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({exc})") from None
+    if not isinstance(entry, dict):
+        raise KdpipeError(f"dataset file {path}: expected a dict of arrays, got {type(entry).__name__}")
+    return entry
 
 
 def _cifar_arrays(batches: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
@@ -253,7 +292,7 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     try:
         train_x, train_y = _cifar_arrays([base / f for f in train_files], label_key)
         test_x, test_y = _cifar_arrays([base / f for f in test_files], label_key)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
+    except (KeyError, ValueError) as exc:
         raise KdpipeError(f"data_name {name}: unreadable CIFAR file under {base}: {exc!r}") from exc
     classes = [str(i) for i in range(num_classes)]
     if (base / meta_file).is_file():

@@ -30,6 +30,7 @@ class Option:
     exclusive_max: bool = False
     nullable: bool = False  # None is a valid value (meaning "automatic")
     item_type: type = int  # element type when ``type`` is list
+    validate: Callable[[Any], str | None] | None = None  # a further rule: the reason a value is refused
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -73,6 +74,9 @@ class Option:
                     raise KdpipeError(f"{label}: got {v!r}; must be {self.allowed()}")
                 if self.maximum is not None and (v > self.maximum or (self.exclusive_max and v == self.maximum)):
                     raise KdpipeError(f"{label}: got {v!r}; must be {self.allowed()}")
+        reason = self.validate(value) if self.validate is not None else None
+        if reason:
+            raise KdpipeError(f"{label}: got {value!r}; {reason}")
         return value
 
     def _convert(self, value: Any, label: str) -> Any:
@@ -139,11 +143,27 @@ def _nets() -> tuple:
     return tuple(MODELS)
 
 
+def _inside_save_root(note: str) -> str | None:
+    """A run directory name must stay under --save_root: relative, no '..', not empty."""
+    from pathlib import PurePath
+
+    parts = PurePath(note).parts
+    if not parts or PurePath(note).is_absolute() or ".." in parts or note.startswith("~"):
+        return "must be a relative path inside --save_root (no leading '/', '~' or '..' parts)"
+    return None
+
+
 # ---------------------------------------------------------------- the table
 
 COMMON = [
     Option("save_root", str, "results/runs", "parent directory of the run directory"),
-    Option("note", str, None, "run directory name under --save_root (default: derived from method, data, nets, seed)"),
+    Option(
+        "note",
+        str,
+        None,
+        "run directory name under --save_root (default: derived from method, data, nets, seed)",
+        validate=_inside_save_root,
+    ),
     Option("img_root", str, "data", "where CIFAR files live (torchvision layout)"),
     Option("download", bool, False, "download CIFAR into --img_root if it is missing"),
     Option("print_freq", int, 50, "log every N batches", minimum=1),

@@ -200,3 +200,80 @@ def test_imagefolder_image_size_sets_views(tmp_path):
     assert data.augmentation.pad == 8 and data.augmentation.num_views == 17 * 17 * 2 == 578
     with pytest.raises(KdpipeError, match="image_size: applies to imagefolder datasets only"):
         load_data("digits", image_size=64)
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled by plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": _RunsCode(marker), "labels": [0]}))
+    with pytest.raises(KdpipeError) as err:
+        load_data("cifar10", tmp_path, val_size=0)
+    message = str(err.value)
+    assert "data_batch_1" in message and "posix.system" in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_cifar_pickles_of_every_protocol_and_numpy1_names_load(tmp_path):
+    """Real CIFAR files are Python 2 pickles that name numpy.core.multiarray._reconstruct."""
+    import io
+    import pickle
+
+    from kdpipe.data import _read_pickle
+
+    data = np.arange(24, dtype=np.uint8).reshape(2, 12)
+    for protocol in (2, 4, 5):
+        raw = pickle.dumps({"data": data, "labels": [3, 4], "filenames": [b"a.png"]}, protocol=protocol)
+        if protocol == 2:
+            raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            assert b"numpy.core.multiarray" in raw
+        path = tmp_path / f"batch{protocol}"
+        path.write_bytes(raw)
+        entry = _read_pickle(path)
+        assert np.array_equal(entry["data"], data) and entry["labels"] == [3, 4]
+        assert pickle.load(io.BytesIO(raw))["labels"] == [3, 4]
+
+
+def test_cli_refuses_a_crafted_dataset_file_in_one_line(tmp_path):
+    import pickle
+
+    from conftest import cli, tiny_cli_flags
+
+    write_cifar(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").write_bytes(
+        pickle.dumps({"data": _RunsCode(marker), "labels": [0]})
+    )
+    flags = tiny_cli_flags(tmp_path / "runs")
+    flags[flags.index("digits")] = "cifar10"
+    out = cli("base", "--net_name", "resnet8", *flags, "--img_root", str(tmp_path / "data"), "--val_size", "0")
+    assert out.returncode != 0 and not marker.exists()
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "test_batch" in lines[0] and "refused" in lines[0]
+    assert not (tmp_path / "runs" / "cli").exists()
+
+
+@pytest.mark.parametrize("note", ["../outside", "/tmp/abs", "a/../../b", "~/x", "."])
+def test_note_cannot_leave_save_root(tmp_path, note):
+    from conftest import cli, tiny_cli_flags
+
+    flags = tiny_cli_flags(tmp_path / "runs", note=note)
+    out = cli("base", "--net_name", "resnet8", *flags)
+    assert out.returncode != 0
+    assert "note: got" in out.stderr and "inside --save_root" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "runs").exists()
