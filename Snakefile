@@ -22,6 +22,7 @@ except KdpipeError as exc:
 
 
 include: "rules/common.smk"
+include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/cache.smk"
 include: "rules/kd.smk"

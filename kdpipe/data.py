@@ -10,7 +10,9 @@ epoch's exact inputs can be replayed later (the teacher cache keys on them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -156,16 +158,45 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])
 
+    @functools.cached_property
+    def split_sha256(self) -> dict[str, str]:
+        """Content hash of each split: its images and labels, in order."""
+        splits = {
+            "train": (self.train_x, self.train_y),
+            "val": (self.val_x, self.val_y),
+            "test": (self.test_x, self.test_y),
+        }
+        return {name: tensor_sha256(x, y) for name, (x, y) in splits.items()}
+
+    @property
+    def sha256(self) -> str:
+        """The dataset's identity as runs see it: every split's content and the class names."""
+        digest = hashlib.sha256(json.dumps([self.split_sha256, list(self.classes)], sort_keys=True).encode())
+        return digest.hexdigest()
+
     def describe(self) -> dict:
+        """The data manifest: what ``run.json`` records and the workflow's data node writes."""
         return {
             "name": self.name,
+            "sha256": self.sha256,
+            "split_sha256": dict(self.split_sha256),
             "num_classes": self.num_classes,
+            "classes": list(self.classes),
             "image_shape": list(self.image_shape),
             "sizes": {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)},
             "mean": list(self.mean),
             "std": list(self.std),
             "augmentation": self.augmentation.describe(),
         }
+
+
+def tensor_sha256(*tensors: Tensor) -> str:
+    """sha256 over the dtype, shape and bytes of each tensor."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class Normalizer:
@@ -257,20 +288,32 @@ def _cifar_arrays(batches: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+# torchvision's python-pickle CIFAR layout: folder, training files, test files, label key,
+# meta file, its class-name key, class count.
+CIFAR_LAYOUT = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        "batches.meta",
+        "label_names",
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names", 100),
+}
+
+
+def cifar_files(name: str) -> list[str]:
+    """Paths under ``img_root`` of every file a CIFAR dataset is read from."""
+    folder, train_files, test_files, _, meta_file, _, _ = CIFAR_LAYOUT[name]
+    return [f"{folder}/{f}" for f in train_files + test_files + [meta_file]]
+
+
 def load_cifar(name: str, img_root: str | Path, download: bool = False):
     """torchvision's python-pickle CIFAR layout under ``img_root``."""
     root = Path(img_root)
-    if name == "cifar10":
-        folder, train_files, test_files, label_key = (
-            "cifar-10-batches-py",
-            [f"data_batch_{i}" for i in range(1, 6)],
-            ["test_batch"],
-            "labels",
-        )
-        meta_file, meta_key, num_classes = "batches.meta", "label_names", 10
-    else:
-        folder, train_files, test_files, label_key = "cifar-100-python", ["train"], ["test"], "fine_labels"
-        meta_file, meta_key, num_classes = "meta", "fine_label_names", 100
+    folder, train_files, test_files, label_key, meta_file, meta_key, num_classes = CIFAR_LAYOUT[name]
     base = root / folder
     missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing and download:

@@ -7,6 +7,8 @@ A run directory is complete when its ``run.json`` exists: it is written last, af
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -26,6 +28,19 @@ from .errors import KdpipeError
 from .options import RESUME_NEUTRAL, resolve
 
 log = logging.getLogger("kdpipe")
+
+# The workflow plan's identity of the run being trained (kdpipe.plan.RunId.record()), set by the
+# in-job glue around a rule's call; run.json stores it under "run".  None for CLI and API runs.
+_PLANNED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kdpipe_planned_identity", default=None)
+
+
+@contextlib.contextmanager
+def planned_identity(identity: dict | None):
+    token = _PLANNED.set(identity)
+    try:
+        yield
+    finally:
+        _PLANNED.reset(token)
 
 
 _GPU_LOCK = None  # open lock file of the GPU this process holds
@@ -114,6 +129,15 @@ def check_num_class(opts: dict, data: ImageData | None = None) -> None:
         raise KdpipeError(f"num_class: got {opts['num_class']}, but data_name {opts['data_name']} has {known} classes")
 
 
+def differing(stored: dict, current: dict) -> str:
+    """What differs between two fingerprints, for an error line: 'data (...)' or 'settings (lr, T)'."""
+    keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    if keys == ["data_sha256"]:
+        old, new = str(stored.get("data_sha256"))[:12], str(current["data_sha256"])[:12]
+        return f"data (dataset content sha256 {old}... there, {new}... now)"
+    return f"settings ({', '.join(keys)})"
+
+
 def run_entry(
     entry: str,
     kwargs: dict,
@@ -138,8 +162,12 @@ def run_entry(
         for name, path in input_files(opts).items()
         if path and Path(path).is_file()
     }
+    wall0 = time.perf_counter()
+    data = load_options_data(opts)
+    check_num_class(opts, data)
     fingerprint = {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
     fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
+    fingerprint["data_sha256"] = data.sha256  # the files' content, wherever --img_root points
 
     finished = run_dir / "run.json"
     if finished.is_file():
@@ -148,13 +176,11 @@ def run_entry(
             log.info("%s is already complete; nothing to do", run_dir)
             return record
         raise KdpipeError(
-            f"{run_dir} holds a finished run with other settings; choose another --note/--save_root or delete it"
+            f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
+            "choose another --note/--save_root or delete it"
         )
 
-    wall0 = time.perf_counter()
     device = select_device(opts["cuda"])
-    data = load_options_data(opts)
-    check_num_class(opts, data)
     ctx = Context(opts, data, device, run_dir)
     seed_everything(opts["seed"])
     task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
@@ -196,6 +222,7 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
         "kdpipe": __version__,
         "entry": entry,
         "method": task.method,
+        "run": _PLANNED.get(),
         "dataset": opts["data_name"],
         "seed": opts["seed"],
         "epochs": opts["epochs"],

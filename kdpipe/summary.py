@@ -1,8 +1,9 @@
 """One row per trained model, from the run directories of a workflow.
 
-A finished run directory holds ``run.json`` (see :mod:`kdpipe.runner`); a run that failed,
-was interrupted or never ran still gets a row -- with its ``status`` and, where the log
-says, why -- so nothing silently drops out of the tables.
+The plan's identity records (:mod:`kdpipe.plan`) say what each run is; a finished run directory
+holds ``run.json`` (see :mod:`kdpipe.runner`) with its numbers.  A run that failed, was
+interrupted or never ran still gets a row -- with its ``status`` and, where the log says, why --
+so nothing silently drops out of the tables, and it sits in the same group as a finished one.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import csv
 import io
 import json
 import math
-import re
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
+from .plan import RunId
 
 SUMMARY_COLUMNS = [
     "dataset",
@@ -26,6 +27,7 @@ SUMMARY_COLUMNS = [
     "net",
     "seed",
     "generation",
+    "group",
     "epochs",
     "params",
     "best_val_acc",
@@ -40,47 +42,11 @@ SUMMARY_COLUMNS = [
     "run_dir",
 ]
 
-_RUN_DIR = re.compile(
-    r"(?:^|/)(?P<dataset>[^/]+)/(?P<kind>[^/]+)/(?P<nets>[^/]+)/seed(?P<seed>\d+)(?:/gen(?P<gen>\d+))?/?$"
-)
-
 
 def _fmt(value, digits: int = 2):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return round(float(value), digits)
-
-
-def identity_from_path(run_dir: str | Path) -> dict:
-    """What a workflow run directory stands for, read from its path (for runs with no run.json)."""
-    m = _RUN_DIR.search(str(run_dir))
-    if not m:
-        raise ValueError(f"not a kdpipe run directory: {run_dir}")
-    kind, nets = m["kind"], m["nets"]
-    teacher, _, student = nets.partition("-")
-    identity = {
-        "dataset": m["dataset"],
-        "seed": int(m["seed"]),
-        "generation": int(m["gen"]) if m["gen"] else None,
-        "variant": "",
-        "teacher": teacher if student else "",
-        "student": student or nets,
-    }
-    if kind == "base":
-        identity.update(method="baseline", teacher="", student=nets)
-    elif kind.startswith("kd-"):
-        mode = kind[3:]
-        identity.update(method=mode.removesuffix("+st"), variant="+st" if mode.endswith("+st") else "")
-    elif kind.startswith("crd"):
-        identity.update(method="crd", variant="+st" if kind.endswith("+st") else "")
-    elif kind == "dml":
-        peers = nets.split("-")
-        identity.update(method="dml", teacher=peers[0], student="+".join(peers[1:]))
-    elif kind == "bss":
-        identity.update(method="bss", teacher=teacher or nets, student=student or nets)
-    else:
-        identity.update(method=kind)
-    return identity
 
 
 def run_status(run_dir: str | Path, log_path: str | Path | None = None) -> tuple[str, str]:
@@ -97,14 +63,6 @@ def run_status(run_dir: str | Path, log_path: str | Path | None = None) -> tuple
     if (run_dir / "checkpoint.pt").is_file():
         return "incomplete", "interrupted; running the workflow again resumes it"
     return "missing", "not run (yet)"
-
-
-def log_path_of(run_dir: str | Path) -> Path:
-    """results/<dataset>/<kind>/<nets>/seed<s>[/gen<g>] -> results/logs/<dataset>/<kind>/<nets>/seed<s>[/gen<g>].log"""
-    run_dir = Path(run_dir)
-    parts = run_dir.parts
-    root = parts.index("results") if "results" in parts else 0
-    return Path(*parts[: root + 1], "logs", *parts[root + 1 :]).with_suffix(".log")
 
 
 def _settings(record: dict) -> str:
@@ -126,57 +84,55 @@ def _settings(record: dict) -> str:
     return "; ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in pairs.items())
 
 
-def _role_net(record: dict, role: str, info: dict) -> str:
+def _role_net(run: RunId, record: dict, role: str) -> str:
     peers = record.get("info", {}).get("peers")
     if peers and role in peers:
         return peers[role]
-    return info["student"]
+    return run.student
 
 
-def summary_rows(run_dirs, teachers=(), dataset_names: dict | None = None) -> list[dict]:
+def _identity_columns(run: RunId, teachers) -> dict:
+    role = ""
+    if run.method == "baseline":
+        role = "teacher" if run.student in teachers else "student"
+    return {
+        "dataset": run.dataset,
+        "method": run.method,
+        "variant": run.variant,
+        "teacher": run.teacher,
+        "student": run.student,
+        "group": run.group,
+        "role": role,
+        "net": run.student,
+        "seed": run.seed,
+        "generation": "" if run.generation is None else run.generation,
+        "run_dir": run.run_dir,
+    }
+
+
+def summary_rows(runs, teachers=()) -> list[dict]:
     """Rows for every role of every finished run, and one row per run that is not finished.
 
-    Base runs carry role ``teacher`` when their network teaches in this config, else
-    ``student`` (a baseline).  ``dataset_names`` maps a run's ``data_name`` to the
-    workflow's dataset name (image folders are named in the config).
+    ``runs`` are the plan's identity records (:class:`~kdpipe.plan.RunId` or their dicts): they
+    alone say what a run is and where it is compared; ``run.json`` gives the numbers.  Base runs
+    carry role ``teacher`` when their network teaches in this config, else ``student``.
     """
-    dataset_names = dataset_names or {}
     rows = []
-    for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        if run_dir.name == "run.json":
-            run_dir = run_dir.parent
-        status, note = run_status(run_dir, log_path_of(run_dir))
+    for run in runs:
+        run = run if isinstance(run, RunId) else RunId.from_record(run)
+        status, note = run_status(run.run_dir, run.log)
         if status != "ok":
-            identity = identity_from_path(run_dir)
-            rows.append(
-                {
-                    **{c: "" for c in SUMMARY_COLUMNS},
-                    **identity,
-                    "net": identity["student"],
-                    "role": "teacher" if identity["method"] == "baseline" and identity["student"] in teachers else "",
-                    "generation": identity["generation"] or "",
-                    "status": status,
-                    "note": note,
-                    "run_dir": str(run_dir),
-                }
-            )
+            rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **_identity_columns(run, teachers), "status": status})
+            rows[-1]["note"] = note
             continue
-        record = json.loads((run_dir / "run.json").read_text())
+        record = json.loads((Path(run.run_dir) / "run.json").read_text())
         for role, info in record["roles"].items():
-            if info["method"] == "baseline":
-                role = "teacher" if info["student"] in teachers else "student"
+            row = _identity_columns(run, teachers)
+            if run.method != "baseline":
+                row.update(role=role, net=_role_net(run, record, role))
             rows.append(
                 {
-                    "dataset": dataset_names.get(record["dataset"], record["dataset"]),
-                    "method": info["method"],
-                    "variant": info["variant"],
-                    "teacher": info["teacher"],
-                    "student": info["student"],
-                    "role": role,
-                    "net": _role_net(record, role, info),
-                    "seed": record["seed"],
-                    "generation": "" if info["generation"] is None else info["generation"],
+                    **row,
                     "epochs": record["epochs"],
                     "params": info["params"],
                     "best_val_acc": _fmt(info["best_val_acc"]),
@@ -188,7 +144,6 @@ def summary_rows(run_dirs, teachers=(), dataset_names: dict | None = None) -> li
                     "settings": _settings(record),
                     "status": "ok",
                     "note": "",
-                    "run_dir": str(run_dir),
                 }
             )
     _add_costs(rows)
@@ -212,8 +167,8 @@ def _add_costs(rows: list[dict]) -> None:
             row["cost_vs_baseline"] = round(float(row["mean_epoch_s"]) / float(base), 3)
 
 
-def write_summary(run_dirs, out_path, teachers=(), dataset_names: dict | None = None) -> list[dict]:
-    rows = summary_rows(run_dirs, teachers, dataset_names)
+def write_summary(runs, out_path, teachers=()) -> list[dict]:
+    rows = summary_rows(runs, teachers)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()

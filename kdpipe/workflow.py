@@ -19,11 +19,25 @@ from pathlib import Path
 import yaml
 
 from .errors import KdpipeError
+from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
+    RESULTS,
+    base_nets,
+    bss_chains,
+    cohort_name,
+    crd_variants,
+    kd_variants,
+    pair_name,
+    plan,
+    run_dir,
+    runs_of,
+    split_variant,
+    teacher_seed,
+)
+from .runner import planned_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 BUILTIN_DATASETS = ("cifar10", "cifar100", "digits")
-RESULTS = "results"
 
 
 # ---------------------------------------------------------------- config
@@ -136,119 +150,36 @@ def image_size(config: dict, dataset: str) -> int | None:
 # ---------------------------------------------------------------- DAG nodes
 
 
-def run_dir(dataset: str, method: str, nets: str, seed: int) -> str:
-    return f"{RESULTS}/{dataset}/{method}/{nets}/seed{seed}"
-
-
-def base_nets(config: dict) -> list[str]:
-    """Networks trained from scratch: the listed baselines and every teacher and student of a pair."""
-    nets = list(config["base"]["nets"])
-    for pair in config["pairs"]:
-        nets += [pair["teacher"], pair["student"]]
-    for cohort in config["dml"]["cohorts"]:  # DML peers are compared with their baselines
-        nets += list(cohort)
-    nets += list(config["bss"]["nets"])  # generation 0 of a born-again chain
-    return list(dict.fromkeys(nets))
-
-
 def base_runs(config: dict) -> list[str]:
-    runs = [
-        run_dir(dataset, "base", net, seed)
-        for dataset in config["datasets"]
-        for net in base_nets(config)
-        for seed in config["seeds"]
-    ]
-    teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs
-        run_dir(dataset, "base", pair["teacher"], teacher_seed(config, seed))
-        for dataset in config["datasets"]
-        for pair in config["pairs"]
-        for seed in config["seeds"]
-    ]
-    return list(dict.fromkeys(runs + teachers))
-
-
-def pair_name(pair: dict) -> str:
-    return f"{pair['teacher']}-{pair['student']}"
-
-
-def kd_variants(config: dict) -> list[str]:
-    """Directory names of the kd student nodes: the mode, or ``<mode>+st`` with the soft-target term."""
-    return list(config["kd"]["modes"]) + [f"{m}+st" for m in config["kd"]["with_st"]]
+    return runs_of(config, "train_base")
 
 
 def kd_runs(config: dict) -> list[str]:
-    return [
-        run_dir(dataset, f"kd-{variant}", pair_name(pair), seed)
-        for dataset in config["datasets"]
-        for variant in kd_variants(config)
-        for pair in config["pairs"]
-        for seed in config["seeds"]
-    ]
+    return runs_of(config, "train_kd")
 
 
 def ft_runs(config: dict) -> list[str]:
-    if not config["ft"]["enabled"]:
-        return []
-    return [
-        run_dir(d, "ft", pair_name(p), s) for d in config["datasets"] for p in config["pairs"] for s in config["seeds"]
-    ]
-
-
-def crd_variants(config: dict) -> list[str]:
-    if not config["crd"]["enabled"]:
-        return []
-    return ["crd"] + (["crd+st"] if config["crd"]["with_st"] else [])
+    return runs_of(config, "train_ft")
 
 
 def crd_runs(config: dict) -> list[str]:
-    return [
-        run_dir(d, v, pair_name(p), s)
-        for d in config["datasets"]
-        for v in crd_variants(config)
-        for p in config["pairs"]
-        for s in config["seeds"]
-    ]
-
-
-def cohort_name(cohort: list[str]) -> str:
-    return "-".join(cohort)
+    return runs_of(config, "train_crd")
 
 
 def dml_runs(config: dict) -> list[str]:
-    return [
-        run_dir(d, "dml", cohort_name(c), s)
-        for d in config["datasets"]
-        for c in config["dml"]["cohorts"]
-        for s in config["seeds"]
-    ]
-
-
-def bss_chains(config: dict) -> list[str]:
-    """Born-again chains: ``<net>`` (gen0 = that net's base model) or ``<teacher>-<student>`` for pairs."""
-    chains = list(config["bss"]["nets"])
-    if config["bss"]["pairs"]:
-        chains += [pair_name(p) for p in config["pairs"]]
-    return list(dict.fromkeys(chains))
-
-
-def chain_nets(chain: str) -> tuple[str, str]:
-    """(generation-0 teacher, student architecture) of a chain."""
-    teacher, _, student = chain.partition("-")
-    return teacher, student or teacher
+    return runs_of(config, "train_dml")
 
 
 def bss_runs(config: dict) -> list[str]:
-    return [
-        f"{run_dir(d, 'bss', c, s)}/gen{g}"
-        for d in config["datasets"]
-        for c in bss_chains(config)
-        for s in config["seeds"]
-        for g in range(1, config["bss"]["generations"] + 1)
-    ]
+    return runs_of(config, "train_bss")
 
 
-def teacher_seed(config: dict, seed) -> int:
-    return int(seed) if config["teacher_seed"] is None else int(config["teacher_seed"])
+def chain_nets(config: dict, chain: str) -> tuple[str, str]:
+    """(generation-0 teacher, student architecture) of a born-again chain, as the plan declares it."""
+    for name, teacher, student in bss_chains(config):
+        if name == chain:
+            return teacher, student
+    raise KdpipeError(f"bss chain {chain!r} is not in this config")
 
 
 def teacher_model(config: dict, dataset: str, teacher: str, seed) -> str:
@@ -258,9 +189,42 @@ def teacher_model(config: dict, dataset: str, teacher: str, seed) -> str:
 
 def run_targets(config: dict) -> list[str]:
     """Every run directory the summary aggregates."""
-    return (
-        base_runs(config) + kd_runs(config) + ft_runs(config) + crd_runs(config) + dml_runs(config) + bss_runs(config)
-    )
+    return [run.run_dir for run in plan(config)]
+
+
+# ---------------------------------------------------------------- the data node
+
+
+def data_manifest_path(dataset: str) -> str:
+    """The dataset's node: every training rule takes it as input, so changed data re-runs its dependants."""
+    return f"{RESULTS}/{dataset}/data/manifest.json"
+
+
+def data_files(config: dict, dataset: str) -> list[str]:
+    """The files a dataset is read from, where they exist (the data node's inputs; digits ship with
+    scikit-learn and CIFAR may still be downloaded by the node itself)."""
+    from .data import IMAGE_SUFFIXES, cifar_files
+
+    name = data_name(config, dataset)
+    if name in ("cifar10", "cifar100"):
+        files = [str(Path(config["data"]["img_root"]) / f) for f in cifar_files(name)]
+    elif name.startswith("imagefolder:"):
+        root = Path(name.split(":", 1)[1])
+        files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    else:
+        files = []
+    return [f for f in files if Path(f).is_file()]
+
+
+def write_data_manifest(opts: dict, path: str | Path) -> dict:
+    """Load the dataset as the runs will and write its manifest (content hashes, classes, split)."""
+    from .checkpoint import atomic_write_json
+    from .data import load_data
+
+    data = load_data(**opts)
+    manifest = {**data.describe(), "options": {k: v for k, v in opts.items() if k not in ("img_root", "download")}}
+    atomic_write_json(Path(path), manifest)
+    return manifest
 
 
 # ---------------------------------------------------------------- teacher cache
@@ -336,8 +300,8 @@ def cache_plan(config: dict) -> list[str]:
 
 
 def student_teacher_inputs(config: dict, dataset: str, teacher: str, seed, cacheable: bool) -> dict:
-    """Inputs of a student rule: the teacher checkpoint, plus the cache files when the plan uses them."""
-    inputs = {"teacher": teacher_model(config, dataset, teacher, seed)}
+    """Inputs of a student rule: data and teacher checkpoint, plus the cache files when the plan uses them."""
+    inputs = {"data": data_manifest_path(dataset), "teacher": teacher_model(config, dataset, teacher, seed)}
     tseed = teacher_seed(config, seed)
     if cacheable and cache_decision(config, dataset, teacher, tseed)[0]:
         inputs["cache"] = f"{cache_dir(dataset, teacher, tseed)}/cache.pt"
@@ -352,21 +316,9 @@ def kd_inputs(config: dict, dataset: str, variant: str, teacher: str, seed) -> d
 
 
 def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
-    c = _common(config, dataset, tseed, "kd")
     return {
-        **{
-            k: c[k]
-            for k in (
-                "data_name",
-                "img_root",
-                "download",
-                "val_size",
-                "split_seed",
-                "train_subset",
-                "seed",
-                "image_size",
-            )
-        },
+        **data_options(config, dataset),
+        "seed": int(tseed),
         "t_name": teacher,
         "cache_dtype": config["cache_dtype"],
         "embeddings": True,
@@ -381,10 +333,7 @@ def report_groups(config: dict) -> list[str]:
     groups = []
     if kd_variants(config) or config["ft"]["enabled"] or config["crd"]["enabled"]:
         groups += [pair_name(p) for p in config["pairs"]]
-    groups += [f"{c[0]}-{'+'.join(c[1:])}" for c in config["dml"]["cohorts"]]
-    for chain in bss_chains(config):
-        teacher, student = chain_nets(chain)
-        groups.append(f"{teacher}-{student}")
+    groups += [run.group for run in plan(config) if run.method in ("dml", "bss")]
     return list(dict.fromkeys(groups))
 
 
@@ -419,13 +368,8 @@ def bss_teacher(config: dict, dataset: str, chain: str, seed, generation) -> str
     """Generation g learns from generation g-1; generation 1 from the base model (gen0)."""
     generation = int(generation)
     if generation == 1:
-        return teacher_model(config, dataset, chain_nets(chain)[0], seed)
+        return teacher_model(config, dataset, chain_nets(config, chain)[0], seed)
     return f"{run_dir(dataset, 'bss', chain, seed)}/gen{generation - 1}/model.pt"
-
-
-def dataset_names(config: dict) -> dict:
-    """data_name -> the config's dataset name (differs only for image folders)."""
-    return {data_name(config, d): d for d in config["datasets"]}
 
 
 def teacher_nets(config: dict) -> list[str]:
@@ -451,7 +395,8 @@ def _training(config: dict, stage: str) -> dict:
     return train
 
 
-def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
+def data_options(config: dict, dataset: str) -> dict:
+    """The options that say which images a run of ``dataset`` sees (the data node's params)."""
     return {
         "data_name": data_name(config, dataset),
         "img_root": config["data"]["img_root"],
@@ -460,18 +405,15 @@ def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
         "split_seed": config["data"]["split_seed"],
         "train_subset": config["data"]["train_subset"],
         "image_size": image_size(config, dataset),
-        "seed": int(seed),
-        **_training(config, stage),
     }
+
+
+def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
+    return {**data_options(config, dataset), "seed": int(seed), **_training(config, stage)}
 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
     return {**_common(config, dataset, seed, "base"), "net_name": net}
-
-
-def split_variant(variant: str) -> tuple[str, bool]:
-    """``"at+st"`` -> ("at", True)."""
-    return (variant[:-3], True) if variant.endswith("+st") else (variant, False)
 
 
 def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> dict:
@@ -511,7 +453,7 @@ def dml_options(config: dict, dataset: str, cohort: str, seed) -> dict:
 
 def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dict:
     b = config["bss"]
-    teacher, student = chain_nets(chain)
+    teacher, student = chain_nets(config, chain)
     generation = int(generation)
     return {
         **_common(config, dataset, seed, "bss"),
@@ -576,7 +518,9 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
         cuda=snakemake.config.get("resources", {}).get("cuda"),
     )
     function = kdpipe.build_teacher_cache if entry == "teacher_cache" else getattr(kdpipe, f"train_{entry}")
-    with rule_logging(snakemake) as logger:
+    runs = {run.run_dir: run for run in plan(snakemake.config)}
+    run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan
+    with rule_logging(snakemake) as logger, planned_identity(run.record() if run else None):
         if message:
             logger.info("%s", message)
         return function(**opts)

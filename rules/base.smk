@@ -2,6 +2,8 @@
 
 
 rule train_base:
+    input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
     output:
         model="results/{dataset}/base/{net}/seed{seed}/model.pt",
         metrics="results/{dataset}/base/{net}/seed{seed}/metrics.csv",

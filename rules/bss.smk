@@ -5,6 +5,7 @@
 
 rule train_bss:
     input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
         teacher=lambda w: kw.bss_teacher(config, w.dataset, w.chain, w.seed, w.gen),
     output:
         model="results/{dataset}/bss/{chain}/seed{seed}/gen{gen}/model.pt",

@@ -4,6 +4,7 @@
 
 rule teacher_cache:
     input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
         teacher="results/{dataset}/base/{teacher}/seed{seed}/model.pt",
     output:
         cache="results/{dataset}/cache/{teacher}/seed{seed}/cache.pt",

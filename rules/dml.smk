@@ -2,6 +2,8 @@
 
 
 rule train_dml:
+    input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
     output:
         model="results/{dataset}/dml/{cohort}/seed{seed}/model.pt",
         metrics="results/{dataset}/dml/{cohort}/seed{seed}/metrics.csv",

@@ -3,6 +3,7 @@
 
 rule ft_paraphraser:
     input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
         teacher="results/{dataset}/base/{teacher}/seed{seed}/model.pt",
     output:
         model="results/{dataset}/ft-paraphraser/{teacher}/seed{seed}/paraphraser.pt",
@@ -23,6 +24,7 @@ rule ft_paraphraser:
 
 rule train_ft:
     input:
+        data=lambda w: kw.data_manifest_path(w.dataset),
         teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
         paraphraser=lambda w: kw.paraphraser_path(config, w.dataset, w.teacher, w.seed),
     output:

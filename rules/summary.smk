@@ -24,9 +24,8 @@ rule summary:
     conda:
         "../environment.yml"
     params:
-        runs=kw.run_targets(config),
+        runs=[run.record() for run in kw.plan(config)],
         teachers=kw.teacher_nets(config),
-        dataset_names=kw.dataset_names(config),
     script:
         "../scripts/summary.py"
 

@@ -1,12 +1,7 @@
-"""Rule summary: every run of the config (finished, failed or missing) -> results/summary.csv."""
+"""Rule summary: every planned run (finished, failed or missing) -> results/summary.csv."""
 
 from kdpipe.summary import write_summary
 from kdpipe.workflow import rule_logging
 
 with rule_logging(snakemake):
-    write_summary(
-        snakemake.params.runs,
-        snakemake.output[0],
-        teachers=snakemake.params.teachers,
-        dataset_names=snakemake.params.dataset_names,
-    )
+    write_summary(snakemake.params.runs, snakemake.output[0], teachers=snakemake.params.teachers)

@@ -14,6 +14,7 @@ pytest.importorskip("snakemake_executor_plugin_slurm")
 
 PAPER = ROOT / "config" / "paper.yaml"
 EXPECTED_JOBS = {
+    "data_manifest": 2,  # one data node per dataset, run on the submitting node
     "train_base": 12,  # resnet20, resnet110 x 2 datasets x 3 seeds
     "teacher_cache": 12,  # 2 teachers x 2 datasets x 3 seeds (auto: 200-epoch students >> 162 views)
     "train_kd": 306,  # 17 modes x 3 pairs x 3 seeds x 2 datasets

@@ -76,6 +76,7 @@ def write_results(root: Path) -> Path:
                 "net": net,
                 "seed": seed,
                 "generation": "",
+                "group": "" if method == "baseline" else f"{teacher}-{student}",
                 "epochs": epochs,
                 "params": 1000,
                 "best_val_acc": accs[best] - 1,

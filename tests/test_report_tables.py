@@ -13,7 +13,8 @@ import pytest
 from kdpipe.report import frame as rf
 from kdpipe.report.reference import load_reference, preferred, published_for
 from kdpipe.report.tables import comparison_table, write_tables
-from kdpipe.summary import log_path_of, write_summary
+from kdpipe.plan import RunId
+from kdpipe.summary import write_summary
 
 # (test_acc_at_best, last_test_acc) per seed
 BASE20 = {0: (92.10, 92.00), 1: (92.50, 92.30), 2: (92.30, 92.45)}
@@ -83,7 +84,7 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
         for seed, (best, last) in accs.items():
             d = data / "base" / net / f"seed{seed}"
             _write_run(d, dataset, seed, "base", {"net": _role("baseline", "", net, best, last)})
-            dirs.append(d)
+            dirs.append(RunId("train_base", dataset, "baseline", "", "", net, seed, str(d)))
 
     def kd(mode, teacher, student, accs, variant=""):
         for seed, (best, last) in accs.items():
@@ -93,7 +94,7 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
                 "st_weight": 1.0 if variant else 0.0,
             }
             _write_run(d, dataset, seed, "kd", {"student": _role(mode, teacher, student, best, last, variant)}, info)
-            dirs.append(d)
+            dirs.append(RunId("train_kd", dataset, mode, variant, teacher, student, seed, str(d)))
 
     base("resnet110", BASE110)
     base("resnet20", BASE20)
@@ -112,16 +113,19 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
             roles,
             {"peers": {role: net for role, (net, _, _) in peers.items()}, "lambda_kd": 1.0},
         )
-        dirs.append(d)
+        nets = tuple(net for net, _, _ in peers.values())
+        dirs.append(RunId("train_dml", dataset, "dml", "", nets[0], "+".join(nets[1:]), seed, str(d), peers=nets))
     kd("st", "resnet56", "resnet20", ST56)
     kd("st", "wrn_40_2", "wrn_16_2", ST_WRN)
     if bad:
-        failed = data / "kd-st" / PAIR / "seed3"
-        log = log_path_of(failed)
+        failed = RunId("train_kd", dataset, "st", "", "resnet110", "resnet20", 3, str(data / "kd-st" / PAIR / "seed3"))
+        log = Path(failed.log)
+        assert log == results / "logs" / dataset / "kd-st" / PAIR / "seed3.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("epoch 1/4 ...\nerror: CUDA out of memory\n")
         dirs.append(failed)
-        dirs.append(data / "kd-ft" / PAIR / "seed0")  # never ran: no directory, no log
+        # never ran: no directory, no log
+        dirs.append(RunId("train_ft", dataset, "ft", "", "resnet110", "resnet20", 0, str(data / "ft" / PAIR / "seed0")))
     write_summary(dirs, results / "summary.csv", teachers=TEACHERS)
     return rf.load_summary(results / "summary.csv")
 

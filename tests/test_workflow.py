@@ -1,4 +1,5 @@
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -88,7 +89,7 @@ def test_user_config_does_not_inherit_the_embedded_default(tmp_path):
     out = snakemake("results/summary.csv", "-n", "--cores", "1", "--configfile", "c.yaml", workdir=tmp_path)
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout + out.stderr)
-    assert counts == {"train_base": 2, "train_bss": 1, "summary": 1}, counts
+    assert counts == {"data_manifest": 1, "train_base": 2, "train_bss": 1, "summary": 1}, counts
     demo = snakemake("results/summary.csv", "-n", "--cores", "1", workdir=tmp_path)
     assert demo.returncode == 0, demo.stderr
     demo_counts = job_counts(demo.stdout + demo.stderr)
@@ -130,6 +131,54 @@ def test_tiny_real_snakemake_run(tmp_path):
         "results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path
     )
     assert job_counts(changed.stdout + changed.stderr)["train_base"] == 4
+
+
+@pytest.mark.slow
+def test_changed_data_reruns_exactly_its_dependants(tmp_path):
+    """The dataset is a DAG node: rewriting CIFAR files re-runs that dataset's runs, not the others'."""
+    from conftest import write_cifar
+
+    write_cifar(tmp_path / "data", n_train=40, n_test=20)
+    (tmp_path / "c.yaml").write_text(
+        "datasets: [cifar10, digits]\nbase: {nets: [resnet8]}\ndata: {train_subset: 32, val_size: 8}\n"
+        "train: {epochs: 1, batch_size: 16}\nreport: {races: false}\n"
+    )
+    cfg = ["--cores", "2", "--configfile", "c.yaml"]
+    out = snakemake("results/summary.csv", *cfg, workdir=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((tmp_path / "results" / "cifar10" / "data" / "manifest.json").read_text())
+    record = json.loads((tmp_path / "results" / "cifar10" / "base" / "resnet8" / "seed0" / "run.json").read_text())
+    assert record["data"]["sha256"] == manifest["sha256"] == record["fingerprint"]["data_sha256"]
+    assert record["run"]["run_dir"] == "results/cifar10/base/resnet8/seed0"  # the plan's identity record
+    assert record["run"]["log"] == "results/logs/cifar10/base/resnet8/seed0.log" and record["run"]["group"] == ""
+    assert manifest["sizes"] == {"train": 32, "val": 8, "test": 20} and len(manifest["classes"]) == 10
+    assert "Nothing to be done" in (lambda o: o.stdout + o.stderr)(
+        snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    )
+
+    write_cifar(tmp_path / "data", n_train=40, n_test=20, seed=1)  # same files, other images
+    dry = snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts == {"data_manifest": 1, "train_base": 1, "summary": 1}, counts
+    planned = re.findall(r"rule (\w+):\n\s+input: [^\n]*\n\s+output: ([^\n]+)", dry.stdout)
+    assert ("train_base", "results/cifar10/base/resnet8/seed0/model.pt") in [(r, o.split(",")[0]) for r, o in planned]
+
+
+def test_cli_refuses_a_finished_run_whose_data_changed(tmp_path):
+    from conftest import cli, tiny_cli_flags, write_cifar
+
+    write_cifar(tmp_path / "data")
+    flags = tiny_cli_flags(tmp_path / "runs")
+    flags[flags.index("digits")] = "cifar10"
+    flags += ["--img_root", str(tmp_path / "data"), "--val_size", "0", "--train_subset", "16"]
+    first = cli("base", "--net_name", "resnet8", *flags)
+    assert first.returncode == 0, first.stderr
+    assert "already complete" in cli("base", "--net_name", "resnet8", *flags).stderr
+    write_cifar(tmp_path / "data", seed=3)
+    again = cli("base", "--net_name", "resnet8", *flags)
+    assert again.returncode != 0
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "finished run with other data" in lines[0], lines
 
 
 KD_CONFIG = """
@@ -196,7 +245,7 @@ kd:
         assert out.returncode == 0, out.stderr
         return job_counts(out.stdout) if "Job stats" in out.stdout else {}
 
-    assert plan() == {"train_base": 1, "teacher_cache": 1, "train_kd": 4, "summary": 1}
+    assert plan() == {"data_manifest": 1, "train_base": 1, "teacher_cache": 1, "train_kd": 4, "summary": 1}
     run = snakemake("results/summary.csv", "--cores", "2", *cfg, workdir=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
@@ -243,7 +292,7 @@ bss: {nets: [resnet8], generations: 3, attack_size: 4}
     (tmp_path / "c.yaml").write_text(config)
     cfg = ("--configfile", str(tmp_path / "c.yaml"))
     dry = snakemake("results/summary.csv", "-n", "--cores", "1", *cfg, workdir=tmp_path)
-    assert job_counts(dry.stdout) == {"train_base": 1, "train_bss": 3, "summary": 1}
+    assert job_counts(dry.stdout) == {"data_manifest": 1, "train_base": 1, "train_bss": 3, "summary": 1}
     # the chain: each generation's input is the previous generation's model
     dag = snakemake("results/summary.csv", "--dag", *cfg, workdir=tmp_path).stdout
     assert "train_bss" in dag
@@ -409,3 +458,43 @@ def test_cache_off_for_large_image_folders(tmp_path):
         }
     )
     assert cache_decision(small, "flowers", "resnet20", 0)[0]  # 32 pixels: 162 views
+
+
+def test_bss_chains_of_two_pairs_stay_in_their_own_cells(tmp_path):
+    """Generations >= 2 of a pair's chain learn from a student-architecture model, but they belong
+    to the pair: identity, group and table cell come from the plan, not from the job's t_name."""
+    from kdpipe.plan import plan
+    from kdpipe.summary import summary_rows
+
+    config = load_config(
+        {
+            "pairs": [{"teacher": "resnet14", "student": "resnet8"}, {"teacher": "resnet8", "student": "resnet8"}],
+            "bss": {"pairs": True, "generations": 3},
+        }
+    )
+    bss = [r for r in plan(config) if r.method == "bss"]
+    assert len(bss) == 6
+    by_chain = {(r.run_dir.split("/bss/")[1].split("/")[0], r.generation): r for r in bss}
+    for gen in (1, 2, 3):
+        assert by_chain[("resnet14-resnet8", gen)].group == "resnet14-resnet8"
+        assert by_chain[("resnet8-resnet8", gen)].group == "resnet8-resnet8"
+    # the job of gen2 loads a resnet8 teacher (gen1's model); its own record says so
+    from kdpipe.workflow import bss_options, bss_teacher
+
+    opts = bss_options(config, "digits", "resnet14-resnet8", 0, 2)
+    assert opts["t_name"] == "resnet8" and opts["s_name"] == "resnet8"
+    assert bss_teacher(config, "digits", "resnet14-resnet8", 0, 2).endswith("bss/resnet14-resnet8/seed0/gen1/model.pt")
+    # a finished gen2 run and a missing gen3 run land in the pair's group all the same
+    gen2 = by_chain[("resnet14-resnet8", 2)]
+    run_dir = tmp_path / gen2.run_dir
+    run_dir.mkdir(parents=True)
+    role = {"method": "bss", "variant": "", "teacher": "resnet8", "student": "resnet8", "generation": 2}
+    role.update(params=1, best_epoch=1, best_val_acc=50.0, test_acc_at_best=50.0, last_val_acc=50.0, last_test_acc=50.0)
+    record = {"method": "bss", "epochs": 1, "roles": {"student": role}, "train_time_s": 1.0, "mean_epoch_s": 1.0}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    runs = [{**gen2.record(), "run_dir": str(run_dir)}, by_chain[("resnet14-resnet8", 3)].record()]
+    rows = summary_rows(runs, teachers=("resnet14", "resnet8"))
+    assert [(r["status"], r["teacher"], r["student"], r["group"], r["generation"]) for r in rows] == [
+        ("ok", "resnet14", "resnet8", "resnet14-resnet8", 2),
+        ("missing", "resnet14", "resnet8", "resnet14-resnet8", 3),
+    ]

@@ -31,7 +31,8 @@ def load_summary(path: str | Path) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["generation"] = pd.to_numeric(frame["generation"], errors="coerce")
     frame["label"] = frame.apply(method_label, axis=1)
-    frame["group"] = frame.apply(group_of, axis=1)
+    if "group" not in frame.columns:  # a summary written before the plan recorded groups
+        frame["group"] = frame.apply(group_of, axis=1)
     return frame
 
 

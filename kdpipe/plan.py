@@ -1,0 +1,234 @@
+"""The workflow's plan: one identity record per run, made once from the config.
+
+A :class:`RunId` says what a run directory stands for -- dataset, method, variant, the pair,
+chain or cohort, seed, generation, its run directory and log, and the report group it is
+compared in.  The planner makes it; the job writes it into ``run.json``; the summary, tables,
+plots and races read it.  Nothing parses paths, so a run that is missing or failed is
+grouped exactly as a finished one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class RunId:
+    rule: str  # the Snakemake rule that produces the run
+    dataset: str  # the config's dataset name
+    method: str  # baseline, a kd mode, ft, crd, dml, bss
+    variant: str  # "", "+st", "born-again"
+    teacher: str  # "" for baselines; a cohort's first peer for DML; a chain's generation-0 teacher
+    student: str  # the trained network; '+'-joined peers after the first for DML
+    seed: int
+    run_dir: str
+    generation: int | None = None  # born-again generation
+    peers: tuple[str, ...] = field(default_factory=tuple)  # DML cohort, in role order (net1, net2, ...)
+
+    @property
+    def log(self) -> str:
+        """The rule's log file: results/logs/<the run dir below results/>.log"""
+        return log_path(self.run_dir)
+
+    @property
+    def group(self) -> str:
+        """The report group (table column, plot, race) the run is compared in; '' for baselines."""
+        return "" if self.method == "baseline" else f"{self.teacher}-{self.student}"
+
+    def record(self) -> dict:
+        """The identity as ``run.json`` stores it and the summary reads it."""
+        out = asdict(self)
+        out["peers"] = list(self.peers)
+        out.update(log=self.log, group=self.group)
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict) -> "RunId":
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in record.items() if k in names}
+        values["peers"] = tuple(values.get("peers", ()))
+        return cls(**values)
+
+
+def run_dir(dataset: str, method: str, nets: str, seed: int) -> str:
+    return f"{RESULTS}/{dataset}/{method}/{nets}/seed{seed}"
+
+
+def log_path(run_dir: str) -> str:
+    parts = Path(run_dir).parts
+    root = parts.index(RESULTS) if RESULTS in parts else 0
+    return str(Path(*parts[: root + 1], "logs", *parts[root + 1 :]).with_suffix(".log"))
+
+
+def pair_name(pair: dict) -> str:
+    return f"{pair['teacher']}-{pair['student']}"
+
+
+def split_variant(variant: str) -> tuple[str, bool]:
+    """``"at+st"`` -> ("at", True)."""
+    return (variant[:-3], True) if variant.endswith("+st") else (variant, False)
+
+
+def teacher_seed(config: dict, seed) -> int:
+    return int(seed) if config["teacher_seed"] is None else int(config["teacher_seed"])
+
+
+def base_nets(config: dict) -> list[str]:
+    """Networks trained from scratch: the listed baselines and every teacher and student of a pair."""
+    nets = list(config["base"]["nets"])
+    for pair in config["pairs"]:
+        nets += [pair["teacher"], pair["student"]]
+    for cohort in config["dml"]["cohorts"]:  # DML peers are compared with their baselines
+        nets += list(cohort)
+    nets += list(config["bss"]["nets"])  # generation 0 of a born-again chain
+    return list(dict.fromkeys(nets))
+
+
+def kd_variants(config: dict) -> list[str]:
+    """Directory names of the kd student nodes: the mode, or ``<mode>+st`` with the soft-target term."""
+    return list(config["kd"]["modes"]) + [f"{m}+st" for m in config["kd"]["with_st"]]
+
+
+def crd_variants(config: dict) -> list[str]:
+    if not config["crd"]["enabled"]:
+        return []
+    return ["crd"] + (["crd+st"] if config["crd"]["with_st"] else [])
+
+
+def bss_chains(config: dict) -> list[tuple[str, str, str]]:
+    """Born-again chains as (name, generation-0 teacher, student): ``<net>`` chains start from that
+    net's base model, ``<teacher>-<student>`` chains (``bss.pairs``) from the pair's teacher."""
+    chains = [(net, net, net) for net in config["bss"]["nets"]]
+    if config["bss"]["pairs"]:
+        chains += [(pair_name(p), p["teacher"], p["student"]) for p in config["pairs"]]
+    return list(dict.fromkeys(chains))
+
+
+def _base(config: dict) -> list[RunId]:
+    runs = [
+        RunId("train_base", d, "baseline", "", "", net, int(s), run_dir(d, "base", net, s))
+        for d in config["datasets"]
+        for net in base_nets(config)
+        for s in config["seeds"]
+    ]
+    teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs
+        RunId("train_base", d, "baseline", "", "", p["teacher"], ts, run_dir(d, "base", p["teacher"], ts))
+        for d in config["datasets"]
+        for p in config["pairs"]
+        for ts in [teacher_seed(config, s) for s in config["seeds"]]
+    ]
+    return list(dict.fromkeys(runs + teachers))
+
+
+def _kd(config: dict) -> list[RunId]:
+    return [
+        RunId(
+            "train_kd",
+            d,
+            split_variant(v)[0],
+            "+st" if split_variant(v)[1] else "",
+            p["teacher"],
+            p["student"],
+            int(s),
+            run_dir(d, f"kd-{v}", pair_name(p), s),
+        )
+        for d in config["datasets"]
+        for v in kd_variants(config)
+        for p in config["pairs"]
+        for s in config["seeds"]
+    ]
+
+
+def _ft(config: dict) -> list[RunId]:
+    if not config["ft"]["enabled"]:
+        return []
+    return [
+        RunId("train_ft", d, "ft", "", p["teacher"], p["student"], int(s), run_dir(d, "ft", pair_name(p), s))
+        for d in config["datasets"]
+        for p in config["pairs"]
+        for s in config["seeds"]
+    ]
+
+
+def _crd(config: dict) -> list[RunId]:
+    return [
+        RunId(
+            "train_crd",
+            d,
+            "crd",
+            "+st" if v.endswith("+st") else "",
+            p["teacher"],
+            p["student"],
+            int(s),
+            run_dir(d, v, pair_name(p), s),
+        )
+        for d in config["datasets"]
+        for v in crd_variants(config)
+        for p in config["pairs"]
+        for s in config["seeds"]
+    ]
+
+
+def cohort_name(cohort: list[str]) -> str:
+    return "-".join(cohort)
+
+
+def _dml(config: dict) -> list[RunId]:
+    return [
+        RunId(
+            "train_dml",
+            d,
+            "dml",
+            "",
+            c[0],
+            "+".join(c[1:]),
+            int(s),
+            run_dir(d, "dml", cohort_name(c), s),
+            peers=tuple(c),
+        )
+        for d in config["datasets"]
+        for c in config["dml"]["cohorts"]
+        for s in config["seeds"]
+    ]
+
+
+def _bss(config: dict) -> list[RunId]:
+    variant = "" if config["bss"]["attack_size"] else "born-again"
+    return [
+        RunId(
+            "train_bss",
+            d,
+            "bss",
+            variant,
+            teacher,
+            student,
+            int(s),
+            f"{run_dir(d, 'bss', chain, s)}/gen{g}",
+            generation=g,
+        )
+        for d in config["datasets"]
+        for chain, teacher, student in bss_chains(config)
+        for s in config["seeds"]
+        for g in range(1, config["bss"]["generations"] + 1)
+    ]
+
+
+def plan(config: dict) -> list[RunId]:
+    """Every run of a (validated) config, in a stable order."""
+    return _base(config) + _kd(config) + _ft(config) + _crd(config) + _dml(config) + _bss(config)
+
+
+def runs_of(config: dict, rule: str) -> list[str]:
+    return [r.run_dir for r in plan(config) if r.rule == rule]
+
+
+def identity_of(config: dict, run_directory: str | Path) -> RunId:
+    """The planned identity of a run directory (a lookup in the plan, not a parse of the path)."""
+    wanted = str(Path(run_directory))
+    for run in plan(config):
+        if str(Path(run.run_dir)) == wanted:
+            return run
+    raise KeyError(f"{run_directory} is not a run of this config")
