@@ -202,6 +202,25 @@ def _nonnegative(name: str, help: str) -> Option:
     return Option(name, float, None, help + " (default: the mode's reference value)", minimum=0, nullable=True)
 
 
+def _setting_choices(name: str) -> tuple:
+    """The allowed values of a string-valued mode setting, as the losses declare them."""
+    from .losses import LOSSES
+
+    return tuple(dict.fromkeys(v for cls in LOSSES.values() for v in cls.setting_choices.get(name, ())))
+
+
+def _form(name: str, help: str) -> Option:
+    """A string-valued mode setting choosing between the reference implementation's form and the paper's."""
+    return Option(
+        name,
+        str,
+        None,
+        help + " (default: the mode's reference value)",
+        choices=lambda: _setting_choices(name),
+        nullable=True,
+    )
+
+
 TEACHER_STUDENT = [
     Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
     Option("t_name", str, None, "teacher network", required=True, choices=_nets),
@@ -228,6 +247,20 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         _positive("sf", "VID regressor width factor"),
         _positive("init_var", "VID initial variance"),
         _positive("att_f", "AFD attention width factor"),
+        _form("grad_norm", "sobolev: l2 = each sample's input gradient L2-normalised (KD-Zoo), none = raw (paper)"),
+        _form(
+            "margin",
+            "ofd teacher margin: batch = E[t|t<0] per channel from the teacher's batch features (KD-Zoo), "
+            "bn = from the teacher's batch-norm parameters (paper)",
+        ),
+        _form(
+            "reduction",
+            "ofd per-stage distance: mean = averaged over elements (KD-Zoo), "
+            "sum_batch = summed and divided by batch size and 1000 (paper)",
+        ),
+        _form(
+            "cam", "lwm map: kdzoo = ReLU(sum_c alpha_c dz/dA_c) (KD-Zoo), gradcam = ReLU(sum_c alpha_c A_c) (paper)"
+        ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
         Option(
             "init_epochs",

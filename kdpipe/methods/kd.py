@@ -37,6 +37,10 @@ MODE_SETTINGS = (
     "sf",
     "init_var",
     "att_f",
+    "grad_norm",
+    "margin",
+    "reduction",
+    "cam",
 )
 
 
