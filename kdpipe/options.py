@@ -221,6 +221,25 @@ def _form(name: str, help: str) -> Option:
     )
 
 
+# FT's paraphraser and translator shape (both FT entry points; a paraphraser must match the student run's)
+FT_SHAPE = [
+    Option(
+        "ft_bn",
+        str,
+        "auto",
+        "BatchNorm in paraphraser and translator: auto = KD-Zoo's choice (on, but off on cifar100), on, off",
+        choices=("auto", "on", "off"),
+    ),
+    Option(
+        "para_decoder_out",
+        str,
+        "lrelu",
+        "end of the paraphraser's decoder: lrelu = [BN +] LeakyReLU like every layer (KD-Zoo); "
+        "linear = a plain transposed convolution with bias",
+        choices=("lrelu", "linear"),
+    ),
+]
+
 TEACHER_STUDENT = [
     Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
     Option("t_name", str, None, "teacher network", required=True, choices=_nets),
@@ -271,6 +290,14 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             nullable=True,
         ),
         Option(
+            "init_optimizer",
+            str,
+            "shared",
+            "two-stage modes: shared = one SGD optimizer through both phases, momentum carried over (KD-Zoo); "
+            "separate = a fresh optimizer for the CE phase",
+            choices=("shared", "separate"),
+        ),
+        Option(
             "teacher_cache",
             str,
             None,
@@ -289,25 +316,26 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             minimum=0,
             exclusive_min=True,
         ),
+        *FT_SHAPE,
     ],
     "ft": TEACHER_STUDENT
     + [
         Option("lambda_kd", float, 200.0, "weight of the factor-transfer term", minimum=0),
         Option("k", float, 0.5, "factor rate of the paraphraser", minimum=0, exclusive_min=True),
+        *FT_SHAPE,
         Option("paraphraser", str, None, "trained paraphraser (paraphraser.pt); default: train one first, in this run"),
         Option(
             "para_epochs",
             int,
-            None,
-            "paraphraser epochs when trained here (default: 0.15 x --epochs, at least 1)",
+            30,
+            "paraphraser epochs when trained here (KD-Zoo: 30, at a constant lr, SGD without Nesterov)",
             minimum=1,
-            nullable=True,
         ),
         Option(
             "para_lr",
             float,
             None,
-            "paraphraser lr when trained here (default: --lr / 10)",
+            "paraphraser lr when trained here (default: --lr / 10, KD-Zoo's)",
             minimum=0,
             exclusive_min=True,
             nullable=True,
@@ -333,8 +361,23 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             "mode",
             str,
             "exact",
-            "exact: NCE with a noise distribution; relax: softmax over the contrasts",
+            "the positive: exact = the image itself; relax = a random image of its class (RepDistiller's modes)",
             choices=("exact", "relax"),
+        ),
+        Option(
+            "sampler",
+            str,
+            "other_class",
+            "negatives: other_class = images of other classes, without replacement (RepDistiller); "
+            "uniform = any training image, with replacement",
+            choices=("other_class", "uniform"),
+        ),
+        Option(
+            "objective",
+            str,
+            "nce",
+            "nce = the paper's NCE bound with a fixed normaliser (RepDistiller); infonce = softmax over the contrasts",
+            choices=("nce", "infonce"),
         ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term (crd+st)", minimum=0),
         Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
@@ -380,16 +423,32 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option(
             "attack_class",
             str,
-            "runner_up",
-            "attack target: the teacher's runner-up class, or sampled from its softmax",
-            choices=("runner_up", "sampled"),
+            "sampled",
+            "attack target: sampled = drawn from the teacher's softmax without its top-1 class (KD-Zoo); "
+            "runner_up = the teacher's second class (the paper)",
+            choices=("sampled", "runner_up"),
+        ),
+        Option(
+            "attack_clamp",
+            str,
+            "normalized",
+            "clamp of the boundary samples: normalized = to +-2.5 in normalised input space (KD-Zoo); "
+            "image = to the valid image range",
+            choices=("normalized", "image"),
         ),
         Option("generation", int, 1, "born-again generation this run produces (reporting, student init)", minimum=1),
     ],
 }
 
-# Entry points whose defaults differ from the common table (SPEC's FT paraphraser: 30 epochs at lr 0.01).
+# Entry points whose defaults differ from the common table (KD-Zoo's FT paraphraser: 30 epochs at lr 0.01).
 ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": 30, "lr": 0.01}}
+# ... and whose common options mean something else there.
+ENTRY_HELP: dict[str, dict[str, str]] = {
+    "ft_paraphraser": {
+        "momentum": "SGD momentum (without Nesterov, as KD-Zoo's paraphraser)",
+        "milestones": "epochs at which lr is multiplied by 0.1 (default: none, a constant lr as KD-Zoo's paraphraser)",
+    }
+}
 
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
@@ -418,8 +477,9 @@ NON_TRAINING = {
 def options_for(entry: str) -> list[Option]:
     from dataclasses import replace
 
-    overrides = ENTRY_DEFAULTS.get(entry, {})
+    overrides, helps = ENTRY_DEFAULTS.get(entry, {}), ENTRY_HELP.get(entry, {})
     common = [replace(o, default=overrides[o.name]) if o.name in overrides else o for o in COMMON]
+    common = [replace(o, help=helps[o.name]) if o.name in helps else o for o in common]
     if entry in NON_TRAINING:
         common = [o for o in common if o.name in NON_TRAINING[entry]]
     return common + ENTRY_OPTIONS[entry]
