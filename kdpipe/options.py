@@ -143,6 +143,9 @@ def _nets() -> tuple:
     return tuple(MODELS)
 
 
+PARAPHRASER_EPOCHS = 30  # FT's paraphraser recipe (KD-Zoo's train_ft.py), at a constant lr
+
+
 def _inside_save_root(note: str) -> str | None:
     """A run directory name must stay under --save_root: relative, no '..', not empty."""
     from pathlib import PurePath
@@ -222,6 +225,44 @@ def _nonnegative(name: str, help: str) -> Option:
     return Option(name, float, None, help + " (default: the mode's reference value)", minimum=0, nullable=True)
 
 
+def _setting_choices(name: str) -> tuple:
+    """The allowed values of a string-valued mode setting, as the losses declare them."""
+    from .losses import LOSSES
+
+    return tuple(dict.fromkeys(v for cls in LOSSES.values() for v in cls.setting_choices.get(name, ())))
+
+
+def _form(name: str, help: str) -> Option:
+    """A string-valued mode setting choosing between the reference implementation's form and the paper's."""
+    return Option(
+        name,
+        str,
+        None,
+        help + " (default: the mode's reference value)",
+        choices=lambda: _setting_choices(name),
+        nullable=True,
+    )
+
+
+# FT's paraphraser and translator shape (both FT entry points; a paraphraser must match the student run's)
+FT_SHAPE = [
+    Option(
+        "ft_bn",
+        str,
+        "auto",
+        "BatchNorm in paraphraser and translator: auto = KD-Zoo's choice (on, but off on cifar100), on, off",
+        choices=("auto", "on", "off"),
+    ),
+    Option(
+        "para_decoder_out",
+        str,
+        "lrelu",
+        "end of the paraphraser's decoder: lrelu = [BN +] LeakyReLU like every layer (KD-Zoo); "
+        "linear = a plain transposed convolution with bias",
+        choices=("lrelu", "linear"),
+    ),
+]
+
 TEACHER_STUDENT = [
     Option("t_model", str, None, "teacher checkpoint (a kdpipe model.pt state dict)", required=True),
     Option("t_name", str, None, "teacher network", required=True, choices=_nets),
@@ -248,6 +289,20 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         _positive("sf", "VID regressor width factor"),
         _positive("init_var", "VID initial variance"),
         _positive("att_f", "AFD attention width factor"),
+        _form("grad_norm", "sobolev: l2 = each sample's input gradient L2-normalised (KD-Zoo), none = raw (paper)"),
+        _form(
+            "margin",
+            "ofd teacher margin: batch = E[t|t<0] per channel from the teacher's batch features (KD-Zoo), "
+            "bn = from the teacher's batch-norm parameters (paper)",
+        ),
+        _form(
+            "reduction",
+            "ofd per-stage distance: mean = averaged over elements (KD-Zoo), "
+            "sum_batch = summed and divided by batch size and 1000 (paper)",
+        ),
+        _form(
+            "cam", "lwm map: kdzoo = ReLU(sum_c alpha_c dz/dA_c) (KD-Zoo), gradcam = ReLU(sum_c alpha_c A_c) (paper)"
+        ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
         Option(
             "init_epochs",
@@ -256,6 +311,14 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             "initialisation epochs of two-stage modes (fsp, ab); default epochs/4",
             minimum=0,
             nullable=True,
+        ),
+        Option(
+            "init_optimizer",
+            str,
+            "shared",
+            "two-stage modes: shared = one SGD optimizer through both phases, momentum carried over (KD-Zoo); "
+            "separate = a fresh optimizer for the CE phase",
+            choices=("shared", "separate"),
         ),
         Option(
             "teacher_cache",
@@ -276,25 +339,26 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             minimum=0,
             exclusive_min=True,
         ),
+        *FT_SHAPE,
     ],
     "ft": TEACHER_STUDENT
     + [
         Option("lambda_kd", float, 200.0, "weight of the factor-transfer term", minimum=0),
         Option("k", float, 0.5, "factor rate of the paraphraser", minimum=0, exclusive_min=True),
+        *FT_SHAPE,
         Option("paraphraser", str, None, "trained paraphraser (paraphraser.pt); default: train one first, in this run"),
         Option(
             "para_epochs",
             int,
-            None,
-            "paraphraser epochs when trained here (default: 0.15 x --epochs, at least 1)",
+            PARAPHRASER_EPOCHS,
+            "paraphraser epochs when trained here (KD-Zoo: 30, at a constant lr, SGD without Nesterov)",
             minimum=1,
-            nullable=True,
         ),
         Option(
             "para_lr",
             float,
             None,
-            "paraphraser lr when trained here (default: --lr / 10)",
+            "paraphraser lr when trained here (default: --lr / 10, KD-Zoo's)",
             minimum=0,
             exclusive_min=True,
             nullable=True,
@@ -320,8 +384,23 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             "mode",
             str,
             "exact",
-            "exact: NCE with a noise distribution; relax: softmax over the contrasts",
+            "the positive: exact = the image itself; relax = a random image of its class (RepDistiller's modes)",
             choices=("exact", "relax"),
+        ),
+        Option(
+            "sampler",
+            str,
+            "other_class",
+            "negatives: other_class = images of other classes, without replacement (RepDistiller); "
+            "uniform = any training image, with replacement",
+            choices=("other_class", "uniform"),
+        ),
+        Option(
+            "objective",
+            str,
+            "nce",
+            "nce = the paper's NCE bound with a fixed normaliser (RepDistiller); infonce = softmax over the contrasts",
+            choices=("nce", "infonce"),
         ),
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term (crd+st)", minimum=0),
         Option("T", float, 4.0, "temperature of the st_weight term", minimum=0, exclusive_min=True),
@@ -367,16 +446,32 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
         Option(
             "attack_class",
             str,
-            "runner_up",
-            "attack target: the teacher's runner-up class, or sampled from its softmax",
-            choices=("runner_up", "sampled"),
+            "sampled",
+            "attack target: sampled = drawn from the teacher's softmax without its top-1 class (KD-Zoo); "
+            "runner_up = the teacher's second class (the paper)",
+            choices=("sampled", "runner_up"),
+        ),
+        Option(
+            "attack_clamp",
+            str,
+            "normalized",
+            "clamp of the boundary samples: normalized = to +-2.5 in normalised input space (KD-Zoo); "
+            "image = to the valid image range",
+            choices=("normalized", "image"),
         ),
         Option("generation", int, 1, "born-again generation this run produces (reporting, student init)", minimum=1),
     ],
 }
 
-# Entry points whose defaults differ from the common table (SPEC's FT paraphraser: 30 epochs at lr 0.01).
-ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": 30, "lr": 0.01}}
+# Entry points whose defaults differ from the common table (KD-Zoo's FT paraphraser: 30 epochs at lr 0.01).
+ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": PARAPHRASER_EPOCHS, "lr": 0.01}}
+# ... and whose common options mean something else there.
+ENTRY_HELP: dict[str, dict[str, str]] = {
+    "ft_paraphraser": {
+        "momentum": "SGD momentum (without Nesterov, as KD-Zoo's paraphraser)",
+        "milestones": "epochs at which lr is multiplied by 0.1 (default: none, a constant lr as KD-Zoo's paraphraser)",
+    }
+}
 
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
@@ -405,8 +500,9 @@ NON_TRAINING = {
 def options_for(entry: str) -> list[Option]:
     from dataclasses import replace
 
-    overrides = ENTRY_DEFAULTS.get(entry, {})
+    overrides, helps = ENTRY_DEFAULTS.get(entry, {}), ENTRY_HELP.get(entry, {})
     common = [replace(o, default=overrides[o.name]) if o.name in overrides else o for o in COMMON]
+    common = [replace(o, help=helps[o.name]) if o.name in helps else o for o in common]
     if entry in NON_TRAINING:
         common = [o for o in common if o.name in NON_TRAINING[entry]]
     return common + ENTRY_OPTIONS[entry]

@@ -73,8 +73,24 @@ def _settings(record: dict) -> str:
         pairs.update(info["loss"]["settings"])
         if info.get("init_epochs"):
             pairs["init_epochs"] = info["init_epochs"]
-    for key in ("lambda_kd", "k", "mode", "nce_n", "feat_dim", "T", "attack_size"):
-        if key in info and key not in pairs and not (method == "kd" and key == "T"):
+            if "init_optimizer" in info:
+                pairs["init_optimizer"] = info["init_optimizer"]
+    for key in (
+        "lambda_kd",
+        "k",
+        "ft_bn",
+        "para_decoder_out",
+        "mode",
+        "sampler",
+        "objective",
+        "nce_n",
+        "feat_dim",
+        "T",
+        "attack_size",
+        "attack_class",
+        "attack_clamp",
+    ):
+        if key in info and key not in pairs and not (key == "T" and (method == "kd" or info.get("st_weight"))):
             pairs[key] = info[key]
     if info.get("st_weight"):
         pairs["st_weight"] = info["st_weight"]

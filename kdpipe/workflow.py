@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from .errors import KdpipeError
+from .options import PARAPHRASER_EPOCHS
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     base_nets,
@@ -75,6 +76,8 @@ def load_config(config: dict) -> dict:
         if err.validator == "additionalProperties":
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}")
+        if err.validator in ("oneOf", "anyOf") and err.schema.get("description"):
+            raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
         raise KdpipeError(f"config {_path(err)}: {err.message}")
     _check_semantics(config)
     return config
@@ -110,7 +113,7 @@ def _check_semantics(config: dict) -> None:
     for mode, settings in config["kd"]["settings"].items():
         if mode not in LOSSES:
             raise KdpipeError(f"config kd.settings: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
-        allowed = set(LOSSES[mode].defaults) | ({"init_epochs"} if LOSSES[mode].two_stage else set())
+        allowed = set(LOSSES[mode].defaults) | ({"init_epochs", "init_optimizer"} if LOSSES[mode].two_stage else set())
         for key in settings:
             if key not in allowed:
                 raise KdpipeError(
@@ -416,11 +419,25 @@ def base_options(config: dict, dataset: str, net: str, seed) -> dict:
     return {**_common(config, dataset, seed, "base"), "net_name": net}
 
 
+def _ft_shape(config: dict) -> dict:
+    bn = config["ft"]["bn"]
+    return {
+        "ft_bn": {True: "on", False: "off"}.get(bn, bn),  # YAML reads a bare on/off as a boolean
+        "para_decoder_out": config["ft"]["paraphraser_decoder_out"],
+    }
+
+
 def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> dict:
-    opts = {**_common(config, dataset, seed, "ft"), "t_name": teacher, "k": config["ft"]["k"]}
-    opts["epochs"] = config["ft"]["paraphraser_epochs"] or max(1, round(0.15 * opts["epochs"]))
-    opts["lr"] = config["ft"]["paraphraser_lr"] or opts["lr"] / 10
-    opts["milestones"] = None  # the paraphraser's own, scaled schedule
+    """KD-Zoo's paraphraser recipe: 30 epochs at a constant lr of the students' lr / 10, no Nesterov."""
+    ft = config["ft"]
+    opts = {**_common(config, dataset, seed, "ft"), "t_name": teacher, "k": ft["k"], **_ft_shape(config)}
+    if ft["paraphraser_epochs"] == "scaled":
+        opts["epochs"] = max(1, round(0.15 * opts["epochs"]))
+    else:
+        opts["epochs"] = ft["paraphraser_epochs"] or PARAPHRASER_EPOCHS  # the options' default
+    opts["lr"] = ft["paraphraser_lr"] or opts["lr"] / 10
+    opts["milestones"] = None  # a constant lr
+    opts["warmup_epochs"] = 0
     return opts
 
 
@@ -431,13 +448,15 @@ def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> 
         "s_name": student,
         "lambda_kd": config["ft"]["lambda_kd"],
         "k": config["ft"]["k"],
+        **_ft_shape(config),
     }
 
 
 def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
     c = config["crd"]
     opts = {**_common(config, dataset, seed, "crd"), "t_name": teacher, "s_name": student}
-    opts.update({k: c[k] for k in ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode")})
+    keys = ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode", "sampler", "objective")
+    opts.update({k: c[k] for k in keys})
     if variant.endswith("+st"):
         opts["st_weight"] = c["st_weight"]
     return opts
@@ -460,7 +479,7 @@ def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dic
         "t_name": teacher if generation == 1 else student,
         "s_name": student,
         "generation": generation,
-        **{k: b[k] for k in ("lambda_kd", "T", "attack_size", "attack_class")},
+        **{k: b[k] for k in ("lambda_kd", "T", "attack_size", "attack_class", "attack_clamp")},
     }
 
 

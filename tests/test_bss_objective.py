@@ -12,7 +12,14 @@ from torch import nn
 
 from kdpipe.errors import KdpipeError
 from kdpipe.models.taps import FeatureTaps
-from kdpipe.objectives.bss import attack_classes, boundary_attack, bss_kd_loss, bss_lambda, select_attack_samples
+from kdpipe.objectives.bss import (
+    attack_bounds,
+    attack_classes,
+    boundary_attack,
+    bss_kd_loss,
+    bss_lambda,
+    select_attack_samples,
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -49,27 +56,32 @@ class TinyImageNet(nn.Module):
 
 
 def loop_attack(model, x, y, target, steps, step_size, eps=1e-4, lower=None, upper=None):
-    """Per-sample reference of the BSS update rule."""
-    out = []
-    for b in range(x.shape[0]):
-        xb = x[b : b + 1].detach().clone()
-        yb, kb = int(y[b]), int(target[b])
-        for _ in range(steps):
-            xb.requires_grad_(True)
+    """Per-sample reference of the BSS update rule, with KD-Zoo's clamp: in every step in which some
+    sample still moves, the whole batch is clamped to [lower, upper]; once none moves, nothing changes."""
+    xs = [x[b : b + 1].detach().clone() for b in range(x.shape[0])]
+    for _ in range(steps):
+        new_xs, any_active = [], False
+        for b, xb in enumerate(xs):
+            yb, kb = int(y[b]), int(target[b])
+            xb = xb.clone().requires_grad_(True)
             logits = model(xb).logits
             p = F.softmax(logits, dim=1)[0]
             (g,) = torch.autograd.grad(p[kb] - p[yb], xb)
             xb, p, logits = xb.detach(), p.detach(), logits.detach()
             if int(logits.argmax(dim=1)) == yb:
-                new = xb + step_size * float(p[yb] - p[kb] + eps) * g / max(float(g.norm()), 1e-12)
-                for c in range(x.shape[1]):
-                    if lower is not None:
-                        new[:, c] = new[:, c].clamp_min(float(lower[c]))
-                    if upper is not None:
-                        new[:, c] = new[:, c].clamp_max(float(upper[c]))
-                xb = new
-        out.append(xb)
-    return torch.cat(out)
+                any_active = True
+                xb = xb + step_size * float(p[yb] - p[kb] + eps) * g / max(float(g.norm()), 1e-12)
+            new_xs.append(xb)
+        if not any_active:
+            break
+        for xb in new_xs:
+            for c in range(x.shape[1]):
+                if lower is not None:
+                    xb[:, c] = xb[:, c].clamp_min(float(lower[c]))
+                if upper is not None:
+                    xb[:, c] = xb[:, c].clamp_max(float(upper[c]))
+        xs = new_xs
+    return torch.cat(xs)
 
 
 # ----------------------------------------------------------------------------- 1. schedule
@@ -164,7 +176,45 @@ def test_attack_classes_runner_up():
     got = attack_classes(t, "runner_up")
     assert got.dtype == torch.int64
     assert torch.equal(got, t.argsort(dim=1, descending=True)[:, 1])
-    assert torch.equal(attack_classes(t), got)
+
+
+def kdzoo_draw(t_logits, u):
+    """KD-Zoo's train_bss.py target rule, written independently: the teacher's softmax sorted in
+    descending order without its first entry; the first class whose cumulative score reaches
+    u * (sum of the remaining scores)."""
+    out = []
+    for row, ub in zip(t_logits.tolist(), u.tolist()):
+        p = F.softmax(torch.tensor(row, dtype=torch.float64), 0).tolist()
+        order = sorted(range(len(p)), key=lambda c: -p[c])[1:]
+        rest = [p[c] for c in order]
+        threshold, cum = ub * sum(rest), 0.0
+        for c, pc in zip(order, rest):
+            cum += pc
+            if cum >= threshold:
+                out.append(c)
+                break
+    return torch.tensor(out)
+
+
+def test_attack_classes_default_is_the_teachers_softmax_draw():
+    """Default = sampled: distributed as KD-Zoo's inverse-CDF draw (the runner-up it first picks is overwritten)."""
+    logits = torch.tensor([[3.0, 1.5, 1.0, -0.5, 0.2, 2.0]])
+    n = 20000
+    got = attack_classes(logits.expand(n, -1), generator=torch.Generator().manual_seed(0))
+    ref = kdzoo_draw(logits.expand(n, -1), torch.rand(n, generator=torch.Generator().manual_seed(1)))
+    f_got = torch.bincount(got, minlength=6).double() / n
+    f_ref = torch.bincount(ref, minlength=6).double() / n
+    assert f_got[0] == 0 and f_ref[0] == 0  # never the teacher's top-1 (the true class of a base sample)
+    assert (f_got - f_ref).abs().max() < 0.02
+    assert f_got[1] < 0.6  # far from the runner-up's share of 1.0 under the paper's rule
+    # with a fixed generator, the same draws as torch.multinomial on the renormalised softmax
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4000, 7, generator=g) * 2
+    got = attack_classes(t, generator=torch.Generator().manual_seed(5))
+    p = F.softmax(t.double(), 1)
+    p[torch.arange(4000), t.argmax(1)] = 0
+    ref = torch.multinomial(p / p.sum(1, keepdim=True), 1, generator=torch.Generator().manual_seed(5)).squeeze(1)
+    assert (got == ref).double().mean() > 0.99
 
 
 def test_attack_classes_sampled_excludes_top1_and_matches_softmax():
@@ -190,8 +240,20 @@ def test_attack_classes_sampled_excludes_top1_and_matches_softmax():
 
 
 def test_attack_classes_rejects_unknown():
-    with pytest.raises(KdpipeError, match=r"attack_class: got 'x'; allowed: runner_up, sampled"):
+    with pytest.raises(KdpipeError, match=r"attack_class: got 'x'; allowed: sampled, runner_up"):
         attack_classes(torch.zeros(2, 3), "x")
+    with pytest.raises(KdpipeError, match=r"attack_clamp: got 'x'; allowed: normalized, image"):
+        attack_bounds("x", (0.5,), (0.25,))
+
+
+def test_attack_bounds():
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    lo, hi = attack_bounds("normalized", mean, std)
+    assert lo.tolist() == [-2.5] * 3 and hi.tolist() == [2.5] * 3  # KD-Zoo's torch.clamp(x, -2.5, 2.5)
+    lo, hi = attack_bounds("image", mean, std)
+    for c in range(3):
+        assert lo[c].item() == pytest.approx(-mean[c] / std[c], rel=1e-6)
+        assert hi[c].item() == pytest.approx((1 - mean[c]) / std[c], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- 4. boundary attack
@@ -267,6 +329,32 @@ def test_boundary_attack_images_clamp_and_loop():
     free = boundary_attack(model, x, y, k, steps=6, step_size=2.0)
     assert (free.abs().amax(dim=(1, 2, 3)) >= got.abs().amax(dim=(1, 2, 3)) - 1e-7).all()
     assert not torch.equal(free, got)
+
+
+def test_boundary_attack_normalized_clamp_whole_batch():
+    """KD-Zoo clamps every sample to +-2.5 after each step in which any sample moved; no step, no clamp."""
+    model = Linear2D()
+    lo, hi = torch.full((2,), -2.5), torch.full((2,), 2.5)
+    x = torch.tensor([[2.0, 0.0], [0.0, 4.0]])  # sample 1: already across (class 1) and outside +-2.5
+    y, k = torch.tensor([0, 0]), torch.tensor([1, 1])
+    # independent: one step by hand for sample 0, sample 1 stays, then the whole batch is clamped
+    p = F.softmax(torch.tensor([2.0, 0.0, -5.0], dtype=torch.float64), 0)
+    # d(p1 - p0)/dx with dp_i/dz_j = p_i (delta_ij - p_j)
+    g = torch.stack([-p[1] * p[0] - p[0] * (1 - p[0]), p[1] * (1 - p[1]) + p[0] * p[1]])
+    step0 = x[0].double() + 6.0 * (p[0] - p[1] + 1e-4) * g / g.norm()
+    assert -2.5 < step0[0] < 2.5 < step0[1]
+    want = torch.stack([step0, x[1].double()]).clamp(-2.5, 2.5).float()
+    got = boundary_attack(model, x, y, k, steps=1, step_size=6.0, lower=lo, upper=hi)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert got[0, 1].item() == 2.5  # pushed beyond +2.5 and clamped
+    assert got[1].tolist() == [0.0, 2.5]  # not attacked, but clamped with the batch
+    assert torch.allclose(got, loop_attack(model, x, y, k, 1, 6.0, lower=lo, upper=hi))
+    # nothing to attack: no step, so no clamp either
+    alone = boundary_attack(model, x[1:], y[1:], k[1:], steps=3, lower=lo, upper=hi)
+    assert torch.equal(alone, x[1:])
+    # padding rows (valid False) neither move nor trigger a step
+    padded = boundary_attack(model, x, y, k, steps=2, lower=lo, upper=hi, valid=torch.tensor([False, True]))
+    assert torch.equal(padded, x)
 
 
 # ----------------------------------------------------------------------------- 5. no host sync

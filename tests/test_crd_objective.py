@@ -1,7 +1,10 @@
-"""CRD objective (Tian, Krishnan & Isola, ICLR 2020): memory, scores, exact NCE and relaxed softmax.
+"""CRD objective (Tian, Krishnan & Isola, ICLR 2020): sampler, memory, scores, NCE and InfoNCE.
 
 Golden values are recomputed with plain Python loops over samples and contrast entries
-(``math.exp`` / ``math.log`` on floats), independently of the vectorised module.
+(``math.exp`` / ``math.log`` on floats), independently of the vectorised module.  The
+sampler's defaults are checked against RepDistiller's data loader (negatives from the other
+classes, without replacement unless a class's pool is smaller than nce_n; ``relax``: the
+positive is a random image of the anchor's class).
 """
 
 import copy
@@ -11,9 +14,12 @@ import pytest
 import torch
 
 from kdpipe.errors import KdpipeError
-from kdpipe.objectives.crd import EPS, ContrastMemory, CRDLoss, Embed
+from kdpipe.objectives.crd import EPS, ContrastMemory, ContrastSampler, CRDLoss, Embed
 
 B, S_DIM, T_DIM, FEAT, N, NCE_N = 3, 5, 6, 4, 7, 5
+# class 0 has 3 images (pool of other-class images: 4 < NCE_N, drawn with replacement),
+# classes 1 and 2 have 2 (pool 5 = NCE_N: without replacement)
+LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0])
 
 
 def rows(t):
@@ -29,9 +35,9 @@ def normalise(a):
     return [x / n for x in a]
 
 
-def make_loss(mode="exact", seed=0, dtype=torch.float64, **kw):
+def make_loss(objective="nce", seed=0, dtype=torch.float64, **kw):
     torch.manual_seed(seed)
-    args = dict(feat_dim=FEAT, nce_n=NCE_N, nce_t=0.5, nce_mom=0.5, mode=mode)
+    args = dict(feat_dim=FEAT, nce_n=NCE_N, nce_t=0.5, nce_mom=0.5, objective=objective, labels=LABELS)
     args.update(kw)
     return CRDLoss(S_DIM, T_DIM, N, **args).to(dtype)
 
@@ -88,7 +94,7 @@ def test_dense_and_gathered_scores_agree():
     torch.manual_seed(0)
     mem = ContrastMemory(feat_dim=8, n_data=11, nce_n=9, nce_t=0.1, nce_mom=0.5)
     v = torch.randn(4, 8)
-    cidx = mem.sample(torch.tensor([1, 3, 3, 10]))
+    cidx = ContrastSampler(11, 9, sampler="uniform")(torch.tensor([1, 3, 3, 10]))
     dense = mem.scores(v, mem.memory_t, cidx, dense=True)
     gathered = mem.scores(v, mem.memory_t, cidx, dense=False)
     auto = mem.scores(v, mem.memory_t, cidx)  # 11 <= 4 * 10: dense
@@ -99,9 +105,9 @@ def test_dense_and_gathered_scores_agree():
     assert torch.allclose(dense, torch.tensor(want), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["exact", "relax"])
-def test_forward_dense_equals_gathered(mode):
-    base = make_loss(mode, dtype=torch.float32)
+@pytest.mark.parametrize("objective", ["nce", "infonce"])
+def test_forward_dense_equals_gathered(objective):
+    base = make_loss(objective, dtype=torch.float32)
     f_s, f_t, index, cidx = make_batch(dtype=torch.float32)
     results = {}
     for dense in (True, False):
@@ -122,11 +128,11 @@ def test_forward_dense_equals_gathered(mode):
     assert torch.allclose(w1, w2, atol=1e-5)
 
 
-# 2. exact mode = loop NCE, Z set once from the first batch
+# 2. the nce objective = loop NCE, Z set once from the first batch
 
 
-def test_exact_loss_matches_loop_and_z_is_fixed_after_first_call():
-    loss_mod = make_loss("exact")
+def test_nce_loss_matches_loop_and_z_is_fixed_after_first_call():
+    loss_mod = make_loss("nce")
     t = loss_mod.memory.nce_t
     assert loss_mod.memory.z_s.item() == -1.0 and loss_mod.memory.z_t.item() == -1.0
     f_s, f_t, index, cidx = make_batch()
@@ -158,21 +164,21 @@ def test_exact_loss_matches_loop_and_z_is_fixed_after_first_call():
 
 
 def test_z_survives_state_dict_round_trip():
-    a = make_loss("exact")
+    a = make_loss("nce")
     f_s, f_t, index, cidx = make_batch()
     a(f_s, f_t, index, cidx)
-    b = make_loss("exact", seed=3)
+    b = make_loss("nce", seed=3)
     b.load_state_dict(a.state_dict())
     assert b.memory.z_s.item() == a.memory.z_s.item() > 0
     f_s2, f_t2, _, _ = make_batch(seed=5)
     assert torch.allclose(a(f_s2, f_t2, index, cidx), b(f_s2, f_t2, index, cidx))
 
 
-# 3. relax mode = loop softmax cross-entropy
+# 3. the infonce objective = loop softmax cross-entropy
 
 
-def test_relax_loss_matches_loop_softmax():
-    loss_mod = make_loss("relax")
+def test_infonce_loss_matches_loop_softmax():
+    loss_mod = make_loss("infonce")
     t = loss_mod.memory.nce_t
     f_s, f_t, index, cidx = make_batch()
     v_s, v_t = embeddings(loss_mod, f_s, f_t)
@@ -181,7 +187,7 @@ def test_relax_loss_matches_loop_softmax():
     )
     got = loss_mod(f_s, f_t, index, cidx)
     assert got.item() == pytest.approx(want, rel=1e-6)
-    assert loss_mod.memory.z_s.item() == -1.0  # Z is an exact-mode quantity
+    assert loss_mod.memory.z_s.item() == -1.0  # Z belongs to the nce objective
 
 
 # 4. memory update
@@ -222,26 +228,160 @@ def test_memory_init_range():
     assert torch.equal(again.memory_s, mem.memory_s)  # global RNG
 
 
-# 5. sample()
+# 5. the sampler
+
+
+def loop_pool(labels, anchor):
+    """RepDistiller's cls_negative[label of anchor]: every training index of another class."""
+    return [j for j, c in enumerate(labels) if c != labels[anchor]]
+
+
+def test_default_loss_uses_other_class_sampler_exact_positive_and_nce():
+    loss_mod = CRDLoss(S_DIM, T_DIM, N, feat_dim=FEAT, nce_n=NCE_N, labels=LABELS)
+    assert (loss_mod.mode, loss_mod.sampler.sampler, loss_mod.objective) == ("exact", "other_class", "nce")
+
+
+def test_default_sampled_loss_matches_loop_nce_over_other_class_negatives():
+    """The default forward (no contrast_idx): its draw is replayed with the same seed, checked
+    against RepDistiller's sampling rule, and the loss recomputed by the loop NCE."""
+    loss_mod = CRDLoss(S_DIM, T_DIM, N, feat_dim=FEAT, nce_n=NCE_N, nce_t=0.5, labels=LABELS).double()
+    f_s, f_t, index, _ = make_batch()
+    torch.manual_seed(11)
+    cidx = loss_mod.sampler(index)
+    labels = LABELS.tolist()
+    for b, anchor in enumerate(index.tolist()):
+        assert cidx[b, 0] == anchor
+        pool = loop_pool(labels, anchor)
+        negatives = cidx[b, 1:].tolist()
+        assert set(negatives) <= set(pool)
+        if len(pool) >= NCE_N:  # classes 1, 2: without replacement
+            assert len(set(negatives)) == NCE_N
+    v_s, v_t = embeddings(loss_mod, f_s, f_t)
+    t = loss_mod.memory.nce_t
+    sc_s = loop_scores(v_s, loss_mod.memory.memory_t, cidx)
+    sc_t = loop_scores(v_t, loss_mod.memory.memory_s, cidx)
+    want = loop_nce(sc_s, t, loop_z(sc_s, t, N), N, NCE_N) + loop_nce(sc_t, t, loop_z(sc_t, t, N), N, NCE_N)
+    torch.manual_seed(11)
+    got = loss_mod(f_s, f_t, index)
+    assert got.item() == pytest.approx(want, rel=1e-9)
+
+
+def test_other_class_sampler_excludes_the_class_and_never_repeats():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (500,), generator=g)
+    sampler = ContrastSampler(500, 64, "other_class", "exact", labels)
+    torch.manual_seed(1)
+    index = torch.arange(0, 500, 7)
+    c = sampler(index)
+    assert c.shape == (len(index), 65) and c.dtype == torch.int64
+    assert torch.equal(c[:, 0], index)
+    for b, anchor in enumerate(index.tolist()):
+        negatives = c[b, 1:].tolist()
+        assert all(int(labels[j]) != int(labels[anchor]) for j in negatives)
+        assert len(set(negatives)) == 64  # without replacement
+        assert anchor not in negatives
+
+
+def test_other_class_sampler_is_uniform_over_the_pool():
+    # 12 images, class 0 has 4: its pool is the 8 others; each appears in a draw of 3 with probability 3/8
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    sampler = ContrastSampler(12, 3, "other_class", "exact", labels)
+    torch.manual_seed(2)
+    draws = 6000
+    c = sampler(torch.zeros(draws, dtype=torch.long))[:, 1:]
+    freq = torch.bincount(c.flatten(), minlength=12).double() / draws
+    pool = loop_pool(labels.tolist(), 0)
+    for j in range(12):
+        assert freq[j].item() == pytest.approx(3 / 8 if j in pool else 0.0, abs=0.03), j
+    assert all(len(set(row)) == 3 for row in c.tolist())
+
+
+def test_other_class_sampler_replaces_only_where_the_pool_is_too_small():
+    # RepDistiller: replace = nce_n > len(cls_negative[target]).  Class 0 (3 images): pool 4 < 5 -> with
+    # replacement; classes 1, 2 (2 images): pool 5 -> without.
+    sampler = ContrastSampler(N, NCE_N, "other_class", "exact", LABELS)
+    torch.manual_seed(3)
+    index = torch.tensor([0, 1, 2] * 200)
+    c = sampler(index)
+    for b, anchor in enumerate(index.tolist()):
+        negatives = c[b, 1:].tolist()
+        pool = loop_pool(LABELS.tolist(), anchor)
+        assert set(negatives) <= set(pool)
+        if anchor != 0:
+            assert sorted(negatives) == sorted(pool)  # all 5, each once
+    rows0 = [c[b, 1:].tolist() for b in range(0, len(index), 3)]
+    assert any(len(set(r)) < NCE_N for r in rows0)  # necessarily repeats: 5 draws from 4
+    # all classes too small: every row with replacement, still other-class only
+    big = ContrastSampler(N, 40, "other_class", "exact", LABELS)
+    c = big(torch.tensor([0, 1, 2]))
+    for b, anchor in enumerate([0, 1, 2]):
+        assert set(c[b, 1:].tolist()) <= set(loop_pool(LABELS.tolist(), anchor))
+
+
+def test_relax_positive_is_a_random_image_of_the_anchor_class():
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 2])
+    sampler = ContrastSampler(8, 2, "other_class", "relax", labels)
+    torch.manual_seed(4)
+    index = torch.tensor([0] * 4000 + [7] * 10)
+    c = sampler(index)
+    positives = c[:4000, 0]
+    assert all(int(labels[j]) == 0 for j in positives.tolist())
+    freq = torch.bincount(positives, minlength=8).double() / 4000
+    for j in (0, 2, 4, 6):  # the anchor itself included, as numpy.random.choice(cls_positive[target])
+        assert freq[j].item() == pytest.approx(0.25, abs=0.03)
+    assert c[4000:, 0].tolist() == [7] * 10  # the only image of class 2
+    # negatives are still of other classes
+    assert all(int(labels[j]) != 0 for j in c[:4000, 1:].flatten().tolist())
+
+
+def test_relax_updates_the_anchor_row_not_the_positive():
+    loss_mod = make_loss("nce", mode="relax")
+    f_s, f_t, index, _ = make_batch()
+    before = loss_mod.memory.memory_s.clone()
+    torch.manual_seed(5)
+    cidx = loss_mod.sampler(index)
+    torch.manual_seed(5)
+    loss_mod(f_s, f_t, index)
+    changed = (loss_mod.memory.memory_s != before).any(dim=1).nonzero().flatten().tolist()
+    assert sorted(changed) == sorted(index.tolist())
+    assert all(int(LABELS[p]) == int(LABELS[a]) for p, a in zip(cidx[:, 0].tolist(), index.tolist()))
 
 
 @pytest.mark.parametrize("nce_n", [3, 40])  # 40 > n_data: with replacement
-def test_sample(nce_n):
+def test_uniform_sampler(nce_n):
     torch.manual_seed(0)
-    mem = ContrastMemory(feat_dim=4, n_data=9, nce_n=nce_n, nce_t=0.1, nce_mom=0.5)
+    sampler = ContrastSampler(9, nce_n, "uniform")  # no labels needed for exact + uniform
     index = torch.tensor([8, 0, 3, 3])
-    c = mem.sample(index)
+    c = sampler(index)
     assert c.shape == (4, nce_n + 1)
     assert c.dtype == torch.int64
-    assert c.device == mem.memory_s.device
     assert torch.equal(c[:, 0], index)
     assert c.min().item() >= 0 and c.max().item() < 9
     if nce_n > 9:
         assert len(set(c[:, 1:].flatten().tolist())) > 1
 
 
+def test_sampler_is_replayable_from_the_rng_state():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (60,), generator=g)
+    sampler = ContrastSampler(60, 20, "other_class", "relax", labels)
+    torch.manual_seed(9)
+    first = sampler(torch.arange(16))
+    state = torch.get_rng_state()
+    second = sampler(torch.arange(16))
+    torch.set_rng_state(state)
+    assert torch.equal(sampler(torch.arange(16)), second)
+    torch.manual_seed(9)
+    assert torch.equal(sampler(torch.arange(16)), first)
+
+
+def test_sampler_labels_are_not_saved():
+    loss_mod = make_loss()
+    assert not any(k.startswith("sampler") for k in loss_mod.state_dict())
+
+
 def test_forward_samples_when_no_contrast_idx_given():
-    loss_mod = make_loss("exact", nce_n=20)  # nce_n > n_data
+    loss_mod = make_loss("nce", nce_n=20)  # nce_n > every pool: with replacement
     f_s, f_t, index, _ = make_batch()
     loss = loss_mod(f_s, f_t, index)
     assert torch.isfinite(loss)
@@ -251,9 +391,9 @@ def test_forward_samples_when_no_contrast_idx_given():
 # 6. gradients, parameters and buffers
 
 
-@pytest.mark.parametrize("mode", ["exact", "relax"])
-def test_gradients_and_state(mode):
-    loss_mod = make_loss(mode)
+@pytest.mark.parametrize("objective", ["nce", "infonce"])
+def test_gradients_and_state(objective):
+    loss_mod = make_loss(objective)
     f_s, f_t, index, cidx = make_batch()
     f_s.requires_grad_(True)
     f_t.requires_grad_(True)
@@ -287,13 +427,26 @@ def test_embed_normalises_and_flattens():
 # 7. errors
 
 
-def test_bad_mode():
+def test_bad_settings():
     with pytest.raises(KdpipeError, match=r"mode: got 'x'; allowed: exact, relax"):
-        CRDLoss(S_DIM, T_DIM, N, mode="x")
+        CRDLoss(S_DIM, T_DIM, N, mode="x", labels=LABELS)
+    with pytest.raises(KdpipeError, match=r"sampler: got 'x'; allowed: other_class, uniform"):
+        CRDLoss(S_DIM, T_DIM, N, sampler="x", labels=LABELS)
+    with pytest.raises(KdpipeError, match=r"objective: got 'x'; allowed: nce, infonce"):
+        CRDLoss(S_DIM, T_DIM, N, objective="x", labels=LABELS)
+    with pytest.raises(KdpipeError, match="needs the training labels"):
+        CRDLoss(S_DIM, T_DIM, N)
+    with pytest.raises(KdpipeError, match="needs the training labels"):
+        CRDLoss(S_DIM, T_DIM, N, sampler="uniform", mode="relax")
+    with pytest.raises(KdpipeError, match="7 labels for a memory of 8 rows"):
+        CRDLoss(S_DIM, T_DIM, 8, labels=LABELS)
+    with pytest.raises(KdpipeError, match="at least two classes"):
+        CRDLoss(S_DIM, T_DIM, N, labels=torch.zeros(N, dtype=torch.long))
+    CRDLoss(S_DIM, T_DIM, N, sampler="uniform")  # the paper's uniform noise needs no labels
 
 
 def test_bad_contrast_idx_shape():
-    loss_mod = make_loss("exact")
+    loss_mod = make_loss("nce")
     f_s, f_t, index, cidx = make_batch()
     with pytest.raises(KdpipeError, match="contrast_idx"):
         loss_mod(f_s, f_t, index, cidx[:, :3])

@@ -6,6 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
+from kdpipe.errors import KdpipeError
 from kdpipe.objectives.ft import (
     Paraphraser,
     Translator,
@@ -34,6 +37,7 @@ def test_factor_channels():
     assert factor_channels(64, 0.5) == 32
     assert factor_channels(3, 0.1) == 1
     assert factor_channels(64, 1.0) == 64
+    assert factor_channels(10, 0.35) == 3  # KD-Zoo's int(in_channels * k) truncates (round would give 4)
     with pytest.raises(ValueError):
         factor_channels(64, 0.0)
 
@@ -54,6 +58,60 @@ def test_paraphraser_shapes_and_encode():
 def test_translator_shape():
     tr = Translator(8, 4)
     assert tr(torch.randn(2, 8, 4, 4)).shape == (2, 4, 4, 4)
+
+
+def layer_kinds(seq):
+    return [type(m).__name__ for m in seq]
+
+
+def test_paraphraser_structure_is_kdzoos():
+    """KD-Zoo's paraphraser: every layer conv + BN + LeakyReLU(0.1), the decoder's last one included."""
+    p = Paraphraser(16, 0.5)
+    block = ["BatchNorm2d", "LeakyReLU"]
+    assert layer_kinds(p.encoder) == (["Conv2d"] + block) * 3
+    assert layer_kinds(p.decoder) == (["ConvTranspose2d"] + block) * 3
+    assert layer_kinds(p.decoder)[-2:] == ["BatchNorm2d", "LeakyReLU"]
+    assert all(m.negative_slope == 0.1 for m in p.modules() if isinstance(m, nn.LeakyReLU))
+    convs = [m for m in p.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(m.bias is None and m.kernel_size == (3, 3) and m.padding == (1, 1) for m in convs)
+    assert p.decoder[-3].out_channels == 16 and p.decoder[-2].num_features == 16
+    with torch.no_grad():
+        _, rec = p.eval()(torch.randn(2, 16, 4, 4).relu())
+    assert rec.shape == (2, 16, 4, 4)
+
+
+def test_paraphraser_linear_end_and_no_bn():
+    p = Paraphraser(16, 0.5, decoder_out="linear")
+    assert layer_kinds(p.decoder)[-1] == "ConvTranspose2d" and p.decoder[-1].bias is not None
+    assert layer_kinds(p.decoder)[:-1] == ["ConvTranspose2d", "BatchNorm2d", "LeakyReLU"] * 2
+    # KD-Zoo on CIFAR-100: no BN anywhere, convolutions with bias (zero-initialised)
+    q = Paraphraser(16, 0.5, bn=False)
+    assert layer_kinds(q.encoder) == ["Conv2d", "LeakyReLU"] * 3
+    assert layer_kinds(q.decoder) == ["ConvTranspose2d", "LeakyReLU"] * 3
+    assert all(m.bias is not None for m in q.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    assert all(float(m.bias.detach().abs().sum()) == 0 for m in q.modules() if type(m) is nn.Conv2d)
+    t = Translator(8, 4, bn=False)
+    assert layer_kinds(t.encoder) == ["Conv2d", "LeakyReLU"] * 3
+    assert layer_kinds(Translator(8, 4).encoder) == ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 3
+    with pytest.raises(KdpipeError, match="para_decoder_out: got 'x'; allowed: lrelu, linear"):
+        Paraphraser(16, 0.5, decoder_out="x")
+
+
+def test_initialisation_is_kdzoos():
+    """Conv2d: Kaiming normal, fan_out, ReLU gain (std sqrt(2 / (out * 9))); ConvTranspose2d: PyTorch default."""
+    torch.manual_seed(0)
+    p = Paraphraser(64, 0.5).requires_grad_(False)
+    conv = p.encoder[0]
+    want = math.sqrt(2.0 / (64 * 9))
+    assert float(conv.weight.std()) == pytest.approx(want, rel=0.05)
+    assert float(conv.weight.mean()) == pytest.approx(0.0, abs=0.05 * want)
+    deconv = p.decoder[0]  # default: kaiming_uniform(a=sqrt(5)) -> uniform, |w| <= 1/sqrt(fan_in)
+    fan_in = deconv.weight.shape[1] * 9
+    assert float(deconv.weight.abs().max()) <= 1 / math.sqrt(fan_in) + 1e-7
+    assert float(conv.weight.abs().max()) > 1 / math.sqrt(64 * 9)  # normal, not that bounded uniform
+    for m in p.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
 
 
 def test_factor_transfer_loss_matches_loop():
@@ -113,10 +171,11 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_paraphraser_learns_to_autoencode(one_thread):
+@pytest.mark.parametrize("decoder_out", ["lrelu", "linear"])
+def test_paraphraser_learns_to_autoencode(one_thread, decoder_out):
     torch.manual_seed(0)
-    p = Paraphraser(16, 0.5)  # 16 -> 8 channel factor
-    x = torch.randn(8, 16, 4, 4)
+    p = Paraphraser(16, 0.5, decoder_out=decoder_out)  # 16 -> 8 channel factor
+    x = torch.randn(8, 16, 4, 4).relu()  # a teacher's last stage is post-ReLU
     params = [q for q in p.parameters() if q.requires_grad]
     # hand-rolled SGD with momentum (lr 0.1, 0.9): the first torch.optim optimizer in a process
     # imports torch._dynamo (~1.5-2 s), which would dominate this test

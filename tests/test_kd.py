@@ -170,6 +170,98 @@ def test_two_stage_phases_and_schedule(tmp_path, teacher):
     assert record["roles"]["student"]["best_epoch"] > 5  # never chosen during the init phase
 
 
+def two_stage_task(tmp_path, teacher, mode, **kw):
+    """A DistillTask built as run_entry builds it, and one tiny normalised batch."""
+    from kdpipe.data import Normalizer
+    from kdpipe.engine import Context, seed_everything
+    from kdpipe.methods.kd import DistillTask
+    from kdpipe.options import resolve
+    from kdpipe.runner import load_options_data
+
+    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode=mode, init_epochs=1)
+    opts = resolve("kd", {**args, **TINY, "save_root": str(tmp_path), **kw})
+    data = load_options_data(opts)
+    ctx = Context(opts, data, torch.device("cpu"), tmp_path)
+    seed_everything(0)
+    task = DistillTask(ctx)
+    x = Normalizer(data.mean, data.std, ctx.device, False)(data.train_x[:16])
+    batch = (x, data.train_y[:16], torch.arange(16), torch.zeros(16, dtype=torch.long))
+    return task, batch
+
+
+def step(task, batch, epoch):
+    task.train(True)
+    task.on_epoch_start(epoch)
+    task.train_step(*batch, epoch)
+    task.on_epoch_end(epoch)
+
+
+@pytest.mark.parametrize("mode", ["fsp", "ab"])
+def test_two_stage_phases_share_one_optimizer_and_its_momentum(tmp_path, teacher, mode):
+    """KD-Zoo's train_kd.py: the init phase and the CE phase step ONE SGD optimizer, so the CE phase's
+    first update starts from the momentum the init phase built up (buf <- 0.9 buf + grad + wd p)."""
+    task, batch = two_stage_task(tmp_path, teacher, mode)
+    assert set(task.optimizers) == {"student"} and set(task.schedulers) == {"student"}
+    opt = task.optimizers["student"]
+    student = task.roles["student"]
+    fc = student.fc.weight
+    fc_before = fc.detach().clone()
+    step(task, batch, 0)  # init phase: distillation loss only (lr 0.05 x 0.1)
+    assert task.current_lr() == pytest.approx(0.05)  # the schedule moved on to the CE phase
+    params = [p for group in opt.param_groups for p in group["params"]]
+    init_bufs = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    # the classifier is untouched by the FSP/AB loss; KD-Zoo's 0 x CE still gives it a zero gradient,
+    # so weight decay reaches it: its buffer after one step is wd * w
+    assert torch.allclose(opt.state[fc]["momentum_buffer"], 1e-4 * fc_before)
+    before = [p.detach().clone() for p in params]
+    step(task, batch, 1)  # CE phase, same optimizer
+    for p, buf, w in zip(params, init_bufs, before):
+        want = 0.9 * buf + p.grad + 1e-4 * w
+        assert torch.allclose(opt.state[p]["momentum_buffer"], want, atol=1e-7)
+    assert any(float(b.abs().sum()) > 0 for b in init_bufs)
+
+
+def test_two_stage_separate_optimizers_setting(tmp_path, teacher):
+    task, batch = two_stage_task(tmp_path, teacher, "fsp", init_optimizer="separate")
+    assert set(task.optimizers) == {"student", "init"}
+    step(task, batch, 0)
+    params = [p for group in task.optimizers["student"].param_groups for p in group["params"]]
+    assert all(p not in task.optimizers["student"].state for p in params)  # untouched by the init phase
+    before = [p.detach().clone() for p in params]
+    step(task, batch, 1)
+    for p, w in zip(params, before):  # a fresh buffer: just this step's gradient plus weight decay
+        assert torch.allclose(task.optimizers["student"].state[p]["momentum_buffer"], p.grad + 1e-4 * w, atol=1e-7)
+    assert task.info()["init_optimizer"] == "separate"
+
+
+def test_two_stage_resume_across_the_phase_boundary_is_exact(tmp_path, teacher, monkeypatch):
+    from kdpipe.methods.kd import DistillTask
+
+    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", kd_mode="fsp", init_epochs=2)
+    opts = {**TINY, "epochs": 2, "save_root": str(tmp_path)}
+    kdpipe.train_kd(note="straight", **args, **opts)
+    original = DistillTask.on_epoch_start
+
+    def stop(self, epoch):
+        if epoch == 2:  # the first CE epoch: the checkpoint holds the init phase's momentum
+            raise RuntimeError("interrupted")
+        return original(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(DistillTask, "on_epoch_start", stop)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            kdpipe.train_kd(note="resumed", **args, **opts)
+    record = kdpipe.train_kd(note="resumed", **args, **opts)
+    assert record["resumed_at_epochs"] == [2]
+    a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["task"] for n in ("straight", "resumed"))
+    assert all(torch.equal(v, b["roles"]["student"][k]) for k, v in a["roles"]["student"].items())
+    sa, sb = a["optimizers"]["student"]["state"], b["optimizers"]["student"]["state"]
+    assert set(sa) == set(sb) and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    rows = [list(csv.DictReader(open(tmp_path / n / "metrics.csv"))) for n in ("straight", "resumed")]
+    assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+
+
 def test_student_starts_from_baseline_init_or_s_init(tmp_path, teacher):
     from kdpipe.engine import seed_everything
     from kdpipe.models import build_model

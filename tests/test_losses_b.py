@@ -463,7 +463,7 @@ def test_sobolev_analytic_linear_networks():
     x = torch.randn(5, *image, dtype=torch.float64).requires_grad_(True)
     y = torch.tensor([0, 3, 1, 3, 2])
     shapes = TapShapes((2, 2, 3), ((2, 2, 3),) * 3, 12, 4)
-    loss = make_loss("sobolev", shapes, shapes)
+    loss = make_loss("sobolev", shapes, shapes, grad_norm="none")  # the paper's raw gradients
     value = loss(s_net(x), t_net(x), DistillBatch(x, y))
     ws, wt = L(s_net.fc.weight), L(t_net.fc.weight)
     expected = sum((ws[int(k)][e] - wt[int(k)][e]) ** 2 for k in y for e in range(12)) / (5 * 12)
@@ -491,7 +491,7 @@ def test_sobolev_golden_resnet_per_sample():
     student = student_net(train=False)  # eval: samples are independent, so per-sample grads agree
     teacher = frozen_teacher()
     x, y = image_batch(batch=3)
-    loss = make_loss("sobolev", RESNET8_SHAPES, RESNET8_SHAPES)
+    loss = make_loss("sobolev", RESNET8_SHAPES, RESNET8_SHAPES, grad_norm="none")
     value = loss(student(x), teacher(x), DistillBatch(x, y))
     gs, gt = ref_input_grads(student, x, y), ref_input_grads(teacher, x, y)
     n = sum(len(r) for r in gs)
@@ -558,7 +558,7 @@ def test_lwm_analytic_tiny_networks(s_stride, t_stride, s_ch, t_ch):
     x = torch.randn(4, 2, 4, 4, dtype=torch.float64).requires_grad_(True)
     y = torch.tensor([0, 2, 1, 2])
     s, t = s_net(x), t_net(x)
-    loss = make_loss("lwm", shapes_of(s), shapes_of(t))
+    loss = make_loss("lwm", shapes_of(s), shapes_of(t), cam="gradcam")  # the paper's Grad-CAM
     value = loss(s, t, DistillBatch(x, y))
     ws, wt = L(s_net.fc.weight), L(t_net.fc.weight)
     cams_s = [ref_cam_analytic(L(s.stages[1][b]), ws, int(y[b])) for b in range(4)]
@@ -587,7 +587,7 @@ def test_lwm_golden_resnet_per_sample():
     student = student_net(train=False)
     teacher = frozen_teacher()
     x, y = image_batch(batch=3)
-    loss = make_loss("lwm", RESNET8_SHAPES, RESNET8_SHAPES)
+    loss = make_loss("lwm", RESNET8_SHAPES, RESNET8_SHAPES, cam="gradcam")
     value = loss(student(x), teacher(x), DistillBatch(x, y))
     expected = ref_lwm_from_cams(ref_gradcam_per_sample(student, x, y), ref_gradcam_per_sample(teacher, x, y))
     assert value.item() == pytest.approx(expected, rel=1e-8)

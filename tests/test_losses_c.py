@@ -147,7 +147,7 @@ def test_registry_defaults_and_taps(name, cls, lam, taps):
 
 def test_mode_settings_defaults():
     assert VIDLoss.defaults == {"lambda_kd": 1.0, "sf": 1.0, "init_var": 5.0}
-    assert OFDLoss.defaults == {"lambda_kd": 0.5}
+    assert OFDLoss.defaults == {"lambda_kd": 0.5, "margin": "batch", "reduction": "mean"}
     assert AFDLoss.defaults == {"lambda_kd": 500.0, "att_f": 1.0}
 
 
@@ -294,7 +294,7 @@ def test_ofd_margin_known_values_and_fallback():
 
 def test_ofd_margins_read_from_teacher_batch_norms_and_saved():
     teacher_model = resnet8_teacher()
-    loss = OFDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), teacher_model=teacher_model)
+    loss = OFDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), teacher_model=teacher_model, margin="bn")
     state = loss.state_dict()
     for i, bn in enumerate(teacher_model.pre_relu_bns()):
         assert f"margin{i + 1}" in state
@@ -310,21 +310,21 @@ def test_ofd_margins_read_from_teacher_batch_norms_and_saved():
                 expected = beta - gamma * pdf / mass
             assert margins[c] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     # the margins travel with the loss (a fresh loss from another teacher takes them on load)
-    other = OFDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), teacher_model=build_model("resnet8", 10))
+    other = OFDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), teacher_model=build_model("resnet8", 10), margin="bn")
     assert not torch.equal(other.margin1, loss.margin1)
     other.load_state_dict(state)
     assert torch.equal(other.margin1, loss.margin1)
 
 
-def test_ofd_needs_teacher_model():
+def test_ofd_bn_margin_needs_teacher_model():
     message = r"^kd_mode ofd: needs the teacher network to read its batch-norm statistics$"
     with pytest.raises(KdpipeError, match=message):
-        OFDLoss(shapes(RESNET_STAGES), shapes(RESNET_STAGES))
+        OFDLoss(shapes(RESNET_STAGES), shapes(RESNET_STAGES), margin="bn")
 
 
 def test_ofd_rejects_teacher_without_pre_relu_bns():
     with pytest.raises(KdpipeError, match="pre_relu_bns"):
-        OFDLoss(shapes(RESNET_STAGES), shapes(RESNET_STAGES), teacher_model=nn.Linear(2, 2))
+        OFDLoss(shapes(RESNET_STAGES), shapes(RESNET_STAGES), teacher_model=nn.Linear(2, 2), margin="bn")
 
 
 def test_partial_l2_mask_hand_made():
@@ -356,7 +356,9 @@ def test_ofd_loss_hand_made_value():
             bn.weight.fill_(1.0)
             bn.bias.fill_(0.0)  # margin -sqrt(2/pi) everywhere
     stages = ((16, 1, 1), (32, 1, 1), (64, 1, 1))
-    loss = OFDLoss(shapes(stages), shapes(stages), teacher_model=teacher_model).double()
+    loss = OFDLoss(
+        shapes(stages), shapes(stages), teacher_model=teacher_model, margin="bn", reduction="sum_batch"
+    ).double()
     identity_connectors(loss)
     s_pre = [torch.zeros(1, *st, dtype=torch.float64) for st in stages]
     t_pre = [torch.zeros(1, *st, dtype=torch.float64) for st in stages]
@@ -370,7 +372,9 @@ def test_ofd_loss_hand_made_value():
 
 
 def ofd_golden(loss: OFDLoss, s_taps: FeatureTaps, t_taps: FeatureTaps) -> float:
-    """Eval-mode connector (conv1x1 + BN with running stats) recomputed in loops."""
+    """The paper's form (margin bn, reduction sum_batch).
+
+    Eval-mode connector (conv1x1 + BN with running stats) recomputed in loops."""
     stage_values = []
     for i, (conv, bn) in enumerate(loss.connectors):
         s, t = s_taps.stages_pre[i].detach(), t_taps.stages_pre[i].detach()
@@ -403,7 +407,9 @@ def ofd_golden(loss: OFDLoss, s_taps: FeatureTaps, t_taps: FeatureTaps) -> float
 def test_ofd_golden_with_mismatch():
     student = ((8, 2, 2), (16, 2, 2), (32, 1, 1))
     teacher = ((16, 2, 2), (32, 1, 1), (64, 2, 2))  # stage 2: student pooled; stage 3: teacher pooled
-    loss = OFDLoss(shapes(student), shapes(teacher), teacher_model=resnet8_teacher()).double()
+    loss = OFDLoss(
+        shapes(student), shapes(teacher), teacher_model=resnet8_teacher(), margin="bn", reduction="sum_batch"
+    ).double()
     loss.eval()
     with torch.no_grad():
         for conv, bn in loss.connectors:

@@ -12,6 +12,7 @@ import kdpipe
 from conftest import cli, tiny_cli_flags
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.dml import mutual_kl
+from kdpipe.summary import _settings
 
 TINY = dict(data_name="digits", epochs=2, batch_size=16, lr=0.05, train_subset=48, cuda=0, threads=1)
 
@@ -42,8 +43,15 @@ def test_ft_paraphraser_then_student(tmp_path, teacher):
     assert all(r["role"] == "paraphraser" and r["test_acc"] in ("", "nan") for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns to reconstruct
     assert para["info"]["factor_channels"] == 32
+    assert para["info"]["ft_bn"] == "on" and para["info"]["para_decoder_out"] == "lrelu"
     state = torch.load(tmp_path / "para" / "paraphraser.pt", weights_only=True)
     assert any(k.startswith("encoder") for k in state)
+    assert "decoder.7.running_mean" in state  # the decoder ends in BN (+ LeakyReLU), as KD-Zoo's
+    # KD-Zoo's paraphraser optimizer: SGD momentum 0.9, weight decay, no Nesterov, a constant lr
+    assert [float(r["lr"]) for r in rows] == [0.01, 0.01]
+    group = torch.load(tmp_path / "para" / "checkpoint.pt", weights_only=True)["task"]["optimizers"]["paraphraser"]
+    group = group["param_groups"][0]
+    assert group["nesterov"] is False and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
     record = kdpipe.train_ft(
         t_model=str(teacher),
         t_name="resnet14",
@@ -55,6 +63,7 @@ def test_ft_paraphraser_then_student(tmp_path, teacher):
     )
     assert finite_losses(tmp_path / "ft")
     assert record["roles"]["student"]["method"] == "ft" and record["info"]["lambda_kd"] == 200.0
+    assert "ft_bn=on; para_decoder_out=lrelu" in _settings(record)
     assert "paraphraser" in record["inputs"]
     ckpt = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
     assert ckpt["task"]["extra"]["translator"]  # the translator is trained and saved with the student
@@ -62,10 +71,52 @@ def test_ft_paraphraser_then_student(tmp_path, teacher):
 
 def test_ft_trains_its_own_paraphraser_without_one(tmp_path, teacher):
     record = kdpipe.train_ft(
-        t_model=str(teacher), t_name="resnet14", s_name="resnet8", save_root=str(tmp_path), note="ft", **TINY
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        para_epochs=2,
+        ft_bn="off",
+        para_decoder_out="linear",
+        save_root=str(tmp_path),
+        note="ft",
+        **TINY,
     )
     assert (tmp_path / "ft" / "paraphraser" / "paraphraser.pt").is_file()
     assert record["inputs"]["paraphraser"]["path"].endswith("paraphraser/paraphraser.pt")
+    para = json.loads((tmp_path / "ft" / "paraphraser" / "run.json").read_text())
+    assert para["epochs"] == 2 and para["config"]["lr"] == pytest.approx(TINY["lr"] / 10)
+    assert para["info"]["ft_bn"] == "off" and para["info"]["para_decoder_out"] == "linear"
+    assert record["info"]["ft_bn"] == "off"
+    ckpt = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
+    assert not any("running_mean" in k for k in ckpt["task"]["extra"]["translator"])  # no BN: translator too
+
+
+def test_ft_paraphraser_defaults_from_the_cli(monkeypatch):
+    """python -m kdpipe ft without --paraphraser trains one for KD-Zoo's 30 epochs at lr/10, constant."""
+    from kdpipe import cli as kd_cli
+    from kdpipe.methods import ft as ft_module
+    from kdpipe.options import resolve
+
+    calls = []
+    monkeypatch.setattr(ft_module, "run_entry", lambda entry, kwargs, *a, **k: calls.append(resolve(entry, kwargs)))
+    common = ["--data_name", "digits", "--t_model", "t.pt", "--t_name", "resnet14"]
+    assert kd_cli.main(["ft", *common, "--s_name", "resnet8", "--save_root", "/nonexistent"]) == 0
+    para, student = calls
+    assert para["epochs"] == 30 and para["lr"] == pytest.approx(0.01) and para["milestones"] is None
+    assert para["momentum"] == 0.9 and para["weight_decay"] == 1e-4
+    assert (para["ft_bn"], para["para_decoder_out"]) == ("auto", "lrelu")
+    assert student["para_epochs"] == 30 and student["epochs"] == 200
+    calls.clear()
+    assert kd_cli.main(["ft_paraphraser", *common]) == 0
+    assert calls[0]["epochs"] == 30 and calls[0]["lr"] == 0.01 and calls[0]["milestones"] is None
+
+
+def test_ft_batchnorm_follows_kdzoo_per_dataset():
+    from kdpipe.methods.ft import use_batchnorm
+
+    assert use_batchnorm("auto", "cifar10") and use_batchnorm("auto", "digits")
+    assert not use_batchnorm("auto", "cifar100")  # KD-Zoo: use_bn = data_name == 'cifar10'
+    assert use_batchnorm("on", "cifar100") and not use_batchnorm("off", "cifar10")
 
 
 def test_ft_refuses_paraphraser_of_other_k(tmp_path, teacher):
@@ -87,25 +138,80 @@ def test_ft_refuses_paraphraser_of_other_k(tmp_path, teacher):
 # ---------------------------------------------------------------- CRD
 
 
-@pytest.mark.parametrize("mode", ["exact", "relax"])
-def test_crd_trains_both_modes(tmp_path, teacher, mode):
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"mode": "relax"}, {"sampler": "uniform", "objective": "infonce"}],
+    ids=["default", "relax", "uniform-infonce"],
+)
+def test_crd_trains_each_setting(tmp_path, teacher, settings):
     record = kdpipe.train_crd(
         t_model=str(teacher),
         t_name="resnet14",
         s_name="resnet8",
-        mode=mode,
-        nce_n=64,
+        nce_n=16,  # 48 digits images: every class's pool of other-class images is larger
         feat_dim=16,
         save_root=str(tmp_path),
-        note=mode,
+        note="c",
+        **settings,
         **TINY,
     )
-    assert finite_losses(tmp_path / mode)
-    assert record["info"]["lambda_kd"] == 0.2 and record["info"]["memory_rows"] == 48
-    state = torch.load(tmp_path / mode / "checkpoint.pt", weights_only=True)["task"]["extra"]["crd"]
+    assert finite_losses(tmp_path / "c")
+    info = record["info"]
+    assert info["lambda_kd"] == 0.2 and info["memory_rows"] == 48
+    chosen = {"mode": "exact", "sampler": "other_class", "objective": "nce", **settings}
+    assert {k: info[k] for k in chosen} == chosen and {k: record["config"][k] for k in chosen} == chosen
+    assert "mode={mode}; sampler={sampler}; objective={objective}".format(**chosen) in _settings(record)
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["task"]["extra"]["crd"]
     assert state["memory.memory_s"].shape == (48, 16)
-    if mode == "exact":
+    if chosen["objective"] == "nce":
         assert float(state["memory.z_s"]) > 0  # the NCE normaliser was estimated and saved
+
+
+def interrupt_and_resume(monkeypatch, task_cls, train, at_epoch, **kwargs):
+    """Stop a run at the start of ``at_epoch`` (its checkpoint of the epoch before is written), then resume it."""
+    original = task_cls.on_epoch_start
+
+    def stop(self, epoch):
+        if epoch == at_epoch:
+            raise RuntimeError("interrupted")
+        return original(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(task_cls, "on_epoch_start", stop)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            train(**kwargs)
+    return train(**kwargs)
+
+
+def assert_same_run(a, b, extra):
+    wa, wb = (torch.load(r / "model.pt", weights_only=True) for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True)["task"] for r in (a, b))
+    assert all(torch.equal(v, cb["extra"][extra][k]) for k, v in ca["extra"][extra].items())
+    timeless = [
+        [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in metrics(run)]
+        for run in (a, b)
+    ]
+    assert timeless[0] == timeless[1]
+
+
+def test_crd_resume_replays_the_sampler(tmp_path, teacher, monkeypatch):
+    from kdpipe.methods.crd import ContrastiveTask
+
+    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", nce_n=16, feat_dim=16, mode="relax")
+    kdpipe.train_crd(save_root=str(tmp_path), note="straight", **args, **{**TINY, "epochs": 3})
+    record = interrupt_and_resume(
+        monkeypatch,
+        ContrastiveTask,
+        kdpipe.train_crd,
+        2,
+        save_root=str(tmp_path),
+        note="resumed",
+        **args,
+        **{**TINY, "epochs": 3},
+    )
+    assert record["resumed_at_epochs"] == [2]
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed", "crd")  # memory banks included
 
 
 def test_crd_plus_st(tmp_path, teacher):
@@ -179,6 +285,8 @@ def test_bss_attacks_after_warmup(tmp_path, teacher):
     )
     assert finite_losses(tmp_path / "b")
     assert record["roles"]["student"]["generation"] == 1 and record["info"]["attack_size"] == 8
+    assert record["info"]["attack_class"] == "sampled" and record["info"]["attack_clamp"] == "normalized"
+    assert "attack_size=8; attack_class=sampled; attack_clamp=normalized" in _settings(record)
 
 
 def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
@@ -204,7 +312,11 @@ def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
 @pytest.mark.parametrize(
     "entry, args",
     [
-        ("ft", ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "100", "--k", "0.5"]),
+        (
+            "ft",
+            ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "100", "--k", "0.5", "--para_epochs", "1"]
+            + ["--ft_bn", "off", "--para_decoder_out", "linear"],
+        ),
         (
             "crd",
             [
@@ -222,9 +334,17 @@ def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
                 "0.5",
                 "--mode",
                 "relax",
+                "--sampler",
+                "uniform",
+                "--objective",
+                "infonce",
             ],
         ),
-        ("bss", ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "2", "--T", "3", "--attack_size", "4"]),
+        (
+            "bss",
+            ["--t_name", "resnet14", "--s_name", "resnet8", "--lambda_kd", "2", "--T", "3", "--attack_size", "4"]
+            + ["--attack_class", "runner_up", "--attack_clamp", "image"],
+        ),
     ],
 )
 def test_cli_entries(tmp_path, teacher, entry, args):
@@ -251,6 +371,12 @@ def test_cli_dml_seed_flags(tmp_path):
         ("bss", dict(attack_size=-1), "attack_size: got -1"),
         ("bss", dict(T=0), "T: got 0.0"),
         ("bss", dict(attack_class="random"), "attack_class: got 'random'"),
+        ("crd", dict(sampler="same_class"), "sampler: got 'same_class'; allowed: one of other_class, uniform"),
+        ("crd", dict(objective="softmax"), "objective: got 'softmax'; allowed: one of nce, infonce"),
+        ("bss", dict(attack_clamp="pixels"), "attack_clamp: got 'pixels'; allowed: one of normalized, image"),
+        ("ft", dict(ft_bn="yes"), "ft_bn: got 'yes'; allowed: one of auto, on, off"),
+        ("ft", dict(para_decoder_out="relu"), "para_decoder_out: got 'relu'; allowed: one of lrelu, linear"),
+        ("ft", dict(para_epochs=0), "para_epochs: got 0; must be an integer >= 1"),
     ],
 )
 def test_bad_flags(tmp_path, teacher, entry, kwargs, message):
@@ -258,4 +384,20 @@ def test_bad_flags(tmp_path, teacher, entry, kwargs, message):
     with pytest.raises(KdpipeError) as err:
         fn(t_model=str(teacher), t_name="resnet14", s_name="resnet8", save_root=str(tmp_path), **TINY, **kwargs)
     assert message in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "entry, flags, message",
+    [
+        ("crd", ["--s_name", "resnet8", "--sampler", "same_class"], "sampler: got 'same_class'; allowed: one of"),
+        ("bss", ["--s_name", "resnet8", "--attack_clamp", "pixels"], "attack_clamp: got 'pixels'; allowed: one of"),
+        ("ft_paraphraser", ["--para_decoder_out", "relu"], "para_decoder_out: got 'relu'; allowed: one of"),
+    ],
+)
+def test_cli_bad_setting_one_line(tmp_path, entry, flags, message):
+    out = cli(entry, *tiny_cli_flags(tmp_path), "--t_model", "t.pt", "--t_name", "resnet14", *flags)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], out.stderr
     assert list(tmp_path.iterdir()) == []

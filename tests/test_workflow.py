@@ -55,12 +55,70 @@ def test_params_slice_has_only_what_the_rule_reads():
         ({"data": {"val_size": -0.1}}, "config data.val_size"),
         ({"resources": {"cuda": 2}}, "config resources.cuda"),
         ({"base": {"nets": []}}, "config base.nets: nothing to train"),
+        ({"crd": {"sampler": "same"}}, "config crd.sampler: 'same' is not one of ['other_class', 'uniform']"),
+        ({"crd": {"objective": "ce"}}, "config crd.objective: 'ce' is not one of ['nce', 'infonce']"),
+        ({"bss": {"attack_clamp": "pix"}}, "config bss.attack_clamp: 'pix' is not one of ['normalized', 'image']"),
+        ({"bss": {"attack_class": "top"}}, "config bss.attack_class: 'top' is not one of ['sampled', 'runner_up']"),
+        ({"ft": {"paraphraser_decoder_out": "relu"}}, "config ft.paraphraser_decoder_out: 'relu' is not one of"),
+        ({"ft": {"bn": "sometimes"}}, "config ft.bn: 'sometimes' is not one of"),
+        ({"ft": {"paraphraser_epochs": "half"}}, "config ft.paraphraser_epochs: 'half' is not valid"),
+        ({"ft": {"paraphraser_epochs": 0}}, "config ft.paraphraser_epochs: 0 is not valid"),
+        (
+            {
+                "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
+                "kd": {"settings": {"fsp": {"init_optimizer": 1}}},
+            },
+            "config kd.settings.fsp.init_optimizer: 1 is not one of ['shared', 'separate']",
+        ),
     ],
 )
 def test_schema_errors(config, message):
     with pytest.raises(KdpipeError) as err:
         load_config(config)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+FIDELITY_CONFIG = """
+pairs: [{teacher: resnet14, student: resnet8}]
+train: {epochs: 40, lr: 0.2, warmup_epochs: 2}
+kd: {modes: [fsp], settings: {fsp: {init_optimizer: separate}}}
+ft: {enabled: true}
+crd: {enabled: true}
+bss: {pairs: true}
+"""
+
+
+def test_reference_settings_reach_the_rules():
+    """Defaults: KD-Zoo's paraphraser recipe, RepDistiller's CRD sampler, KD-Zoo's BSS target and clamp."""
+    from kdpipe.options import resolve
+    from kdpipe.workflow import bss_options, crd_options, ft_options, ft_paraphraser_options, kd_options
+
+    config = load_config(yaml.safe_load(FIDELITY_CONFIG))
+    para = ft_paraphraser_options(config, "cifar100", "resnet14", 0)
+    assert para["epochs"] == 30 and para["lr"] == pytest.approx(0.02)  # KD-Zoo: 30 epochs at the students' lr/10
+    assert para["milestones"] is None and para["warmup_epochs"] == 0  # a constant lr
+    assert (para["ft_bn"], para["para_decoder_out"]) == ("auto", "lrelu")
+    student = ft_options(config, "cifar100", "resnet14", "resnet8", 0)
+    crd = crd_options(config, "cifar100", "crd", "resnet14", "resnet8", 0)
+    assert (crd["mode"], crd["sampler"], crd["objective"]) == ("exact", "other_class", "nce")
+    bss = bss_options(config, "cifar100", "resnet14-resnet8", 0, 1)
+    assert (bss["attack_class"], bss["attack_clamp"]) == ("sampled", "normalized")
+    fsp = kd_options(config, "cifar100", "fsp", "resnet14", "resnet8", 0)
+    assert fsp["init_optimizer"] == "separate"
+    for entry, opts in [("ft_paraphraser", para), ("ft", student), ("crd", crd), ("bss", bss), ("kd", fsp)]:
+        resolve(entry, {**opts, "t_model": "t.pt"})  # every key is an option of its entry
+    # the students' scaled schedule stays available; YAML's bare off is the string setting
+    config = load_config(
+        yaml.safe_load(
+            FIDELITY_CONFIG.replace("{enabled: true}\ncrd", "{enabled: true, bn: off, paraphraser_epochs: scaled}\ncrd")
+        )
+    )
+    para = ft_paraphraser_options(config, "cifar100", "resnet14", 0)
+    assert para["epochs"] == 6 and para["ft_bn"] == "off"
+    assert ft_options(config, "cifar100", "resnet14", "resnet8", 0)["ft_bn"] == "off"
+    # the embedded demo sets the scaled epochs explicitly
+    demo = load_config(yaml.safe_load(open(ROOT / "config" / "config.yaml")))
+    assert ft_paraphraser_options(demo, "digits", "resnet110", 0)["epochs"] == 2
 
 
 def test_bad_config_one_line_from_snakemake(tmp_path):

@@ -107,7 +107,10 @@ class DistillLoss(nn.Module):
 
     Class attributes describe the method to the training task:
 
-    * ``defaults``: the reference hyperparameters (SPEC); ``lambda_kd`` among them.
+    * ``defaults``: the reference hyperparameters (SPEC); ``lambda_kd`` among them.  Where the
+      reference implementation departs from the paper, the paper's form is a string-valued
+      setting whose default selects the reference's form.
+    * ``setting_choices``: the allowed values of each string-valued setting in ``defaults``.
     * ``teacher_taps``: which teacher taps the loss reads; a loss that reads only
       ``logits`` and/or ``embedding`` can be served from the teacher cache.
     * ``teacher_grad``: the teacher forward must be differentiable (w.r.t. its
@@ -120,6 +123,7 @@ class DistillLoss(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
     teacher_grad: ClassVar[bool] = False
     input_grad: ClassVar[bool] = False
@@ -130,6 +134,11 @@ class DistillLoss(nn.Module):
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
         self.settings = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
+        for key, allowed in self.setting_choices.items():
+            if self.settings[key] not in allowed:
+                raise KdpipeError(
+                    f"kd_mode {self.name}: {key}: got {self.settings[key]!r}; allowed: one of {', '.join(allowed)}"
+                )
         self.adapters = nn.ModuleDict()
 
     @classmethod

@@ -2,9 +2,11 @@
 born-again generations.
 
 Each step, up to ``attack_size`` samples that teacher and student both classify correctly
-are pushed by an iterative attack on the teacher toward another class (its runner-up by
-default) until they reach the teacher's decision boundary; the student then matches the
-teacher's softened outputs on them:
+are pushed by an iterative attack on the teacher toward another class (drawn from the
+teacher's softmax by default, as KD-Zoo does; ``attack_class runner_up``: its runner-up)
+until they reach the teacher's decision boundary, clamped to +-2.5 in normalised input space
+(``attack_clamp image``: to the image range); the student then matches the teacher's
+softened outputs on them:
 
     total = CE(x) + lambda_e * KL_T(teacher(x_adv) || student(x_adv))
 
@@ -22,7 +24,14 @@ import torch.nn.functional as F
 from ..data import derived_seed
 from ..engine import Context, Task, make_optimizer, make_scheduler
 from ..models import build_model
-from ..objectives.bss import attack_classes, boundary_attack, bss_kd_loss, bss_lambda, select_attack_samples
+from ..objectives.bss import (
+    attack_bounds,
+    attack_classes,
+    boundary_attack,
+    bss_kd_loss,
+    bss_lambda,
+    select_attack_samples,
+)
 from ..runner import run_entry
 from .common import frozen, load_network, teacher_test_accuracy
 
@@ -49,9 +58,8 @@ class BoundarySampleTask(Task):
         self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
         self.optimizers["student"] = make_optimizer(self.roles["student"].parameters(), opts)
         self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
-        mean = torch.tensor(data.mean, device=ctx.device)
-        std = torch.tensor(data.std, device=ctx.device)
-        self.lower, self.upper = (0 - mean) / std, (1 - mean) / std  # the normalised image range
+        lower, upper = attack_bounds(opts["attack_clamp"], data.mean, data.std)
+        self.lower, self.upper = lower.to(ctx.device), upper.to(ctx.device)
 
     def train_step(self, x, y, index, view_ids, epoch):
         opts, student = self.ctx.opts, self.roles["student"]
@@ -64,23 +72,28 @@ class BoundarySampleTask(Task):
                 t_logits = self.teacher(x).logits.float()
             if opts["attack_size"] > 0:
                 idx, valid = select_attack_samples(s_logits.detach(), t_logits, y, opts["attack_size"])
-                target = attack_classes(t_logits[idx], opts["attack_class"])
-                x_adv = boundary_attack(
-                    self.teacher,
-                    x[idx].float(),
-                    y[idx],
-                    target,
-                    steps=ATTACK_STEPS,
-                    step_size=ATTACK_STEP_SIZE,
-                    eps=ATTACK_EPS,
-                    lower=self.lower,
-                    upper=self.upper,
-                )
-                with self.ctx.autocast():
-                    s_adv = student(x_adv).logits.float()
-                    with torch.no_grad():
-                        t_adv = self.teacher(x_adv).logits.float()
-                kd = bss_kd_loss(s_adv, t_adv, opts["T"], valid)
+                # the candidates come first; attack and distil on them only, as the reference does (the
+                # student's batch norm then sees the same adversarial batch); one host sync per batch
+                idx = idx[: int(valid.sum())]
+                kd = torch.zeros((), device=s_logits.device)
+                if idx.numel():
+                    target = attack_classes(t_logits[idx], opts["attack_class"])
+                    x_adv = boundary_attack(
+                        self.teacher,
+                        x[idx].float(),
+                        y[idx],
+                        target,
+                        steps=ATTACK_STEPS,
+                        step_size=ATTACK_STEP_SIZE,
+                        eps=ATTACK_EPS,
+                        lower=self.lower,
+                        upper=self.upper,
+                    )
+                    with self.ctx.autocast():
+                        s_adv = student(x_adv).logits.float()
+                        with torch.no_grad():
+                            t_adv = self.teacher(x_adv).logits.float()
+                    kd = bss_kd_loss(s_adv, t_adv, opts["T"])
             else:
                 kd = bss_kd_loss(s_logits, t_logits, opts["T"])
             total = total + weight * kd
@@ -104,6 +117,7 @@ class BoundarySampleTask(Task):
             "T": o["T"],
             "attack_size": o["attack_size"],
             "attack_class": o["attack_class"],
+            "attack_clamp": o["attack_clamp"],
             "attack_steps": ATTACK_STEPS,
             "attack_step_size": ATTACK_STEP_SIZE,
             "generation": self.generation,

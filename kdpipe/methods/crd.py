@@ -2,9 +2,12 @@
 
 total = CE + lambda_kd * L_crd (+ st_weight * L_st).  L_crd contrasts the student's pooled
 embedding with the teacher's through two learned embedding heads and two momentum memory
-banks over the training set (``nce_n`` negatives per sample, exact NCE or its softmax
-relaxation).  The heads and the banks are saved with the student, so a resumed run
-continues with exactly the same memory.
+banks over the training set: ``nce_n`` negatives per sample, by default drawn from the other
+classes without replacement, the positive the image itself (``mode exact``) or an image of
+its class (``mode relax``), and the NCE objective -- RepDistiller's defaults; ``sampler
+uniform`` and ``objective infonce`` select the alternatives.  The heads and the banks are
+saved with the student, so a resumed run continues with exactly the same memory; the
+sampler draws from the device's global RNG, whose state every checkpoint saves.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class ContrastiveTask(Task):
             nce_t=opts["nce_t"],
             nce_mom=opts["nce_mom"],
             mode=opts["mode"],
+            sampler=opts["sampler"],
+            objective=opts["objective"],
+            labels=data.train_y,
         ).to(ctx.device)
         self.lambda_kd = opts["lambda_kd"] if opts["lambda_kd"] is not None else default_lambda(data.num_classes)
         self.st_weight, self.T = opts["st_weight"], opts["T"]
@@ -87,11 +93,14 @@ class ContrastiveTask(Task):
             "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": self.lambda_kd,
             "st_weight": self.st_weight,
+            **({"T": o["T"]} if self.st_weight else {}),  # the soft-target term's temperature
             "feat_dim": o["feat_dim"],
             "nce_n": o["nce_n"],
             "nce_t": o["nce_t"],
             "nce_mom": o["nce_mom"],
             "mode": o["mode"],
+            "sampler": o["sampler"],
+            "objective": o["objective"],
             "memory_rows": len(self.ctx.data.train_y),
             "teacher_source": "cache" if self.cache is not None else "live",
         }

@@ -3,6 +3,9 @@
 1. A paraphraser (convolutional autoencoder, factor rate ``k``) is trained on the frozen
    teacher's last-stage feature map with a reconstruction loss.  In the workflow this is
    its own node (``paraphraser.pt``), so every FT student of the teacher reuses it.
+   KD-Zoo's recipe is the default: 30 epochs of SGD at a constant lr of the students' lr / 10
+   (0.01), momentum and weight decay as the students', without Nesterov; ``milestones``
+   given to ``train_ft_paraphraser`` make it a step schedule instead.
 2. The student trains with CE + lambda_kd * || F_s/||F_s|| - F_t/||F_t|| ||_1, where F_t is
    the paraphraser's factor of the teacher's map and F_s a learned translator's factor of
    the student's last stage (the translator trains with the student and is saved with it).
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import safe_load
-from ..engine import Context, Task, make_optimizer, make_scheduler
+from ..engine import Context, Task, lr_factor, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import TapShapes
 from ..losses.st import soft_target_loss
@@ -29,6 +32,29 @@ from .kd import build_student
 
 def _slug(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
+
+
+FT_BN = ("auto", "on", "off")
+
+
+def use_batchnorm(setting: str, data_name: str) -> bool:
+    """BN in paraphraser and translator: ``on``/``off``, or ``auto`` -- KD-Zoo's choice, off on cifar100 only."""
+    if setting not in FT_BN:
+        raise KdpipeError(f"ft_bn: got {setting!r}; allowed: {', '.join(FT_BN)}")
+    if setting == "auto":
+        return data_name != "cifar100"
+    return setting == "on"
+
+
+def paraphraser_optimizer(params, opts: dict):
+    """KD-Zoo's paraphraser optimizer: SGD with momentum and weight decay, no Nesterov; constant lr
+    unless ``milestones`` are given (then x0.1 at each), after ``warmup_epochs`` at lr/10."""
+    optimizer = torch.optim.SGD(
+        params, lr=opts["lr"], momentum=opts["momentum"], weight_decay=opts["weight_decay"], nesterov=False
+    )
+    milestones, warmup = list(opts.get("milestones") or []), opts.get("warmup_epochs") or 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, milestones, warmup))
+    return optimizer, scheduler
 
 
 def _teacher(ctx: Context):
@@ -45,9 +71,12 @@ class ParaphraserTask(Task):
         super().__init__(ctx)
         self.teacher = _teacher(ctx)
         self.channels = TapShapes.probe(self.teacher, ctx.data.image_shape).stages[-1][0]
-        self.roles["paraphraser"] = ctx.prepare(Paraphraser(self.channels, ctx.opts["k"]))
-        self.optimizers["paraphraser"] = make_optimizer(self.roles["paraphraser"].parameters(), ctx.opts)
-        self.schedulers["paraphraser"] = make_scheduler(self.optimizers["paraphraser"], ctx.opts)
+        opts = ctx.opts
+        self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
+        paraphraser = Paraphraser(self.channels, opts["k"], self.bn, opts["para_decoder_out"])
+        self.roles["paraphraser"] = ctx.prepare(paraphraser)
+        optimizer, scheduler = paraphraser_optimizer(self.roles["paraphraser"].parameters(), opts)
+        self.optimizers["paraphraser"], self.schedulers["paraphraser"] = optimizer, scheduler
 
     def teacher_map(self, x):
         with torch.no_grad(), self.ctx.autocast():
@@ -88,21 +117,27 @@ class ParaphraserTask(Task):
         }
 
     def info(self):
+        o = self.ctx.opts
         return {
-            "k": self.ctx.opts["k"],
+            "k": o["k"],
             "teacher_channels": self.channels,
-            "factor_channels": factor_channels(self.channels, self.ctx.opts["k"]),
+            "factor_channels": factor_channels(self.channels, o["k"]),
+            "ft_bn": "on" if self.bn else "off",
+            "para_decoder_out": o["para_decoder_out"],
+            "lr_schedule": f"x0.1 at {o['milestones']}" if o.get("milestones") else "constant",
+            "nesterov": False,
         }
 
 
-def load_paraphraser(path, channels: int, k: float) -> Paraphraser:
+def load_paraphraser(path, channels: int, k: float, bn: bool = True, decoder_out: str = "lrelu") -> Paraphraser:
     state = safe_load(path, "paraphraser")
-    model = Paraphraser(channels, k)
+    model = Paraphraser(channels, k, bn, decoder_out)
     expected = model.state_dict()
     if set(state) != set(expected) or any(tuple(state[n].shape) != tuple(expected[n].shape) for n in expected):
         raise KdpipeError(
             f"paraphraser {path}: does not fit k={k} on a {channels}-channel teacher map "
-            f"({factor_channels(channels, k)} factor channels); train it with the same --k and teacher"
+            f"({factor_channels(channels, k)} factor channels) with ft_bn {'on' if bn else 'off'} and "
+            f"para_decoder_out {decoder_out}; train it with the same --k, --ft_bn, --para_decoder_out and teacher"
         )
     model.load_state_dict(state)
     return model
@@ -120,8 +155,10 @@ class FactorTransferTask(Task):
         t_shapes = TapShapes.probe(self.teacher, data.image_shape)
         s_shapes = TapShapes.probe(student, data.image_shape)
         channels = t_shapes.stages[-1][0]
-        self.paraphraser = frozen(ctx.prepare(load_paraphraser(opts["paraphraser"], channels, opts["k"])))
-        translator = ctx.prepare(Translator(s_shapes.stages[-1][0], factor_channels(channels, opts["k"])))
+        self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
+        paraphraser = load_paraphraser(opts["paraphraser"], channels, opts["k"], self.bn, opts["para_decoder_out"])
+        self.paraphraser = frozen(ctx.prepare(paraphraser))
+        translator = ctx.prepare(Translator(s_shapes.stages[-1][0], factor_channels(channels, opts["k"]), self.bn))
         self.roles["student"] = student
         self.extra_modules["translator"] = translator
         params = list(student.parameters()) + list(translator.parameters())
@@ -157,13 +194,16 @@ class FactorTransferTask(Task):
             "teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": self.lambda_kd,
             "k": self.ctx.opts["k"],
+            "ft_bn": "on" if self.bn else "off",
+            "para_decoder_out": self.ctx.opts["para_decoder_out"],
             "st_weight": self.st_weight,
             "translator_parameters": sum(p.numel() for p in self.extra_modules["translator"].parameters()),
         }
 
 
 def train_ft_paraphraser(**kwargs) -> dict:
-    """Train FT's paraphraser on a teacher; writes ``paraphraser.pt``.  Defaults: 30 epochs at lr 0.01."""
+    """Train FT's paraphraser on a teacher; writes ``paraphraser.pt``.  Defaults (KD-Zoo's): 30 epochs, constant lr
+    0.01, SGD momentum 0.9 without Nesterov."""
     return run_entry(
         "ft_paraphraser",
         kwargs,
@@ -182,7 +222,6 @@ def train_ft(**kwargs) -> dict:
     kwargs = {**kwargs, "note": note}
     if not opts["paraphraser"]:
         run_dir = Path(opts["save_root"]) / note
-        para_epochs = opts["para_epochs"] or max(1, round(0.15 * opts["epochs"]))
         shared = {
             k: kwargs[k]
             for k in (
@@ -207,7 +246,9 @@ def train_ft(**kwargs) -> dict:
             t_model=opts["t_model"],
             t_name=opts["t_name"],
             k=opts["k"],
-            epochs=para_epochs,
+            ft_bn=opts["ft_bn"],
+            para_decoder_out=opts["para_decoder_out"],
+            epochs=opts["para_epochs"],
             lr=opts["para_lr"] or opts["lr"] / 10,
             save_root=str(run_dir),
             note="paraphraser",

@@ -5,7 +5,12 @@ total loss = CE(student, y) + lambda_kd * L_mode + st_weight * L_st(T)
 Two-stage modes (FSP, AB) first run an initialisation phase on the distillation loss
 alone (``init_epochs``, default a quarter of ``epochs``; lr x0.1, then x0.01 and x0.001
 for the last 40 %), then ``epochs`` of cross-entropy training (plus the optional soft
-target term).  The student is built first after seeding, so it starts from the same
+target term).  As in KD-Zoo's ``train_kd.py``, both phases step ONE optimizer
+(``init_optimizer shared``): the CE phase starts with the momentum the initialisation
+built up, and the initialisation phase adds ``0 x CE`` so that, like there, the classifier
+(untouched by the FSP/AB loss) gets zero gradients -- hence weight decay and a momentum
+buffer -- rather than none.  ``init_optimizer separate`` gives the CE phase a fresh
+optimizer.  The student is built first after seeding, so it starts from the same
 weights as the baseline of the same seed.
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine import Context, Task, make_optimizer
+from ..engine import Context, Task, default_milestones, lr_factor, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import LOSSES, DistillBatch, TapShapes
 from ..losses.st import soft_target_loss
@@ -37,6 +42,10 @@ MODE_SETTINGS = (
     "sf",
     "init_var",
     "att_f",
+    "grad_norm",
+    "margin",
+    "reduction",
+    "cam",
 )
 
 
@@ -104,19 +113,28 @@ class DistillTask(Task):
         self.extra_modules["loss"] = self.loss
         params = list(student.parameters()) + list(self.loss.parameters())
         self.optimizers["student"] = make_optimizer(params, opts)
-        from ..engine import make_scheduler
-
-        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
         self.init_epochs = 0
+        self.init_optimizer = opts["init_optimizer"]
         if loss_cls.two_stage:
             self.init_epochs = (
                 opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
             )
-            if self.init_epochs:
-                init_opt = make_optimizer(params, opts)
-                self.optimizers["init"] = init_opt
-                n = self.init_epochs
-                self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(init_opt, lambda e: init_phase_factor(e, n))
+        n = self.init_epochs
+        if n and self.init_optimizer == "shared":
+            # one optimizer and one schedule over both phases: the init phase's factors, then the CE phase's
+            milestones = opts.get("milestones") or default_milestones(opts["epochs"])
+            warmup = opts.get("warmup_epochs") or 0
+
+            def factor(e: int) -> float:
+                return init_phase_factor(e, n) if e < n else lr_factor(e - n, milestones, warmup)
+
+            self.schedulers["student"] = torch.optim.lr_scheduler.LambdaLR(self.optimizers["student"], factor)
+        else:
+            self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        if n and self.init_optimizer == "separate":
+            init_opt = make_optimizer(params, opts)
+            self.optimizers["init"] = init_opt
+            self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(init_opt, lambda e: init_phase_factor(e, n))
 
     # -- phases
     def in_init_phase(self, epoch: int) -> bool:
@@ -131,12 +149,14 @@ class DistillTask(Task):
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
 
+    def _phase_optimizer(self, epoch: int) -> str:
+        return "init" if self.in_init_phase(epoch) and "init" in self.optimizers else "student"
+
     def on_epoch_end(self, epoch: int) -> None:
-        self.schedulers["init" if self.in_init_phase(epoch) else "student"].step()
+        self.schedulers[self._phase_optimizer(epoch)].step()
 
     def current_lr(self) -> float:
-        name = "init" if self.in_init_phase(getattr(self, "_epoch", 0)) else "student"
-        return float(self.optimizers[name].param_groups[0]["lr"])
+        return float(self.optimizers[self._phase_optimizer(getattr(self, "_epoch", 0))].param_groups[0]["lr"])
 
     # -- one batch
     def teacher_forward(self, x):
@@ -166,7 +186,8 @@ class DistillTask(Task):
         s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
         batch = DistillBatch(x, y, index, student, self.teacher)
         if init_phase:
-            total = self.lambda_kd * loss_fn(s_in, t_in, batch)
+            # 0 x CE: zero (not absent) gradients for what the distillation loss does not reach, as KD-Zoo
+            total = self.lambda_kd * loss_fn(s_in, t_in, batch) + 0.0 * ce
         else:
             total = ce
             if not loss_fn.two_stage and self.lambda_kd > 0:
@@ -175,7 +196,7 @@ class DistillTask(Task):
                 total = total + self.st_weight * soft_target_loss(
                     s_taps.logits.float(), t_taps.logits.float().detach(), self.T
                 )
-        return self.optimize(total, "init" if init_phase else "student", "student", s_taps.logits, y)
+        return self.optimize(total, self._phase_optimizer(epoch), "student", s_taps.logits, y)
 
     # -- reporting
     def identity(self, role):
@@ -195,6 +216,7 @@ class DistillTask(Task):
             "st_weight": self.st_weight,
             "T": self.T,
             "init_epochs": self.init_epochs,
+            **({"init_optimizer": self.init_optimizer} if self.init_epochs else {}),
             "teacher_source": "cache" if self.cache is not None else "live",
         }
 

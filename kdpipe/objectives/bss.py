@@ -17,11 +17,17 @@ Building blocks (all batched, with no host synchronisation in the tensor functio
   clipped at zero), the Knowledge-Distillation-Zoo settings;
 * :func:`select_attack_samples` - which base samples to attack (correct for both
   networks, largest student/teacher disagreement off the true class first);
-* :func:`attack_classes` - the target class per sample (teacher's runner-up, or drawn
-  from the teacher's softmax without its top-1 class);
+* :func:`attack_classes` - the target class per sample: drawn from the teacher's softmax
+  over the classes other than its top-1 (``sampled``, the default: what KD-Zoo's
+  ``train_bss.py`` and the official BSS code compute -- they first take the runner-up and
+  then overwrite it with this draw), or the teacher's runner-up (``runner_up``, the form
+  the paper describes);
+* :func:`attack_bounds` - where the adversarial sample is clamped: to ``[-2.5, 2.5]`` in
+  normalised input space (``normalized``, the default: KD-Zoo and the official code), or
+  to the per-channel image range ``[(0 - mean) / std, (1 - mean) / std]`` (``image``);
 * :func:`boundary_attack` - the iterative attack ``x <- x + eta (p_y - p_k + eps)
   g / ||g||`` with ``g`` the gradient of ``p_k - p_y``, applied only to samples the
-  teacher still assigns to their true class;
+  teacher still assigns to their true class, then the clamp;
 * :func:`bss_kd_loss` - ``KL(softmax(t/T) || softmax(s/T))`` averaged over the valid
   adversarial samples, without the ``T^2`` factor (the scale KD-Zoo's ``lambda_kd`` = 2
   assumes).
@@ -35,7 +41,9 @@ from torch import Tensor, nn
 
 from ..errors import KdpipeError
 
-ATTACK_CLASSES = ("runner_up", "sampled")
+ATTACK_CLASSES = ("sampled", "runner_up")
+ATTACK_CLAMPS = ("normalized", "image")
+NORMALIZED_BOUND = 2.5  # KD-Zoo's and the official code's clamp, in normalised input units
 
 
 def bss_lambda(epoch: int, epochs: int, lambda_kd: float, warmup_epochs: int | None = None) -> float:
@@ -73,12 +81,13 @@ def select_attack_samples(s_logits: Tensor, t_logits: Tensor, y: Tensor, attack_
     return index, candidate.gather(0, index)
 
 
-def attack_classes(t_logits: Tensor, how: str = "runner_up", generator: torch.Generator | None = None) -> Tensor:
+def attack_classes(t_logits: Tensor, how: str = "sampled", generator: torch.Generator | None = None) -> Tensor:
     """Target class per sample, (B,) int64.
 
-    ``runner_up``: the teacher's second-highest class.  ``sampled``: drawn among all
-    classes but the teacher's top-1, with probability proportional to the teacher's
-    softmax (one batched ``torch.multinomial`` draw, using ``generator`` if given).
+    ``sampled``: drawn among all classes but the teacher's top-1, with probability
+    proportional to the teacher's softmax (one batched ``torch.multinomial`` draw, using
+    ``generator`` if given).  The base samples are ones the teacher classifies correctly, so
+    the true class is the excluded top-1.  ``runner_up``: the teacher's second-highest class.
     """
     if how not in ATTACK_CLASSES:
         raise KdpipeError(f"attack_class: got {how!r}; allowed: {', '.join(ATTACK_CLASSES)}")
@@ -93,6 +102,21 @@ def attack_classes(t_logits: Tensor, how: str = "runner_up", generator: torch.Ge
     masked = t_logits.float().scatter(1, top1, float("-inf"))
     probs = F.softmax(masked, dim=1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def attack_bounds(how: str, mean, std) -> tuple[Tensor, Tensor]:
+    """Per-channel (C,) ``(lower, upper)`` clamp of the adversarial samples, for data normalised by ``mean``/``std``.
+
+    ``normalized``: ``-2.5`` and ``2.5`` on every channel.  ``image``: the normalised image
+    range, ``(0 - mean) / std`` and ``(1 - mean) / std``.
+    """
+    if how not in ATTACK_CLAMPS:
+        raise KdpipeError(f"attack_clamp: got {how!r}; allowed: {', '.join(ATTACK_CLAMPS)}")
+    mean = torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.as_tensor(std, dtype=torch.float32)
+    if how == "normalized":
+        return torch.full_like(mean, -NORMALIZED_BOUND), torch.full_like(mean, NORMALIZED_BOUND)
+    return (0 - mean) / std, (1 - mean) / std
 
 
 def _channel_view(bound: Tensor, like: Tensor) -> Tensor:
@@ -110,16 +134,20 @@ def boundary_attack(
     eps: float = 1e-4,
     lower: Tensor | None = None,
     upper: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Push ``x`` toward the teacher's boundary between ``y`` and ``target``.
 
     Each of the ``steps`` iterations computes ``p = softmax(model(x_adv).logits)``,
     ``L = sum_b (p[b, target_b] - p[b, y_b])`` and ``g = dL/dx_adv``; samples the model
     still assigns to ``y_b`` move by ``step_size * (p[b, y_b] - p[b, target_b] + eps) *
-    g_b / ||g_b||_2`` (then clamped to the per-channel ``[lower, upper]``, shape (C,),
-    when given); the others stay put.  Only ``x_adv`` is differentiated, so the model's
-    parameters get no ``.grad``.  The model is used as given (eval mode is the caller's
-    job).  Returns the detached adversarial batch.
+    g_b / ||g_b||_2``, the others stay put.  Then, as in KD-Zoo's and the official BSS
+    attack, the whole batch is clamped to the per-channel ``[lower, upper]`` (shape (C,),
+    when given) -- in every step in which at least one sample still moved (the reference
+    stops once none does).  Rows where ``valid`` (B,) bool is False (padding of a fixed-size
+    batch) never move and do not count as moving.  Only ``x_adv`` is differentiated, so the model's parameters get
+    no ``.grad``.  The model is used as given (eval mode is the caller's job).  Returns the
+    detached adversarial batch.
     """
     y_col = y.view(-1, 1).to(torch.long)
     t_col = target.view(-1, 1).to(torch.long)
@@ -137,14 +165,17 @@ def boundary_attack(
             (grad,) = torch.autograd.grad((p_k - p_y).sum(), x_var)
         x_adv = x_var.detach()
         active = logits.detach().argmax(dim=1) == y
+        if valid is not None:
+            active = active & valid
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        coef = (step_size * (p_y.detach() - p_k.detach() + eps) / norm).to(x_adv.dtype)
+        coef = step_size * (p_y.detach() - p_k.detach() + eps) / norm
+        coef = torch.where(active, coef, torch.zeros_like(coef)).to(x_adv.dtype)
         moved = x_adv + coef.view(bshape) * grad
         if lo is not None:
             moved = torch.maximum(moved, lo)
         if hi is not None:
             moved = torch.minimum(moved, hi)
-        x_adv = torch.where(active.view(bshape), moved, x_adv)
+        x_adv = torch.where(active.any(), moved, x_adv)
     return x_adv.detach()
 
 

@@ -27,6 +27,17 @@ Two stages (Sec. 3 of the paper):
    frozen in this stage.  As reduction we take the mean over all B * D elements
    (D = the flattened factor size), the scale that KD-Zoo's default beta = 200 assumes.
 
+Architecture (Knowledge-Distillation-Zoo's, whose FT numbers our tables quote): every layer
+is a 3x3 convolution (stride 1, padding 1) followed by BatchNorm (when ``bn``; the
+convolutions then have no bias, else they do) and LeakyReLU(0.1) -- the decoder's last
+layer included (``decoder_out="lrelu"``): the reconstruction targets are post-ReLU maps.
+``decoder_out="linear"`` ends the decoder in a plain transposed convolution with a bias
+instead, which can reproduce any sign.  KD-Zoo uses BN on CIFAR-10 and none on CIFAR-100
+(:func:`kdpipe.methods.ft.use_batchnorm`).  Initialisation as KD-Zoo: Kaiming-normal
+(fan_out, ReLU gain) for the convolutions, zero biases, BN weight 1 and bias 0; the
+transposed convolutions keep PyTorch's default initialisation (KD-Zoo's initialiser only
+matches ``nn.Conv2d``).
+
 This module holds only the building blocks; wiring into an entry point lives elsewhere.
 """
 
@@ -35,7 +46,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import KdpipeError
+
 __all__ = [
+    "DECODER_OUTS",
     "factor_channels",
     "Paraphraser",
     "Translator",
@@ -45,64 +59,83 @@ __all__ = [
 
 _SLOPE = 0.1
 _EPS = 1e-12
+DECODER_OUTS = ("lrelu", "linear")
 
 
 def factor_channels(in_channels: int, k: float) -> int:
-    """Channels of the factor: ``max(1, round(in_channels * k))``; k is the paper's 'factor rate' (> 0)."""
+    """Channels of the factor: ``max(1, int(in_channels * k))`` (KD-Zoo truncates); k is the paper's 'factor rate'."""
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if not k > 0:
         raise ValueError(f"factor rate k must be > 0, got {k}")
-    return max(1, int(round(int(in_channels) * float(k))))
+    return max(1, int(int(in_channels) * float(k)))
 
 
-def _conv_bn_act(cin: int, cout: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(_SLOPE),
-    ]
+def _layer(cin: int, cout: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
+    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+    layers: list[nn.Module] = [conv(cin, cout, 3, stride=1, padding=1, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.LeakyReLU(_SLOPE))
+    return layers
 
 
-def _deconv_bn_act(cin: int, cout: int) -> list[nn.Module]:
-    return [
-        nn.ConvTranspose2d(cin, cout, 3, stride=1, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(_SLOPE),
-    ]
-
-
-def _encoder(in_channels: int, factor: int) -> nn.Sequential:
+def _encoder(in_channels: int, factor: int, bn: bool) -> nn.Sequential:
     return nn.Sequential(
-        *_conv_bn_act(in_channels, in_channels),
-        *_conv_bn_act(in_channels, factor),
-        *_conv_bn_act(factor, factor),
+        *_layer(in_channels, in_channels, bn),
+        *_layer(in_channels, factor, bn),
+        *_layer(factor, factor, bn),
     )
+
+
+def _init(module: nn.Module) -> None:
+    """KD-Zoo's initialisation: Kaiming-normal (fan_out, relu) convolutions with zero bias; BN 1 / 0."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class Paraphraser(nn.Module):
     """Convolutional autoencoder trained on the teacher's last-stage feature map (in_channels, H, W).
 
-    encoder: Conv3x3(in->in) BN LeakyReLU(0.1), Conv3x3(in->f) BN LeakyReLU(0.1), Conv3x3(f->f) BN LeakyReLU(0.1)
-    decoder: ConvTranspose3x3(f->f) BN LeakyReLU(0.1), ConvTranspose3x3(f->in) BN LeakyReLU(0.1),
-             ConvTranspose3x3(in->in)
+    encoder: Conv(in->in), Conv(in->f), Conv(f->f), each [BN] LeakyReLU(0.1)
+    decoder: ConvT(f->f), ConvT(f->in), each [BN] LeakyReLU(0.1), then ConvT(in->in) followed by
+             [BN] LeakyReLU(0.1) (``decoder_out="lrelu"``, KD-Zoo) or nothing, with a bias
+             (``decoder_out="linear"``)
 
-    Stride 1, padding 1 everywhere, so H, W are preserved; the decoder's last layer has no
-    BN/activation (and has a bias) so it can reproduce any sign.  ``f = factor_channels(in_channels, k)``.
+    3x3 kernels, stride 1, padding 1 everywhere, so H, W are preserved; ``[BN]`` when ``bn``.
+    ``f = factor_channels(in_channels, k)``.
     """
 
-    def __init__(self, in_channels: int, k: float):
+    def __init__(self, in_channels: int, k: float, bn: bool = True, decoder_out: str = "lrelu"):
         super().__init__()
+        if decoder_out not in DECODER_OUTS:
+            raise KdpipeError(f"para_decoder_out: got {decoder_out!r}; allowed: {', '.join(DECODER_OUTS)}")
         self.in_channels = int(in_channels)
         self.k = float(k)
+        self.bn = bool(bn)
+        self.decoder_out = decoder_out
         self.factor = factor_channels(self.in_channels, self.k)
-        f = self.factor
-        self.encoder = _encoder(self.in_channels, f)
+        f, c = self.factor, self.in_channels
+        self.encoder = _encoder(c, f, self.bn)
+        if decoder_out == "lrelu":
+            last = _layer(c, c, self.bn, transposed=True)
+        else:
+            last = [nn.ConvTranspose2d(c, c, 3, stride=1, padding=1, bias=True)]
         self.decoder = nn.Sequential(
-            *_deconv_bn_act(f, f),
-            *_deconv_bn_act(f, self.in_channels),
-            nn.ConvTranspose2d(self.in_channels, self.in_channels, 3, stride=1, padding=1, bias=True),
+            *_layer(f, f, self.bn, transposed=True),
+            *_layer(f, c, self.bn, transposed=True),
+            *last,
         )
+        _init(self)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, bn={self.bn}, decoder_out={self.decoder_out!r}"
 
     def encode(self, x: Tensor) -> Tensor:
         """The factor, (B, f, H, W)."""
@@ -117,19 +150,21 @@ class Paraphraser(nn.Module):
 class Translator(nn.Module):
     """Student-side encoder.
 
-    Conv3x3(in->in) BN LeakyReLU(0.1), Conv3x3(in->f) BN LeakyReLU(0.1), Conv3x3(f->f) BN LeakyReLU(0.1),
-    stride 1 / padding 1 (H, W preserved).  If the student's map is larger (H, W) than the
-    teacher's factor, it is average-pooled to the factor's size in :func:`factor_transfer_loss`
-    (not here).
+    Conv3x3(in->in), Conv3x3(in->f), Conv3x3(f->f), each [BN] LeakyReLU(0.1) (BN when ``bn``),
+    stride 1 / padding 1 (H, W preserved), KD-Zoo's initialisation.  If the student's map is
+    larger (H, W) than the teacher's factor, it is average-pooled to the factor's size in
+    :func:`factor_transfer_loss` (not here).
     """
 
-    def __init__(self, in_channels: int, factor: int):
+    def __init__(self, in_channels: int, factor: int, bn: bool = True):
         super().__init__()
         if int(in_channels) < 1 or int(factor) < 1:
             raise ValueError(f"in_channels and factor must be >= 1, got {in_channels}, {factor}")
         self.in_channels = int(in_channels)
         self.factor = int(factor)
-        self.encoder = _encoder(self.in_channels, self.factor)
+        self.bn = bool(bn)
+        self.encoder = _encoder(self.in_channels, self.factor, self.bn)
+        _init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder(x)
