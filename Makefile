@@ -1,4 +1,5 @@
 # Quick start:  make run   (embedded default config, results/)   make test   (whole suite)
+# Local runs use profiles/local; a cluster uses profiles/slurm (README, "Cluster use").
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -16,11 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(or $(GPUS),0)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --resources gpu=$(or $(GPUS),0)
 	$(BIN)/snakemake --report results/report.html
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) -n
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) -n
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

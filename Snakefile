@@ -3,6 +3,7 @@
 import sys
 
 from kdpipe.errors import KdpipeError
+from kdpipe import cluster as kc
 from kdpipe import workflow as kw
 
 # The embedded default applies only when no --configfile is given: a user's config means exactly
@@ -20,6 +21,12 @@ try:
 except KdpipeError as exc:
     sys.exit(f"kdpipe: {exc}")
 
+# Submitted through profiles/slurm? Then an unset partition or account stops here, in one line.
+SLURM = kc.submits_to_slurm(workflow)
+if SLURM and workflow.is_main_process:
+    for problem in kc.resource_problems(workflow):
+        sys.exit(f"kdpipe: {problem}")
+
 
 include: "rules/common.smk"
 include: "rules/data.smk"
@@ -34,6 +41,9 @@ include: "rules/summary.smk"
 
 
 onstart:
+    # before the first sbatch: the partition, its GPUs and the status command, against SLURM itself
+    for problem in kc.submission_problems(workflow, TRAIN_GPUS):
+        sys.exit(f"kdpipe: {problem}")
     for line in kw.cache_plan(config):
         print(line, file=sys.stderr)
 

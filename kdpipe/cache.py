@@ -90,6 +90,17 @@ def compute_table(
     return {key: value.cpu() for key, value in table.items()}
 
 
+def check_cache_request(data: ImageData, dtype: str) -> None:
+    """One clear error for a cache that cannot be built (unknown dtype, too many views)."""
+    if dtype not in DTYPES:
+        raise KdpipeError(f"cache_dtype: got {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if not cacheable_views(data):
+        raise KdpipeError(
+            f"teacher_cache: {data.name} has {data.augmentation.num_views} views per image, more than the "
+            f"{MAX_CACHE_VIEWS} an exhaustive cache allows; train with the live teacher (teacher_cache: off)"
+        )
+
+
 def build_cache(
     teacher: nn.Module,
     teacher_path: str | Path,
@@ -101,13 +112,7 @@ def build_cache(
     batch_size: int = 1024,
 ) -> dict:
     """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``."""
-    if dtype not in DTYPES:
-        raise KdpipeError(f"cache_dtype: got {dtype!r}; allowed: {', '.join(DTYPES)}")
-    if not cacheable_views(data):
-        raise KdpipeError(
-            f"teacher_cache: {data.name} has {data.augmentation.num_views} views per image, more than the "
-            f"{MAX_CACHE_VIEWS} an exhaustive cache allows; train with the live teacher (teacher_cache: off)"
-        )
+    check_cache_request(data, dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

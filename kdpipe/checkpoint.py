@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
+import socket
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,10 @@ from typing import Any
 import torch
 
 from .errors import KdpipeError
+
+log = logging.getLogger("kdpipe")
+
+LOCK_FILE = "run.lock"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,3 +88,38 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise KdpipeError(f"{what} {path}: unreadable, truncated or corrupted ({reason})") from exc
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | Path):
+    """Hold an exclusive lock on ``run_dir`` (its ``run.lock``) for the life of the block.
+
+    A second process on the same directory (e.g. a duplicate SLURM job after the submitting
+    Snakemake died) is refused with one line naming the holder, instead of training alongside
+    it.  The lock is ``flock`` on a file in the directory (NFS: POSIX locks underneath), so the
+    kernel releases it when the holder exits in any way, even SIGKILL; the file itself stays.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                log.warning("cannot lock %s (%s); a second process on it would not be detected", path, exc)
+            else:
+                handle.seek(0)
+                holder = handle.read().split() or ["?", "?", "?"]
+                pid, host, since = (holder + ["?", "?", "?"])[:3]
+                raise KdpipeError(
+                    f"{run_dir} is in use by another kdpipe process (pid {pid} on {host}, since {since}; "
+                    f"lock {path}): refusing to train alongside it; wait for it, or cancel it if it is an orphan"
+                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # releases the lock

@@ -444,6 +444,9 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
             ckpt_path,
         )
         write_metrics(ctx.run_dir / "metrics.csv", history)
+    if start_epoch >= epochs:  # the checkpoint was final (killed after its last epoch, or outputs deleted)
+        log.info("checkpoint %s is final; rewriting the run's outputs", ckpt_path)
+        write_metrics(ctx.run_dir / "metrics.csv", history)
     return FitResult(history, best, train_time, resumed_at)
 
 

@@ -1,8 +1,10 @@
 """From validated options to a finished run directory.
 
-A run directory is complete when its ``run.json`` exists: it is written last, after
-``model.pt`` and ``metrics.csv``.  Until then the directory holds ``checkpoint.pt``
-(written atomically every epoch), from which a killed run resumes exactly.
+A run directory is complete when its ``run.json`` exists (it is written last, after
+``model.pt`` and ``metrics.csv``) together with the files it lists.  Until then the directory
+holds ``checkpoint.pt`` (written atomically every epoch), from which a killed run resumes
+exactly; a final checkpoint rewrites every output.  While a process trains in a run directory it
+holds the directory's lock (``run.lock``), and a second process on it is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import __version__
-from .checkpoint import atomic_save, atomic_write_json, sha256_file
+from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import Context, Task, fit, seed_everything
 from .errors import KdpipeError
@@ -169,32 +171,53 @@ def run_entry(
     fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
     fingerprint["data_sha256"] = data.sha256  # the files' content, wherever --img_root points
 
-    finished = run_dir / "run.json"
-    if finished.is_file():
-        record = json.loads(finished.read_text())
-        if record.get("fingerprint") == fingerprint:
-            log.info("%s is already complete; nothing to do", run_dir)
-            return record
-        raise KdpipeError(
-            f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
-            "choose another --note/--save_root or delete it"
-        )
+    record = finished_record(run_dir, fingerprint)
+    if record is not None:
+        return record
 
     device = select_device(opts["cuda"])
     ctx = Context(opts, data, device, run_dir)
     seed_everything(opts["seed"])
     task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    log.addHandler(handler)
-    try:
-        log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
-        result = fit(task, ctx, fingerprint)
-        record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    with run_dir_lock(run_dir):
+        record = finished_record(run_dir, fingerprint)  # finished by the lock's last holder?
+        if record is not None:
+            return record
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+        try:
+            log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
+            result = fit(task, ctx, fingerprint)
+            record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    return record
+
+
+def finished_record(run_dir: Path, fingerprint: dict) -> dict | None:
+    """``run.json`` of a finished run with these settings whose outputs are all there; else None.
+
+    A finished run with other settings is refused.  One with an output missing (deleted by hand,
+    or by Snakemake after a job was killed between its outputs) is finished again from its
+    checkpoint, which rewrites every output.
+    """
+    finished = run_dir / "run.json"
+    if not finished.is_file():
+        return None
+    record = json.loads(finished.read_text())
+    if record.get("fingerprint") != fingerprint:
+        raise KdpipeError(
+            f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
+            "choose another --note/--save_root or delete it"
+        )
+    missing = [name for name in record.get("outputs", []) if not (run_dir / name).is_file()]
+    if missing:
+        log.info("%s is finished but %s missing; rewriting its outputs", run_dir, ", ".join(missing))
+        return None
+    log.info("%s is already complete; nothing to do", run_dir)
     return record
 
 
@@ -240,6 +263,7 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
         "inputs": inputs,
         "data": ctx.data.describe(),
         "info": task.info(),
+        "outputs": [task.model_file(role) for role in roles] + ["metrics.csv"],
         "versions": versions(),
         "argv": sys.argv,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

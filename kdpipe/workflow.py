@@ -380,10 +380,20 @@ def teacher_nets(config: dict) -> list[str]:
     return list(dict.fromkeys(pair["teacher"] for pair in config["pairs"]))
 
 
-def gpus_per_training_job(config: dict) -> int:
-    """1 when training runs on CUDA here (so --resources gpu=N bounds the jobs in flight), else 0."""
+def gpus_per_training_job(config: dict, slurm: bool = False) -> int:
+    """The ``gpu`` resource of every training rule.
+
+    Locally: 1 when training runs on CUDA here (so ``--resources gpu=N`` bounds the jobs in
+    flight), else 0.  Submitted to SLURM: what the job asks of the scheduler, independent of the
+    login node's hardware: ``KDPIPE_SLURM_GPUS`` (1 by default; 0 for a CPU partition).
+    ``resources.cuda: 0`` means no GPU either way.
+    """
     if config["resources"]["cuda"] == 0:
         return 0
+    if slurm:
+        from .cluster import slurm_gpus
+
+        return slurm_gpus()
     import torch
 
     return 1 if torch.cuda.is_available() else 0

@@ -15,6 +15,8 @@ rule train_base:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=720,
     params:
         opts=lambda w: kw.base_options(config, w.dataset, w.net, w.seed),
     script:

@@ -21,6 +21,8 @@ rule train_bss:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=1440,
     params:
         opts=lambda w: kw.bss_options(config, w.dataset, w.chain, w.seed, w.gen),
     script:

@@ -16,6 +16,8 @@ rule teacher_cache:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=64000,
+        runtime=120,
     params:
         opts=lambda w: kw.cache_options(config, w.dataset, w.teacher, w.seed),
     script:

@@ -21,6 +21,8 @@ rule train_crd:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=960,
     params:
         opts=lambda w: kw.crd_options(
             config, w.dataset, w.crd, w.teacher, w.student, w.seed

@@ -17,6 +17,8 @@ rule train_dml:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=1440,
     params:
         opts=lambda w: kw.dml_options(config, w.dataset, w.cohort, w.seed),
     script:

@@ -16,6 +16,8 @@ rule ft_paraphraser:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=16000,
+        runtime=120,
     params:
         opts=lambda w: kw.ft_paraphraser_options(config, w.dataset, w.teacher, w.seed),
     script:
@@ -38,6 +40,8 @@ rule train_ft:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=960,
     params:
         opts=lambda w: kw.ft_options(config, w.dataset, w.teacher, w.student, w.seed),
     script:

@@ -16,6 +16,8 @@ rule train_kd:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=32000,
+        runtime=960,
     params:
         opts=lambda w: kw.kd_options(
             config, w.dataset, w.variant, w.teacher, w.student, w.seed

@@ -1,4 +1,5 @@
-"""Cluster profile and the paper grid: a dry run through profiles/slurm, resources per rule, job counts."""
+"""Cluster profile and the paper grid: dry runs through profiles/slurm, resources per rule, job counts,
+overrides that add to the profile, the GPU/CPU choice and the one-line errors before submission."""
 
 import re
 import subprocess
@@ -32,11 +33,14 @@ EXPECTED_JOBS = {
 }
 
 
-@pytest.fixture(scope="module")
-def slurm_dry_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("paper")
-    env = {"KDPIPE_SLURM_PARTITION": "gpu-test", "KDPIPE_SLURM_ACCOUNT": "kd-project", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
+ENV = {"KDPIPE_SLURM_PARTITION": "gpu-test", "KDPIPE_SLURM_ACCOUNT": "kd-project", "PATH": "/usr/bin:/bin"}
+TRAINING = ("train_base", "train_kd", "train_ft", "ft_paraphraser", "train_crd", "train_dml", "train_bss")
+TRAINING += ("teacher_cache",)
+
+
+def slurm_dry(workdir, *args, env=ENV, config=PAPER):
+    """``snakemake -n --profile profiles/slurm`` as the README has it, with extra arguments."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -49,15 +53,22 @@ def slurm_dry_run(tmp_path_factory):
             "--profile",
             str(ROOT / "profiles" / "slurm"),
             "--configfile",
-            str(PAPER),
+            str(config),
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env={**env, "PYTHONPATH": str(ROOT)},
     )
+
+
+@pytest.fixture(scope="module")
+def slurm_dry_run(tmp_path_factory):
+    # a command-line --set-resources adds to what the rules declare instead of replacing it all
+    out = slurm_dry(tmp_path_factory.mktemp("paper"), "--set-resources", "train_kd:runtime=600")
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    return out.stdout + out.stderr
 
 
 def job_blocks(output: str) -> list[dict]:
@@ -87,24 +98,73 @@ def test_slurm_resources_per_rule(slurm_dry_run):
     by_rule = {}
     for block in blocks:
         by_rule.setdefault(block["rule"], block)
-    for rule in (
-        "train_base",
-        "train_kd",
-        "train_ft",
-        "ft_paraphraser",
-        "train_crd",
-        "train_dml",
-        "train_bss",
-        "teacher_cache",
-    ):
+    for rule in TRAINING:
         res = by_rule[rule]["resources"]
-        assert res["gpu"] == "1" and res["cpus_per_gpu"] == "8", rule
+        assert res["gpu"] == "1", rule  # the login node (this machine) has no GPU: asked of SLURM anyway
         assert res["slurm_partition"] == "gpu-test" and res["slurm_account"] == "kd-project", rule
         assert int(res["mem_mb"]) >= 16000 and int(res["runtime"]) >= 120, rule
-    assert by_rule["train_kd"]["resources"]["runtime"] == "960"
+    assert by_rule["train_kd"]["resources"]["runtime"] == "600"  # the override ...
+    assert by_rule["train_kd"]["resources"]["mem_mb"] == "32000"  # ... kept the rest of train_kd
+    assert by_rule["train_base"]["resources"]["runtime"] == "720"  # ... and of every other rule
     assert by_rule["train_base"]["resources"]["mem_mb"] == "32000"
+    assert by_rule["teacher_cache"]["resources"]["mem_mb"] == "64000"
+    # local settings do not leak into cluster runs: no global gpu cap, no --cores of the login node
+    assert "Provided resources" not in slurm_dry_run or "gpu=" not in slurm_dry_run.split("Provided resources")[1]
+    assert "profiles/default" in slurm_dry_run  # Snakemake loads it: it must hold nothing local
+    default = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert set(default) <= {"rerun-incomplete", "printshellcmds", "show-failed-logs"}
+    slurm = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert not {"set-resources", "set-threads", "cores", "resources"} & set(slurm)
     # aggregation stays on the submitting node: no GPU asked, and declared localrules
     local = re.search(r"localrules:\n((?:\s+\w+,\n)+)", (ROOT / "rules" / "summary.smk").read_text()).group(1)
     assert {name.strip(" ,") for name in local.split()} == {"summary", "tables", "group_plots", "cost_plot", "race"}
     for rule in ("summary", "tables", "group_plots", "cost_plot", "race"):
         assert "gpu" not in by_rule[rule]["resources"]
+
+
+def test_cpu_partition_is_one_variable(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("base: {nets: [resnet8]}\n")
+    out = slurm_dry(tmp_path, env={**ENV, "KDPIPE_SLURM_GPUS": "0", "KDPIPE_SLURM_PARTITION": "cpu"}, config=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = job_blocks(out.stdout)[0]["resources"]
+    assert res.get("gpu", "0") == "0" and res["slurm_partition"] == "cpu" and res["mem_mb"] == "32000"
+
+
+@pytest.mark.parametrize(
+    "env, args, message",
+    [
+        ({"KDPIPE_SLURM_PARTITION": None}, (), "kdpipe: KDPIPE_SLURM_PARTITION is not set: export"),
+        ({"KDPIPE_SLURM_ACCOUNT": None}, (), "kdpipe: KDPIPE_SLURM_ACCOUNT is not set: export"),
+        ({}, ("--default-resources", "slurm_partition=a100"), "kdpipe: no slurm_account: a --default-resources"),
+        ({"KDPIPE_SLURM_GPUS": "2"}, (), "kdpipe: KDPIPE_SLURM_GPUS='2': use 1"),
+    ],
+)
+def test_one_line_errors_before_submission(tmp_path, env, args, message):
+    config = tmp_path / "c.yaml"
+    config.write_text("base: {nets: [resnet8]}\n")
+    env = {k: v for k, v in {**ENV, **env}.items() if v is not None}
+    out = slurm_dry(tmp_path, *args, env=env, config=config)
+    assert out.returncode != 0
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("kdpipe")]
+    assert len(lines) == 1 and lines[0].startswith(message), out.stdout + out.stderr
+
+
+def test_cluster_check_names_a_missing_plugin(tmp_path):
+    """``python -m kdpipe.cluster`` (Snakemake itself stops at --executor slurm before the workflow)."""
+    hide = tmp_path / "sitecustomize.py"
+    hide.write_text(
+        "import importlib.util\n_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name.startswith('snakemake_executor_plugin_slurm') "
+        "else _find(name, *a)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "kdpipe.cluster"],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert "kdpipe cluster: snakemake-executor-plugin-slurm is not installed for" in out.stderr
+    assert all(line.startswith("kdpipe cluster: ") for line in out.stderr.splitlines())

@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at arbitrary moments resumes and ends bit-identical to an uninterrupted one."""
 
 import csv
+import io
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, cli, tiny_cli_flags
+from kdpipe.checkpoint import run_dir_lock
 
 ARGS = [
     "base",
@@ -97,3 +99,42 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert accs("straight") == accs("killed")
     record = json.loads((run / "run.json").read_text())
     assert len(record["resumed_at_epochs"]) == 2 and record["resumed_at_epochs"][0] >= 1
+
+
+def test_final_checkpoint_rewrites_every_output(tmp_path):
+    """A job killed after its last epoch's checkpoint (Snakemake then deletes its outputs) finishes on rerun."""
+    flags = ["base", *tiny_cli_flags(tmp_path, "done"), "--net_name", "resnet8", "--epochs", "2"]
+    first = cli(*flags)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "done"
+    before = {name: (run / name).read_bytes() for name in ("metrics.csv", "model.pt")}
+    for name in ("model.pt", "metrics.csv", "run.json"):
+        (run / name).unlink()
+    again = cli(*flags)
+    assert again.returncode == 0, again.stderr
+    assert "is final; rewriting" in again.stderr
+    assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
+    a = torch.load(io.BytesIO(before["model.pt"]), weights_only=True)
+    b = torch.load(run / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((run / "run.json").read_text())
+    assert record["resumed_at_epochs"] == [2] and set(record["outputs"]) == {"model.pt", "metrics.csv"}
+    # one output deleted by hand: the finished run is completed again, not reported as done
+    (run / "metrics.csv").unlink()
+    third = cli(*flags)
+    assert third.returncode == 0, third.stderr
+    assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
+
+
+def test_second_process_on_a_run_dir_is_refused(tmp_path):
+    run = tmp_path / "busy"
+    with run_dir_lock(run):
+        out = cli("base", *tiny_cli_flags(tmp_path, "busy"), "--net_name", "resnet8")
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1, out.stderr
+    assert f"{run} is in use by another kdpipe process (pid {os.getpid()} on " in lines[0]
+    assert not (run / "checkpoint.pt").exists() and not (run / "train.log").exists()
+    # released with the holder: the same command now trains
+    assert cli("base", *tiny_cli_flags(tmp_path, "busy"), "--net_name", "resnet8").returncode == 0
+    assert (run / "run.json").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..cache import build_cache, data_fingerprint
-from ..checkpoint import sha256_file
+from ..cache import build_cache, check_cache_request, data_fingerprint
+from ..checkpoint import run_dir_lock, sha256_file
 from ..data import check_data_name
 from ..options import resolve
 from ..runner import check_num_class, load_options_data, select_device
@@ -34,27 +34,41 @@ def build_teacher_cache(**kwargs) -> dict:
     device = select_device(opts["cuda"])
     data = load_options_data(opts)
     check_num_class(opts, data)
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if (
-            manifest.get("teacher", {}).get("sha256") == sha256_file(opts["t_model"])
-            and manifest.get("data") == data_fingerprint(data)
-            and manifest.get("dtype") == opts["cache_dtype"]
-            and ("embedding" in manifest.get("entries", [])) >= opts["embeddings"]
-        ):
-            log.info("%s is up to date; nothing to do", out_dir)
-            return manifest
+    manifest = _up_to_date(out_dir, opts, data)
+    if manifest is not None:
+        return manifest
+    check_cache_request(data, opts["cache_dtype"])
     teacher = frozen(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model").to(device))
     if device.type == "cuda":
         teacher = teacher.to(memory_format=torch.channels_last)
-    return build_cache(
-        teacher,
-        opts["t_model"],
-        data,
-        out_dir,
-        device,
-        embeddings=opts["embeddings"],
-        dtype=opts["cache_dtype"],
-        batch_size=opts["batch_size"],
-    )
+    with run_dir_lock(out_dir):  # a duplicate job on the same cache is refused
+        manifest = _up_to_date(out_dir, opts, data)
+        if manifest is not None:
+            return manifest
+        return build_cache(
+            teacher,
+            opts["t_model"],
+            data,
+            out_dir,
+            device,
+            embeddings=opts["embeddings"],
+            dtype=opts["cache_dtype"],
+            batch_size=opts["batch_size"],
+        )
+
+
+def _up_to_date(out_dir: Path, opts: dict, data) -> dict | None:
+    """The manifest of a cache in ``out_dir`` built from this teacher and data, if both files are there."""
+    manifest_path = out_dir / "manifest.json"
+    if not (manifest_path.is_file() and (out_dir / "cache.pt").is_file()):
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if (
+        manifest.get("teacher", {}).get("sha256") == sha256_file(opts["t_model"])
+        and manifest.get("data") == data_fingerprint(data)
+        and manifest.get("dtype") == opts["cache_dtype"]
+        and ("embedding" in manifest.get("entries", [])) >= opts["embeddings"]
+    ):
+        log.info("%s is up to date; nothing to do", out_dir)
+        return manifest
+    return None

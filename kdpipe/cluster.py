@@ -1,0 +1,216 @@
+"""Submitting the workflow to SLURM (``--profile profiles/slurm``): checks before anything is submitted.
+
+The profile takes the partition and account from ``KDPIPE_SLURM_PARTITION`` and
+``KDPIPE_SLURM_ACCOUNT``; ``KDPIPE_SLURM_GPUS`` (1, the default, or 0) says whether each training
+job asks for a GPU, i.e. a GPU or a CPU partition.  Every problem found here is one line:
+
+* in the Snakefile, at parse time (also ``-n``): an unset variable, a partition or account
+  dropped by a ``--default-resources`` that replaced the profile's;
+* in the Snakefile's ``onstart`` (a real run, before the first ``sbatch``): a partition SLURM does
+  not know, a GPU partition without GPUs, and a status command that cannot see finished jobs (no
+  accounting database: ``sacct`` answers "accounting storage is disabled" and Snakemake would
+  wait forever);
+* ``python -m kdpipe.cluster``: all of the above plus a missing executor plugin (Snakemake
+  itself stops at ``--executor slurm`` before reading the workflow), then the command to submit
+  with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+PARTITION_VAR = "KDPIPE_SLURM_PARTITION"
+ACCOUNT_VAR = "KDPIPE_SLURM_ACCOUNT"
+GPUS_VAR = "KDPIPE_SLURM_GPUS"
+PLUGIN = "snakemake_executor_plugin_slurm"
+MIN_JOB_AGE_FOR_SQUEUE = 120  # the plugin's own threshold (3 x its 40 s first status check)
+
+
+# ---------------------------------------------------------------- the Snakemake side
+
+
+def default_resources(workflow) -> dict[str, str]:
+    """The raw ``--default-resources`` of this Snakemake run (environment variables unexpanded)."""
+    res = workflow.resource_settings.default_resources
+    if res is None:
+        return {}
+    if hasattr(res, "args"):
+        return dict(arg.split("=", 1) for arg in res.args)
+    return {name: str(getattr(value, "raw", value)) for name, value in dict(res).items()}
+
+
+def submits_to_slurm(workflow) -> bool:
+    """Whether this run submits through profiles/slurm (its default resources name a slurm_partition)."""
+    return "slurm_partition" in default_resources(workflow)
+
+
+def slurm_gpus() -> int:
+    """GPUs per training job on the cluster: ``KDPIPE_SLURM_GPUS``, 1 when unset."""
+    value = os.environ.get(GPUS_VAR, "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{GPUS_VAR}={value!r}: use 1 (a GPU partition, one GPU per job) or 0 (a CPU partition)")
+    return int(value)
+
+
+def resource_problems(workflow) -> list[str]:
+    """Unset partition/account variables, or the profile's default resources replaced without them."""
+    res = default_resources(workflow)
+    problems = []
+    for name, var, hint in (
+        ("slurm_partition", PARTITION_VAR, "sinfo -s lists the partitions"),
+        ("slurm_account", ACCOUNT_VAR, "sshare -U lists yours; empty for a cluster without accounts"),
+    ):
+        if name not in res:
+            problems.append(
+                f"no {name}: a --default-resources on the command line replaces the profile's; "
+                f"set {PARTITION_VAR} and {ACCOUNT_VAR} instead"
+            )
+        elif f"${var}" in os.path.expandvars(res[name]) or "${" + var + "}" in os.path.expandvars(res[name]):
+            problems.append(f"{var} is not set: export {var}=<{name.split('_')[1]}> ({hint}), then submit again")
+    try:
+        slurm_gpus()
+    except ValueError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def submission_problems(workflow, gpus: int) -> list[str]:
+    """Checks against the running SLURM, for ``onstart`` of a real run (nothing submitted yet)."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    if plugin is None or getattr(plugin, "name", "") != "slurm":
+        return []
+    if not submits_to_slurm(workflow):
+        return ["submit with --profile profiles/slurm: it names the partition and account of every job"]
+    problems = resource_problems(workflow)
+    if problems:
+        return problems
+    partition = os.path.expandvars(default_resources(workflow)["slurm_partition"]).strip("'\"")
+    problem = partition_problem(partition, gpus)
+    if problem:
+        problems.append(problem)
+    status = getattr(workflow.executor_settings, "status_command", None) or "sacct"
+    problem = status_problem(status)
+    if problem:
+        problems.append(problem)
+    return problems
+
+
+# ---------------------------------------------------------------- the SLURM side
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def slurm_config() -> dict[str, str]:
+    """``scontrol show config`` as a dict (empty when SLURM cannot be asked)."""
+    out = _run("scontrol", "show", "config")
+    if out is None or out.returncode != 0:
+        return {}
+    pairs = (line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _seconds(value: str) -> int | None:
+    m = re.match(r"(\d+)\s*([a-z]*)", value.lower())
+    if not m:
+        return None
+    return int(m.group(1)) * (3600 if m.group(2) in ("h", "hour", "hours") else 1)
+
+
+def status_problem(status_command: str) -> str | None:
+    """Why the executor plugin's status command would never see finished jobs here, or None."""
+    config = slurm_config()
+    no_accounting = config.get("AccountingStorageType") == "accounting_storage/none"
+    if status_command == "squeue":
+        age = _seconds(config.get("MinJobAge", ""))
+        if no_accounting and age is not None and age < MIN_JOB_AGE_FOR_SQUEUE:
+            return (
+                f"MinJobAge is {age} s: squeue forgets finished jobs before Snakemake asks, and there is no "
+                f"accounting database for sacct; ask the admins for MinJobAge >= 300"
+            )
+        return None
+    if no_accounting:
+        return (
+            "this cluster has no accounting database (AccountingStorageType=accounting_storage/none), so sacct "
+            "never reports a finished job: add --slurm-status-command squeue"
+        )
+    return None
+
+
+def partition_problem(partition: str, gpus: int) -> str | None:
+    """A partition SLURM does not know, or a GPU request on a partition without GPUs."""
+    out = _run("sinfo", "-h", "-p", partition, "-o", "%G")
+    if out is None or out.returncode != 0:
+        return None  # sbatch will say
+    gres = {g for line in out.stdout.split() for g in line.split(",") if g}
+    if not gres:
+        known = _run("sinfo", "-h", "-o", "%R")
+        names = sorted(set(known.stdout.split())) if known and known.returncode == 0 else []
+        return f"SLURM has no partition {partition!r} (sinfo lists: {', '.join(names) or 'none'})"
+    if gpus and not any(g.startswith("gpu") for g in gres):
+        return (
+            f"partition {partition!r} has no GPUs (GRES {', '.join(sorted(gres))}): "
+            f"for a CPU partition export {GPUS_VAR}=0"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- python -m kdpipe.cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check this login node for a submission with profiles/slurm; print the command to use."""
+    problems = []
+    if importlib.util.find_spec(PLUGIN) is None:
+        problems.append(
+            f"snakemake-executor-plugin-slurm is not installed for {sys.executable}: "
+            "pip install snakemake-executor-plugin-slurm (it is in kdpipe's [test] extra)"
+        )
+    missing = [cmd for cmd in ("sbatch", "sinfo", "squeue", "scontrol") if shutil.which(cmd) is None]
+    if missing:
+        problems.append(f"no SLURM client commands ({', '.join(missing)}) on PATH: run this on the login node")
+    for var in (PARTITION_VAR, ACCOUNT_VAR):
+        if var not in os.environ:
+            problems.append(f"{var} is not set: export {var}=<{var.rsplit('_', 1)[1].lower()}>")
+    try:
+        gpus = slurm_gpus()
+    except ValueError as exc:
+        problems.append(str(exc))
+        gpus = 1
+    status = "sacct"
+    if not missing:
+        if PARTITION_VAR in os.environ:
+            problem = partition_problem(os.environ[PARTITION_VAR], gpus)
+            if problem:
+                problems.append(problem)
+        if status_problem("sacct"):
+            status = "squeue"
+            problem = status_problem("squeue")
+            if problem:
+                problems.append(problem)
+    for problem in problems:
+        print(f"kdpipe cluster: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    extra = " --slurm-status-command squeue" if status == "squeue" else ""
+    print(
+        f"kdpipe cluster: ok: partition {os.environ[PARTITION_VAR]}, account {os.environ[ACCOUNT_VAR] or '(none)'}, "
+        f"{'one GPU' if gpus else 'no GPU'} per training job, status command {status}"
+    )
+    print(f"snakemake --profile profiles/slurm{extra} --configfile config/paper.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
