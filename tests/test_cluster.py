@@ -127,7 +127,7 @@ def test_cpu_partition_is_one_variable(tmp_path):
     config.write_text("base: {nets: [resnet8]}\n")
     out = slurm_dry(tmp_path, env={**ENV, "KDPIPE_SLURM_GPUS": "0", "KDPIPE_SLURM_PARTITION": "cpu"}, config=config)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = job_blocks(out.stdout)[0]["resources"]
+    (res,) = [block["resources"] for block in job_blocks(out.stdout) if block["rule"] == "train_base"]
     assert res.get("gpu", "0") == "0" and res["slurm_partition"] == "cpu" and res["mem_mb"] == "32000"
 
 
