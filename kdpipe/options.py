@@ -477,24 +477,26 @@ ENTRY_HELP: dict[str, dict[str, str]] = {
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
 
 
-# Entry points that do not train: they take the run, data and device options only.
-NON_TRAINING = {
-    "teacher_cache": {
-        "save_root",
-        "note",
-        "img_root",
-        "download",
-        "cuda",
-        "threads",
-        "seed",
-        "data_name",
-        "val_size",
-        "split_seed",
-        "train_subset",
-        "num_class",
-        "image_size",
-    }
+# What each common option is about.  Every "which options does X take" derives from these
+# groups: entry points that do not train, FT's in-run paraphraser, the workflow's data node.
+COMMON_GROUPS: dict[str, tuple[str, ...]] = {
+    "run": ("save_root", "note"),
+    "data": ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
+    "device": ("cuda", "threads"),
+    "log": ("print_freq",),
+    "seed": ("seed",),
+    "schedule": ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "warmup_epochs"),
 }
+assert sorted(n for names in COMMON_GROUPS.values() for n in names) == sorted(o.name for o in COMMON), "ungrouped"
+
+
+def common_options(*groups: str) -> tuple[str, ...]:
+    """Names of the common options in ``groups``, e.g. ``common_options("data")``."""
+    return tuple(name for group in groups for name in COMMON_GROUPS[group])
+
+
+# Entry points that do not train: they take the run, data, device and seed options only.
+NON_TRAINING = {"teacher_cache": set(common_options("run", "data", "device", "seed"))}
 
 
 def options_for(entry: str) -> list[Option]:

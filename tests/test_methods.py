@@ -401,3 +401,31 @@ def test_cli_bad_setting_one_line(tmp_path, entry, flags, message):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ft_in_run_paraphraser_takes_every_data_option(tmp_path):
+    """`kdpipe ft` without --paraphraser trains one first; it sees the student's data exactly
+    (--image_size included), because its options derive from the options' data group."""
+    from PIL import Image
+
+    from kdpipe.options import COMMON_GROUPS, common_options
+    from kdpipe.workflow import data_options, load_config
+
+    folder = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40, 40), (i * 40, 80 if cls == "a" else 10, 0)).save(folder / cls / f"{i}.png")
+    data = {"data_name": f"imagefolder:{folder}", "image_size": 16, "val_size": 2, "cuda": 0, "batch_size": 4}
+    kdpipe.train_base(net_name="resnet8", epochs=1, save_root=str(tmp_path), note="t", **data)
+    record = kdpipe.train_ft(
+        t_model=str(tmp_path / "t" / "model.pt"), t_name="resnet8", s_name="resnet8", epochs=1, para_epochs=1,
+        save_root=str(tmp_path), note="ft", **data,
+    )  # fmt: skip
+    para = json.loads((tmp_path / "ft" / "paraphraser" / "run.json").read_text())
+    assert para["data"]["image_shape"] == record["data"]["image_shape"] == [3, 16, 16]
+    assert para["data"]["sha256"] == record["data"]["sha256"]
+    # the workflow's data node passes exactly the data group (num_class follows from the data)
+    config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}})
+    assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class"}
+    assert "image_size" in COMMON_GROUPS["data"]

@@ -24,6 +24,7 @@ from ..engine import Context, Task, lr_factor, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import TapShapes
 from ..losses.st import soft_target_loss
+from ..options import common_options
 from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
 from ..runner import run_entry
 from .common import frozen, load_network, teacher_test_accuracy
@@ -222,25 +223,9 @@ def train_ft(**kwargs) -> dict:
     kwargs = {**kwargs, "note": note}
     if not opts["paraphraser"]:
         run_dir = Path(opts["save_root"]) / note
-        shared = {
-            k: kwargs[k]
-            for k in (
-                "data_name",
-                "img_root",
-                "download",
-                "val_size",
-                "split_seed",
-                "seed",
-                "batch_size",
-                "momentum",
-                "weight_decay",
-                "cuda",
-                "threads",
-                "print_freq",
-                "train_subset",
-            )
-            if k in kwargs
-        }
+        # the student's data, device, log and seed options, and its batch and SGD settings
+        names = common_options("data", "device", "log", "seed") + ("batch_size", "momentum", "weight_decay")
+        shared = {k: kwargs[k] for k in names if k in kwargs}
         train_ft_paraphraser(
             **shared,
             t_model=opts["t_model"],
