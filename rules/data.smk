@@ -14,6 +14,8 @@ rule data_manifest:
         "results/{dataset}/data/manifest.json",
     log:
         "results/logs/{dataset}/data.log",
+    conda:
+        "../environment.yml"
     params:
         opts=lambda w: kw.data_options(config, w.dataset),
     script:

@@ -142,6 +142,12 @@ def test_tiny_grid_through_the_slurm_profile(tmp_path):
                 "--profile",
                 str(ROOT / "profiles" / "slurm"),
                 *status_flags,
+                # poll the queue every 5 s instead of the plugin's 40 s wait and 10 s rounds: the
+                # same jobs and states, a CI run minutes shorter (the cadence is not under test)
+                "--slurm-init-seconds-before-status-checks",
+                "5",
+                "--seconds-between-status-checks",
+                "5",
                 "--configfile",
                 str(config),
             ],
