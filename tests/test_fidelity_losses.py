@@ -19,6 +19,7 @@ from torch import nn
 
 import kdpipe
 from conftest import cli, tiny_cli_flags
+from test_losses_b import LinearTapNet  # logits = W x + b: input gradients known exactly
 from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES, DistillBatch, TapShapes
 from kdpipe.methods.kd import MODE_SETTINGS, mode_settings
@@ -101,19 +102,6 @@ def per_sample_grads(net, x, y, wrt):
 
 
 # --------------------------------------------------------------------------- Sobolev
-
-
-class LinearTapNet(nn.Module):
-    """logits = W x + b, so d z[b, k] / dx[b] is the weight row W[k] (reshaped like x)."""
-
-    def __init__(self, image, classes, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc = nn.Linear(math.prod(image), classes).double()
-
-    def forward(self, x):
-        z = self.fc(x.flatten(1))
-        return FeatureTaps(x, (x, x, x), (x, x, x), x.flatten(1), z)
 
 
 def ref_sobolev(grads_s: list[list[float]], grads_t: list[list[float]], grad_norm: str) -> float:
