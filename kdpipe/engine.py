@@ -380,7 +380,7 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                     step + 1,
                     len(bounds),
                     role,
-                    float(results[role].loss),
+                    float(results[role].loss.detach()),
                 )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
