@@ -1,25 +1,41 @@
-"""kdpipe: teacher-student knowledge transfer, from training to comparison tables."""
+"""kdpipe: teacher-student knowledge transfer, from training to comparison tables.
+
+The training functions are imported on first use (``kdpipe.train_kd``), so that importing a
+light part of the package (the workflow's plan when Snakemake parses the Snakefile, the report
+declarations) does not import torch: that costs seconds per job.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
 from .errors import KdpipeError  # noqa: E402
-from .methods.base import train_base  # noqa: E402
-from .methods.bss import train_bss  # noqa: E402
-from .methods.crd import train_crd  # noqa: E402
-from .methods.dml import train_dml  # noqa: E402
-from .methods.ft import train_ft, train_ft_paraphraser  # noqa: E402
-from .methods.kd import train_kd  # noqa: E402
-from .methods.teacher_cache import build_teacher_cache  # noqa: E402
 
-__all__ = [
-    "KdpipeError",
-    "build_teacher_cache",
-    "train_base",
-    "train_bss",
-    "train_crd",
-    "train_dml",
-    "train_ft",
-    "train_ft_paraphraser",
-    "train_kd",
-    "__version__",
-]
+# public name -> the module that defines it
+_API = {
+    "build_teacher_cache": ".methods.teacher_cache",
+    "train_base": ".methods.base",
+    "train_bss": ".methods.bss",
+    "train_crd": ".methods.crd",
+    "train_dml": ".methods.dml",
+    "train_ft": ".methods.ft",
+    "train_ft_paraphraser": ".methods.ft",
+    "train_kd": ".methods.kd",
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kdpipe' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
+
+__all__ = ["KdpipeError", *_API, "__version__"]

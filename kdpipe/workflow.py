@@ -34,7 +34,7 @@ from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `
     split_variant,
     teacher_seed,
 )
-from .runner import planned_identity
+from .report import RACES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
@@ -358,7 +358,7 @@ def report_targets(config: dict) -> list[str]:
         for group in groups:
             targets += [f"results/plots/{dataset}/{group}/{kind}.png" for kind in ("test_acc", "loss", "final")]
             if config["report"]["races"]:
-                targets.append(f"results/race/{dataset}/{group}.gif")
+                targets += [f"results/race/{dataset}/{group}/{metric}.gif" for metric in RACES]
     return targets
 
 
@@ -549,6 +549,8 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
     function = kdpipe.build_teacher_cache if entry == "teacher_cache" else getattr(kdpipe, f"train_{entry}")
     runs = {run.run_dir: run for run in plan(snakemake.config)}
     run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan
+    from .runner import planned_identity  # torch: only inside a job, not when the Snakefile is parsed
+
     with rule_logging(snakemake) as logger, planned_identity(run.record() if run else None):
         if message:
             logger.info("%s", message)

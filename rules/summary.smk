@@ -104,13 +104,16 @@ rule race:
         "results/summary.csv",
     output:
         report(
-            "results/race/{dataset}/{group}.gif",
+            "results/race/{dataset}/{group}/{metric}.gif",
             caption="report/race.rst",
             category="Races",
-            subcategory="{dataset}",
+            subcategory="{dataset} {group}",
         ),
     log:
-        "results/logs/report/race-{dataset}-{group}.log",
+        "results/logs/report/race-{dataset}-{group}-{metric}.log",
+    wildcard_constraints:
+        group=r"[^/]+",
+        metric="|".join(kw.RACES),
     conda:
         "../environment.yml"
     params:

@@ -10,6 +10,7 @@ with rule_logging(snakemake):
         w.dataset,
         w.group,
         snakemake.output[0],
+        metric=w.metric,
         steps_per_period=params.steps_per_period,
         period_length_ms=params.period_ms,
     )

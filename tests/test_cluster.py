@@ -28,7 +28,7 @@ EXPECTED_JOBS = {
     "tables": 2,
     "group_plots": 6,
     "cost_plot": 2,
-    "race": 6,
+    "race": 18,  # test accuracy, training loss, training time x 6 groups
     "all": 1,
 }
 

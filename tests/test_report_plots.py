@@ -199,6 +199,34 @@ def test_race_frame_is_mean_over_seeds_with_forward_fill(results):
     assert list(table.columns) == list(table.iloc[-1].sort_values(ascending=False).index)
 
 
+def test_time_and_loss_races_are_cumulative_time_and_mean_loss(results):
+    _, frame, curves = results
+    time = race.race_frame(curves, frame, DATASET, PAIR, "train_time")
+    for epoch in range(1, EPOCHS + 1):
+        assert time.loc[epoch, "st"] == pytest.approx((1.1 + 1.3) / 2 * epoch)  # each seed summed, then mean
+        assert time.loc[epoch, "at"] == pytest.approx(2.0 * min(epoch, 3))  # stopped at 3: keeps its total
+        assert time.loc[epoch, "baseline"] == pytest.approx(1.0 * epoch)
+    assert set(list(time.columns)[:2]) == {"baseline", "teacher"}  # fastest first: lowest time is best
+    loss = race.race_frame(curves, frame, DATASET, PAIR, "train_loss")
+    assert loss.loc[2, "baseline"] == pytest.approx((2.0 / 2 + 0.6) / 2 + (2.0 / 2 + 0.62) / 2)
+    assert list(loss.columns) == list(loss.iloc[-1].sort_values().index)
+    with pytest.raises(ValueError, match="unknown 'speed'"):
+        race.race_frame(curves, frame, DATASET, PAIR, "speed")
+
+
+def test_race_axes_are_proportional_and_values_below_the_window_show_no_bar():
+    table = pd.DataFrame({"a": [40.0, 97.0, 99.0], "b": [10.0, 55.0, 96.0]}, index=[1, 2, 3])
+    lo, hi = race.race_window(table, "test_acc")
+    assert (lo, hi) == (94.0, 100.0)  # a window below the lowest final value, not a broken axis from 0
+    drawn = race.bar_values(table.to_numpy(), lo)
+    assert drawn[2].tolist() == [99.0, 96.0]  # in the window: drawn to their value on a linear axis
+    assert (drawn[:2, 1] < lo).all() and (drawn[:2, 1] > lo - 1e-3).all()  # below: no visible bar
+    assert drawn[0, 0] > drawn[0, 1]  # ... but still ranked by the true value
+    assert [race.true_value(d, lo) for d in drawn[:, 1]] == pytest.approx([10.0, 55.0, 96.0])
+    time = pd.DataFrame({"a": [1.0, 2.5], "b": [2.0, 4.0]})
+    assert race.race_window(time, "train_time") == (0.0, 4.0)  # loss and time axes start at 0
+
+
 def test_expected_frames():
     assert race.expected_frames(5, 4) == 17
     assert race.expected_frames(12, 4) == 45
@@ -214,10 +242,11 @@ def gif_frames(path) -> int:
         return sum(1 for _ in ImageSequence.Iterator(image))
 
 
-def test_render_race_gif_frame_count(results, tmp_path):
+@pytest.mark.parametrize("metric", list(race.RACES))
+def test_render_race_gif_frame_count(results, tmp_path, metric):
     pytest.importorskip("bar_chart_race")
     _, frame, curves = results
-    table = race.race_frame(curves, frame, DATASET, PAIR)
+    table = race.race_frame(curves, frame, DATASET, PAIR, metric)
     out = tmp_path / "race" / "toy.gif"
     frames = race.render_race(
         table,
@@ -227,6 +256,7 @@ def test_render_race_gif_frame_count(results, tmp_path):
         period_length_ms=200,
         dpi=50,
         colors=plots.label_colors(frame, DATASET),
+        metric=metric,
     )
     assert frames == race.expected_frames(EPOCHS, 2) == gif_frames(out)
     assert not [p for p in out.parent.iterdir() if p.name != "toy.gif"]
@@ -237,7 +267,18 @@ def test_race_cli_renders_in_subprocess(results, tmp_path):  # results writes th
     out = tmp_path / "results" / "race" / DATASET / f"{COHORT}.gif"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     base = [sys.executable, "-m", "kdpipe.report.race", "--summary", "results/summary.csv", "--dataset", DATASET]
-    cmd = base + ["--group", COHORT, "--out", str(out), "--steps-per-period", "2", "--dpi", "50"]
+    cmd = base + [
+        "--group",
+        COHORT,
+        "--out",
+        str(out),
+        "--steps-per-period",
+        "2",
+        "--dpi",
+        "50",
+        "--metric",
+        "train_loss",
+    ]
     done = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert gif_frames(out) == race.expected_frames(EPOCHS, 2)
@@ -262,3 +303,35 @@ def test_nothing_finished_gives_placeholder_pngs(results, tmp_path):
     assert_png(plots.plot_cost(frame, DATASET, out / "cost.png"), out / "cost.png")
     with pytest.raises(ValueError):
         race.race_frame(curves, frame, DATASET, PAIR)
+
+
+def test_cost_plot_labels_overlap_nothing():
+    """The default run's crowded cost plot: a point at the top (next to the title), a baseline star
+    beside a method's point, and several methods at nearly the same cost and accuracy."""
+    points = [  # (group, label, net, accuracy, cost)
+        ("", "teacher", "resnet20", 95.3, 1.0),
+        ("", "baseline", "resnet8w4", 83.0, 1.0),
+        ("resnet20-resnet8w4", "st", "resnet8w4", 88.1, 1.45),
+        ("resnet20-resnet8w4", "at", "resnet8w4", 87.9, 1.5),
+        ("resnet20-resnet8w4", "fitnet", "resnet8w4", 84.0, 1.55),
+        ("resnet20-resnet8w4", "rkd", "resnet8w4", 83.2, 1.52),
+        ("resnet20-resnet8w4", "crd", "resnet8w4", 83.1, 1.05),
+        ("resnet20-resnet8w4", "ft", "resnet8w4", 86.0, 1.6),
+        ("resnet8w4-resnet8w4", "dml net1", "resnet8w4", 95.3, 2.1),
+        ("resnet8w4-resnet8w4", "dml net2", "resnet8w4", 95.1, 2.1),
+        ("resnet8w4-resnet8w4", "bss gen1", "resnet8w4", 84.5, 1.9),
+        ("resnet8w4-resnet8w4", "bss gen2", "resnet8w4", 84.9, 1.9),
+    ]
+    frame = pd.DataFrame(
+        [
+            {"dataset": DATASET, "status": "ok", "group": g, "label": lab, "net": net}
+            | {"test_acc_at_best": acc, "cost_vs_baseline": cost}
+            for g, lab, net, acc, cost in points
+        ]
+    )
+    fig, ax, texts, scatters = plots.cost_figure(frame, DATASET)
+    assert len(texts) == len(points) and sum(len(c.get_offsets()) for c in scatters) == len(points)
+    assert plots.label_overlaps(fig, ax, texts, scatters) == []
+    # the checker itself sees an overlap when there is one
+    texts[1].set_position(texts[0].get_position())
+    assert any("overlaps" in p for p in plots.label_overlaps(fig, ax, texts, scatters))

@@ -28,9 +28,11 @@ def job_counts(output: str) -> dict:
 
 def test_default_config_is_valid_and_names_teacher_and_student():
     config = load_config(yaml.safe_load(open(ROOT / "config" / "config.yaml")))
-    assert config["datasets"] == ["digits"]
-    assert {"teacher": "resnet110", "student": "resnet20"} in config["pairs"]
-    assert base_runs(config) == ["results/digits/base/resnet110/seed0", "results/digits/base/resnet20/seed0"]
+    assert config["datasets"] == ["digits"] and config["seeds"] == [0, 1, 2]  # mean ± std over 3 seeds
+    assert config["pairs"] == [{"teacher": "resnet20", "student": "resnet8w4"}]
+    assert base_runs(config) == [
+        f"results/digits/base/{net}/seed{s}" for net in ("resnet20", "resnet8w4") for s in (0, 1, 2)
+    ]
 
 
 def test_params_slice_has_only_what_the_rule_reads():
@@ -118,7 +120,7 @@ def test_reference_settings_reach_the_rules():
     assert ft_options(config, "cifar100", "resnet14", "resnet8", 0)["ft_bn"] == "off"
     # the embedded demo sets the scaled epochs explicitly
     demo = load_config(yaml.safe_load(open(ROOT / "config" / "config.yaml")))
-    assert ft_paraphraser_options(demo, "digits", "resnet110", 0)["epochs"] == 2
+    assert ft_paraphraser_options(demo, "digits", "resnet20", 0)["epochs"] == 6  # 15 % of 40
 
 
 def test_bad_config_one_line_from_snakemake(tmp_path):
@@ -151,7 +153,7 @@ def test_user_config_does_not_inherit_the_embedded_default(tmp_path):
     demo = snakemake("results/summary.csv", "-n", "--cores", "1", workdir=tmp_path)
     assert demo.returncode == 0, demo.stderr
     demo_counts = job_counts(demo.stdout + demo.stderr)
-    assert demo_counts["train_bss"] == 2 and demo_counts["train_dml"] == 1 and demo_counts["train_ft"] == 1
+    assert demo_counts["train_bss"] == 6 and demo_counts["train_dml"] == 3 and demo_counts["train_ft"] == 3
 
 
 @pytest.mark.slow
@@ -391,8 +393,8 @@ def test_default_dag_has_every_entry_point(tmp_path):
         workdir=tmp_path,
     )
     counts = job_counts(out.stdout)
-    assert counts["ft_paraphraser"] == 1 and counts["train_ft"] == 1 and counts["train_crd"] == 1
-    assert counts["train_dml"] == 1 and counts["train_bss"] >= 2
+    assert counts["ft_paraphraser"] == 3 and counts["train_ft"] == 3 and counts["train_crd"] == 3  # 3 seeds
+    assert counts["train_dml"] == 3 and counts["train_bss"] == 6
 
 
 @pytest.mark.parametrize(
@@ -470,9 +472,10 @@ report: {steps_per_period: 2}
     for png in results.glob("plots/**/*.png"):
         with Image.open(png) as image:
             assert image.size[0] > 300 and image.size[1] > 200
-    with Image.open(results / "race/digits/resnet8-resnet8.gif") as gif:
-        frames = sum(1 for _ in ImageSequence.Iterator(gif))
-    assert frames == (3 - 1) * 2 + 1  # one frame per epoch step: (epochs - 1) x steps_per_period + 1
+    for metric in ("test_acc", "train_loss", "train_time"):
+        with Image.open(results / f"race/digits/resnet8-resnet8/{metric}.gif") as gif:
+            frames = sum(1 for _ in ImageSequence.Iterator(gif))
+        assert frames == (3 - 1) * 2 + 1  # one frame per epoch step: (epochs - 1) x steps_per_period + 1
     table = (results / "tables/digits.md").read_text()
     assert "| st |" in table and "| baseline |" in table and "published" not in table
     report = snakemake("--report", "results/report.html", *cfg, workdir=tmp_path)
@@ -482,7 +485,7 @@ report: {steps_per_period: 2}
     # a report setting re-runs only the report rules that read it
     (tmp_path / "c.yaml").write_text(config.replace("steps_per_period: 2", "steps_per_period: 3"))
     plan = snakemake("-n", "--cores", "1", *cfg, workdir=tmp_path)
-    assert job_counts(plan.stdout) == {"race": 1, "all": 1}
+    assert job_counts(plan.stdout) == {"race": 3, "all": 1}
     (tmp_path / "c.yaml").write_text(
         config.replace("report: {steps_per_period: 2}", "report: {steps_per_period: 2, published: false}")
     )

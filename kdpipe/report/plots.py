@@ -356,12 +356,26 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
 
     One point per (group, label); cost is ``cost_vs_baseline`` (mean epoch time over that of the
     baseline of the same network), so base runs sit at 1. Base runs are drawn as stars and named
-    after their network; each group gets its own marker.
+    after their network; each group gets its own marker. Labels are placed by ``adjustText`` so
+    that none overlaps another label, a point or the title (:func:`label_overlaps` checks it).
     """
+    drawn = cost_figure(frame, dataset)
+    if drawn is None:
+        return placeholder(out_png, f"{dataset}: accuracy vs training cost", "no finished run with a cost yet")
+    return _save(drawn[0], out_png)
+
+
+def cost_figure(frame: pd.DataFrame, dataset: str):
+    """The figure of :func:`plot_cost` as ``(fig, ax, labels, points)``, or None without finished runs.
+
+    ``labels`` are the point labels (matplotlib texts), ``points`` the scatter collections.
+    """
+    from adjustText import adjust_text
+
     rows = frame[(frame["dataset"] == dataset) & (frame["status"] == "ok")]
     rows = rows[rows["test_acc_at_best"].notna() & rows["cost_vs_baseline"].notna()]
     if rows.empty:
-        return placeholder(out_png, f"{dataset}: accuracy vs training cost", "no finished run with a cost yet")
+        return None
     points = (
         rows.groupby(["group", "label", "net"], sort=False)
         .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"))
@@ -376,44 +390,33 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(8.5, 5.5)
         ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1, zorder=1)
-        texts, anchors = [], []
+        texts, scatters = [], []
         for group in [""] + group_names:
             part = points[points["group"] == group]
             if part.empty:
                 continue
             marker = markers.get(group, BASE_MARKER)
-            ax.scatter(
-                part["cost"],
-                part["acc"],
-                marker=marker,
-                s=150 if marker == BASE_MARKER else 60,
-                c=[colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in part["label"]],
-                edgecolors="white",
-                linewidths=0.6,
-                zorder=3,
-                label=("base runs" if not group else group.replace("-", " → ")),
+            scatters.append(
+                ax.scatter(
+                    part["cost"],
+                    part["acc"],
+                    marker=marker,
+                    s=150 if marker == BASE_MARKER else 60,
+                    c=[colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in part["label"]],
+                    edgecolors="white",
+                    linewidths=0.6,
+                    zorder=3,
+                    label=("base runs" if not group else group.replace("-", " → ")),
+                )
             )
             for _, p in part.iterrows():
                 text = f"{p['label']} ({p['net']})" if not group else p["label"]
-                texts.append(
-                    ax.annotate(
-                        text,
-                        (p["cost"], p["acc"]),
-                        xytext=(7, 4),
-                        textcoords="offset points",
-                        fontsize=9.5,
-                        ha="left",
-                        va="bottom",
-                        zorder=4,
-                        arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4},
-                    )
-                )
-                anchors.append((p["cost"], p["acc"]))
+                texts.append(ax.text(p["cost"], p["acc"], text, fontsize=9.5, zorder=4))
         if cmax / max(cmin, 1e-12) > 10:
             ax.set_xscale("log")
         pad = 0.08 * (cmax - cmin) if cmax > cmin else 0.1 * cmax
         ax.set_xlim(
-            max(cmin - pad, 0.0) if ax.get_xscale() == "linear" else cmin / 1.3,
+            max(cmin - 2 * pad, 0.0) if ax.get_xscale() == "linear" else cmin / 1.5,
             cmax + 3 * pad if ax.get_xscale() == "linear" else cmax * 1.8,
         )
         ax.set_ylim(lo, hi)
@@ -424,31 +427,57 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="group", markerscale=0.9)
         for handle in ax.get_legend().legend_handles:
             handle.set_color("0.35")
-        _declutter(fig, ax, texts)
-        return _save(fig, out_png)
+        # adjustText places the labels; a crowded figure gets further passes with more room
+        # around each label until nothing overlaps (a pass's leader lines are replaced by the next)
+        anchors = [t.get_position() for t in texts]
+        for expand in ((1.3, 2.0), (1.5, 2.4), (1.8, 3.0)):
+            if not texts:
+                break
+            _, leaders = adjust_text(
+                texts,
+                x=points["cost"].to_numpy(),
+                y=points["acc"].to_numpy(),
+                target_x=[x for x, _ in anchors],  # leader lines end at the labels' own points
+                target_y=[y for _, y in anchors],
+                ax=ax,
+                expand=expand,
+                force_static=(0.3, 0.5),
+                ensure_inside_axes=True,
+                arrowprops={"arrowstyle": "-", "color": "0.55", "linewidth": 0.6},
+                min_arrow_len=8,
+                iter_lim=300,  # deterministic (a time limit would depend on the machine)
+            )
+            if not label_overlaps(fig, ax, texts, scatters):
+                break
+            for leader in leaders:
+                leader.remove()
+        return fig, ax, texts, scatters
 
 
-def _declutter(fig: Figure, ax, texts, iterations: int = 60) -> None:
-    """Nudge annotation texts vertically (in points) until their boxes stop overlapping."""
-    if len(texts) < 2:
-        return
+def label_overlaps(fig: Figure, ax, texts, scatters) -> list[str]:
+    """What a label overlaps in a drawn figure: another label, any point's marker, or the title.
+
+    Marker boxes are squares of the marker's size around each point, in display pixels.
+    """
     renderer = fig.canvas.get_renderer()
-    step = 72.0 / fig.dpi  # one pixel in points
-    for _ in range(iterations):
-        boxes = [t.get_window_extent(renderer).expanded(1.0, 1.1) for t in texts]
-        moved = False
-        for i in range(len(texts)):
-            for j in range(i + 1, len(texts)):
-                a, b = boxes[i], boxes[j]
-                if not a.overlaps(b):
-                    continue
-                overlap = min(a.y1, b.y1) - max(a.y0, b.y0)
-                shift = (overlap / 2 + 1) * step
-                upper, lower = (texts[i], texts[j]) if a.y0 + a.y1 >= b.y0 + b.y1 else (texts[j], texts[i])
-                ux, uy = upper.xyann
-                lx, ly = lower.xyann
-                upper.xyann = (ux, uy + shift)
-                lower.xyann = (lx, ly - shift)
-                moved = True
-        if not moved:
-            break
+    fig.draw_without_rendering()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    markers = []
+    for collection in scatters:
+        sizes = collection.get_sizes()
+        for i, xy in enumerate(ax.transData.transform(collection.get_offsets())):
+            half = np.sqrt(sizes[i % len(sizes)]) / 2 * fig.dpi / 72  # marker size s is in points²
+            markers.append((xy[0] - half, xy[1] - half, xy[0] + half, xy[1] + half))
+    title = ax.title.get_window_extent(renderer)
+    problems = []
+    for i, a in enumerate(boxes):
+        name = texts[i].get_text()
+        for j in range(i + 1, len(boxes)):
+            if a.overlaps(boxes[j]):
+                problems.append(f"{name!r} overlaps label {texts[j].get_text()!r}")
+        for x0, y0, x1, y1 in markers:
+            if a.x0 < x1 and a.x1 > x0 and a.y0 < y1 and a.y1 > y0:
+                problems.append(f"{name!r} overlaps a point at ({(x0 + x1) / 2:.0f}, {(y0 + y1) / 2:.0f}) px")
+        if a.overlaps(title):
+            problems.append(f"{name!r} overlaps the title")
+    return problems

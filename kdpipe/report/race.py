@@ -1,14 +1,17 @@
-"""Bar-chart races: test accuracy of every method of a group, epoch by epoch, as an animated GIF.
+"""Bar-chart races: every method of a report group, epoch by epoch, as animated GIFs.
 
-Rendering uses ``bar_chart_race`` 0.1.0, which rebinds ``matplotlib.pyplot.rcParams`` to a copy of
-itself when it finishes. Never render a race inside a long-lived process that draws other figures:
-run ``python -m kdpipe.report.race ...`` (:func:`main`), one process per animation.
+Three races per group, the seed's three comparisons (:data:`RACES`): test accuracy, training
+loss, and cumulative training time. Rendering uses ``bar_chart_race`` 0.1.0, which rebinds
+``matplotlib.pyplot.rcParams`` to a copy of itself when it finishes. Never render a race inside a
+long-lived process that draws other figures: run ``python -m kdpipe.report.race ...``
+(:func:`main`), one process per animation.
 
-The package's own bar labels are integers and its axis always starts at 0, which hides the
-fractions of a point that separate methods; so :func:`render_race` hands it a prepared figure with
-a fixed x window, switches its bar labels off and draws ``'99.4%'`` labels itself (through the
-``period_summary_func`` hook, which runs once per frame and whose texts the package clears on the
-next frame).
+Bars are always proportional to their values on the axis shown. Loss and time axes start at 0;
+the accuracy axis is a window (e.g. 90-100 %) so that fractions of a point are visible: a bar is
+drawn from the window's left edge, and a value below the window gets no bar but a '◀ 45.2%' marker
+at the edge, so it never looks nearly equal to the leader. The package's own bar labels are
+integers, so they are switched off and the true values are drawn through the
+``period_summary_func`` hook (it runs once per frame; the package clears its texts each frame).
 """
 
 from __future__ import annotations
@@ -23,29 +26,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .plots import group_curves, label_colors
+from . import RACES, race_metric
 
 
-def race_frame(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
-    """Epoch x method table of test accuracy (mean over seeds), the input of :func:`render_race`.
+def race_frame(
+    curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, metric: str = "test_acc"
+) -> pd.DataFrame:
+    """Epoch x method table of one race's values (mean over seeds), the input of :func:`render_race`.
 
     Index: the union of the epoch numbers of the group's runs, each run on its own epoch numbers
     (no re-alignment: a run that stops early, or has fewer epochs, keeps its last value, forward
     filled, until the race ends). Per method label, each seed's series is forward-filled over that
     union first and then averaged, so a seed that ended early still counts with its final value.
-    Epochs before a run's first reported epoch stay 0. Columns: method labels, highest value at the
-    last epoch first. Note this is the last-epoch test accuracy, not the best-on-validation number
-    of ``plot_final`` and the tables, so the race's final standings can differ from those.
+    For a cumulative metric (training time) each seed's series is summed over its epochs first.
+    Epochs before a run's first reported epoch are 0 (no bar). Columns: method labels, best value
+    at the last epoch first. Note the accuracy race shows last-epoch test accuracy, not the
+    best-on-validation number of ``plot_final`` and the tables, so its final standings can differ.
     """
+    from .plots import group_curves
+
+    spec = race_metric(metric)
     data = group_curves(curves, frame, dataset, group)
-    data = data[data["test_acc"].notna()]
+    if spec.column in data:
+        data = data[pd.to_numeric(data[spec.column], errors="coerce").notna()]
+    else:
+        data = data.iloc[0:0]
     if data.empty:
-        raise ValueError(f"no test_acc curves for group {group!r} of dataset {dataset!r}")
-    data = data.assign(epoch=data["epoch"].astype(int))
-    wide = data.pivot_table(index="epoch", columns=["label", "seed"], values="test_acc", aggfunc="mean")
-    wide = wide.sort_index().ffill()
+        raise ValueError(f"no {spec.column} curves for group {group!r} of dataset {dataset!r}")
+    data = data.assign(epoch=data["epoch"].astype(int), value=data[spec.column].astype(float))
+    wide = data.pivot_table(index="epoch", columns=["label", "seed"], values="value", aggfunc="mean")
+    wide = wide.sort_index()
+    if spec.cumulative:
+        wide = wide.cumsum()  # NaN epochs (before a run starts or after it ends) are skipped
+    wide = wide.ffill()
     race = wide.T.groupby(level="label").mean().T
-    order = race.iloc[-1].sort_values(ascending=False, kind="stable").index.tolist()
+    order = race.iloc[-1].sort_values(ascending=not spec.higher_is_better, kind="stable").index.tolist()
     race = race[order].fillna(0.0)
     race.index.name = "epoch"
     race.columns.name = None
@@ -67,14 +82,38 @@ def expected_frames(n_epochs: int, steps_per_period: int) -> int:
     return (n_epochs - 1) * steps_per_period + 1
 
 
-def race_window(race_df: pd.DataFrame) -> tuple[float, float]:
-    """The x range shown: a little below the lowest final value (rounded down to a whole point), up to 100."""
+def race_window(race_df: pd.DataFrame, metric: str = "test_acc") -> tuple[float, float]:
+    """The x range shown.
+
+    Accuracy: a little below the lowest final value (rounded down to a whole point) up to 100.
+    Loss and time: 0 up to the largest value of the race.
+    """
+    values = race_df.to_numpy(dtype=float)
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    if not race_metric(metric).window:
+        return 0.0, top if top > 0 else 1.0
     final = race_df.iloc[-1].astype(float)
     spread = float(final.max() - final.min())
     lo = float(final.min()) - max(1.0, 0.35 * spread)
     lo = max(0.0, float(math.floor(lo)))
-    hi = max(100.0, float(np.nanmax(race_df.to_numpy(dtype=float))))
-    return lo, hi
+    return lo, max(100.0, top)
+
+
+# A value below the window is drawn at the window's edge, minus this fraction of its distance
+# below: invisible on screen, but it keeps the ranking and lets the labels recover the true value.
+_BELOW = 1e-6
+
+
+def bar_values(values, lo: float) -> np.ndarray:
+    """What the bars are drawn to: the values, except that a value below the window's left edge
+    ``lo`` sits (a millionth of its distance) just below the edge, so it shows no bar at all."""
+    values = np.asarray(values, dtype=float)
+    return np.where(values >= lo, values, lo - _BELOW * (lo - values))
+
+
+def true_value(drawn: float, lo: float) -> float:
+    """Inverse of :func:`bar_values` (the labels show true values)."""
+    return drawn if drawn >= lo else lo - (lo - drawn) / _BELOW
 
 
 def render_race(
@@ -86,25 +125,28 @@ def render_race(
     dpi: int = 80,
     colors: dict | None = None,
     hold_periods: int = 2,
-    subtitle: str = "test accuracy (%), mean over seeds",
+    metric: str = "test_acc",
 ) -> int:
     """Write an animated GIF of ``race_df`` (rows = epochs, columns = methods); returns its frame count.
 
-    Bars are sorted by value (best on top) and labelled with the method name and ``'{x:.1f}%'``;
-    ``'epoch N'`` counts up at the top right; the x axis is fixed to :func:`race_window`, and values
-    below it are drawn in a squeezed strip for [0, window start] at the left. Each epoch
-    lasts ``period_length_ms`` over ``steps_per_period`` frames, and the last frame is held for
-    ``hold_periods`` more periods (the GIF loops). ``colors`` maps labels to colours: pass
-    ``plots.label_colors(frame, dataset)`` to match the dataset's static figures (without it the
-    same scheme is applied to these columns alone). The file is written under a temporary
-    name in the same folder and moved into place.
+    Bars are sorted best on top (highest accuracy; lowest loss or time) and labelled with the method
+    name and the true value; ``'epoch N'`` counts up at the top right. The x axis is linear and fixed
+    to :func:`race_window`: bars start at its left edge, so their lengths are proportional to their
+    values on the axis shown; a value below the window gets a '◀ value' marker at the edge instead
+    of a bar. Each epoch lasts ``period_length_ms`` over ``steps_per_period`` frames, and the last
+    frame is held for ``hold_periods`` more periods (the GIF loops). ``colors`` maps labels to
+    colours: pass ``plots.label_colors(frame, dataset)`` to match the dataset's static figures.
+    The file is written under a temporary name in the same folder and moved into place.
     """
     import bar_chart_race as bcr
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.lines import Line2D
     from PIL import Image, ImageSequence
 
+    from .plots import label_colors
+
+    spec = race_metric(metric)
     if race_df.empty or race_df.shape[1] == 0:
         raise ValueError("empty race")
     race_df = race_df.astype(float)
@@ -117,23 +159,10 @@ def render_race(
         last = race_df.iloc[[-1] * hold_periods]
         race_df = pd.concat([race_df, last])
 
-    lo, hi = race_window(race_df)
-    # Values below the window are not hidden: [0, lo] is squeezed into a narrow lighter strip at the
-    # left (a broken axis), so early epochs still show growing bars; labels always show true values.
-    squeeze = 0.16 * (hi - lo)
-    if squeeze >= lo:  # the window nearly reaches 0 anyway: plain axis from 0
-        lo, squeeze = 0.0, 0.0
-    left_edge = lo - squeeze
-
-    def shown(v):
-        v = np.asarray(v, dtype=float)
-        return np.where(v >= lo, v, left_edge + squeeze * np.clip(v, 0.0, None) / lo if lo > 0 else v)
-
-    def true(d):
-        return d if d >= lo or squeeze == 0 else (d - left_edge) * lo / squeeze
-
-    plotted = pd.DataFrame(shown(race_df.to_numpy()), index=race_df.index, columns=race_df.columns)
-    right = hi + 0.16 * (hi - lo)  # room for the value labels
+    lo, hi = race_window(race_df, metric)
+    plotted = pd.DataFrame(bar_values(race_df.to_numpy(), lo), index=race_df.index, columns=race_df.columns)
+    span = hi - lo
+    right = hi + 0.2 * span  # room for the value labels
     n = len(labels)
     height = 1.35 + 0.42 * n
     fig = Figure(figsize=(8.0, height), dpi=dpi)
@@ -142,14 +171,10 @@ def render_race(
     left = min(0.35, (0.25 + 0.085 * longest) / 8.0)
     top = 1 - 0.95 / height
     ax = fig.add_axes([left, 0.42 / height, 0.97 - left, top - 0.42 / height])
-    ax.set_xlim(left_edge, right)
+    ax.set_xlim(lo, right)
     ax.set_ylim(0.4, n + 0.6)
-    ticks = [t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9]
-    if squeeze:
-        ticks = [left_edge] + ([lo] if all(abs(t - lo) > 1e-6 for t in ticks) else []) + ticks
-        ax.axvspan(left_edge, lo, color="0.975", linewidth=0, zorder=0)
-    ax.set_xticks(ticks)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{true(v):g}"))
+    ax.set_xticks([t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9])
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
     ax.tick_params(length=0, labelsize=11, pad=4)
     ax.grid(True, axis="x", color="white", linewidth=1.2)
     ax.set_axisbelow(True)
@@ -157,15 +182,12 @@ def render_race(
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.text(left, 1 - 0.12 / height, title, ha="left", va="top", fontsize=14, weight="bold")
-    fig.text(left, 1 - 0.5 / height, subtitle, ha="left", va="top", fontsize=10.5, color="0.35")
+    fig.text(left, 1 - 0.5 / height, spec.subtitle, ha="left", va="top", fontsize=10.5, color="0.35")
 
-    span = right - left_edge
     animated = max(1, (len(race_df) - hold_periods - 1) * steps_per_period)  # frames before the hold
     frame_index = [0]
     # a thin progress line along the top of the bars: it makes every animated frame distinct (so the
     # GIF has exactly expected_frames() frames even when no bar moves) and stops during the hold
-    from matplotlib.lines import Line2D
-
     axes_width = 0.97 - left
     progress_line = Line2D(
         [left, left], [top, top], transform=fig.transFigure, color="0.45", linewidth=2.5, solid_capstyle="butt"
@@ -180,7 +202,11 @@ def render_race(
             value, rank = values[label], ranks[label]
             if not (np.isfinite(value) and np.isfinite(rank)):
                 continue
-            ax.text(value + 0.008 * span, rank, f"{true(value):.1f}%", ha="left", va="center", fontsize=11)
+            text = spec.fmt.format(true_value(value, lo))
+            if value < lo:
+                ax.text(lo + 0.004 * span, rank, "◀ " + text, ha="left", va="center", fontsize=11, color="0.3")
+            else:
+                ax.text(value + 0.008 * span, rank, text, ha="left", va="center", fontsize=11)
         return {"x": 0.0, "y": 0.0, "s": ""}
 
     out = Path(out_gif)
@@ -194,7 +220,7 @@ def render_race(
                     plotted,
                     filename=str(tmp),
                     orientation="h",
-                    sort="desc",
+                    sort="desc" if spec.higher_is_better else "asc",
                     fixed_order=False,
                     fixed_max=True,
                     steps_per_period=steps_per_period,
@@ -239,17 +265,19 @@ def render_group_race(
     dataset: str,
     group: str,
     out_gif,
+    metric: str = "test_acc",
     steps_per_period: int = 4,
     period_length_ms: int = 500,
     dpi: int = 80,
 ) -> int:
-    """Summary CSV -> race GIF of one group, with the dataset's colours; returns the frame count."""
+    """Summary CSV -> one race GIF of one group, with the dataset's colours; returns the frame count."""
     from .frame import load_curves, load_summary
+    from .plots import label_colors
 
     frame = load_summary(summary)
     frame = frame[frame["dataset"] == dataset]
     curves = load_curves(frame)
-    race = race_frame(curves, frame, dataset, group)
+    race = race_frame(curves, frame, dataset, group, metric)
     teacher, _, student = group.partition("-")
     title = f"{dataset}: {teacher} → {student}"
     return render_race(
@@ -260,17 +288,21 @@ def render_group_race(
         period_length_ms=period_length_ms,
         dpi=dpi,
         colors=label_colors(frame, dataset),
+        metric=metric,
     )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kdpipe.report.race", description="Render one group's test-accuracy bar-chart race as a GIF."
+        prog="python -m kdpipe.report.race", description="Render one bar-chart race of one report group as a GIF."
     )
     parser.add_argument("--summary", required=True, help="results/summary.csv")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--group", required=True, help="'<teacher>-<student>', e.g. resnet110-resnet20")
     parser.add_argument("--out", required=True, help="GIF to write")
+    parser.add_argument(
+        "--metric", choices=tuple(RACES), default="test_acc", help="what the bars show (default test_acc)"
+    )
     parser.add_argument("--steps-per-period", type=int, default=4, help="frames per epoch (default 4)")
     parser.add_argument("--period-ms", type=int, default=500, help="milliseconds per epoch (default 500)")
     parser.add_argument("--dpi", type=int, default=80)
@@ -281,6 +313,7 @@ def main(argv=None) -> int:
             args.dataset,
             args.group,
             args.out,
+            metric=args.metric,
             steps_per_period=args.steps_per_period,
             period_length_ms=args.period_ms,
             dpi=args.dpi,
