@@ -6,6 +6,8 @@ BIN     = $(VENV)/bin
 CORES  ?= all
 GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 STAMP   = $(VENV)/.installed
+# tests run in parallel worker processes (a worker that takes tests of a module builds its fixtures)
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint dry-run clean-results install
 
@@ -24,7 +26,7 @@ dry-run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) -n
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
