@@ -4,8 +4,8 @@
 rule train_crd:
     input:
         unpack(
-            lambda w: kw.student_teacher_inputs(
-                config, w.dataset, w.teacher, w.seed, cacheable=True
+            lambda w: kw.student_inputs(
+                config, "train_crd", w.dataset, "crd", w.teacher, w.seed
             )
         ),
     output:

@@ -4,7 +4,16 @@
 
 rule train_kd:
     input:
-        unpack(lambda w: kw.kd_inputs(config, w.dataset, w.variant, w.teacher, w.seed)),
+        unpack(
+            lambda w: kw.student_inputs(
+                config,
+                "train_kd",
+                w.dataset,
+                kw.split_variant(w.variant)[0],
+                w.teacher,
+                w.seed,
+            )
+        ),
     output:
         model="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/metrics.csv",

@@ -2,7 +2,7 @@
 
 from kdpipe.report import plots
 from kdpipe.report.frame import load_curves, load_summary
-from kdpipe.workflow import rule_logging
+from kdpipe.jobs import rule_logging
 
 with rule_logging(snakemake):
     w, out = snakemake.wildcards, snakemake.output

@@ -1,7 +1,7 @@
 """Rule race: one bar-chart-race GIF, rendered in this job's own process (kdpipe.report.race)."""
 
 from kdpipe.report.race import render_group_race
-from kdpipe.workflow import rule_logging
+from kdpipe.jobs import rule_logging
 
 with rule_logging(snakemake):
     w, params = snakemake.wildcards, snakemake.params

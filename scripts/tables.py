@@ -3,7 +3,7 @@
 from kdpipe.report.frame import load_summary
 from kdpipe.report.reference import load_reference
 from kdpipe.report.tables import write_tables
-from kdpipe.workflow import rule_logging
+from kdpipe.jobs import rule_logging
 
 with rule_logging(snakemake):
     out = snakemake.output

@@ -1,6 +1,6 @@
 """Rule teacher_cache: run the frozen teacher on every view of every training image (kdpipe.cache)."""
 
-from kdpipe.workflow import cache_decision, run_rule
+from kdpipe.jobs import cache_decision, run_rule
 
 w = snakemake.wildcards
 use, why = cache_decision(snakemake.config, w.dataset, w.teacher, w.seed)

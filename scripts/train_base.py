@@ -1,5 +1,5 @@
 """Rule train_base: one network trained from scratch (see kdpipe.methods.base)."""
 
-from kdpipe.workflow import run_rule
+from kdpipe.jobs import run_rule
 
 run_rule(snakemake, "base")

@@ -1,6 +1,6 @@
 """Rule train_ft: one factor-transfer student (see kdpipe.methods.ft)."""
 
-from kdpipe.workflow import run_rule
+from kdpipe.jobs import run_rule
 
 run_rule(
     snakemake,

@@ -1,5 +1,5 @@
 """Rule ft_paraphraser: FT's paraphraser on one teacher (see kdpipe.methods.ft)."""
 
-from kdpipe.workflow import run_rule
+from kdpipe.jobs import run_rule
 
 run_rule(snakemake, "ft_paraphraser", t_model=snakemake.input.teacher)

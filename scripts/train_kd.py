@@ -1,5 +1,5 @@
 """Rule train_kd: one student distilled from its teacher (see kdpipe.methods.kd)."""
 
-from kdpipe.workflow import student_rule
+from kdpipe.jobs import student_rule
 
 student_rule(snakemake, "kd")

@@ -102,6 +102,16 @@ class Adapter(nn.Module):
         }
 
 
+CACHED_TAPS = frozenset({"logits", "embedding"})
+
+
+def reads_only_cached_taps(teacher_taps: frozenset, teacher_grad: bool = False, input_grad: bool = False) -> bool:
+    """The one rule for every method (kd modes, CRD): a teacher cache (logits and pooled embeddings
+    per view) can replace the live teacher when the method reads only those taps, with no
+    gradient through the teacher or w.r.t. the input."""
+    return teacher_taps <= CACHED_TAPS and not teacher_grad and not input_grad
+
+
 class DistillLoss(nn.Module):
     """Base class of the 17 ``kd`` modes.
 
@@ -144,7 +154,7 @@ class DistillLoss(nn.Module):
     @classmethod
     def cacheable(cls) -> bool:
         """Whether a teacher cache (logits and pooled embeddings per view) can replace the live teacher."""
-        return cls.teacher_taps <= {"logits", "embedding"} and not cls.teacher_grad and not cls.input_grad
+        return reads_only_cached_taps(cls.teacher_taps, cls.teacher_grad, cls.input_grad)
 
     def adapter(
         self, key: str, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], pool_only: bool = False

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import KdpipeError
+from ..losses.base import reads_only_cached_taps
 
 EPS = 1e-7
 MODES = ("exact", "relax")
@@ -272,6 +273,13 @@ class CRDLoss(nn.Module):
     unless ``sampler="uniform"`` and ``mode="exact"``; ``sampler``, ``mode`` and
     ``objective`` are described in the module docstring (defaults: RepDistiller's).
     """
+
+    teacher_taps = frozenset({"embedding"})  # all CRD reads of the teacher: its pooled embedding
+
+    @classmethod
+    def cacheable(cls) -> bool:
+        """Whether a teacher cache can replace the live teacher (the kd modes' rule, losses.base)."""
+        return reads_only_cached_taps(cls.teacher_taps)
 
     def __init__(
         self,

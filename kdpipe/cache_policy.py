@@ -1,0 +1,104 @@
+"""The teacher-cache policy: decided once per config, for every (dataset, teacher, teacher seed).
+
+A student reads a cache when its method reads nothing of the teacher but what a cache holds
+(:func:`reads_only_cached_taps`: the kd modes and CRD answer through the same declaration, a
+``cacheable()`` on the loss or objective class) and the policy (``teacher_cache``: on, off, auto)
+says the cache pays off. The rules' inputs, the jobs' log lines and ``cache_plan`` all read
+:func:`cache_policy`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .config import data_name, image_size, training
+from .plan import plan, run_dir, teacher_seed
+
+_POLICIES: dict[str, dict] = {}
+
+
+def reads_only_cached_taps(rule: str, method: str) -> bool:
+    """Whether a student of ``rule`` and ``method`` (a kd mode, crd) reads only what a teacher cache
+    holds (logits, embeddings)."""
+    if rule == "train_kd":
+        from .losses import LOSSES
+
+        return LOSSES[method].cacheable()
+    if rule == "train_crd":
+        from .objectives.crd import CRDLoss
+
+        return CRDLoss.cacheable()
+    return False
+
+
+def _cache_setting(config: dict) -> str:
+    value = config["teacher_cache"]
+    return {True: "on", False: "off"}.get(value, value)  # YAML reads a bare on/off as a boolean
+
+
+def cache_consumers(config: dict, dataset: str, teacher: str, tseed: int) -> list[tuple[str, int]]:
+    """(run directory, epochs) of every planned student that could read this teacher's cache."""
+    return [
+        (run.run_dir, training(config, "kd" if run.rule == "train_kd" else "crd")["epochs"])
+        for run in plan(config)
+        if run.dataset == dataset
+        and run.teacher == teacher
+        and teacher_seed(config, run.seed) == int(tseed)
+        and reads_only_cached_taps(run.rule, run.method)
+    ]
+
+
+def _decide(config: dict, dataset: str, teacher: str, tseed: int) -> tuple[bool, str]:
+    from .cache import MAX_CACHE_VIEWS
+    from .data import augmentation_of
+
+    setting = _cache_setting(config)
+    views = augmentation_of(data_name(config, dataset), image_size(config, dataset)).num_views
+    consumers = cache_consumers(config, dataset, teacher, tseed)
+    passes = sum(epochs for _, epochs in consumers)
+    if setting == "off":
+        return False, "teacher_cache: off"
+    if not consumers:
+        return False, "no student reads only logits or embeddings"
+    if views > MAX_CACHE_VIEWS:
+        return False, f"{views} views per image exceed the {MAX_CACHE_VIEWS} an exhaustive cache allows"
+    if setting == "on":
+        return True, f"teacher_cache: on ({views} views per image)"
+    if passes > views:
+        return True, (
+            f"auto: {len(consumers)} students x their epochs = {passes} live teacher passes per image > {views} views"
+        )
+    return False, f"auto: {passes} live teacher passes per image <= {views} views, the cache would not pay off"
+
+
+def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str]]:
+    """(dataset, teacher, teacher seed) -> (students read a cache, why), for every teacher with
+    students that could; computed once per config (Snakemake asks for every rule's inputs)."""
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _POLICIES:
+        teachers = {
+            (r.dataset, r.teacher, teacher_seed(config, r.seed))
+            for r in plan(config)
+            if reads_only_cached_taps(r.rule, r.method)
+        }
+        _POLICIES[key] = {t: _decide(config, *t) for t in sorted(teachers)}
+    return _POLICIES[key]
+
+
+def cache_decision(config: dict, dataset: str, teacher: str, tseed) -> tuple[bool, str]:
+    """Whether students of (dataset, teacher, teacher seed) read a cache, and why."""
+    return cache_policy(config).get(
+        (dataset, teacher, int(tseed)), (False, "no student reads only logits or embeddings")
+    )
+
+
+def cache_dir(dataset: str, teacher: str, tseed) -> str:
+    return run_dir(dataset, "cache", teacher, tseed)
+
+
+def cache_plan(config: dict) -> list[str]:
+    """One line per (dataset, teacher, teacher seed) with cache consumers: the decision and its reason."""
+    return [
+        f"teacher cache {cache_dir(dataset, teacher, tseed)}: {'built' if use else 'not used'} -- {why}"
+        for (dataset, teacher, tseed), (use, why) in cache_policy(config).items()
+    ]

@@ -1,0 +1,128 @@
+"""A workflow config: validated against ``kdpipe/config.schema.yaml`` (JSON schema, defaults
+filled in), plus the checks a schema cannot express, and the facts the rest reads from it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from .errors import KdpipeError
+from .plan import base_nets
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
+BUILTIN_DATASETS = ("cifar10", "cifar100", "digits")
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _validator(schema: dict):
+    import jsonschema
+
+    base = jsonschema.Draft7Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def _path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def load_config(config: dict) -> dict:
+    """Validate ``config`` in place (filling defaults) and return it; one-line errors."""
+    validator = _validator(_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}")
+        if err.validator in ("oneOf", "anyOf") and err.schema.get("description"):
+            raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
+        raise KdpipeError(f"config {_path(err)}: {err.message}")
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict) -> None:
+    from .models import MODELS
+
+    if len(set(config["seeds"])) != len(config["seeds"]):
+        raise KdpipeError(f"config seeds: {config['seeds']} repeats a seed")
+    for name in config["datasets"]:
+        if name not in BUILTIN_DATASETS and name not in config["imagefolders"]:
+            raise KdpipeError(
+                f"config datasets: unknown dataset {name!r}; choose from {', '.join(BUILTIN_DATASETS)} "
+                "or a name defined under imagefolders"
+            )
+    for name in config["imagefolders"]:
+        if name in BUILTIN_DATASETS:
+            raise KdpipeError(f"config imagefolders.{name}: the name is taken by a built-in dataset")
+    named = [("base.nets", net) for net in config["base"]["nets"]]
+    named += [
+        (f"pairs.{i}.{role}", pair[role]) for i, pair in enumerate(config["pairs"]) for role in ("teacher", "student")
+    ]
+    for key, net in named:
+        if net not in MODELS:
+            raise KdpipeError(f"config {key}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    from .losses import LOSSES
+
+    for key in ("modes", "with_st"):
+        for mode in config["kd"][key]:
+            if mode not in LOSSES:
+                raise KdpipeError(f"config kd.{key}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+    for mode, settings in config["kd"]["settings"].items():
+        if mode not in LOSSES:
+            raise KdpipeError(f"config kd.settings: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+        allowed = set(LOSSES[mode].defaults) | ({"init_epochs", "init_optimizer"} if LOSSES[mode].two_stage else set())
+        for key in settings:
+            if key not in allowed:
+                raise KdpipeError(
+                    f"config kd.settings.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
+                )
+    for i, cohort in enumerate(config["dml"]["cohorts"]):
+        for net in cohort:
+            if net not in MODELS:
+                raise KdpipeError(f"config dml.cohorts.{i}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    for net in config["bss"]["nets"]:
+        if net not in MODELS:
+            raise KdpipeError(f"config bss.nets: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    for section in ("ft", "crd"):
+        if config[section]["enabled"] and not config["pairs"]:
+            raise KdpipeError(f"config {section}.enabled: true, but there are no teacher/student pairs")
+    if config["bss"]["pairs"] and not config["pairs"]:
+        raise KdpipeError("config bss.pairs: true, but there are no teacher/student pairs")
+    if (config["kd"]["modes"] or config["kd"]["with_st"]) and not config["pairs"]:
+        raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
+    if not base_nets(config):
+        raise KdpipeError("config base.nets: nothing to train; list networks in base.nets or pairs")
+
+
+def data_name(config: dict, dataset: str) -> str:
+    if dataset in config["imagefolders"]:
+        entry = config["imagefolders"][dataset]
+        return f"imagefolder:{entry['path'] if isinstance(entry, dict) else entry}"
+    return dataset
+
+
+def image_size(config: dict, dataset: str) -> int | None:
+    """The resize of an image-folder dataset (None: built-in datasets, or the default 32)."""
+    entry = config["imagefolders"].get(dataset)
+    return entry.get("image_size") if isinstance(entry, dict) else None
+
+
+def training(config: dict, stage: str) -> dict:
+    """The training schedule of a stage (``base``, ``kd``, ...): ``train`` with the stage's overrides."""
+    train = dict(config["train"])
+    train.update(config[stage].get("train", {}))
+    return train
