@@ -13,17 +13,10 @@ __version__ = "0.1.0"
 
 from .errors import KdpipeError  # noqa: E402
 
-# public name -> the module that defines it
-_API = {
-    "build_teacher_cache": ".methods.teacher_cache",
-    "train_base": ".methods.base",
-    "train_bss": ".methods.bss",
-    "train_crd": ".methods.crd",
-    "train_dml": ".methods.dml",
-    "train_ft": ".methods.ft",
-    "train_ft_paraphraser": ".methods.ft",
-    "train_kd": ".methods.kd",
-}
+from .options import ENTRIES  # noqa: E402
+
+# public name -> the module that defines it: one per entry point (kdpipe.options.ENTRIES)
+_API = {entry.function: entry.module for entry in ENTRIES.values()}
 
 
 def __getattr__(name: str):

@@ -16,7 +16,58 @@ BUILTIN_DATASETS = ("cifar10", "cifar100", "digits")
 
 
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema, with every ``option: <entry>.<name>`` key expanded from that option."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    _expand_options(schema)
+    return schema
+
+
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
+
+
+def option_schema(opt, default: bool = True) -> dict:
+    """JSON schema of an option (:class:`kdpipe.options.Option`): its type or choices, its bounds,
+    its default and help -- so a config key that sets an option has exactly the option's default."""
+    out: dict = {"description": opt.help}
+    if opt.choices is not None:
+        out["enum"] = list(opt._choices()) + ([None] if opt.nullable and default else [])
+    else:
+        nullable = (opt.nullable or opt.default is None) and default
+        out["type"] = [_JSON_TYPES[opt.type], "null"] if nullable else _JSON_TYPES[opt.type]
+        bounds = {}
+        if opt.minimum is not None:
+            bounds["exclusiveMinimum" if opt.exclusive_min else "minimum"] = opt.minimum
+        if opt.maximum is not None:
+            bounds["exclusiveMaximum" if opt.exclusive_max else "maximum"] = opt.maximum
+        if opt.type is list:
+            out["items"] = {"type": _JSON_TYPES[opt.item_type], **bounds}
+        else:
+            out.update(bounds)
+    if default and not opt.required:
+        out["default"] = copy.deepcopy(opt.default)
+    return out
+
+
+def _expand_options(node) -> None:
+    """In place: ``{option: ft.lambda_kd, description: ...}`` -> the option's schema; keys written
+    beside ``option`` (a description, a wider enum) take precedence."""
+    from .options import MODE_SETTINGS, TWO_STAGE_SETTINGS, find_option
+
+    if isinstance(node, dict):
+        entry = node.pop("settings_of", None)
+        if entry is not None:  # per-mode overrides: no defaults (the mode's own apply), no null
+            names = ("lambda_kd", *MODE_SETTINGS, *TWO_STAGE_SETTINGS)
+            node["properties"] = {name: option_schema(find_option(entry, name), default=False) for name in names}
+        ref = node.pop("option", None)
+        if ref is not None:
+            entry, name = ref.split(".", 1)
+            for key, value in option_schema(find_option(entry, name)).items():
+                node.setdefault(key, value)
+        for value in node.values():
+            _expand_options(value)
+    elif isinstance(node, list):
+        for value in node:
+            _expand_options(value)
 
 
 def _validator(schema: dict):

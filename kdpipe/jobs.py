@@ -51,7 +51,7 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
     ``inputs`` are options that name the rule's input files (``t_model=...``); ``message``
     is logged first (e.g. why the teacher cache is or is not used).
     """
-    import kdpipe
+    from .options import entry_function
 
     out_dir = Path(snakemake.output[0]).parent
     opts = dict(snakemake.params.opts)
@@ -62,7 +62,7 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
         threads=snakemake.threads,
         cuda=snakemake.config.get("resources", {}).get("cuda"),
     )
-    function = kdpipe.build_teacher_cache if entry == "teacher_cache" else getattr(kdpipe, f"train_{entry}")
+    function = entry_function(entry)
     runs = {run.run_dir: run for run in plan(snakemake.config)}
     run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan
     from .runner import planned_identity  # torch: only inside a job, not when the Snakefile is parsed

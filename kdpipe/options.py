@@ -473,6 +473,90 @@ ENTRY_HELP: dict[str, dict[str, str]] = {
     }
 }
 
+
+# The kd modes' settings: the kd options a loss may read (each loss takes those in its defaults);
+# config kd.settings.<mode> accepts them plus the two-stage modes' init_epochs and init_optimizer.
+MODE_SETTINGS = (
+    "T",
+    "p",
+    "w_dist",
+    "w_angle",
+    "m",
+    "gamma",
+    "P_order",
+    "w_irg_vert",
+    "w_irg_edge",
+    "w_irg_tran",
+    "sf",
+    "init_var",
+    "att_f",
+    "grad_norm",
+    "margin",
+    "reduction",
+    "cam",
+)
+TWO_STAGE_SETTINGS = ("init_epochs", "init_optimizer")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An entry point, declared once: the command line (``python -m kdpipe <name>``), the Python
+    API (``kdpipe.<function>``), the workflow's job dispatch and its options (``options_for``)."""
+
+    name: str
+    function: str  # the kdpipe.<function> of the Python API
+    module: str  # where it is defined, relative to the kdpipe package (imported on first use)
+    help: str
+
+
+ENTRIES: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry(
+            "base", "train_base", ".methods.base", "plain supervised training of one network (teachers and baselines)"
+        ),
+        Entry("kd", "train_kd", ".methods.kd", "distil a trained teacher into a student with one of the 17 kd modes"),
+        Entry(
+            "ft", "train_ft", ".methods.ft", "factor transfer: paraphraser on the teacher, translator on the student"
+        ),
+        Entry(
+            "ft_paraphraser",
+            "train_ft_paraphraser",
+            ".methods.ft",
+            "train only FT's paraphraser on a teacher (the workflow's shared node)",
+        ),
+        Entry("crd", "train_crd", ".methods.crd", "contrastive representation distillation with a memory bank"),
+        Entry("dml", "train_dml", ".methods.dml", "deep mutual learning of 2+ peers, no pre-trained teacher"),
+        Entry(
+            "bss", "train_bss", ".methods.bss", "boundary supporting samples + soft targets; one born-again generation"
+        ),
+        Entry(
+            "teacher_cache",
+            "build_teacher_cache",
+            ".methods.teacher_cache",
+            "run a frozen teacher on every view of every training image, once, for the students",
+        ),
+    )
+}
+assert set(ENTRIES) == set(ENTRY_OPTIONS), "every entry point has its options and vice versa"
+
+
+def entry_function(entry: str) -> Callable[..., dict]:
+    """The Python function of an entry point (imports its module, and so torch, on first use)."""
+    import importlib
+
+    spec = ENTRIES[entry]
+    return getattr(importlib.import_module(spec.module, __package__), spec.function)
+
+
+def find_option(entry: str, name: str) -> Option:
+    """An entry point's option by name (common or its own), with the entry's default."""
+    for opt in options_for(entry):
+        if opt.name == name:
+            return opt
+    raise KeyError(f"{entry} has no option {name!r}")
+
+
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
 
@@ -542,12 +626,12 @@ def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
         )
 
 
-def make_parser(prog: str, entries: dict[str, str]) -> argparse.ArgumentParser:
+def make_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="kdpipe: knowledge distillation runs")
     sub = parser.add_subparsers(
-        dest="entry", required=True, metavar="{" + ",".join(entries) + "}", parser_class=_Parser
+        dest="entry", required=True, metavar="{" + ",".join(ENTRIES) + "}", parser_class=_Parser
     )
-    for entry, help_text in entries.items():
-        p = sub.add_parser(entry, help=help_text, description=help_text)
-        add_to_parser(p, entry)
+    for entry in ENTRIES.values():
+        p = sub.add_parser(entry.name, help=entry.help, description=entry.help)
+        add_to_parser(p, entry.name)
     return parser

@@ -14,7 +14,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 import kdpipe
@@ -22,13 +21,14 @@ from conftest import cli, tiny_cli_flags
 from test_losses_b import LinearTapNet  # logits = W x + b: input gradients known exactly
 from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES, DistillBatch, TapShapes
-from kdpipe.methods.kd import MODE_SETTINGS, mode_settings
+from kdpipe.methods.kd import mode_settings
+from kdpipe.options import MODE_SETTINGS
 from kdpipe.models import FeatureTaps, build_model
 from kdpipe.models.resnet import CifarResNet
 from kdpipe.options import ENTRY_OPTIONS
 from kdpipe.plan import RunId
 from kdpipe.summary import summary_rows
-from kdpipe.workflow import SCHEMA_PATH, kd_options, load_config
+from kdpipe.workflow import kd_options, load_config
 
 IMAGE = (3, 8, 8)
 RESNET8_SHAPES = TapShapes(stem=(16, 8, 8), stages=((16, 8, 8), (32, 4, 4), (64, 2, 2)), embedding=64, num_classes=10)
@@ -426,7 +426,9 @@ def test_ofd_batch_margin_gradients_reach_student_only():
 
 
 def test_forms_declared_on_the_losses_options_and_schema():
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    from kdpipe.config import _schema
+
+    schema = _schema()  # the YAML's option references expanded
     kd_settings = schema["properties"]["kd"]["properties"]["settings"]["additionalProperties"]["properties"]
     options = {o.name: o for o in ENTRY_OPTIONS["kd"]}
     for mode, forms in FORMS.items():
@@ -437,7 +439,7 @@ def test_forms_declared_on_the_losses_options_and_schema():
             assert key in MODE_SETTINGS
             assert options[key].default is None and "(default: the mode's reference value)" in options[key].help
             assert options[key]._choices() == (kdzoo, paper)
-            assert kd_settings[key] == {"enum": [kdzoo, paper]}
+            assert kd_settings[key]["enum"] == [kdzoo, paper] and "default" not in kd_settings[key]
 
 
 def test_mode_settings_pass_forms_to_their_mode_only():

@@ -23,30 +23,10 @@ from ..engine import Context, Task, default_milestones, lr_factor, make_optimize
 from ..errors import KdpipeError
 from ..losses import LOSSES, DistillBatch, TapShapes
 from ..losses.st import soft_target_loss
+from ..options import MODE_SETTINGS
 from ..models import FeatureTaps
 from ..runner import run_entry
 from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
-
-# Mode settings: option name -> the settings key each loss reads.
-MODE_SETTINGS = (
-    "T",
-    "p",
-    "w_dist",
-    "w_angle",
-    "m",
-    "gamma",
-    "P_order",
-    "w_irg_vert",
-    "w_irg_edge",
-    "w_irg_tran",
-    "sf",
-    "init_var",
-    "att_f",
-    "grad_norm",
-    "margin",
-    "reduction",
-    "cam",
-)
 
 
 def init_phase_factor(epoch: int, init_epochs: int) -> float:
