@@ -133,3 +133,26 @@ def test_nonfinite_loss_stops_with_epoch_and_batch(tmp_path):
         )
     assert not (tmp_path / "nan" / "run.json").exists()
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_training_log_has_no_warnings(tmp_path):
+    """The progress line and every other log line are free of library warnings (PyTorch's
+    'Converting a tensor with requires_grad=True to a scalar' was in every training log)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning raised while training fails the run
+        kdpipe.train_base(
+            data_name="digits",
+            net_name="resnet8",
+            epochs=1,
+            batch_size=16,
+            train_subset=64,
+            print_freq=1,  # the progress line on every step
+            save_root=str(tmp_path),
+            note="quiet",
+            cuda=0,
+            threads=1,
+        )
+    log = (tmp_path / "quiet" / "train.log").read_text()
+    assert "step 1/4" in log and "Warning" not in log
