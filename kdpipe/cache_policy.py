@@ -36,30 +36,16 @@ def _cache_setting(config: dict) -> str:
     return {True: "on", False: "off"}.get(value, value)  # YAML reads a bare on/off as a boolean
 
 
-def cache_consumers(config: dict, dataset: str, teacher: str, tseed: int) -> list[tuple[str, int]]:
-    """(run directory, epochs) of every planned student that could read this teacher's cache."""
-    return [
-        (run.run_dir, training(config, "kd" if run.rule == "train_kd" else "crd")["epochs"])
-        for run in plan(config)
-        if run.dataset == dataset
-        and run.teacher == teacher
-        and teacher_seed(config, run.seed) == int(tseed)
-        and reads_only_cached_taps(run.rule, run.method)
-    ]
-
-
-def _decide(config: dict, dataset: str, teacher: str, tseed: int) -> tuple[bool, str]:
+def _decide(config: dict, dataset: str, consumers: list[tuple[str, int]]) -> tuple[bool, str]:
+    """The decision for one teacher, given (run directory, epochs) of the students that could read its cache."""
     from .cache import MAX_CACHE_VIEWS
     from .data import augmentation_of
 
     setting = _cache_setting(config)
     views = augmentation_of(data_name(config, dataset), image_size(config, dataset)).num_views
-    consumers = cache_consumers(config, dataset, teacher, tseed)
     passes = sum(epochs for _, epochs in consumers)
     if setting == "off":
         return False, "teacher_cache: off"
-    if not consumers:
-        return False, "no student reads only logits or embeddings"
     if views > MAX_CACHE_VIEWS:
         return False, f"{views} views per image exceed the {MAX_CACHE_VIEWS} an exhaustive cache allows"
     if setting == "on":
@@ -76,12 +62,13 @@ def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str]]:
     students that could; computed once per config (Snakemake asks for every rule's inputs)."""
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _POLICIES:
-        teachers = {
-            (r.dataset, r.teacher, teacher_seed(config, r.seed))
-            for r in plan(config)
-            if reads_only_cached_taps(r.rule, r.method)
-        }
-        _POLICIES[key] = {t: _decide(config, *t) for t in sorted(teachers)}
+        consumers: dict[tuple[str, str, int], list[tuple[str, int]]] = {}
+        for run in plan(config):  # one pass: every student that could read a cache, by its teacher
+            if reads_only_cached_taps(run.rule, run.method):
+                epochs = training(config, "kd" if run.rule == "train_kd" else "crd")["epochs"]
+                teacher = (run.dataset, run.teacher, teacher_seed(config, run.seed))
+                consumers.setdefault(teacher, []).append((run.run_dir, epochs))
+        _POLICIES[key] = {t: _decide(config, t[0], consumers[t]) for t in sorted(consumers)}
     return _POLICIES[key]
 
 
