@@ -53,6 +53,7 @@ class DistillBatch:
     index: Tensor | None = None  # training-image indices of the batch
     student: nn.Module | None = None
     teacher: nn.Module | None = None
+    epoch: int = 0  # 0-based epoch of the training (after a two-stage mode's initialisation phase)
 
 
 class Adapter(nn.Module):

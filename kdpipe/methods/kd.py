@@ -164,7 +164,7 @@ class DistillTask(Task):
         ce = F.cross_entropy(s_taps.logits.float(), y)
         needs_graph = loss_fn.teacher_grad or loss_fn.input_grad or not teacher_needed
         s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
-        batch = DistillBatch(x, y, index, student, self.teacher)
+        batch = DistillBatch(x, y, index, student, self.teacher, epoch - self.init_epochs if not init_phase else epoch)
         if init_phase:
             # 0 x CE: zero (not absent) gradients for what the distillation loss does not reach, as KD-Zoo
             total = self.lambda_kd * loss_fn(s_in, t_in, batch) + 0.0 * ce
