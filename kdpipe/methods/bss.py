@@ -19,11 +19,9 @@ fresh initialisation seeded by (seed, g); generation 1's equals the baseline's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..data import derived_seed
-from ..engine import Context, Task, make_optimizer, make_scheduler
-from ..models import build_model
+from ..engine import Context
 from ..objectives.bss import (
     attack_bounds,
     attack_classes,
@@ -33,86 +31,76 @@ from ..objectives.bss import (
     select_attack_samples,
 )
 from ..runner import run_entry
-from .common import frozen, load_network, teacher_test_accuracy
+from .student import StudentTask, Term
 
 ATTACK_STEPS = 10
 ATTACK_STEP_SIZE = 0.3
 ATTACK_EPS = 1e-4
 
 
-class BoundarySampleTask(Task):
+class BoundarySampleTask(StudentTask):
     method = "bss"
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         opts, data = ctx.opts, ctx.data
-        self.generation = opts["generation"]
-        if opts.get("s_init"):
-            student = load_network(opts["s_init"], opts["s_name"], data.num_classes, "s_init")
-        else:
-            if self.generation > 1:
-                torch.manual_seed(derived_seed("init", opts["seed"], "generation", self.generation))
-            student = build_model(opts["s_name"], data.num_classes)
-        self.roles["student"] = ctx.prepare(student)
-        self.teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
-        self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
-        self.optimizers["student"] = make_optimizer(self.roles["student"].parameters(), opts)
-        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        self.train_student_with()
         lower, upper = attack_bounds(opts["attack_clamp"], data.mean, data.std)
         self.lower, self.upper = lower.to(ctx.device), upper.to(ctx.device)
 
-    def train_step(self, x, y, index, view_ids, epoch):
+    def build_student(self):
+        """Generation g > 1 starts from a fresh initialisation seeded by (seed, g)."""
+        opts = self.ctx.opts
+        if not opts.get("s_init") and opts["generation"] > 1:
+            torch.manual_seed(derived_seed("init", opts["seed"], "generation", opts["generation"]))
+        return super().build_student()
+
+    def terms(self, x, y, index, view_ids, epoch):
         opts, student = self.ctx.opts, self.roles["student"]
         weight = bss_lambda(epoch + 1, opts["epochs"], opts["lambda_kd"])
         with self.ctx.autocast():
             s_logits = student(x).logits.float()
-        total = F.cross_entropy(s_logits, y)
-        if weight > 0:
-            with torch.no_grad(), self.ctx.autocast():
-                t_logits = self.teacher(x).logits.float()
-            if opts["attack_size"] > 0:
-                idx, valid = select_attack_samples(s_logits.detach(), t_logits, y, opts["attack_size"])
-                # the candidates come first; attack and distil on them only, as the reference does (the
-                # student's batch norm then sees the same adversarial batch); one host sync per batch
-                idx = idx[: int(valid.sum())]
-                kd = torch.zeros((), device=s_logits.device)
-                if idx.numel():
-                    target = attack_classes(t_logits[idx], opts["attack_class"])
-                    x_adv = boundary_attack(
-                        self.teacher,
-                        x[idx].float(),
-                        y[idx],
-                        target,
-                        steps=ATTACK_STEPS,
-                        step_size=ATTACK_STEP_SIZE,
-                        eps=ATTACK_EPS,
-                        lower=self.lower,
-                        upper=self.upper,
-                    )
-                    with self.ctx.autocast():
-                        s_adv = student(x_adv).logits.float()
-                        with torch.no_grad():
-                            t_adv = self.teacher(x_adv).logits.float()
-                    kd = bss_kd_loss(s_adv, t_adv, opts["T"])
-            else:
-                kd = bss_kd_loss(s_logits, t_logits, opts["T"])
-            total = total + weight * kd
-        return self.optimize(total, "student", "student", s_logits, y)
+        terms = [self.ce(s_logits, y)]
+        if weight <= 0:
+            return s_logits, terms
+        with torch.no_grad(), self.ctx.autocast():
+            t_logits = self.teacher(x).logits.float()
+        if opts["attack_size"] == 0:
+            return s_logits, terms + [Term("bss", weight, bss_kd_loss(s_logits, t_logits, opts["T"]))]
+        idx, valid = select_attack_samples(s_logits.detach(), t_logits, y, opts["attack_size"])
+        # the candidates come first; attack and distil on them only, as the reference does (the
+        # student's batch norm then sees the same adversarial batch); one host sync per batch
+        idx = idx[: int(valid.sum())]
+        kd = torch.zeros((), device=s_logits.device)
+        if idx.numel():
+            target = attack_classes(t_logits[idx], opts["attack_class"])
+            x_adv = boundary_attack(
+                self.teacher,
+                x[idx].float(),
+                y[idx],
+                target,
+                steps=ATTACK_STEPS,
+                step_size=ATTACK_STEP_SIZE,
+                eps=ATTACK_EPS,
+                lower=self.lower,
+                upper=self.upper,
+            )
+            with self.ctx.autocast():
+                s_adv = student(x_adv).logits.float()
+                with torch.no_grad():
+                    t_adv = self.teacher(x_adv).logits.float()
+            kd = bss_kd_loss(s_adv, t_adv, opts["T"])
+        return s_logits, terms + [Term("bss", weight, kd)]
 
-    def identity(self, role):
+    def variant(self) -> str:
+        return "" if self.ctx.opts["attack_size"] else "born-again"
+
+    def generation(self) -> int:
+        return self.ctx.opts["generation"]
+
+    def method_info(self):
         o = self.ctx.opts
         return {
-            "method": "bss",
-            "variant": "" if o["attack_size"] else "born-again",
-            "teacher": o["t_name"],
-            "student": o["s_name"],
-            "generation": self.generation,
-        }
-
-    def info(self):
-        o = self.ctx.opts
-        return {
-            "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": o["lambda_kd"],
             "T": o["T"],
             "attack_size": o["attack_size"],
@@ -120,7 +108,7 @@ class BoundarySampleTask(Task):
             "attack_clamp": o["attack_clamp"],
             "attack_steps": ATTACK_STEPS,
             "attack_step_size": ATTACK_STEP_SIZE,
-            "generation": self.generation,
+            "generation": o["generation"],
         }
 
 

@@ -48,6 +48,12 @@ def frozen(model: nn.Module) -> nn.Module:
     return model
 
 
+def load_teacher(ctx: Context) -> nn.Module:
+    """The frozen ``t_model`` teacher (a ``t_name`` network), on the task's device."""
+    opts = ctx.opts
+    return frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], ctx.data.num_classes, "t_model")))
+
+
 def open_cache(ctx: Context, need_embedding: bool):
     """The verified teacher cache named by ``--teacher_cache``, or None (live teacher)."""
     if not ctx.opts.get("teacher_cache"):

@@ -12,16 +12,12 @@ sampler draws from the device's global RNG, whose state every checkpoint saves.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
-from ..engine import Context, Task, make_optimizer, make_scheduler
-from ..losses import TapShapes
-from ..losses.st import soft_target_loss
+from ..engine import Context
 from ..objectives.crd import CRDLoss
 from ..runner import run_entry
-from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
-from .kd import build_student
+from .common import cache_input
+from .student import StudentTask, Term
 
 
 def default_lambda(num_classes: int) -> float:
@@ -29,20 +25,15 @@ def default_lambda(num_classes: int) -> float:
     return 0.8 if num_classes >= 100 else 0.2
 
 
-class ContrastiveTask(Task):
+class ContrastiveTask(StudentTask):
     method = "crd"
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         opts, data = ctx.opts, ctx.data
-        student = build_student(ctx)
-        self.teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
-        self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
-        s_dim = TapShapes.probe(student, data.image_shape).embedding
-        t_dim = TapShapes.probe(self.teacher, data.image_shape).embedding
         self.crd = CRDLoss(
-            s_dim,
-            t_dim,
+            self.student_shapes.embedding,
+            self.teacher_shapes.embedding,
             n_data=len(data.train_y),
             feat_dim=opts["feat_dim"],
             nce_n=opts["nce_n"],
@@ -54,43 +45,23 @@ class ContrastiveTask(Task):
             labels=data.train_y,
         ).to(ctx.device)
         self.lambda_kd = opts["lambda_kd"] if opts["lambda_kd"] is not None else default_lambda(data.num_classes)
-        self.st_weight, self.T = opts["st_weight"], opts["T"]
-        self.cache = open_cache(ctx, need_embedding=True)
-        self.roles["student"] = student
+        self.cache_taps = CRDLoss.teacher_taps | ({"logits"} if self.st_weight > 0 else set())
+        self.open_teacher_cache()
         self.extra_modules["crd"] = self.crd
-        params = list(student.parameters()) + list(self.crd.parameters())
-        self.optimizers["student"] = make_optimizer(params, opts)
-        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
+        self.train_student_with(self.crd)
 
-    def train_step(self, x, y, index, view_ids, epoch):
-        student = self.roles["student"]
+    def terms(self, x, y, index, view_ids, epoch):
         with self.ctx.autocast():
-            s_taps = student(x)
-            if self.cache is not None:
-                t_taps = cached_taps(self.cache, index, view_ids)
-            else:
-                with torch.no_grad():
-                    t_taps = self.teacher(x)
-        total = F.cross_entropy(s_taps.logits.float(), y)
+            s_taps = self.roles["student"](x)
+            t_taps = self.teacher_taps(x, index, view_ids)
         index = index.to(self.ctx.device, non_blocking=True)
-        total = total + self.lambda_kd * self.crd(s_taps.embedding.float(), t_taps.embedding.float(), index)
-        if self.st_weight > 0:
-            total = total + self.st_weight * soft_target_loss(s_taps.logits.float(), t_taps.logits.float(), self.T)
-        return self.optimize(total, "student", "student", s_taps.logits, y)
+        crd = self.crd(s_taps.embedding.float(), t_taps.embedding.float(), index)
+        terms = [self.ce(s_taps.logits, y), Term("crd", self.lambda_kd, crd)]
+        return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits)
 
-    def identity(self, role):
-        return {
-            "method": "crd",
-            "variant": "+st" if self.st_weight > 0 else "",
-            "teacher": self.ctx.opts["t_name"],
-            "student": self.ctx.opts["s_name"],
-            "generation": None,
-        }
-
-    def info(self):
+    def method_info(self):
         o = self.ctx.opts
         return {
-            "teacher": {"name": o["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": self.lambda_kd,
             "st_weight": self.st_weight,
             **({"T": o["T"]} if self.st_weight else {}),  # the soft-target term's temperature
@@ -102,7 +73,7 @@ class ContrastiveTask(Task):
             "sampler": o["sampler"],
             "objective": o["objective"],
             "memory_rows": len(self.ctx.data.train_y),
-            "teacher_source": "cache" if self.cache is not None else "live",
+            **self.teacher_source(),
         }
 
 

@@ -17,18 +17,16 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..checkpoint import safe_load
-from ..engine import Context, Task, lr_factor, make_optimizer, make_scheduler
+from ..engine import Context, Task, lr_factor
 from ..errors import KdpipeError
 from ..losses import TapShapes
-from ..losses.st import soft_target_loss
 from ..options import common_options
 from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
 from ..runner import run_entry
-from .common import frozen, load_network, teacher_test_accuracy
-from .kd import build_student
+from .common import frozen, load_teacher
+from .student import StudentTask, Term
 
 
 def _slug(name: str) -> str:
@@ -58,11 +56,6 @@ def paraphraser_optimizer(params, opts: dict):
     return optimizer, scheduler
 
 
-def _teacher(ctx: Context):
-    opts = ctx.opts
-    return frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], ctx.data.num_classes, "t_model")))
-
-
 class ParaphraserTask(Task):
     """Trains the paraphraser on the teacher's last-stage map; 'loss' on val/test is the reconstruction MSE."""
 
@@ -70,7 +63,7 @@ class ParaphraserTask(Task):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.teacher = _teacher(ctx)
+        self.teacher = load_teacher(ctx)
         self.channels = TapShapes.probe(self.teacher, ctx.data.image_shape).stages[-1][0]
         opts = ctx.opts
         self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
@@ -144,30 +137,23 @@ def load_paraphraser(path, channels: int, k: float, bn: bool = True, decoder_out
     return model
 
 
-class FactorTransferTask(Task):
+class FactorTransferTask(StudentTask):
     method = "ft"
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        opts, data = ctx.opts, ctx.data
-        student = build_student(ctx)
-        self.teacher = _teacher(ctx)
-        self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
-        t_shapes = TapShapes.probe(self.teacher, data.image_shape)
-        s_shapes = TapShapes.probe(student, data.image_shape)
-        channels = t_shapes.stages[-1][0]
+        opts = ctx.opts
+        channels = self.teacher_shapes.stages[-1][0]
         self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
         paraphraser = load_paraphraser(opts["paraphraser"], channels, opts["k"], self.bn, opts["para_decoder_out"])
         self.paraphraser = frozen(ctx.prepare(paraphraser))
-        translator = ctx.prepare(Translator(s_shapes.stages[-1][0], factor_channels(channels, opts["k"]), self.bn))
-        self.roles["student"] = student
+        s_channels = self.student_shapes.stages[-1][0]
+        translator = ctx.prepare(Translator(s_channels, factor_channels(channels, opts["k"]), self.bn))
         self.extra_modules["translator"] = translator
-        params = list(student.parameters()) + list(translator.parameters())
-        self.optimizers["student"] = make_optimizer(params, opts)
-        self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
-        self.lambda_kd, self.st_weight, self.T = opts["lambda_kd"], opts["st_weight"], opts["T"]
+        self.train_student_with(translator)
+        self.lambda_kd = opts["lambda_kd"]
 
-    def train_step(self, x, y, index, view_ids, epoch):
+    def terms(self, x, y, index, view_ids, epoch):
         student, translator = self.roles["student"], self.extra_modules["translator"]
         with self.ctx.autocast():
             s_taps = student(x)
@@ -175,29 +161,18 @@ class FactorTransferTask(Task):
                 t_taps = self.teacher(x)
                 factor_t = self.paraphraser.encode(t_taps.stages[-1])
             factor_s = translator(s_taps.stages[-1])
-        total = F.cross_entropy(s_taps.logits.float(), y)
-        total = total + self.lambda_kd * factor_transfer_loss(factor_s.float(), factor_t.float())
-        if self.st_weight > 0:
-            total = total + self.st_weight * soft_target_loss(s_taps.logits.float(), t_taps.logits.float(), self.T)
-        return self.optimize(total, "student", "student", s_taps.logits, y)
+        ft = factor_transfer_loss(factor_s.float(), factor_t.float())
+        terms = [self.ce(s_taps.logits, y), Term("ft", self.lambda_kd, ft)]
+        return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits)
 
-    def identity(self, role):
+    def method_info(self):
         return {
-            "method": "ft",
-            "variant": "+st" if self.st_weight > 0 else "",
-            "teacher": self.ctx.opts["t_name"],
-            "student": self.ctx.opts["s_name"],
-            "generation": None,
-        }
-
-    def info(self):
-        return {
-            "teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc},
             "lambda_kd": self.lambda_kd,
             "k": self.ctx.opts["k"],
             "ft_bn": "on" if self.bn else "off",
             "para_decoder_out": self.ctx.opts["para_decoder_out"],
             "st_weight": self.st_weight,
+            **({"T": self.T} if self.st_weight else {}),  # the soft-target term's temperature
             "translator_parameters": sum(p.numel() for p in self.extra_modules["translator"].parameters()),
         }
 

@@ -17,16 +17,14 @@ weights as the baseline of the same seed.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..engine import Context, Task, default_milestones, lr_factor, make_optimizer, make_scheduler
-from ..errors import KdpipeError
-from ..losses import LOSSES, DistillBatch, TapShapes
-from ..losses.st import soft_target_loss
+from ..engine import Context, default_milestones, lr_factor, make_optimizer, make_scheduler
+from ..losses import LOSSES, DistillBatch
 from ..options import MODE_SETTINGS
 from ..models import FeatureTaps
 from ..runner import run_entry
-from .common import cache_input, cached_taps, frozen, load_network, open_cache, teacher_test_accuracy
+from .common import cache_input
+from .student import StudentTask, Term
 
 
 def init_phase_factor(epoch: int, init_epochs: int) -> float:
@@ -63,35 +61,26 @@ def mode_settings(opts: dict) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-class DistillTask(Task):
+class DistillTask(StudentTask):
     method = "kd"
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        opts, data = ctx.opts, ctx.data
+        opts = ctx.opts
         self.mode = opts["kd_mode"]
         loss_cls = LOSSES[self.mode]
-        student = build_student(ctx)
-        teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
-        self.teacher = teacher
-        self.teacher_acc = teacher_test_accuracy(teacher, ctx)
-        shapes_s = TapShapes.probe(student, data.image_shape)
-        shapes_t = TapShapes.probe(teacher, data.image_shape)
-        self.loss = loss_cls(shapes_s, shapes_t, teacher_model=teacher, **mode_settings(opts)).to(ctx.device)
-        if opts["teacher_cache"] and not loss_cls.cacheable():
-            raise KdpipeError(
-                f"teacher_cache: kd_mode {self.mode} reads the teacher's {', '.join(sorted(loss_cls.teacher_taps))}; "
-                f"a cache serves only the modes {', '.join(CACHEABLE_MODES)}"
-            )
-        self.cache = open_cache(ctx, need_embedding="embedding" in loss_cls.teacher_taps)
+        self.loss = loss_cls(
+            self.student_shapes, self.teacher_shapes, teacher_model=self.teacher, **mode_settings(opts)
+        ).to(ctx.device)
+        self.cache_taps = loss_cls.teacher_taps if loss_cls.cacheable() else None
+        self.open_teacher_cache(
+            f"teacher_cache: kd_mode {self.mode} reads the teacher's {', '.join(sorted(loss_cls.teacher_taps))}; "
+            f"a cache serves only the modes {', '.join(CACHEABLE_MODES)}"
+        )
         self.lambda_kd = float(self.loss.settings["lambda_kd"])
-        self.st_weight = float(opts["st_weight"])
         self.T = float(opts["T"] if opts["T"] is not None else LOSSES["st"].defaults["T"])
-        if self.st_weight > 0 and shapes_s.num_classes != shapes_t.num_classes:
-            raise KdpipeError("st_weight: soft targets need teacher and student with the same classes")
-        self.roles["student"] = student
         self.extra_modules["loss"] = self.loss
-        params = list(student.parameters()) + list(self.loss.parameters())
+        params = list(self.roles["student"].parameters()) + list(self.loss.parameters())
         self.optimizers["student"] = make_optimizer(params, opts)
         self.init_epochs = 0
         self.init_optimizer = opts["init_optimizer"]
@@ -129,24 +118,23 @@ class DistillTask(Task):
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
 
-    def _phase_optimizer(self, epoch: int) -> str:
+    def step_optimizer(self, epoch: int) -> str:
         return "init" if self.in_init_phase(epoch) and "init" in self.optimizers else "student"
 
     def on_epoch_end(self, epoch: int) -> None:
-        self.schedulers[self._phase_optimizer(epoch)].step()
+        self.schedulers[self.step_optimizer(epoch)].step()
 
     def current_lr(self) -> float:
-        return float(self.optimizers[self._phase_optimizer(getattr(self, "_epoch", 0))].param_groups[0]["lr"])
+        return float(self.optimizers[self.step_optimizer(getattr(self, "_epoch", 0))].param_groups[0]["lr"])
 
     # -- one batch
-    def teacher_forward(self, x):
-        if self.loss.teacher_grad:
+    def teacher_taps(self, x, index, view_ids):
+        if self.cache is None and self.loss.teacher_grad:
             with torch.enable_grad():
                 return self.teacher(x)
-        with torch.no_grad():
-            return self.teacher(x)
+        return super().teacher_taps(x, index, view_ids)
 
-    def train_step(self, x, y, index, view_ids, epoch):
+    def terms(self, x, y, index, view_ids, epoch):
         student, loss_fn = self.roles["student"], self.loss
         init_phase = self.in_init_phase(epoch)
         if loss_fn.input_grad:
@@ -155,62 +143,34 @@ class DistillTask(Task):
         teacher_needed = init_phase or not loss_fn.two_stage or self.st_weight > 0
         with self.ctx.autocast():
             s_taps = student(x)
-            if not teacher_needed:
-                t_taps = None
-            elif self.cache is not None:
-                t_taps = cached_taps(self.cache, index, view_ids)
-            else:
-                t_taps = self.teacher_forward(x)
-        ce = F.cross_entropy(s_taps.logits.float(), y)
+            t_taps = self.teacher_taps(x, index, view_ids) if teacher_needed else None
+        ce = self.ce(s_taps.logits, y)
         needs_graph = loss_fn.teacher_grad or loss_fn.input_grad or not teacher_needed
         s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
-        batch = DistillBatch(x, y, index, student, self.teacher, epoch - self.init_epochs if not init_phase else epoch)
         if init_phase:
+            batch = DistillBatch(x, y, index, student, self.teacher, epoch)
             # 0 x CE: zero (not absent) gradients for what the distillation loss does not reach, as KD-Zoo
-            total = self.lambda_kd * loss_fn(s_in, t_in, batch) + 0.0 * ce
-        else:
-            total = ce
-            if not loss_fn.two_stage and self.lambda_kd > 0:
-                total = total + self.lambda_kd * loss_fn(s_in, t_in, batch)
-            if self.st_weight > 0:
-                total = total + self.st_weight * soft_target_loss(
-                    s_taps.logits.float(), t_taps.logits.float().detach(), self.T
-                )
-        return self.optimize(total, self._phase_optimizer(epoch), "student", s_taps.logits, y)
+            return s_taps.logits, [Term(self.mode, self.lambda_kd, loss_fn(s_in, t_in, batch)), ce._replace(weight=0.0)]
+        terms = [ce]
+        if not loss_fn.two_stage and self.lambda_kd > 0:
+            batch = DistillBatch(x, y, index, student, self.teacher, epoch - self.init_epochs)
+            terms.append(Term(self.mode, self.lambda_kd, loss_fn(s_in, t_in, batch)))
+        return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits if t_taps else None)
 
     # -- reporting
-    def identity(self, role):
-        return {
-            "method": self.mode,
-            "variant": "+st" if self.st_weight > 0 else "",
-            "teacher": self.ctx.opts["t_name"],
-            "student": self.ctx.opts["s_name"],
-            "generation": None,
-        }
+    def method_name(self) -> str:
+        return self.mode
 
-    def info(self) -> dict:
+    def method_info(self) -> dict:
         return {
-            "teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc},
             "loss": self.loss.describe(),
             "lambda_kd": self.lambda_kd,
             "st_weight": self.st_weight,
             "T": self.T,
             "init_epochs": self.init_epochs,
             **({"init_optimizer": self.init_optimizer} if self.init_epochs else {}),
-            "teacher_source": "cache" if self.cache is not None else "live",
+            **self.teacher_source(),
         }
-
-
-def build_student(ctx: Context):
-    """The student: ``s_init`` weights if given, else the seeded initialisation."""
-    from ..models import build_model
-
-    opts = ctx.opts
-    if opts.get("s_init"):
-        model = load_network(opts["s_init"], opts["s_name"], ctx.data.num_classes, "s_init")
-    else:
-        model = build_model(opts["s_name"], ctx.data.num_classes)
-    return ctx.prepare(model)
 
 
 def _slug(name: str) -> str:
