@@ -270,39 +270,94 @@ TEACHER_STUDENT = [
     Option("s_init", str, None, "initial student weights (default: the seeded initialisation)"),
 ]
 
+# The kd modes' settings: each loss reads those in its ``defaults``; unset (None) = the mode's reference value.
+MODE_OPTIONS = [
+    _positive("T", "softmax temperature (st and dkd, and the st_weight term: default 4)"),
+    _positive("p", "attention exponent (at)"),
+    _nonnegative("w_dist", "RKD distance weight"),
+    _nonnegative("w_angle", "RKD angle weight"),
+    _nonnegative("m", "activation-boundary margin (ab)"),
+    _positive("gamma", "CC kernel width; DIST intra-class (per-class correlation) weight"),
+    Option("P_order", int, None, "CC Taylor order (default 2)", minimum=0, nullable=True),
+    _nonnegative("w_irg_vert", "IRG vertex weight"),
+    _nonnegative("w_irg_edge", "IRG edge weight"),
+    _nonnegative("w_irg_tran", "IRG transformation weight"),
+    _positive("sf", "VID regressor width factor"),
+    _positive("init_var", "VID initial variance"),
+    _positive("att_f", "AFD attention width factor"),
+    _nonnegative("alpha", "DKD target-class (TCKD) weight"),
+    _nonnegative("beta", "DKD non-target-class (NCKD) weight; DIST inter-class (per-sample correlation) weight"),
+    Option(
+        "warmup",
+        int,
+        None,
+        "dkd, reviewkd: epochs over which the distillation term ramps up linearly, min((epoch+1)/warmup, 1) "
+        "(mdistiller; not the lr warm-up --warmup_epochs); 0 = none (default: the mode's reference value)",
+        minimum=0,
+        nullable=True,
+    ),
+    _positive("tau", "DIST softmax temperature"),
+    Option(
+        "k",
+        int,
+        None,
+        "KDSVD: singular vectors kept per stage from the teacher (the student keeps k+3 to align from) "
+        "(default: the mode's reference value)",
+        minimum=1,
+        nullable=True,
+    ),
+    _form(
+        "logit_stand",
+        "st, dkd, dist: on = z-score each sample's logits (teacher and student separately) before the "
+        "temperature (Sun et al. 2024), off = raw logits; with on, its authors use T 2 and a KD weight of 9",
+    ),
+    _form(
+        "svd_layout",
+        "kdsvd matrix per stage: width = (C*H) x W, singular vectors over the width (mdistiller), "
+        "channels = (H*W) x C, over the channels (paper)",
+    ),
+    _form("grad_norm", "sobolev: l2 = each sample's input gradient L2-normalised (KD-Zoo), none = raw (paper)"),
+    _form(
+        "margin",
+        "ofd teacher margin: batch = E[t|t<0] per channel from the teacher's batch features (KD-Zoo), "
+        "bn = from the teacher's batch-norm parameters (paper)",
+    ),
+    _form(
+        "reduction",
+        "ofd per-stage distance: mean = averaged over elements (KD-Zoo), "
+        "sum_batch = summed and divided by batch size and 1000 (paper)",
+    ),
+    _form("cam", "lwm map: kdzoo = ReLU(sum_c alpha_c dz/dA_c) (KD-Zoo), gradcam = ReLU(sum_c alpha_c A_c) (paper)"),
+    _form(
+        "warmup_start",
+        "reviewkd warm-up at 0-based epoch e: one = min((e+1)/warmup, 1), epochs counted from 1 (mdistiller), "
+        "zero = min(e/warmup, 1), the first epoch undistilled (the paper's code)",
+    ),
+    Option(
+        "max_mid_channel",
+        int,
+        None,
+        "reviewkd ABF width: min(this, the student's embedding width) (default: the mode's reference value)",
+        minimum=1,
+        nullable=True,
+    ),
+    Option(
+        "stu_preact",
+        bool,
+        None,
+        "reviewkd: review the student's stage outputs before their final ReLU (mdistiller's STU_PREACT; "
+        "default: after it)",
+        nullable=True,
+    ),
+]
+
 ENTRY_OPTIONS: dict[str, list[Option]] = {
     "base": [Option("net_name", str, None, "network to train", required=True, choices=_nets)],
     "kd": TEACHER_STUDENT
     + [
         Option("kd_mode", str, None, "distillation method", required=True, choices=_modes),
         _nonnegative("lambda_kd", "weight of the distillation term"),
-        _positive("T", "softmax temperature (st, and the st_weight term: default 4)"),
-        _positive("p", "attention exponent (at)"),
-        _nonnegative("w_dist", "RKD distance weight"),
-        _nonnegative("w_angle", "RKD angle weight"),
-        _nonnegative("m", "activation-boundary margin (ab)"),
-        _positive("gamma", "CC kernel width"),
-        Option("P_order", int, None, "CC Taylor order (default 2)", minimum=0, nullable=True),
-        _nonnegative("w_irg_vert", "IRG vertex weight"),
-        _nonnegative("w_irg_edge", "IRG edge weight"),
-        _nonnegative("w_irg_tran", "IRG transformation weight"),
-        _positive("sf", "VID regressor width factor"),
-        _positive("init_var", "VID initial variance"),
-        _positive("att_f", "AFD attention width factor"),
-        _form("grad_norm", "sobolev: l2 = each sample's input gradient L2-normalised (KD-Zoo), none = raw (paper)"),
-        _form(
-            "margin",
-            "ofd teacher margin: batch = E[t|t<0] per channel from the teacher's batch features (KD-Zoo), "
-            "bn = from the teacher's batch-norm parameters (paper)",
-        ),
-        _form(
-            "reduction",
-            "ofd per-stage distance: mean = averaged over elements (KD-Zoo), "
-            "sum_batch = summed and divided by batch size and 1000 (paper)",
-        ),
-        _form(
-            "cam", "lwm map: kdzoo = ReLU(sum_c alpha_c dz/dA_c) (KD-Zoo), gradcam = ReLU(sum_c alpha_c A_c) (paper)"
-        ),
+        *MODE_OPTIONS,
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),
         Option(
             "init_epochs",
@@ -325,7 +380,7 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             str,
             None,
             "directory of a teacher cache (python -m kdpipe teacher_cache) to read "
-            "instead of running the teacher; modes logits, st, pkt, rkd, cc only",
+            "instead of running the teacher; modes logits, st, dkd, dist, pkt, rkd, cc only",
         ),
     ],
     "ft_paraphraser": [
@@ -476,25 +531,7 @@ ENTRY_HELP: dict[str, dict[str, str]] = {
 
 # The kd modes' settings: the kd options a loss may read (each loss takes those in its defaults);
 # config kd.settings.<mode> accepts them plus the two-stage modes' init_epochs and init_optimizer.
-MODE_SETTINGS = (
-    "T",
-    "p",
-    "w_dist",
-    "w_angle",
-    "m",
-    "gamma",
-    "P_order",
-    "w_irg_vert",
-    "w_irg_edge",
-    "w_irg_tran",
-    "sf",
-    "init_var",
-    "att_f",
-    "grad_norm",
-    "margin",
-    "reduction",
-    "cam",
-)
+MODE_SETTINGS = tuple(option.name for option in MODE_OPTIONS)
 TWO_STAGE_SETTINGS = ("init_epochs", "init_optimizer")
 
 

@@ -131,9 +131,15 @@ def check_num_class(opts: dict, data: ImageData | None = None) -> None:
         raise KdpipeError(f"num_class: got {opts['num_class']}, but data_name {opts['data_name']} has {known} classes")
 
 
+def differing_keys(stored: dict, current: dict) -> list[str]:
+    """Fingerprint keys whose values differ; a key absent on one side counts as None there, so an
+    option added by a later kdpipe (unset: None) does not make finished runs look different."""
+    return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+
 def differing(stored: dict, current: dict) -> str:
     """What differs between two fingerprints, for an error line: 'data (...)' or 'settings (lr, T)'."""
-    keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    keys = differing_keys(stored, current)
     if keys == ["data_sha256"]:
         old, new = str(stored.get("data_sha256"))[:12], str(current["data_sha256"])[:12]
         return f"data (dataset content sha256 {old}... there, {new}... now)"
@@ -208,7 +214,7 @@ def finished_record(run_dir: Path, fingerprint: dict) -> dict | None:
     if not finished.is_file():
         return None
     record = json.loads(finished.read_text())
-    if record.get("fingerprint") != fingerprint:
+    if differing_keys(record.get("fingerprint", {}), fingerprint):
         raise KdpipeError(
             f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
             "choose another --note/--save_root or delete it"

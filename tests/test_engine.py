@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -109,6 +110,24 @@ def test_finished_run_is_not_retrained_and_other_settings_refused(trained):
     assert again["finished_at"] == record["finished_at"] and sha256_file(run / "model.pt") == before
     with pytest.raises(KdpipeError, match="finished run with other settings"):
         kdpipe.train_base(data_name="digits", net_name="resnet8", epochs=5, save_root=str(run.parent), note="r8")
+
+
+def test_finished_run_of_an_older_kdpipe_without_a_later_unset_option_is_still_finished(trained, tmp_path):
+    run, record = trained
+    older = tmp_path / "r8"
+    shutil.copytree(run, older)
+    stored = json.loads((older / "run.json").read_text())
+    unset = [k for k, v in stored["fingerprint"].items() if v is None]
+    assert unset  # options left unset are stored as None
+    del stored["fingerprint"][unset[0]]  # as written before that option existed
+    (older / "run.json").write_text(json.dumps(stored))
+    kwargs = dict(data_name="digits", net_name="resnet8", epochs=4, batch_size=32, lr=0.05, cuda=0)
+    again = kdpipe.train_base(save_root=str(tmp_path), note="r8", **kwargs)
+    assert again["finished_at"] == record["finished_at"]
+    del stored["fingerprint"]["lr"]  # a set option missing is a difference
+    (older / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(KdpipeError, match=r"finished run with other settings \(lr\)"):
+        kdpipe.train_base(save_root=str(tmp_path), note="r8", **kwargs)
 
 
 def test_corrupted_checkpoint_is_reported(tmp_path):

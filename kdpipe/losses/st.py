@@ -6,6 +6,15 @@ temperature-softened class distribution ``q_i = exp(z_i/T) / sum_j exp(z_j/T)`` 
 the soft-target cross-entropy's gradients scale as ``1/T^2``, so the term is multiplied
 by ``T^2`` (Sec. 2).  Implemented as ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``,
 summed over classes and averaged over the batch.
+
+Setting ``logit_stand`` (default ``off``, Hinton's KD unchanged): ``on`` z-scores each
+sample's logits, teacher's and student's separately, before the temperature (Sun et al.,
+CVPR 2024; see :mod:`kdpipe.losses.common`).  The official code's recommended KD recipe
+with it is a base temperature ``T 2`` and a KD weight of 9 -- next to a cross-entropy weight
+of 0.1 (``mdistiller/engine/cfg.py`` of sunshangquan/logit-standardization-KD:
+``KD.TEMPERATURE 2``, ``CE_WEIGHT 0.1``, ``KD_WEIGHT 9``; README: ``--logit-stand
+--base-temp 2 --kd-weight 9``).  kdpipe's cross-entropy weight is 1, so ``lambda_kd 9``
+reproduces the distillation weight but not the 0.1 on cross-entropy.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from torch import Tensor
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes, require_same_classes
+from .common import LOGIT_STAND_CHOICES, maybe_standardise
 
 
 def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
@@ -31,7 +41,8 @@ def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -
 class SoftTargetLoss(DistillLoss):
     name = "st"
     paper = "Hinton, Vinyals & Dean, 2015: Distilling the knowledge in a neural network"
-    defaults = {"lambda_kd": 0.1, "T": 4.0}
+    defaults = {"lambda_kd": 0.1, "T": 4.0, "logit_stand": "off"}
+    setting_choices = {"logit_stand": LOGIT_STAND_CHOICES}
     teacher_taps = frozenset({"logits"})
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
@@ -39,4 +50,5 @@ class SoftTargetLoss(DistillLoss):
         require_same_classes(student, teacher, self.name)
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
-        return soft_target_loss(student.logits, teacher.logits, self.settings["T"])
+        zs, zt = maybe_standardise(student.logits, teacher.logits.detach(), self.settings["logit_stand"])
+        return soft_target_loss(zs, zt, self.settings["T"])

@@ -27,25 +27,40 @@ def register(name: str):
     return wrap
 
 
-def _register_cifar_resnet(depth: int, width: int = 16) -> None:
-    """``resnet{depth}``: He et al.'s 16/32/64 channels; ``resnet{depth}w{width}``: the same net
-    with ``width``/2x/4x channels (``resnet8w4``: 4/8/16, a sixteenth of resnet8's weights)."""
-    name = f"resnet{depth}" if width == 16 else f"resnet{depth}w{width}"
-    widths = (width, 2 * width, 4 * width)
+def _register_net(name: str, module: str, cls: str, *args, **kwargs) -> None:
+    """``name`` builds ``<module>.<cls>(*args, num_classes=..., **kwargs)``; the module (and torch) is
+    imported then."""
 
-    def build(num_classes: int, depth: int = depth, widths: tuple = widths):
-        from .resnet import CifarResNet
-
-        return CifarResNet(depth, num_classes, widths)
+    def build(num_classes: int):
+        return getattr(importlib.import_module(f".{module}", __name__), cls)(*args, num_classes=num_classes, **kwargs)
 
     register(name)(build)
 
 
+# He et al.'s CIFAR ResNets, resnet{depth} (16/32/64 channels), and thin variants resnet{depth}w{width}
+# (width/2x/4x channels; resnet8w4: 4/8/16, a sixteenth of resnet8's weights).
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    _register_cifar_resnet(_depth)
+    _register_net(f"resnet{_depth}", "resnet", "CifarResNet", _depth)
 for _depth in (8, 14, 20):
     for _width in (4, 8):
-        _register_cifar_resnet(_depth, _width)
+        _register_net(
+            f"resnet{_depth}w{_width}", "resnet", "CifarResNet", _depth, widths=(_width, 2 * _width, 4 * _width)
+        )
+
+# RepDistiller's and mdistiller's CIFAR nets (their models/ files, at 100 classes the same parameter
+# counts; tests/test_models_repdistiller_*.py).  resnet{8,32}x4: a 32-channel stem, then 64/128/256
+# channels -- four times He et al.'s stages (not resnet{depth}w4, which is a quarter as wide).
+for _depth in (8, 32):
+    _register_net(f"resnet{_depth}x4", "resnet", "CifarResNet", _depth, widths=(64, 128, 256), stem_width=32)
+_register_net("resnet50", "resnet_bottleneck", "BottleneckResNet", (3, 4, 6, 3))  # resnetv2.py: 4 stages
+for _depth in (16, 40):
+    for _width in (1, 2):
+        _register_net(f"wrn_{_depth}_{_width}", "wrn", "WideResNet", _depth, _width)
+for _depth in (8, 11, 13, 16, 19):
+    _register_net(f"vgg{_depth}", "vgg", "CifarVGG", _depth)  # vgg.py's vgg*_bn
+_register_net("mobilenet_v2", "mobilenetv2", "CifarMobileNetV2")  # mobilenetv2.py's mobile_half
+_register_net("shufflenet_v1", "shufflenet", "CifarShuffleNetV1")
+_register_net("shufflenet_v2", "shufflenet", "CifarShuffleNetV2")
 
 
 def build_model(name: str, num_classes: int) -> "nn.Module":

@@ -2,6 +2,13 @@
 
 Shortcuts that change shape use a 1x1 convolution with batch norm.  The pooling is
 adaptive, so inputs of any size work; CIFAR's 32x32 gives 8x8 maps in stage 3.
+
+``stem_width`` gives the first convolution its own width; RepDistiller's ``resnet8x4`` and
+``resnet32x4`` (models/resnet.py, ``num_filters=[32, 64, 128, 256]``) are a 32-channel stem
+followed by 64/128/256-channel stages, the first stage's first block then projecting 32 to 64
+channels with a 1x1 convolution at stride 1.  Their layout, ReLUs and initialisation are
+otherwise those of He et al.'s nets here (RepDistiller's ``resnet{depth}`` with
+``[16, 16, 32, 64]`` is the same net as ours, parameter for parameter).
 """
 
 from __future__ import annotations
@@ -52,17 +59,20 @@ class Stage(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
+    def __init__(
+        self, depth: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 64), stem_width: int | None = None
+    ):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks = (depth - 2) // 6
         self.depth = depth
         self.widths = widths
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.stem_width = widths[0] if stem_width is None else stem_width
+        self.conv1 = nn.Conv2d(3, self.stem_width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.stem_width)
         stages = []
-        in_channels = widths[0]
+        in_channels = self.stem_width
         for i, width in enumerate(widths):
             stages.append(Stage(in_channels, width, blocks, 1 if i == 0 else 2))
             in_channels = width
