@@ -552,7 +552,7 @@ ENTRIES: dict[str, Entry] = {
         Entry(
             "base", "train_base", ".methods.base", "plain supervised training of one network (teachers and baselines)"
         ),
-        Entry("kd", "train_kd", ".methods.kd", "distil a trained teacher into a student with one of the 17 kd modes"),
+        Entry("kd", "train_kd", ".methods.kd", "distil a trained teacher into a student with one of the kd modes"),
         Entry(
             "ft", "train_ft", ".methods.ft", "factor transfer: paraphraser on the teacher, translator on the student"
         ),

@@ -185,10 +185,27 @@ def test_published_join_cifar10(tmp_path, reference):
     assert math.isnan(table["resnet56-resnet20"].at["st", "published"])
 
 
+def test_mdistiller_dkd_and_dot_rows_join_their_cells(reference):
+    assert published_for(reference, "cifar100", "dkd", "wrn_40_2", "shufflenet_v1") == [
+        ("mdistiller README (DKD table)", 76.70)
+    ]
+    assert published_for(reference, "cifar100", "st+dot", "vgg13", "vgg8") == [("mdistiller README (DOT table)", 73.77)]
+    assert published_for(reference, "cifar100", "st+st", "vgg13", "vgg8") == []  # no such published variant
+    assert published_for(reference, "cifar10", "dkd", "wrn_40_2", "shufflenet_v1") == []
+
+
 def test_repdistiller_kd_joins_st_on_cifar100(tmp_path, reference):
     assert "kd" not in set(reference["method"])
-    assert set(reference["source"]) == {"KD-Zoo README", "RepDistiller README"}
-    assert published_for(reference, "cifar100", "st", "resnet56", "resnet20") == [("RepDistiller README", 70.66)]
+    assert set(reference["source"]) == {
+        "KD-Zoo README",
+        "RepDistiller README",
+        "mdistiller README (DKD table)",
+        "mdistiller README (DOT table)",
+    }
+    assert published_for(reference, "cifar100", "st", "resnet56", "resnet20") == [
+        ("RepDistiller README", 70.66),
+        ("mdistiller README (DKD table)", 70.66),
+    ]
     both = published_for(reference, "cifar100", "st", "resnet110", "resnet20")
     assert both == [("KD-Zoo README", 70.06), ("RepDistiller README", 70.67)]
     assert preferred(both) == ("KD-Zoo README", 70.06)

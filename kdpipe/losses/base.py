@@ -114,7 +114,7 @@ def reads_only_cached_taps(teacher_taps: frozenset, teacher_grad: bool = False, 
 
 
 class DistillLoss(nn.Module):
-    """Base class of the 17 ``kd`` modes.
+    """Base class of the ``kd`` modes.
 
     Class attributes describe the method to the training task:
 

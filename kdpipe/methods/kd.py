@@ -1,4 +1,4 @@
-"""``train_kd``: a student trained against a frozen teacher with one of the 17 ``kd`` modes.
+"""``train_kd``: a student trained against a frozen teacher with one of the ``kd`` modes.
 
 total loss = CE(student, y) + lambda_kd * L_mode + st_weight * L_st(T)
 

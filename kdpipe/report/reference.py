@@ -1,8 +1,9 @@
-"""Published top-1 accuracies (KD-Zoo, RepDistiller) and how they line up with kdpipe's table cells.
+"""Published top-1 accuracies (KD-Zoo, RepDistiller, mdistiller) and how they line up with kdpipe's table cells.
 
 The reference CSVs ship inside the package (``kdpipe/reference/*.csv``; columns ``source,
 dataset, method, teacher, student, role, top1``).  Method names are mapped to kdpipe's:
-RepDistiller calls Hinton's soft targets ``kd``, kdpipe calls them ``st``.
+RepDistiller and mdistiller call Hinton's soft targets ``kd``, kdpipe calls them ``st`` (and
+mdistiller's ``kd+dot``, soft targets trained with the DOT optimizer, ``st+dot``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PREFERRED_SOURCE = "KD-Zoo README"
 _FILES = {
     "kdzoo_cifar.csv": {},
     "repdistiller_cifar100.csv": {"kd": "st"},
+    "mdistiller_cifar100.csv": {"kd": "st", "kd+dot": "st+dot"},
 }
 _DML_ROLE = re.compile(r"net\d+")
 
@@ -51,7 +53,8 @@ def published_for(
     ``student`` are the group's pair.  'baseline' is the student's own baseline, 'teacher' the
     teacher's baseline; a plain method matches (method, teacher, student) as a student; 'dml netK'
     matches DML's peer K; 'bss gen1' matches BSS (one distillation).  Variants with '+st', later
-    generations, born-again chains and non-CIFAR datasets have no published counterpart.
+    generations, born-again chains and non-CIFAR datasets have no published counterpart; '+dot'
+    variants match mdistiller's DOT rows.
     """
     if reference is None or not is_cifar(dataset):
         return []
@@ -64,8 +67,6 @@ def published_for(
         rows = ref[is_base & (ref["student"] == teacher)]
     else:
         name, _, qualifier = label.partition(" ")
-        if "+" in name:
-            return []
         if name == "dml":
             if not _DML_ROLE.fullmatch(qualifier):
                 return []
