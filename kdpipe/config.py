@@ -51,13 +51,21 @@ def option_schema(opt, default: bool = True) -> dict:
 def _expand_options(node) -> None:
     """In place: ``{option: ft.lambda_kd, description: ...}`` -> the option's schema; keys written
     beside ``option`` (a description, a wider enum) take precedence."""
-    from .options import MODE_SETTINGS, TWO_STAGE_SETTINGS, find_option
+    from .options import MODE_SETTINGS, OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS, find_option
 
     if isinstance(node, dict):
         entry = node.pop("settings_of", None)
         if entry is not None:  # per-mode overrides: no defaults (the mode's own apply), no null
-            names = ("lambda_kd", *MODE_SETTINGS, *TWO_STAGE_SETTINGS)
+            names = ("lambda_kd", *MODE_SETTINGS, *OBJECTIVE_SETTINGS, *TWO_STAGE_SETTINGS)
             node["properties"] = {name: option_schema(find_option(entry, name), default=False) for name in names}
+        ref = node.pop("override_of", None)
+        if ref is not None:  # a per-stage override of an option: its type and bounds, no default, null if unset allowed
+            opt = find_option(*ref.split(".", 1))
+            schema = option_schema(opt, default=False)
+            if "type" in schema and (opt.nullable or opt.default is None):
+                schema["type"] = [schema["type"], "null"]
+            for key, value in schema.items():
+                node.setdefault(key, value)
         ref = node.pop("option", None)
         if ref is not None:
             entry, name = ref.split(".", 1)
@@ -107,6 +115,7 @@ def load_config(config: dict) -> dict:
 
 def _check_semantics(config: dict) -> None:
     from .models import MODELS
+    from .options import OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS
 
     if len(set(config["seeds"])) != len(config["seeds"]):
         raise KdpipeError(f"config seeds: {config['seeds']} repeats a seed")
@@ -135,7 +144,8 @@ def _check_semantics(config: dict) -> None:
     for mode, settings in config["kd"]["settings"].items():
         if mode not in LOSSES:
             raise KdpipeError(f"config kd.settings: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
-        allowed = set(LOSSES[mode].defaults) | ({"init_epochs", "init_optimizer"} if LOSSES[mode].two_stage else set())
+        allowed = set(LOSSES[mode].defaults) | set(OBJECTIVE_SETTINGS)
+        allowed |= set(TWO_STAGE_SETTINGS) if LOSSES[mode].two_stage else set()
         for key in settings:
             if key not in allowed:
                 raise KdpipeError(

@@ -77,13 +77,20 @@ class Context:
         return model
 
 
-def make_optimizer(params, opts: dict) -> torch.optim.SGD:
+def make_optimizer(params, opts: dict) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0, as KD-Zoo, unless ``nesterov`` says otherwise); DOT
+    (:mod:`kdpipe.dot`) when the options set ``dot_delta``."""
+    if opts.get("dot_delta") is not None:
+        from .dot import make_dot
+
+        return make_dot(params, opts)
+    nesterov = opts.get("nesterov")
+    if nesterov is None:
+        nesterov = opts["momentum"] > 0
+    elif nesterov and opts["momentum"] == 0:
+        raise KdpipeError("nesterov: true needs --momentum > 0")
     return torch.optim.SGD(
-        params,
-        lr=opts["lr"],
-        momentum=opts["momentum"],
-        nesterov=opts["momentum"] > 0,
-        weight_decay=opts["weight_decay"],
+        params, lr=opts["lr"], momentum=opts["momentum"], nesterov=nesterov, weight_decay=opts["weight_decay"]
     )
 
 

@@ -173,7 +173,15 @@ COMMON = [
     Option("epochs", int, 200, "training epochs", minimum=1),
     Option("batch_size", int, 128, "mini-batch size", minimum=1),
     Option("lr", float, 0.1, "initial learning rate", minimum=0, exclusive_min=True),
-    Option("momentum", float, 0.9, "SGD momentum (Nesterov)", minimum=0, maximum=1, exclusive_max=True),
+    Option("momentum", float, 0.9, "SGD momentum", minimum=0, maximum=1, exclusive_max=True),
+    Option(
+        "nesterov",
+        bool,
+        None,
+        "Nesterov momentum (default: on when --momentum > 0, as KD-Zoo; false: plain momentum SGD, as RepDistiller "
+        "and mdistiller)",
+        nullable=True,
+    ),
     Option("weight_decay", float, 1e-4, "SGD weight decay", minimum=0),
     Option(
         "milestones",
@@ -518,6 +526,43 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
     ],
 }
 
+# DOT (Zhao et al. 2023), an optimizer setting of every teacher-student entry (kdpipe.dot); unset = KD-Zoo's SGD.
+DOT_OPTIONS = [
+    Option(
+        "dot_delta",
+        float,
+        None,
+        "DOT, the distillation-oriented trainer: momentum + dot_delta for the distillation terms' gradient, "
+        "momentum - dot_delta for the cross-entropy's, heavy-ball SGD without Nesterov (mdistiller); "
+        "mdistiller's value: 0.075 (0.09 on ImageNet); default: off, SGD with Nesterov",
+        minimum=0,
+        nullable=True,
+    ),
+    Option(
+        "dot_single",
+        str,
+        None,
+        "DOT, parameters only one loss reaches (a connector; layers after a distilled feature): base = plain "
+        "--momentum (mdistiller), own = that loss's momentum, the paper's two momenta taken literally (default: base)",
+        choices=("base", "own"),
+        nullable=True,
+    ),
+]
+# The objective's cross-entropy weight, a setting of every teacher-student entry (and of kd.settings.<mode>).
+OBJECTIVE_OPTIONS = [
+    Option(
+        "ce_weight",
+        float,
+        None,
+        "weight of the cross-entropy term (default 1; RepDistiller's and mdistiller's KD: 0.1, with lambda_kd 0.9)",
+        minimum=0,
+        nullable=True,
+    ),
+]
+OBJECTIVE_SETTINGS = tuple(option.name for option in OBJECTIVE_OPTIONS)
+for _entry in ("kd", "ft", "crd", "bss"):
+    ENTRY_OPTIONS[_entry] = ENTRY_OPTIONS[_entry] + OBJECTIVE_OPTIONS + DOT_OPTIONS
+
 # Entry points whose defaults differ from the common table (KD-Zoo's FT paraphraser: 30 epochs at lr 0.01).
 ENTRY_DEFAULTS: dict[str, dict] = {"ft_paraphraser": {"epochs": PARAPHRASER_EPOCHS, "lr": 0.01}}
 # ... and whose common options mean something else there.
@@ -606,7 +651,7 @@ COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "device": ("cuda", "threads"),
     "log": ("print_freq",),
     "seed": ("seed",),
-    "schedule": ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "warmup_epochs"),
+    "schedule": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "warmup_epochs"),
 }
 assert sorted(n for names in COMMON_GROUPS.values() for n in names) == sorted(o.name for o in COMMON), "ungrouped"
 

@@ -89,6 +89,8 @@ def _settings(record: dict) -> str:
         "attack_size",
         "attack_class",
         "attack_clamp",
+        "ce_weight",
+        "dot_delta",
     ):
         if key in info and key not in pairs and not (key == "T" and (method == "kd" or info.get("st_weight"))):
             pairs[key] = info[key]

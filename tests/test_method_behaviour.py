@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import kdpipe
 import kdpipe.runner
 from kdpipe.data import Normalizer
+from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES
 from kdpipe.models import build_model
 from kdpipe.summary import _settings
@@ -348,3 +349,37 @@ def test_three_peer_cohort_trains_net1_differently_from_two(tmp_path):
     assert all(torch.equal(w2["net1"][k], w2_again["net1"][k]) for k in w2["net1"])  # deterministic ...
     changed = [k for k in w2["net1"] if k.endswith("weight") and not torch.equal(w2["net1"][k], w3["net1"][k])]
     assert "fc.weight" in changed and len(changed) > 5  # ... so net1 changed because net3 entered its loss
+
+
+# ---------------------------------------------------------------- ce_weight, nesterov
+
+
+@pytest.mark.parametrize("mode", ["st", "at"])
+def test_ce_weight_scales_exactly_the_cross_entropy_gradient(tmp_path, random_teacher, mode):
+    plain = kd_task(tmp_path, mode, "plain", teacher=random_teacher)
+    tenth = kd_task(tmp_path, mode, "tenth", teacher=random_teacher, ce_weight=0.1)
+    student = copy.deepcopy(tenth.roles["student"])  # the weights the step sees
+    one_step(plain, 0)
+    one_step(tenth, 0)
+    g0, g1 = grads(plain.roles["student"]), grads(tenth.roles["student"])
+    x, y, _ = batch(tenth)
+    student.train(True)
+    ce = F.cross_entropy(student(x).logits, y)
+    names = [n for n, _ in student.named_parameters()]
+    expected = {n: -0.9 * g for n, g in zip(names, torch.autograd.grad(ce, list(student.parameters())))}
+    floor = 1e-5 * max(g.abs().max().item() for g in g0.values()) + 1e-6
+    assert_close_grads({n: g1[n] - g0[n] for n in names}, expected, mode, floor)
+    assert tenth.info()["ce_weight"] == 0.1 and "ce_weight" not in plain.info()
+
+
+def test_nesterov_off_is_plain_momentum_sgd(tmp_path, random_teacher):
+    from kdpipe.engine import make_optimizer
+
+    on = kd_task(tmp_path, "st", "on", teacher=random_teacher)
+    off = kd_task(tmp_path, "st", "off", teacher=random_teacher, nesterov=False)
+    assert on.optimizers["student"].param_groups[0]["nesterov"] is True
+    assert off.optimizers["student"].param_groups[0]["nesterov"] is False
+    with pytest.raises(KdpipeError, match="nesterov: true needs --momentum > 0"):
+        make_optimizer(
+            [torch.zeros(1, requires_grad=True)], {"lr": 0.1, "momentum": 0.0, "weight_decay": 0, "nesterov": True}
+        )

@@ -123,6 +123,24 @@ def test_reference_settings_reach_the_rules():
     assert ft_paraphraser_options(demo, "digits", "resnet20", 0)["epochs"] == 6  # 15 % of 40
 
 
+def test_repdistiller_recipe_settings_reach_the_kd_rule():
+    """RepDistiller's and mdistiller's KD: CE weight 0.1, lambda 0.9, plain momentum SGD."""
+    from kdpipe.options import resolve
+    from kdpipe.workflow import kd_options
+
+    text = FIDELITY_CONFIG.replace("train: {", "train: {nesterov: false, ").replace(
+        "settings: {fsp:", "settings: {st: {ce_weight: 0.1, lambda_kd: 0.9}, fsp:"
+    )
+    config = load_config(yaml.safe_load(text))
+    st = kd_options(config, "cifar100", "st", "resnet14", "resnet8", 0)
+    assert (st["ce_weight"], st["lambda_kd"], st["nesterov"]) == (0.1, 0.9, False)
+    fsp = kd_options(config, "cifar100", "fsp", "resnet14", "resnet8", 0)
+    assert "ce_weight" not in fsp and fsp["nesterov"] is False
+    resolve("kd", {**st, "t_model": "t.pt"})
+    with pytest.raises(KdpipeError, match=r"^config kd\.settings\.st\.ce_weight: -1 is less than the minimum of 0$"):
+        load_config(yaml.safe_load(text.replace("ce_weight: 0.1", "ce_weight: -1")))
+
+
 def test_bad_config_one_line_from_snakemake(tmp_path):
     (tmp_path / "c.yaml").write_text("train: {epochs: -3}\n")
     out = snakemake("-n", "--cores", "1", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)

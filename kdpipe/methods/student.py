@@ -10,9 +10,12 @@ the rest, once:
 * the teacher cache (``teacher_cache``) replaces the live teacher where the method reads only
   cached taps, and is refused with one line where it does not;
 * the run's identity (method, variant, teacher, student, generation);
-* the objective: a weighted sum of named terms, in order -- ``ce`` (weight 1), the method's
+* the objective: a weighted sum of named terms, in order -- ``ce`` (weight ``ce_weight``, 1), the method's
   terms, and ``st`` (Hinton's soft targets at ``T``, weight ``st_weight``) where the method
-  offers the ``+st`` variant.
+  offers the ``+st`` variant;
+* the optimizer: KD-Zoo's SGD, or with ``dot_delta`` DOT (:mod:`kdpipe.dot`), which takes the
+  task gradient (the ``ce`` terms) and the distillation gradient (all other terms) from two
+  backward passes; a DOT run's variant ends in ``+dot``.
 
 Adding a method is a subclass that implements :meth:`StudentTask.terms` (plus its entry
 declaration in :mod:`kdpipe.options`); a new ``kd`` mode is only a loss module.
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import Context, Task, make_optimizer, make_scheduler
+from ..dot import DOT, check_dot_options
+from ..engine import Context, StepResult, Task, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import TapShapes
 from ..losses.base import CACHED_TAPS
@@ -64,6 +68,7 @@ class StudentTask(Task):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         opts, data = ctx.opts, ctx.data
+        check_dot_options(opts)
         student = self.build_student()
         self.teacher = load_teacher(ctx)
         self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
@@ -71,6 +76,7 @@ class StudentTask(Task):
         self.teacher_shapes = TapShapes.probe(self.teacher, data.image_shape)
         self.roles["student"] = student
         self.st_weight = float(opts.get("st_weight") or 0.0)
+        self.ce_weight = 1.0 if opts.get("ce_weight") is None else float(opts["ce_weight"])
         self.T = opts.get("T")
         if self.st_weight > 0 and self.student_shapes.num_classes != self.teacher_shapes.num_classes:
             raise KdpipeError("st_weight: soft targets need teacher and student with the same classes")
@@ -126,11 +132,32 @@ class StudentTask(Task):
 
     def train_step(self, x, y, index, view_ids, epoch):
         logits, terms = self.terms(x, y, index, view_ids, epoch)
-        return self.optimize(weighted_sum(terms), self.step_optimizer(epoch), "student", logits, y)
+        name = self.step_optimizer(epoch)
+        if isinstance(self.optimizers[name], DOT):
+            return self.optimize_dot(terms, name, "student", logits, y)
+        return self.optimize(weighted_sum(terms), name, "student", logits, y)
 
-    @staticmethod
-    def ce(logits: Tensor, y: Tensor) -> Term:
-        return Term("ce", 1.0, F.cross_entropy(logits.float(), y))
+    def optimize_dot(self, terms: list[Term], optimizer: str, role: str, logits: Tensor, y: Tensor) -> dict:
+        """One DOT update: the distillation terms' gradient (backward first, keeping the graph), then the
+        ``ce`` terms' (mdistiller's order); the step result reports their weighted sum, as with SGD."""
+        opt = self.optimizers[optimizer]
+        task = [t for t in terms if t.name == "ce"]
+        distill = [t for t in terms if t.name != "ce"]
+        opt.zero_grad(set_to_none=True)
+        if distill:
+            distill_loss = weighted_sum(distill)
+            if distill_loss.requires_grad:  # e.g. bss with no boundary sample in the batch: none this step
+                distill_loss.backward(retain_graph=bool(task))
+                opt.hold_distillation_grads()
+        if task:
+            weighted_sum(task).backward()
+        opt.step()
+        with torch.no_grad():
+            loss = weighted_sum(terms)
+        return {role: StepResult(loss, (logits.argmax(1) == y).sum())}
+
+    def ce(self, logits: Tensor, y: Tensor) -> Term:
+        return Term("ce", self.ce_weight, F.cross_entropy(logits.float(), y))
 
     # -- reporting
     def method_name(self) -> str:
@@ -142,18 +169,37 @@ class StudentTask(Task):
     def generation(self) -> int | None:
         return None
 
+    def uses_dot(self) -> bool:
+        return self.ctx.opts.get("dot_delta") is not None
+
     def identity(self, role):
         opts = self.ctx.opts
         return {
             "method": self.method_name(),
-            "variant": self.variant(),
+            "variant": self.variant() + ("+dot" if self.uses_dot() else ""),
             "teacher": opts["t_name"],
             "student": opts["s_name"],
             "generation": self.generation(),
         }
 
     def info(self) -> dict:
-        return {"teacher": {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc}, **self.method_info()}
+        teacher = {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc}
+        ce = {"ce_weight": self.ce_weight} if self.ctx.opts.get("ce_weight") is not None else {}
+        return {"teacher": teacher, **self.method_info(), **ce, **self.optimizer_info()}
+
+    def optimizer_info(self) -> dict:
+        """``optimizer`` sgd (KD-Zoo's, Nesterov) or dot, with DOT's delta and the two momenta it gives."""
+        opts = self.ctx.opts
+        if not self.uses_dot():
+            return {"optimizer": "sgd"}
+        delta = opts["dot_delta"]
+        return {
+            "optimizer": "dot",
+            "dot_delta": delta,
+            "dot_single": opts.get("dot_single") or "base",
+            "momentum_task": opts["momentum"] - delta,
+            "momentum_distill": opts["momentum"] + delta,
+        }
 
     def method_info(self) -> dict:
         """The method's own facts for ``run.json`` (after the teacher's)."""

@@ -15,8 +15,9 @@ class FeatureTaps:
     the same tensor after it.  Where a stage ends without a ReLU the taps follow the reference
     definition's feature lists: MobileNetV2's linear bottlenecks give the same tensor for both; a
     wide ResNet's ``stages[i]`` is the residual sum and ``stages_pre[i]`` the batch norm applied to
-    it next (its pre-activation feature), so there ``stages[i] != relu(stages_pre[i])``.  ``embedding`` is the pooled, flattened feature that
-    feeds the classifier; ``logits`` the classifier's output.
+    it next (its pre-activation feature), so there ``stages[i] != relu(stages_pre[i])``.
+    ``embedding`` is the pooled, flattened feature that feeds the classifier; ``logits`` the
+    classifier's output.
     """
 
     stem: Tensor
