@@ -176,6 +176,11 @@ class Task:
         """Extra facts for run.json (adapters, teacher accuracy, ...)."""
         return {}
 
+    def settings(self) -> dict:
+        """The settings that set this run apart from others of its method (run.json ``settings``, the
+        summary's ``settings`` column), in the order they are shown."""
+        return {}
+
     def eval_logits(self, role: str, x: Tensor) -> Tensor:
         return self.roles[role](x).logits
 

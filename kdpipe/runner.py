@@ -269,6 +269,7 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
         "inputs": inputs,
         "data": ctx.data.describe(),
         "info": task.info(),
+        "settings": task.settings(),
         "outputs": [task.model_file(role) for role in roles] + ["metrics.csv"],
         "versions": versions(),
         "argv": sys.argv,

@@ -66,7 +66,15 @@ def run_status(run_dir: str | Path, log_path: str | Path | None = None) -> tuple
 
 
 def _settings(record: dict) -> str:
-    """The method settings that distinguish runs, as 'key=value; ...'."""
+    """The method settings that distinguish runs, as 'key=value; ...': what the run's task declared
+    (``run.json`` ``settings``)."""
+    pairs = record["settings"] if "settings" in record else _settings_of_older_record(record)
+    return "; ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in pairs.items())
+
+
+def _settings_of_older_record(record: dict) -> dict:
+    """The same for a ``run.json`` written before runs recorded their settings (read from its ``info``;
+    frozen: settings added since are in ``settings``)."""
     info, method = record.get("info", {}), record["method"]
     pairs: dict = {}
     if "loss" in info:  # kd modes
@@ -89,8 +97,6 @@ def _settings(record: dict) -> str:
         "attack_size",
         "attack_class",
         "attack_clamp",
-        "ce_weight",
-        "dot_delta",
     ):
         if key in info and key not in pairs and not (key == "T" and (method == "kd" or info.get("st_weight"))):
             pairs[key] = info[key]
@@ -99,7 +105,7 @@ def _settings(record: dict) -> str:
         pairs.setdefault("T", info.get("T"))
     if info.get("teacher_source") == "cache":
         pairs["teacher"] = "cache"
-    return "; ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in pairs.items())
+    return pairs
 
 
 def _role_net(run: RunId, record: dict, role: str) -> str:

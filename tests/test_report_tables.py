@@ -324,3 +324,14 @@ def test_all_runs_finished_and_other_datasets_ignored(tmp_path):
     assert "All runs finished." in md
     assert set(csv["dataset"]) == {"cifar10"} and csv["not_ok"].sum() == 0
     assert "ft" not in set(csv["label"])
+
+
+def test_settings_column_reads_what_the_run_declared_and_older_records_still_read():
+    from kdpipe.summary import _settings
+
+    info = {"loss": {"settings": {"lambda_kd": 0.1, "T": 4.0}}, "st_weight": 0.0, "teacher_source": "cache"}
+    older = {"method": "kd", "info": info}  # run.json of a kdpipe before runs recorded their settings
+    assert _settings(older) == "lambda_kd=0.1; T=4; teacher=cache"
+    declared = {**older, "settings": {"lambda_kd": 0.1, "T": 4.0, "ce_weight": 0.1, "dot_delta": 0.075}}
+    assert _settings(declared) == "lambda_kd=0.1; T=4; ce_weight=0.1; dot_delta=0.075"
+    assert _settings({"method": "baseline", "info": {}, "settings": {}}) == ""

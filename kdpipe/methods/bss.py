@@ -98,6 +98,10 @@ class BoundarySampleTask(StudentTask):
     def generation(self) -> int:
         return self.ctx.opts["generation"]
 
+    def method_settings(self):
+        o = self.ctx.opts
+        return {k: o[k] for k in ("lambda_kd", "T", "attack_size", "attack_class", "attack_clamp")}
+
     def method_info(self):
         o = self.ctx.opts
         return {

@@ -59,6 +59,11 @@ class ContrastiveTask(StudentTask):
         terms = [self.ce(s_taps.logits, y), Term("crd", self.lambda_kd, crd)]
         return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits)
 
+    def method_settings(self):
+        o = self.ctx.opts
+        keys = ("mode", "sampler", "objective", "nce_n", "feat_dim")
+        return {"lambda_kd": self.lambda_kd, **{k: o[k] for k in keys}}
+
     def method_info(self):
         o = self.ctx.opts
         return {

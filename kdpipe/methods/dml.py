@@ -80,6 +80,9 @@ class MutualTask(Task):
             "generation": None,
         }
 
+    def settings(self) -> dict:
+        return {"lambda_kd": self.lambda_kd}
+
     def info(self) -> dict:
         return {"peers": dict(zip(self.roles, self.names)), "lambda_kd": self.lambda_kd}
 

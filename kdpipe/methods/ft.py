@@ -110,6 +110,10 @@ class ParaphraserTask(Task):
             "generation": None,
         }
 
+    def settings(self):
+        o = self.ctx.opts
+        return {"k": o["k"], "ft_bn": "on" if self.bn else "off", "para_decoder_out": o["para_decoder_out"]}
+
     def info(self):
         o = self.ctx.opts
         return {
@@ -164,6 +168,15 @@ class FactorTransferTask(StudentTask):
         ft = factor_transfer_loss(factor_s.float(), factor_t.float())
         terms = [self.ce(s_taps.logits, y), Term("ft", self.lambda_kd, ft)]
         return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits)
+
+    def method_settings(self):
+        o = self.ctx.opts
+        return {
+            "lambda_kd": self.lambda_kd,
+            "k": o["k"],
+            "ft_bn": "on" if self.bn else "off",
+            "para_decoder_out": o["para_decoder_out"],
+        }
 
     def method_info(self):
         return {

@@ -161,6 +161,10 @@ class DistillTask(StudentTask):
     def method_name(self) -> str:
         return self.mode
 
+    def method_settings(self) -> dict:
+        two_stage = {"init_epochs": self.init_epochs, "init_optimizer": self.init_optimizer} if self.init_epochs else {}
+        return {**self.loss.settings, **two_stage}
+
     def method_info(self) -> dict:
         return {
             "loss": self.loss.describe(),

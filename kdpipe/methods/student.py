@@ -201,6 +201,25 @@ class StudentTask(Task):
             "momentum_distill": opts["momentum"] + delta,
         }
 
+    def settings(self) -> dict:
+        pairs = dict(self.method_settings())
+        if self.st_weight > 0:
+            pairs["st_weight"] = self.st_weight
+            pairs.setdefault("T", self.T)
+        if self.ctx.opts.get("ce_weight") is not None:
+            pairs["ce_weight"] = self.ce_weight
+        if self.uses_dot():
+            pairs["dot_delta"] = self.ctx.opts["dot_delta"]
+            if self.ctx.opts.get("dot_single") == "own":
+                pairs["dot_single"] = "own"
+        if self.cache is not None:
+            pairs["teacher"] = "cache"
+        return pairs
+
+    def method_settings(self) -> dict:
+        """The method's own distinguishing settings (λ first), before the shared ones."""
+        return {}
+
     def method_info(self) -> dict:
         """The method's own facts for ``run.json`` (after the teacher's)."""
         return {}
