@@ -665,6 +665,53 @@ def common_options(*groups: str) -> tuple[str, ...]:
 NON_TRAINING = {"teacher_cache": set(common_options("run", "data", "device", "seed"))}
 
 
+# ---------------------------------------------------------------- convert_teacher (kdpipe.convert), declared here
+# in one block: its options, its entry, and no common options (it reads one file and writes one model.pt).
+def _convertible() -> tuple:
+    import importlib
+
+    return importlib.import_module(".convert", __package__).CONVERTIBLE  # torch-free: the nets it has rules for
+
+
+ENTRY_OPTIONS["convert_teacher"] = [
+    Option(
+        "src",
+        str,
+        None,
+        "teacher file of RepDistiller's train_teacher.py or mdistiller's cifar_teachers.tar "
+        "(a dict with 'model' = state dict), read weights-only",
+        required=True,
+    ),
+    Option(
+        "net",
+        str,
+        None,
+        "the network in --src, by kdpipe's name (RepDistiller's ResNet50 = resnet50, vggN_bn = vggN, "
+        "MobileNetV2 = mobilenet_v2, ShuffleV1/ShuffleV2 = shufflenet_v1/shufflenet_v2)",
+        required=True,
+        choices=_convertible,
+    ),
+    Option("out", str, None, "kdpipe model.pt to write (and <out>.json: source sha256, mapping)", required=True),
+    Option(
+        "source",
+        str,
+        "auto",
+        "layout of --src: repdistiller and mdistiller (one layout), kdpipe (checked and re-saved), "
+        "auto = whichever the file's keys are",
+        choices=("auto", "repdistiller", "mdistiller", "kdpipe"),
+    ),
+    Option("num_class", int, None, "classes of the teacher (default: its classifier's; must agree)", minimum=2),
+]
+ENTRIES["convert_teacher"] = Entry(
+    "convert_teacher",
+    "convert_teacher",
+    ".convert",
+    "turn a RepDistiller or mdistiller CIFAR teacher file into a kdpipe model.pt (weights-only, every key checked)",
+)
+NON_TRAINING["convert_teacher"] = set()
+assert set(ENTRIES) == set(ENTRY_OPTIONS), "every entry point has its options and vice versa"
+
+
 def options_for(entry: str) -> list[Option]:
     from dataclasses import replace
 
