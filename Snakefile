@@ -17,7 +17,9 @@ report: "rules/report/workflow.rst"
 
 
 try:
-    kw.load_config(config)
+    # a method that cannot distil a pair is refused here; cluster jobs skip that check (their
+    # submitting process made it for the same config)
+    kw.load_config(config, check_pairs=workflow.is_main_process)
 except KdpipeError as exc:
     sys.exit(f"kdpipe: {exc}")
 

@@ -65,7 +65,7 @@ def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str]]:
         consumers: dict[tuple[str, str, int], list[tuple[str, int]]] = {}
         for run in plan(config):  # one pass: every student that could read a cache, by its teacher
             if reads_only_cached_taps(run.rule, run.method):
-                epochs = training(config, "kd" if run.rule == "train_kd" else "crd")["epochs"]
+                epochs = training(config, "kd" if run.rule == "train_kd" else "crd", run.student)["epochs"]
                 teacher = (run.dataset, run.teacher, teacher_seed(config, run.seed))
                 consumers.setdefault(teacher, []).append((run.run_dir, epochs))
         _POLICIES[key] = {t: _decide(config, t[0], consumers[t]) for t in sorted(consumers)}

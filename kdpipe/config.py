@@ -97,8 +97,12 @@ def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
-def load_config(config: dict) -> dict:
-    """Validate ``config`` in place (filling defaults) and return it; one-line errors."""
+def load_config(config: dict, check_pairs: bool = True) -> dict:
+    """Validate ``config`` in place (filling defaults) and return it; one-line errors.
+
+    ``check_pairs``: also refuse a method that cannot distil one of the pairs
+    (:func:`kdpipe.compat.check_pairs`: each distinct loss built once on probed shapes); the
+    Snakefile skips it inside cluster jobs, whose submitting process checked the same config."""
     validator = _validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -110,12 +114,15 @@ def load_config(config: dict) -> dict:
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
         raise KdpipeError(f"config {_path(err)}: {err.message}")
     _check_semantics(config)
+    if check_pairs:
+        from .compat import check_pairs as check
+
+        check(config)
     return config
 
 
 def _check_semantics(config: dict) -> None:
     from .models import MODELS
-    from .options import OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS
 
     if len(set(config["seeds"])) != len(config["seeds"]):
         raise KdpipeError(f"config seeds: {config['seeds']} repeats a seed")
@@ -137,24 +144,44 @@ def _check_semantics(config: dict) -> None:
             raise KdpipeError(f"config {key}: unknown network {net!r}; choose from {', '.join(MODELS)}")
     from .losses import LOSSES
 
-    for key in ("modes", "with_st"):
+    for key in ("modes", "with_st", "with_dot"):
         for mode in config["kd"][key]:
             if mode not in LOSSES:
                 raise KdpipeError(f"config kd.{key}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
-    for mode, settings in config["kd"]["settings"].items():
-        if mode not in LOSSES:
-            raise KdpipeError(f"config kd.settings: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
-        allowed = set(LOSSES[mode].defaults) | set(OBJECTIVE_SETTINGS)
-        allowed |= set(TWO_STAGE_SETTINGS) if LOSSES[mode].two_stage else set()
-        for key in settings:
-            if key not in allowed:
+    _check_mode_settings("kd.settings", config["kd"]["settings"])
+    planned = set(config["kd"]["modes"]) | set(config["kd"]["with_st"]) | set(config["kd"]["with_dot"])
+    seen: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(config["pairs"]):
+        first = seen.setdefault((pair["teacher"], pair["student"]), i)
+        if first != i:
+            raise KdpipeError(f"config pairs.{i}: repeats pairs.{first} ({pair['teacher']} -> {pair['student']})")
+        _check_mode_settings(f"pairs.{i}.settings", pair.get("settings", {}))
+        for mode in pair.get("skip", []):
+            if mode not in planned:
                 raise KdpipeError(
-                    f"config kd.settings.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
+                    f"config pairs.{i}.skip: {mode!r} is not a planned kd mode; "
+                    f"kd.modes, kd.with_st and kd.with_dot list: {', '.join(sorted(planned)) or 'none'}"
                 )
+        for mode in pair.get("with_dot", []):
+            if mode not in LOSSES:
+                raise KdpipeError(f"config pairs.{i}.with_dot: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+    for net in config["train"]["by_net"]:
+        if net not in MODELS:
+            raise KdpipeError(f"config train.by_net: unknown network {net!r}; choose from {', '.join(MODELS)}")
     for i, cohort in enumerate(config["dml"]["cohorts"]):
         for net in cohort:
             if net not in MODELS:
                 raise KdpipeError(f"config dml.cohorts.{i}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+        first = training(config, "dml", cohort[0])
+        for net in cohort[1:]:
+            other = training(config, "dml", net)
+            differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            if differ:
+                key = differ[0]
+                raise KdpipeError(
+                    f"config dml.cohorts.{i}: peers {cohort[0]} and {net} get different {key} ({first.get(key)} and "
+                    f"{other.get(key)}) from train.by_net; the peers of a cohort train on one schedule"
+                )
     for net in config["bss"]["nets"]:
         if net not in MODELS:
             raise KdpipeError(f"config bss.nets: unknown network {net!r}; choose from {', '.join(MODELS)}")
@@ -163,10 +190,27 @@ def _check_semantics(config: dict) -> None:
             raise KdpipeError(f"config {section}.enabled: true, but there are no teacher/student pairs")
     if config["bss"]["pairs"] and not config["pairs"]:
         raise KdpipeError("config bss.pairs: true, but there are no teacher/student pairs")
-    if (config["kd"]["modes"] or config["kd"]["with_st"]) and not config["pairs"]:
+    if (config["kd"]["modes"] or config["kd"]["with_st"] or config["kd"]["with_dot"]) and not config["pairs"]:
         raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
     if not base_nets(config):
         raise KdpipeError("config base.nets: nothing to train; list networks in base.nets or pairs")
+
+
+def _check_mode_settings(where: str, settings: dict) -> None:
+    """Per-mode overrides (``kd.settings``, a pair's ``settings``): known modes, and only their own settings."""
+    from .losses import LOSSES
+    from .options import OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS
+
+    for mode, values in settings.items():
+        if mode not in LOSSES:
+            raise KdpipeError(f"config {where}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+        allowed = set(LOSSES[mode].defaults) | set(OBJECTIVE_SETTINGS)
+        allowed |= set(TWO_STAGE_SETTINGS) if LOSSES[mode].two_stage else set()
+        for key in values:
+            if key not in allowed:
+                raise KdpipeError(
+                    f"config {where}.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
+                )
 
 
 def data_name(config: dict, dataset: str) -> str:
@@ -182,8 +226,11 @@ def image_size(config: dict, dataset: str) -> int | None:
     return entry.get("image_size") if isinstance(entry, dict) else None
 
 
-def training(config: dict, stage: str) -> dict:
-    """The training schedule of a stage (``base``, ``kd``, ...): ``train`` with the stage's overrides."""
-    train = dict(config["train"])
+def training(config: dict, stage: str, net: str | None = None) -> dict:
+    """The training schedule of a stage (``base``, ``kd``, ...) for a run that trains ``net``: ``train``,
+    then the stage's overrides (``<stage>.train``), then the network's (``train.by_net.<net>``)."""
+    train = {k: v for k, v in config["train"].items() if k != "by_net"}
     train.update(config[stage].get("train", {}))
+    if net is not None:
+        train.update(config["train"]["by_net"].get(net, {}))
     return train

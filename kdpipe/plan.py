@@ -68,8 +68,14 @@ def pair_name(pair: dict) -> str:
 
 
 def split_variant(variant: str) -> tuple[str, bool]:
-    """``"at+st"`` -> ("at", True)."""
-    return (variant[:-3], True) if variant.endswith("+st") else (variant, False)
+    """``"at+st"`` -> ("at", True); ``"st+dot"`` -> ("st", False) (DOT: :func:`uses_dot`)."""
+    base = variant[: -len("+dot")] if uses_dot(variant) else variant
+    return (base[:-3], True) if base.endswith("+st") else (base, False)
+
+
+def uses_dot(variant: str) -> bool:
+    """Whether a kd variant trains with the DOT optimizer (``<mode>+dot``)."""
+    return variant.endswith("+dot")
 
 
 def teacher_seed(config: dict, seed) -> int:
@@ -88,8 +94,11 @@ def base_nets(config: dict) -> list[str]:
 
 
 def kd_variants(config: dict) -> list[str]:
-    """Directory names of the kd student nodes: the mode, or ``<mode>+st`` with the soft-target term."""
-    return list(config["kd"]["modes"]) + [f"{m}+st" for m in config["kd"]["with_st"]]
+    """Directory names of the kd student nodes: the mode, ``<mode>+st`` with the soft-target term,
+    ``<mode>+dot`` with the DOT optimizer (``kd.with_dot`` and the pairs' ``with_dot``)."""
+    kd = config["kd"]
+    dot = [f"{m}+dot" for m in kd["with_dot"]] + [f"{m}+dot" for p in config["pairs"] for m in p.get("with_dot", ())]
+    return list(dict.fromkeys([*kd["modes"], *(f"{m}+st" for m in kd["with_st"]), *dot]))
 
 
 def crd_variants(config: dict) -> list[str]:
@@ -123,13 +132,32 @@ def _base(config: dict) -> list[RunId]:
     return list(dict.fromkeys(runs + teachers))
 
 
+def pair_of(config: dict, teacher: str, student: str) -> dict:
+    """The ``pairs`` entry of (teacher, student); pairs are unique (the config refuses repeats)."""
+    for pair in config["pairs"]:
+        if (pair["teacher"], pair["student"]) == (teacher, student):
+            return pair
+    raise KeyError(f"{teacher} -> {student} is not a pair of this config")
+
+
+def pair_variants(config: dict, pair: dict) -> list[str]:
+    """The kd variants run for one pair: :func:`kd_variants` less the modes in its ``skip`` and the DOT
+    variants asked for by other pairs only."""
+    dot = {f"{m}+dot" for m in [*config["kd"]["with_dot"], *pair.get("with_dot", ())]}
+    return [
+        v
+        for v in kd_variants(config)
+        if split_variant(v)[0] not in pair.get("skip", ()) and (not uses_dot(v) or v in dot)
+    ]
+
+
 def _kd(config: dict) -> list[RunId]:
     return [
         RunId(
             "train_kd",
             d,
             split_variant(v)[0],
-            "+st" if split_variant(v)[1] else "",
+            ("+st" if split_variant(v)[1] else "") + ("+dot" if uses_dot(v) else ""),
             p["teacher"],
             p["student"],
             int(s),
@@ -138,6 +166,7 @@ def _kd(config: dict) -> list[RunId]:
         for d in config["datasets"]
         for v in kd_variants(config)
         for p in config["pairs"]
+        if v in pair_variants(config, p)
         for s in config["seeds"]
     ]
 

@@ -27,10 +27,12 @@ from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `
     crd_variants,
     kd_variants,
     pair_name,
+    pair_of,
     plan,
     run_dir,
     runs_of,
     split_variant,
+    uses_dot,
     teacher_seed,
 )
 from .report import RACES
@@ -218,12 +220,13 @@ def data_options(config: dict, dataset: str) -> dict:
     }
 
 
-def _common(config: dict, dataset: str, seed: int, stage: str) -> dict:
-    return {**data_options(config, dataset), "seed": int(seed), **training(config, stage)}
+def _common(config: dict, dataset: str, seed: int, stage: str, net: str | None) -> dict:
+    """Data, seed and the schedule of ``stage`` for a run that trains ``net`` (its ``by_net`` overrides)."""
+    return {**data_options(config, dataset), "seed": int(seed), **training(config, stage, net)}
 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
-    return {**_common(config, dataset, seed, "base"), "net_name": net}
+    return {**_common(config, dataset, seed, "base", net), "net_name": net}
 
 
 def _ft_shape(config: dict) -> dict:
@@ -237,7 +240,7 @@ def _ft_shape(config: dict) -> dict:
 def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> dict:
     """KD-Zoo's paraphraser recipe: 30 epochs at a constant lr of the students' lr / 10, no Nesterov."""
     ft = config["ft"]
-    opts = {**_common(config, dataset, seed, "ft"), "t_name": teacher, "k": ft["k"], **_ft_shape(config)}
+    opts = {**_common(config, dataset, seed, "ft", None), "t_name": teacher, "k": ft["k"], **_ft_shape(config)}
     if ft["paraphraser_epochs"] == "scaled":
         opts["epochs"] = max(1, round(0.15 * opts["epochs"]))
     else:
@@ -250,7 +253,7 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
 
 def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> dict:
     return {
-        **_common(config, dataset, seed, "ft"),
+        **_common(config, dataset, seed, "ft", student),
         "t_name": teacher,
         "s_name": student,
         "lambda_kd": config["ft"]["lambda_kd"],
@@ -261,7 +264,7 @@ def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> 
 
 def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
     c = config["crd"]
-    opts = {**_common(config, dataset, seed, "crd"), "t_name": teacher, "s_name": student}
+    opts = {**_common(config, dataset, seed, "crd", student), "t_name": teacher, "s_name": student}
     keys = ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode", "sampler", "objective")
     opts.update({k: c[k] for k in keys})
     if variant.endswith("+st"):
@@ -270,9 +273,10 @@ def crd_options(config: dict, dataset: str, variant: str, teacher: str, student:
 
 
 def dml_options(config: dict, dataset: str, cohort: str, seed) -> dict:
+    peers = cohort.split("-")
     return {
-        **_common(config, dataset, seed, "dml"),
-        "peers": cohort.split("-"),
+        **_common(config, dataset, seed, "dml", peers[0]),  # the config refuses peers of different schedules
+        "peers": peers,
         "lambda_kd": config["dml"]["lambda_kd"],
     }
 
@@ -282,7 +286,7 @@ def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dic
     teacher, student = chain_nets(config, chain)
     generation = int(generation)
     return {
-        **_common(config, dataset, seed, "bss"),
+        **_common(config, dataset, seed, "bss", student),
         "t_name": teacher if generation == 1 else student,
         "s_name": student,
         "generation": generation,
@@ -291,12 +295,16 @@ def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dic
 
 
 def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
-    """Options of one kd student: the common schedule plus only this mode's settings."""
+    """Options of one kd student: the student's schedule plus only this mode's settings (``kd.settings``,
+    then the pair's own ``settings``)."""
     mode, with_st = split_variant(variant)
-    opts = {**_common(config, dataset, seed, "kd"), "kd_mode": mode, "t_name": teacher, "s_name": student}
+    opts = {**_common(config, dataset, seed, "kd", student), "kd_mode": mode, "t_name": teacher, "s_name": student}
     opts.update(config["kd"]["settings"].get(mode, {}))
+    opts.update(pair_of(config, teacher, student).get("settings", {}).get(mode, {}))
     if with_st:
         opts["st_weight"] = config["kd"]["st_weight"]
+    if uses_dot(variant):
+        opts["dot_delta"] = config["kd"]["dot_delta"]
     return opts
 
 

@@ -401,7 +401,8 @@ def test_loss_rejects_bad_settings_in_one_line(mode, settings, message):
 
 def test_kdsvd_rejects_unequal_stage_counts():
     two = TapShapes(stem=(2, 4, 4), stages=((3, 4, 4), (2, 3, 3)), embedding=3, num_classes=K)
-    with pytest.raises(KdpipeError, match="^kd_mode kdsvd: the student has 2 stages, the teacher 3; they must agree$"):
+    message = "^kd_mode kdsvd: pairs stages one to one, but the teacher has 3 stages and the student 2$"
+    with pytest.raises(KdpipeError, match=message):
         LOSSES["kdsvd"](two, SHAPES)
 
 

@@ -315,7 +315,8 @@ def test_bad_settings_on_the_loss_give_one_line(settings, expected):
 
 def test_stage_counts_must_agree():
     two = TapShapes((8, 8, 8), ((8, 8, 8), (16, 4, 4)), 16, 10)
-    with pytest.raises(KdpipeError, match=r"^kd_mode reviewkd: 3 teacher and 2 student stages; they must agree$"):
+    message = r"^kd_mode reviewkd: pairs stages one to one, but the teacher has 3 stages and the student 2$"
+    with pytest.raises(KdpipeError, match=message):
         LOSSES["reviewkd"](two, TEACHER)
 
 

@@ -8,7 +8,8 @@ m: with s the (connector-adapted) student response and t the teacher's,
 
     l = (s + m)^2 * 1[s > -m] * 1[t <= 0] + (s - m)^2 * 1[s <= m] * 1[t > 0],
 
-averaged over all elements of a stage, then over the three stages.  The connector (a
+averaged over all elements of a stage, then over the stages, stage i with stage i (both
+networks need as many).  The connector (a
 1x1 convolution + batch norm, Sec. 3.3) is inserted only where student and teacher
 shapes differ.  Used in a first, initialisation stage (two_stage).
 """
@@ -37,6 +38,7 @@ class ABLoss(DistillLoss):
     )
     defaults = {"lambda_kd": 10.0, "m": 2.0}
     teacher_taps = frozenset({"stages_pre"})
+    stagewise = True
     two_stage = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):

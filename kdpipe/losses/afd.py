@@ -10,7 +10,8 @@ feature distillation regulariser)::
 ``rho = normalise(sigmoid(W2 relu(W1 GAP(t))))`` sums to 1 over channels per sample; the
 maps are L2-normalised per channel over positions.  Here, per post-ReLU stage, the squared
 difference is averaged over positions, weighted by ``rho`` and summed over channels, then
-averaged over the batch; the three stages are averaged.
+averaged over the batch; the stages, stage i with stage i (both networks need as many), are
+averaged.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class AFDLoss(DistillLoss):
     paper: ClassVar[str] = "Wang et al., Pay Attention to Features, Transfer Learn Faster CNNs, ICLR 2020"
     defaults: ClassVar[dict[str, Any]] = {"lambda_kd": 500.0, "att_f": 1.0}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
+    stagewise: ClassVar[bool] = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)

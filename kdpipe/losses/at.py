@@ -6,8 +6,9 @@ spatial attention ``F(A) = sum_c |A_c|^p`` (Sec. 3.1; here the channel mean, equ
 normalisation), and the loss of Eq. (2): ``|| Q_s/||Q_s||_2 - Q_t/||Q_t||_2 ||`` with
 ``Q = vec(F(A))``, taken as the squared difference averaged over all ``B*H*W`` entries
 (the Knowledge-Distillation-Zoo scale for ``lambda_kd`` = 1000) and averaged over the
-three post-ReLU stages.  Channel counts may differ; differing spatial sizes are
-reconciled by average-pooling the larger (unnormalised) attention map.
+post-ReLU stages, stage i with stage i (both networks need as many stages).  Channel counts
+may differ; differing spatial sizes are reconciled by average-pooling the larger
+(unnormalised) attention map.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class AttentionTransferLoss(DistillLoss):
     paper = "Zagoruyko & Komodakis, ICLR 2017: Paying more attention to attention"
     defaults = {"lambda_kd": 1000.0, "p": 2.0}
     teacher_taps = frozenset({"stages"})
+    stagewise = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)

@@ -129,6 +129,9 @@ class DistillLoss(nn.Module):
     * ``input_grad``: the input batch must require grad (input-gradient matching).
     * ``two_stage``: the loss is used only in an initialisation phase, followed by
       cross-entropy training (FSP, AB).
+    * ``stagewise``: the loss pairs the student's stage i with the teacher's stage i, for every
+      stage, so the two networks must have as many stages (:func:`require_same_stages`, checked
+      here once for every such mode, and at config load for every planned pair).
     """
 
     name: ClassVar[str] = ""
@@ -139,11 +142,14 @@ class DistillLoss(nn.Module):
     teacher_grad: ClassVar[bool] = False
     input_grad: ClassVar[bool] = False
     two_stage: ClassVar[bool] = False
+    stagewise: ClassVar[bool] = False
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         """``teacher_model`` is given for losses that read teacher parameters at construction (OFD)."""
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
+        if self.stagewise:
+            require_same_stages(student, teacher, self.name)
         self.settings = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
         for key, allowed in self.setting_choices.items():
             if self.settings[key] not in allowed:
@@ -194,4 +200,18 @@ def require_same_classes(student: TapShapes, teacher: TapShapes, mode: str) -> N
     if student.num_classes != teacher.num_classes:
         raise KdpipeError(
             f"kd_mode {mode}: teacher has {teacher.num_classes} classes, student {student.num_classes}; they must agree"
+        )
+
+
+def require_same_stages(student: TapShapes, teacher: TapShapes, mode: str) -> None:
+    """A mode that pairs stages one to one needs as many stages in both networks.
+
+    RepDistiller and mdistiller ``zip`` the two feature lists, which silently drops the deeper
+    network's last stages; none of their published tables has such a pair (their cross-family
+    pairs have equal counts), so kdpipe refuses instead of guessing a pairing.
+    """
+    n_s, n_t = len(student.stages), len(teacher.stages)
+    if n_s != n_t:
+        raise KdpipeError(
+            f"kd_mode {mode}: pairs stages one to one, but the teacher has {n_t} stages and the student {n_s}"
         )

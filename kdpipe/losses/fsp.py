@@ -4,9 +4,11 @@ Yim, Joo, Bae and Kim, "A Gift from Knowledge Distillation: Fast Optimization, N
 Minimization and Transfer Learning", CVPR 2017.
 
 Implements the FSP matrix (Eq. 1), G_ij(x) = (1 / (h*w)) sum_{s,t} F1_{s,t,i} F2_{s,t,j},
-and the FSP loss (Eq. 2) with uniform pair weights: for the pairs (stem, stage 1),
-(stage 1, stage 2), (stage 2, stage 3) of post-ReLU maps, the MSE (mean over B*C1*C2)
-between the student's and the teacher's FSP matrices, averaged over the three pairs.
+and the FSP loss (Eq. 2) with uniform pair weights: for the consecutive pairs (stem, stage 1),
+(stage 1, stage 2), ... of post-ReLU maps -- every stage, as RepDistiller's ``feat[:-1]``
+(three pairs for the CIFAR ResNets, four for VGG, MobileNetV2 and ResNet-50) -- the MSE (mean
+over B*C1*C2) between the student's and the teacher's FSP matrices, averaged over the pairs.
+Both networks need as many stages (``stagewise``; RepDistiller asserts it too).
 When the two maps of a pair differ in spatial size the larger is average-pooled to the
 smaller first.  A student tap with another channel count (or size) than the teacher's
 passes through an adapter first.  Used in a first, initialisation stage (two_stage).
@@ -43,27 +45,27 @@ class FSPLoss(DistillLoss):
     )
     defaults = {"lambda_kd": 1.0}
     teacher_taps = frozenset({"stem", "stages"})
+    stagewise = True
     two_stage = True
-
-    KEYS = ("stem", "stage1", "stage2", "stage3")
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)
+        self.keys = ("stem", *(f"stage{i + 1}" for i in range(len(teacher.stages))))
         s_shapes = (student.stem, *student.stages)
         t_shapes = (teacher.stem, *teacher.stages)
-        for key, s_shape, t_shape in zip(self.KEYS, s_shapes, t_shapes):
+        for key, s_shape, t_shape in zip(self.keys, s_shapes, t_shapes, strict=True):
             self.adapter(key, s_shape, t_shape)
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         s_maps = (student.stem, *student.stages)
         t_maps = (teacher.stem, *teacher.stages)
         s_out, t_out = [], []
-        for key, s, t in zip(self.KEYS, s_maps, t_maps):
+        for key, s, t in zip(self.keys, s_maps, t_maps, strict=True):
             s, t = self.adapted(key, s, t.detach())
             s_out.append(s)
             t_out.append(t)
         losses = [
             F.mse_loss(fsp_matrix(s_out[i], s_out[i + 1]), fsp_matrix(t_out[i], t_out[i + 1]))
-            for i in range(len(self.KEYS) - 1)
+            for i in range(len(self.keys) - 1)
         ]
         return sum(losses) / len(losses)

@@ -98,16 +98,12 @@ class KDSVDLoss(DistillLoss):
     defaults = {"lambda_kd": 1.0, "k": 1, "svd_layout": "width"}
     setting_choices = {"svd_layout": ("width", "channels")}
     teacher_taps = frozenset({"stages"})
+    stagewise = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)
         k = self.settings["k"] = check_number(self.name, "k", self.settings["k"], 1, integer=True)
         layout = self.settings["svd_layout"]
-        if len(student.stages) != len(teacher.stages):
-            raise KdpipeError(
-                f"kd_mode kdsvd: the student has {len(student.stages)} stages, the teacher {len(teacher.stages)}; "
-                "they must agree"
-            )
         if len(teacher.stages) < 2:
             raise KdpipeError("kd_mode kdsvd: needs at least two stages (it relates consecutive stages)")
         for i, (s_shape, t_shape) in enumerate(zip(student.stages, teacher.stages)):

@@ -1,7 +1,7 @@
 """OFD: overhaul of feature distillation.
 
 Heo, Kim, Yun, Park, Kwak and Choi, "A Comprehensive Overhaul of Feature Distillation",
-ICCV 2019.  Distils pre-ReLU features of the three stages through a student connector ``r``
+ICCV 2019.  Distils pre-ReLU features of every stage through a student connector ``r``
 (1x1 conv + BN), with the teacher target passed through the margin ReLU::
 
     sigma_m(t) = max(t, m_c),   m_c = E[t_c | t_c < 0]
@@ -11,9 +11,9 @@ and the partial L2 distance::
     d_p(T, S) = sum_i  0                  if S_i <= T_i <= 0
                        (T_i - S_i)^2      otherwise
 
-with ``T = sigma_m(teacher pre-ReLU)`` and ``S = r(student pre-ReLU)``; the three stages are
-averaged.  Two settings choose between Knowledge-Distillation-Zoo's form (the defaults) and
-the paper's (its official code's):
+with ``T = sigma_m(teacher pre-ReLU)`` and ``S = r(student pre-ReLU)``; the stages, stage i
+with stage i (both networks need as many), are averaged.  Two settings choose between
+Knowledge-Distillation-Zoo's form (the defaults) and the paper's (its official code's):
 
 * ``margin``: ``batch`` (default) estimates m_c from the teacher's pre-ReLU features of the
   current batch, sum of the negative values of channel c over (B, H, W) divided by their
@@ -97,14 +97,11 @@ class OFDLoss(DistillLoss):
         "reduction": ("mean", "sum_batch"),
     }
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages_pre"})
+    stagewise: ClassVar[bool] = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)
-        n_stages = len(self.teacher_shapes.stages)
-        if len(self.student_shapes.stages) != n_stages:
-            raise KdpipeError(
-                f"kd_mode ofd: {n_stages} teacher and {len(self.student_shapes.stages)} student stages; they must agree"
-            )
+        n_stages = len(self.teacher_shapes.stages)  # the student's too (stagewise)
         bns = teacher_pre_relu_bns(teacher_model, n_stages) if self.settings["margin"] == "bn" else []
         self.connectors = nn.ModuleList()
         for i, (s_shape, t_shape) in enumerate(zip(self.student_shapes.stages, self.teacher_shapes.stages)):

@@ -110,13 +110,12 @@ class ReviewKDLoss(DistillLoss):
     }
     setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {"warmup_start": ("one", "zero")}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages_pre", "embedding"})
+    stagewise: ClassVar[bool] = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)
         self._check_settings()
-        n_s, n_t = len(student.stages), len(teacher.stages)
-        if n_s != n_t:
-            raise KdpipeError(f"kd_mode reviewkd: {n_t} teacher and {n_s} student stages; they must agree")
+        n_s = len(student.stages)  # the teacher's too (stagewise)
         s_levels = [tuple(s) for s in student.stages] + [(student.embedding, 1, 1)]
         t_levels = [tuple(t) for t in teacher.stages] + [(teacher.embedding, 1, 1)]
         self.level_names = [f"stage{i + 1}" for i in range(n_s)] + ["embedding"]

@@ -3,8 +3,9 @@
 Tung & Mori, "Similarity-preserving knowledge distillation", ICCV 2019.  For each
 stage, ``G = Q Q^T`` with ``Q`` the (B, C*H*W) reshaped activation map, row-wise
 L2-normalised (Eq. 2-3); the loss of Eq. (4) is ``1/b^2 ||G_s - G_t||_F^2`` (the mean
-squared difference over the ``B*B`` entries), here averaged over the three post-ReLU
-stages (Knowledge-Distillation-Zoo scale, ``lambda_kd`` = 3000).  Any shapes.
+squared difference over the ``B*B`` entries), here averaged over the post-ReLU stages,
+stage i with stage i (Knowledge-Distillation-Zoo scale, ``lambda_kd`` = 3000).  Any channel
+counts and sizes; both networks need as many stages.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class SimilarityPreservingLoss(DistillLoss):
     paper = "Tung & Mori, ICCV 2019: Similarity-preserving knowledge distillation"
     defaults = {"lambda_kd": 3000.0}
     teacher_taps = frozenset({"stages"})
+    stagewise = True
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         losses = []

@@ -10,7 +10,8 @@ variance ``sigma_c^2 = softplus(alpha_c) + eps``)::
     -log q(t | s) = sum_{c,h,w}  log sigma_c + (t_{c,h,w} - mu_{c,h,w}(s))^2 / (2 sigma_c^2)  + const
 
 Here, per post-ReLU stage, the element-wise term ``0.5 * (log sigma_c^2 + (t - mu)^2 / sigma_c^2)``
-is averaged over all elements (batch, channel, position); the three stages are averaged.
+is averaged over all elements (batch, channel, position); the stages, stage i with stage i
+(both networks need as many), are averaged.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class VIDLoss(DistillLoss):
     paper: ClassVar[str] = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
     defaults: ClassVar[dict[str, Any]] = {"lambda_kd": 1.0, "sf": 1.0, "init_var": 5.0}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
+    stagewise: ClassVar[bool] = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)
