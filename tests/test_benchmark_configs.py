@@ -245,7 +245,8 @@ def test_pair_beta_reaches_exactly_that_pairs_dkd_jobs():
     [
         (
             {"pairs": [{"teacher": "resnet20", "student": "resnet8", "skip": ["fitnet"]}]},
-            "config pairs.0.skip: 'fitnet' is not a planned kd mode; kd.modes, kd.with_st and kd.with_dot list: at, dkd",
+            "config pairs.0.skip: 'fitnet' is not a planned kd mode; "
+            "kd.modes, kd.with_st and kd.with_dot list: at, dkd",
         ),
         (
             {"pairs": [{"teacher": "resnet20", "student": "resnet8", "settings": {"dkd": {"beta": -1}}}]},
