@@ -57,11 +57,11 @@ def loss_settings(config: dict, pair: dict, mode: str) -> dict:
     return {k: v for k, v in settings.items() if k in LOSSES[mode].defaults}
 
 
-def _planned_by(config: dict, mode: str) -> str:
+def _planned_by(config: dict, mode: str, i: int) -> str:
     for key in ("modes", "with_st", "with_dot"):
         if mode in config["kd"][key]:
             return f"kd.{key}"
-    return "with_dot"
+    return f"pairs.{i}.with_dot"
 
 
 def check_pairs(config: dict) -> None:
@@ -105,8 +105,9 @@ def _check(config: dict) -> None:
                 except KdpipeError as exc:
                     why = str(exc).removeprefix(f"kd_mode {mode}: ")
                     where = f" on {dataset}" if len(config["datasets"]) > 1 else ""
+                    planned_by = _planned_by(config, mode, i)
                     raise KdpipeError(
-                        f"config pairs.{i} ({teacher} -> {student}{where}), {_planned_by(config, mode)} {mode}: {why}; "
+                        f"config pairs.{i} ({teacher} -> {student}{where}), {planned_by} {mode}: {why}; "
                         f"drop the pair or the mode, or list {mode} under pairs.{i}.skip"
                     ) from None
                 built.add(case)

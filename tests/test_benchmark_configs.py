@@ -298,3 +298,11 @@ def test_stagewise_modes_refuse_different_stage_counts():
     # a pair that does fit builds one FSP flow matrix per consecutive pair of the stem and all four stages
     fsp = LOSSES["fsp"](*[probe(n, 32, 100)[0] for n in ("vgg8", "vgg13")])
     assert fsp.keys == ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+def test_a_pairs_own_dot_mode_that_cannot_distil_it_is_named_by_its_key():
+    text = BAD_PAIR.replace("student: mobilenet_v2}", "student: mobilenet_v2, with_dot: [at]}").replace(
+        "modes: [st, at]", "modes: [st]"
+    )
+    with pytest.raises(KdpipeError, match=r"^config pairs\.1 \(resnet32x4 -> mobilenet_v2\), pairs\.1\.with_dot at: "):
+        load_config(yaml.safe_load(text))
