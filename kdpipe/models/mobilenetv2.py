@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import he_init
 from .taps import FeatureTaps
 
 # (channels at width 1, blocks, stride of the first block), as the MobileNetV2 paper's Table 2 but with strides
@@ -79,15 +80,7 @@ class CifarMobileNetV2(nn.Module):
         self.conv2 = nn.Conv2d(channels, self.head_channels, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(self.head_channels)
         self.fc = nn.Linear(self.head_channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        he_init(self, linear_std=0.01)
 
     @property
     def stage_channels(self) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import he_init
 from .taps import FeatureTaps
 
 EXPANSION = 4
@@ -89,12 +90,7 @@ class BottleneckResNet(nn.Module):
             in_channels = EXPANSION * p
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(self.widths[-1], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
 
     @property
     def stage_channels(self) -> tuple[int, ...]:

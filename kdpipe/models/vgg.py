@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import he_init
 from .taps import FeatureTaps
 
 # convolutions per group, by depth (the number of conv layers plus the classifier)
@@ -61,16 +62,7 @@ class CifarVGG(nn.Module):
         self.stages = nn.ModuleList(conv_group(groups[i - 1][-1], groups[i]) for i in range(1, len(groups)))
         self.fc = nn.Linear(groups[-1][-1], num_classes)
         self._widths = tuple(group[-1] for group in groups[1:])
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        he_init(self, linear_std=0.01)
 
     @property
     def stage_channels(self) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import he_init
 from .taps import FeatureTaps
 
 
@@ -93,12 +94,7 @@ class WideResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.bn1 = nn.BatchNorm2d(self.widths[-1])
         self.fc = nn.Linear(self.widths[-1], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
         nn.init.zeros_(self.fc.bias)
 
     @property
