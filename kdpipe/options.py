@@ -285,7 +285,7 @@ MODE_OPTIONS = [
     _nonnegative("w_dist", "RKD distance weight"),
     _nonnegative("w_angle", "RKD angle weight"),
     _nonnegative("m", "activation-boundary margin (ab)"),
-    _positive("gamma", "CC kernel width; DIST intra-class (per-class correlation) weight"),
+    _nonnegative("gamma", "CC kernel width (0: constant kernel); DIST intra-class (per-class correlation) weight"),
     Option("P_order", int, None, "CC Taylor order (default 2)", minimum=0, nullable=True),
     _nonnegative("w_irg_vert", "IRG vertex weight"),
     _nonnegative("w_irg_edge", "IRG edge weight"),

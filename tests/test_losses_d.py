@@ -378,8 +378,8 @@ def test_gradient_flows_to_the_student_only(mode, settings):
     "mode, settings, message",
     [
         ("dkd", {"beta": -1.0}, "kd_mode dkd: beta: got -1.0; must be a number >= 0"),
-        ("dkd", {"warmup": 2.5}, "kd_mode dkd: warmup: got 2.5; must be an integer >= 0"),
-        ("dkd", {"T": 0}, "kd_mode dkd: T: got 0; must be a number > 0"),
+        ("dkd", {"warmup": 2.5}, "kd_mode dkd: warmup: got 2.5 (float); must be an integer >= 0"),
+        ("dkd", {"T": 0}, "kd_mode dkd: T: got 0.0; must be a number > 0"),
         ("dist", {"tau": float("nan")}, "kd_mode dist: tau: got nan; must be a number > 0"),
         ("dist", {"logit_stand": "yes"}, "kd_mode dist: logit_stand: got 'yes'; allowed: one of off, on"),
         ("st", {"logit_stand": True}, "kd_mode st: logit_stand: got True; allowed: one of off, on"),
@@ -397,6 +397,23 @@ def test_loss_rejects_bad_settings_in_one_line(mode, settings, message):
     with pytest.raises(KdpipeError) as err:
         LOSSES[mode](SHAPES, SHAPES, **settings)
     assert str(err.value) == message
+
+
+def test_loss_settings_are_checked_by_the_kd_options_themselves():
+    """A loss built directly checks its numeric settings with the same Option the CLI and config use:
+    the bounds are declared once (DIST's gamma 0 = no intra-class term is accepted by both), and
+    values come back converted to the option's type."""
+    from kdpipe.options import find_option
+
+    loss = LOSSES["dist"](SHAPES, SHAPES, gamma=0, tau=2)
+    assert loss.settings["gamma"] == 0.0 and isinstance(loss.settings["tau"], float)
+    assert find_option("kd", "gamma").check(0, "") == 0.0
+    assert isinstance(LOSSES["dkd"](SHAPES, SHAPES, warmup=3.0).settings["warmup"], int)
+    with pytest.raises(KdpipeError) as direct:
+        LOSSES["dkd"](SHAPES, SHAPES, beta=-1)
+    with pytest.raises(KdpipeError) as option:
+        find_option("kd", "beta").check(-1, "kd_mode dkd: ")
+    assert str(direct.value) == str(option.value)
 
 
 def test_kdsvd_rejects_unequal_stage_counts():

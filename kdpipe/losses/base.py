@@ -151,12 +151,25 @@ class DistillLoss(nn.Module):
         if self.stagewise:
             require_same_stages(student, teacher, self.name)
         self.settings = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
-        for key, allowed in self.setting_choices.items():
-            if self.settings[key] not in allowed:
-                raise KdpipeError(
-                    f"kd_mode {self.name}: {key}: got {self.settings[key]!r}; allowed: one of {', '.join(allowed)}"
-                )
+        self._check_settings()
         self.adapters = nn.ModuleDict()
+
+    def _check_settings(self) -> None:
+        """Every setting checked against its declaration, also when a loss is built directly (the
+        API and CLI have checked them already): a string setting against this mode's
+        ``setting_choices``, a numeric one against its kd option (type and range, converted)."""
+        from ..options import find_option
+
+        for key, value in self.settings.items():
+            where = f"kd_mode {self.name}: "
+            if key not in self.defaults:
+                raise KdpipeError(f"{where}{key}: not a setting of this mode; its settings: {', '.join(self.defaults)}")
+            if key in self.setting_choices:
+                allowed = self.setting_choices[key]
+                if value not in allowed:
+                    raise KdpipeError(f"{where}{key}: got {value!r}; allowed: one of {', '.join(allowed)}")
+            else:
+                self.settings[key] = find_option("kd", key).check(value, where)
 
     @classmethod
     def cacheable(cls) -> bool:

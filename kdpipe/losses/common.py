@@ -1,4 +1,4 @@
-"""Helpers shared by several losses: logit standardisation and numeric setting checks.
+"""Logit standardisation, shared by the logit-based losses.
 
 Logit standardisation (Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
 Distillation", CVPR 2024): before the temperature, each sample's logits -- the teacher's
@@ -12,11 +12,8 @@ temperature then acts as the paper's "base temperature".
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
-from ..errors import KdpipeError
 
 LOGIT_STAND_EPS = 1e-7  # added to each sample's standard deviation (official code)
 LOGIT_STAND_CHOICES = ("off", "on")
@@ -34,23 +31,3 @@ def maybe_standardise(student_logits: Tensor, teacher_logits: Tensor, logit_stan
     if logit_stand == "on":
         return standardise_logits(student_logits), standardise_logits(teacher_logits)
     return student_logits, teacher_logits
-
-
-def check_number(
-    mode: str, key: str, value, minimum: float, exclusive: bool = False, integer: bool = False
-) -> float | int:
-    """A numeric setting converted and range-checked, or one clear line naming it (for direct API use)."""
-    kind = "an integer" if integer else "a number"
-    bound = f"{'>' if exclusive else '>='} {minimum:g}"
-    bad = KdpipeError(f"kd_mode {mode}: {key}: got {value!r}; must be {kind} {bound}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad
-    if integer:
-        if isinstance(value, float) and not value.is_integer():
-            raise bad
-        value = int(value)
-    elif not math.isfinite(value):
-        raise bad
-    if value < minimum or (exclusive and value == minimum):
-        raise bad
-    return value

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes, require_same_classes
-from .common import LOGIT_STAND_CHOICES, check_number, maybe_standardise
+from .common import LOGIT_STAND_CHOICES, maybe_standardise
 
 PEARSON_EPS = 1e-8  # added to the product of the norms (official code)
 
@@ -66,10 +66,6 @@ class DISTLoss(DistillLoss):
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)
         require_same_classes(student, teacher, self.name)
-        s = self.settings
-        s["beta"] = check_number(self.name, "beta", s["beta"], 0)
-        s["gamma"] = check_number(self.name, "gamma", s["gamma"], 0)
-        s["tau"] = check_number(self.name, "tau", s["tau"], 0, exclusive=True)
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         s = self.settings

@@ -45,7 +45,7 @@ from torch import Tensor
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes, require_same_classes
-from .common import LOGIT_STAND_CHOICES, check_number, maybe_standardise
+from .common import LOGIT_STAND_CHOICES, maybe_standardise
 
 MASK_SHIFT = 1000.0  # subtracted from the target logit (after /T) to drop it from the NCKD softmax
 
@@ -86,11 +86,6 @@ class DKDLoss(DistillLoss):
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)
         require_same_classes(student, teacher, self.name)
-        s = self.settings
-        s["alpha"] = check_number(self.name, "alpha", s["alpha"], 0)
-        s["beta"] = check_number(self.name, "beta", s["beta"], 0)
-        s["T"] = check_number(self.name, "T", s["T"], 0, exclusive=True)
-        s["warmup"] = check_number(self.name, "warmup", s["warmup"], 0, integer=True)
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         s = self.settings

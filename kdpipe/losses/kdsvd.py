@@ -51,7 +51,6 @@ from ..errors import KdpipeError
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
-from .common import check_number
 
 RBF_WIDTH = 8.0  # exp(-d^2 / 8)
 STUDENT_EXTRA = 3  # the student keeps k + 3 singular vectors to align from
@@ -102,7 +101,7 @@ class KDSVDLoss(DistillLoss):
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):
         super().__init__(student, teacher, teacher_model, **settings)
-        k = self.settings["k"] = check_number(self.name, "k", self.settings["k"], 1, integer=True)
+        k = self.settings["k"]
         layout = self.settings["svd_layout"]
         if len(teacher.stages) < 2:
             raise KdpipeError("kd_mode kdsvd: needs at least two stages (it relates consecutive stages)")
