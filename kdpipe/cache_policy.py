@@ -12,23 +12,35 @@ from __future__ import annotations
 import json
 
 from .config import data_name, image_size, training
-from .plan import plan, run_dir, teacher_seed
+from .plan import RunId, plan, run_dir, teacher_seed
 
 _POLICIES: dict[str, dict] = {}
+
+
+def _consumer_class(rule: str, method: str):
+    """The class that declares what a student of ``rule`` and ``method`` reads of its teacher, or None."""
+    if rule == "train_kd":
+        from .losses import LOSSES
+
+        return LOSSES[method]
+    if rule == "train_crd":
+        from .objectives.crd import CRDLoss
+
+        return CRDLoss
+    return None
 
 
 def reads_only_cached_taps(rule: str, method: str) -> bool:
     """Whether a student of ``rule`` and ``method`` (a kd mode, crd) reads only what a teacher cache
     holds (logits, embeddings)."""
-    if rule == "train_kd":
-        from .losses import LOSSES
+    cls = _consumer_class(rule, method)
+    return cls is not None and cls.cacheable()
 
-        return LOSSES[method].cacheable()
-    if rule == "train_crd":
-        from .objectives.crd import CRDLoss
 
-        return CRDLoss.cacheable()
-    return False
+def reads_embedding(rule: str, method: str) -> bool:
+    """Whether such a student reads the teacher's pooled embedding (else a cache of logits serves it)."""
+    cls = _consumer_class(rule, method)
+    return cls is not None and "embedding" in cls.teacher_taps
 
 
 def _cache_setting(config: dict) -> str:
@@ -57,26 +69,42 @@ def _decide(config: dict, dataset: str, consumers: list[tuple[str, int]]) -> tup
     return False, f"auto: {passes} live teacher passes per image <= {views} views, the cache would not pay off"
 
 
-def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str]]:
-    """(dataset, teacher, teacher seed) -> (students read a cache, why), for every teacher with
-    students that could; computed once per config (Snakemake asks for every rule's inputs)."""
+def _consumers(config: dict) -> dict[tuple[str, str, int], list[RunId]]:
+    """(dataset, teacher, teacher seed) -> the planned students that could read its cache."""
+    consumers: dict[tuple[str, str, int], list[RunId]] = {}
+    for run in plan(config):  # one pass: every student that could read a cache, by its teacher
+        if reads_only_cached_taps(run.rule, run.method):
+            consumers.setdefault((run.dataset, run.teacher, teacher_seed(config, run.seed)), []).append(run)
+    return consumers
+
+
+def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str, bool]]:
+    """(dataset, teacher, teacher seed) -> (students read a cache, why, the cache stores embeddings),
+    for every teacher with students that could; computed once per config (Snakemake asks for every
+    rule's inputs). A cache holds the pooled embeddings only where one of its students reads them:
+    logits alone take (K + 64) / K less room (ResNet-50's 2048-wide embeddings would dwarf them)."""
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _POLICIES:
-        consumers: dict[tuple[str, str, int], list[tuple[str, int]]] = {}
-        for run in plan(config):  # one pass: every student that could read a cache, by its teacher
-            if reads_only_cached_taps(run.rule, run.method):
-                epochs = training(config, "kd" if run.rule == "train_kd" else "crd", run.student)["epochs"]
-                teacher = (run.dataset, run.teacher, teacher_seed(config, run.seed))
-                consumers.setdefault(teacher, []).append((run.run_dir, epochs))
-        _POLICIES[key] = {t: _decide(config, t[0], consumers[t]) for t in sorted(consumers)}
+        policy = {}
+        for teacher, runs in sorted(_consumers(config).items()):
+            epochs = [training(config, "kd" if r.rule == "train_kd" else "crd", r.student)["epochs"] for r in runs]
+            use, why = _decide(config, teacher[0], list(zip([r.run_dir for r in runs], epochs)))
+            policy[teacher] = (use, why, any(reads_embedding(r.rule, r.method) for r in runs))
+        _POLICIES[key] = policy
     return _POLICIES[key]
 
 
 def cache_decision(config: dict, dataset: str, teacher: str, tseed) -> tuple[bool, str]:
     """Whether students of (dataset, teacher, teacher seed) read a cache, and why."""
-    return cache_policy(config).get(
-        (dataset, teacher, int(tseed)), (False, "no student reads only logits or embeddings")
+    use, why, _ = cache_policy(config).get(
+        (dataset, teacher, int(tseed)), (False, "no student reads only logits or embeddings", False)
     )
+    return use, why
+
+
+def cache_embeddings(config: dict, dataset: str, teacher: str, tseed) -> bool:
+    """Whether the cache of (dataset, teacher, teacher seed) stores pooled embeddings (a student reads them)."""
+    return cache_policy(config).get((dataset, teacher, int(tseed)), (False, "", False))[2]
 
 
 def cache_dir(dataset: str, teacher: str, tseed) -> str:
@@ -86,6 +114,8 @@ def cache_dir(dataset: str, teacher: str, tseed) -> str:
 def cache_plan(config: dict) -> list[str]:
     """One line per (dataset, teacher, teacher seed) with cache consumers: the decision and its reason."""
     return [
-        f"teacher cache {cache_dir(dataset, teacher, tseed)}: {'built' if use else 'not used'} -- {why}"
-        for (dataset, teacher, tseed), (use, why) in cache_policy(config).items()
+        f"teacher cache {cache_dir(dataset, teacher, tseed)}: "
+        + (f"built ({'logits and embeddings' if embeddings else 'logits'})" if use else "not used")
+        + f" -- {why}"
+        for (dataset, teacher, tseed), (use, why, embeddings) in cache_policy(config).items()
     ]

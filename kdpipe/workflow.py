@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cache_policy import cache_decision, cache_dir, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
+from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
 from .config import SCHEMA_PATH, data_name, image_size, load_config, training  # noqa: F401
 from .errors import KdpipeError
 from .options import PARAPHRASER_EPOCHS
@@ -129,7 +129,7 @@ def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
         "seed": int(tseed),
         "t_name": teacher,
         "cache_dtype": config["cache_dtype"],
-        "embeddings": True,
+        "embeddings": cache_embeddings(config, dataset, teacher, tseed),
     }
 
 

@@ -155,7 +155,8 @@ def test_mdistiller_jobs_by_rule(dry_runs):
     expected = {
         "data_manifest": 1,
         "train_base": len(nets) * SEEDS,
-        # st and dkd on every pair, st+dot on the DOT table's; teachers run live (teacher_cache: off)
+        # st and dkd on every pair, st+dot on the DOT table's, all reading a logits-only teacher cache
+        "teacher_cache": len({t for t, _ in pairs}),
         "train_kd": (len(pairs) * 2 + len(MDISTILLER_DOT)) * SEEDS,
         **report_jobs(len(pairs)),
     }

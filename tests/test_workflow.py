@@ -442,6 +442,31 @@ def test_cache_decision(setting, epochs, modes, expected, reason):
     assert use is expected and reason in why
 
 
+@pytest.mark.parametrize(
+    "modes, crd, embeddings",
+    [
+        (["st", "dkd"], False, False),  # logits only: the cache stores no embeddings
+        (["st", "rkd"], False, True),  # rkd reads the pooled embedding
+        (["st"], True, True),  # so does CRD
+        (["st+st"], False, False),
+    ],
+)
+def test_cache_stores_embeddings_only_for_a_student_that_reads_them(modes, crd, embeddings):
+    from kdpipe.workflow import cache_options, cache_plan
+
+    config = load_config(
+        {
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "teacher_cache": "on",
+            "kd": {"modes": [m for m in modes if "+" not in m], "with_st": [m[:-3] for m in modes if "+" in m]},
+            "crd": {"enabled": crd},
+        }
+    )
+    assert cache_options(config, "digits", "resnet20", 0)["embeddings"] is embeddings
+    (line,) = cache_plan(config)
+    assert ("built (logits and embeddings)" if embeddings else "built (logits)") in line
+
+
 def test_cache_off_for_too_many_views(monkeypatch):
     from kdpipe import cache
     from kdpipe.workflow import cache_decision
