@@ -165,6 +165,7 @@ def _check_semantics(config: dict) -> None:
         for mode in pair.get("with_dot", []):
             if mode not in LOSSES:
                 raise KdpipeError(f"config pairs.{i}.with_dot: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
+    _check_teacher_checkpoints(config)
     for net in config["train"]["by_net"]:
         if net not in MODELS:
             raise KdpipeError(f"config train.by_net: unknown network {net!r}; choose from {', '.join(MODELS)}")
@@ -194,6 +195,34 @@ def _check_semantics(config: dict) -> None:
         raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
     if not base_nets(config):
         raise KdpipeError("config base.nets: nothing to train; list networks in base.nets or pairs")
+
+
+def _check_teacher_checkpoints(config: dict) -> None:
+    """A pair's ``teacher_checkpoint``: an existing file, the same for every pair of that teacher network,
+    which then trains nowhere (its base runs would share the imported teacher's run directories)."""
+    source: dict[str, tuple[int, str | None]] = {}
+    for i, pair in enumerate(config["pairs"]):
+        path = pair.get("teacher_checkpoint")
+        if path is not None and not Path(path).is_file():
+            raise KdpipeError(f"config pairs.{i}.teacher_checkpoint: {path}: no such file")
+        first, first_path = source.setdefault(pair["teacher"], (i, path))
+        if path != first_path:
+            raise KdpipeError(
+                f"config pairs.{i}.teacher_checkpoint: {path or 'none'}, but pairs.{first} takes {pair['teacher']} "
+                f"from {first_path or 'a train_base run'}; every pair of one teacher network takes it from one place"
+            )
+    imported = {t for t, (_, path) in source.items() if path}
+    trained = [("base.nets", net) for net in config["base"]["nets"]]
+    trained += [(f"pairs.{i}.student", p["student"]) for i, p in enumerate(config["pairs"])]
+    trained += [(f"dml.cohorts.{i}", net) for i, cohort in enumerate(config["dml"]["cohorts"]) for net in cohort]
+    trained += [("bss.nets", net) for net in config["bss"]["nets"]]
+    for key, net in trained:
+        if net in imported:
+            i = source[net][0]
+            raise KdpipeError(
+                f"config {key}: {net} is also trained here, but pairs.{i}.teacher_checkpoint imports it; "
+                "a network comes either from a checkpoint or from train_base"
+            )
 
 
 def _check_mode_settings(where: str, settings: dict) -> None:

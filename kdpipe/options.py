@@ -709,6 +709,29 @@ ENTRIES["convert_teacher"] = Entry(
     "turn a RepDistiller or mdistiller CIFAR teacher file into a kdpipe model.pt (weights-only, every key checked)",
 )
 NON_TRAINING["convert_teacher"] = set()
+
+# import_teacher (kdpipe.methods.imported): convert_teacher's file options, into a finished run evaluated on the
+# run's data (the workflow's node for a pair's teacher_checkpoint).
+ENTRY_OPTIONS["import_teacher"] = [
+    Option(
+        "src",
+        str,
+        None,
+        "teacher file: a kdpipe model.pt, or a RepDistiller / mdistiller teacher (a dict with 'model' = state dict); "
+        "read weights-only",
+        required=True,
+    ),
+    next(o for o in ENTRY_OPTIONS["convert_teacher"] if o.name == "source"),
+    Option("net_name", str, None, "the network in --src, by kdpipe's name", required=True, choices=_nets),
+]
+ENTRIES["import_teacher"] = Entry(
+    "import_teacher",
+    "import_teacher",
+    ".methods.imported",
+    "a teacher trained elsewhere (kdpipe, RepDistiller or mdistiller file) as a finished run: converted, "
+    "evaluated on the run's data",
+)
+NON_TRAINING["import_teacher"] = set(common_options("run", "data", "device", "seed"))
 assert set(ENTRIES) == set(ENTRY_OPTIONS), "every entry point has its options and vice versa"
 
 

@@ -82,11 +82,19 @@ def teacher_seed(config: dict, seed) -> int:
     return int(seed) if config["teacher_seed"] is None else int(config["teacher_seed"])
 
 
+def teacher_checkpoints(config: dict) -> dict[str, str]:
+    """Teacher network -> the file it is imported from (the pairs' ``teacher_checkpoint``; the config
+    makes every pair of one teacher network name the same file, and such a network train nowhere)."""
+    return {p["teacher"]: p["teacher_checkpoint"] for p in config["pairs"] if p.get("teacher_checkpoint")}
+
+
 def base_nets(config: dict) -> list[str]:
-    """Networks trained from scratch: the listed baselines and every teacher and student of a pair."""
+    """Networks trained from scratch: the listed baselines and every teacher and student of a pair
+    (a teacher imported from a checkpoint is not trained)."""
+    imported = teacher_checkpoints(config)
     nets = list(config["base"]["nets"])
     for pair in config["pairs"]:
-        nets += [pair["teacher"], pair["student"]]
+        nets += [pair["student"]] if pair["teacher"] in imported else [pair["teacher"], pair["student"]]
     for cohort in config["dml"]["cohorts"]:  # DML peers are compared with their baselines
         nets += list(cohort)
     nets += list(config["bss"]["nets"])  # generation 0 of a born-again chain
@@ -123,8 +131,18 @@ def _base(config: dict) -> list[RunId]:
         for net in base_nets(config)
         for s in config["seeds"]
     ]
-    teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs
-        RunId("train_base", d, "baseline", "", "", p["teacher"], ts, run_dir(d, "base", p["teacher"], ts))
+    imported = teacher_checkpoints(config)
+    teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs; an imported teacher is a run too
+        RunId(
+            "import_teacher" if p["teacher"] in imported else "train_base",
+            d,
+            "baseline",
+            "imported" if p["teacher"] in imported else "",
+            "",
+            p["teacher"],
+            ts,
+            run_dir(d, "base", p["teacher"], ts),
+        )
         for d in config["datasets"]
         for p in config["pairs"]
         for ts in [teacher_seed(config, s) for s in config["seeds"]]

@@ -12,6 +12,7 @@ and their identities in :mod:`kdpipe.plan`, the teacher-cache policy in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
@@ -32,8 +33,9 @@ from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `
     run_dir,
     runs_of,
     split_variant,
-    uses_dot,
+    teacher_checkpoints,
     teacher_seed,
+    uses_dot,
 )
 from .report import RACES
 
@@ -227,6 +229,22 @@ def _common(config: dict, dataset: str, seed: int, stage: str, net: str | None) 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
     return {**_common(config, dataset, seed, "base", net), "net_name": net}
+
+
+def imported_nets_pattern(config: dict) -> str:
+    """Rule import_teacher's ``net`` constraint: the teacher networks this config imports (none: a
+    pattern that matches nothing, so every base run is train_base's)."""
+    nets = sorted(teacher_checkpoints(config))
+    return "|".join(re.escape(net) for net in nets) if nets else "(?!)"
+
+
+def teacher_checkpoint(config: dict, net: str) -> str:
+    """The file an imported teacher network comes from (rule import_teacher's input)."""
+    return teacher_checkpoints(config)[net]
+
+
+def import_options(config: dict, dataset: str, net: str, seed) -> dict:
+    return {**data_options(config, dataset), "seed": int(seed), "net_name": net}
 
 
 def _ft_shape(config: dict) -> dict:
