@@ -45,6 +45,11 @@ def planned_identity(identity: dict | None):
         _PLANNED.reset(token)
 
 
+def planned_run() -> dict | None:
+    """The planned identity of the run being written (``run.json``'s ``run``), or None outside a workflow job."""
+    return _PLANNED.get()
+
+
 _GPU_LOCK = None  # open lock file of the GPU this process holds
 
 
@@ -251,7 +256,7 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
         "kdpipe": __version__,
         "entry": entry,
         "method": task.method,
-        "run": _PLANNED.get(),
+        "run": planned_run(),
         "dataset": opts["data_name"],
         "seed": opts["seed"],
         "epochs": opts["epochs"],

@@ -26,7 +26,7 @@ from ..engine import METRIC_COLUMNS, Context, evaluate_model
 from ..errors import KdpipeError
 from ..models import build_model
 from ..options import RESUME_NEUTRAL, resolve
-from ..runner import _PLANNED, check_num_class, finished_record, load_options_data, select_device, versions
+from ..runner import check_num_class, finished_record, load_options_data, planned_run, select_device, versions
 from .common import load_network
 
 log = logging.getLogger("kdpipe")
@@ -99,7 +99,7 @@ def import_teacher(**kwargs) -> dict:
         record = {
             "entry": "import_teacher",
             "method": "baseline",
-            "run": _PLANNED.get(),
+            "run": planned_run(),
             "dataset": opts["data_name"],
             "seed": opts["seed"],
             "epochs": 0,
