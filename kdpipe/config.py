@@ -235,10 +235,16 @@ def _check_mode_settings(where: str, settings: dict) -> None:
             raise KdpipeError(f"config {where}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
         allowed = set(LOSSES[mode].defaults) | set(OBJECTIVE_SETTINGS)
         allowed |= set(TWO_STAGE_SETTINGS) if LOSSES[mode].two_stage else set()
-        for key in values:
+        for key, value in values.items():
             if key not in allowed:
                 raise KdpipeError(
                     f"config {where}.{mode}.{key}: not a setting of {mode}; allowed: {', '.join(sorted(allowed))}"
+                )
+            # a setting several modes share (stages, reduction, regressor) has each mode's own values
+            choices = LOSSES[mode].setting_choices.get(key)
+            if choices is not None and value not in choices:
+                raise KdpipeError(
+                    f"config {where}.{mode}.{key}: {value!r} is not a form of {mode}; allowed: {', '.join(choices)}"
                 )
 
 

@@ -333,7 +333,40 @@ MODE_OPTIONS = [
     _form(
         "reduction",
         "ofd per-stage distance: mean = averaged over elements (KD-Zoo), "
-        "sum_batch = summed and divided by batch size and 1000 (paper)",
+        "sum_batch = summed and divided by batch size and 1000 (paper); ab per-stage loss: mean = averaged over "
+        "elements (KD-Zoo), weighted_sum = summed, divided by batch size, x 3/1000 x 2^(i-n+1) for stage i of n "
+        "(the AB authors' code, RepDistiller)",
+    ),
+    _form(
+        "stage_reduce",
+        "at, vid, nst, sp, ab, fsp: the per-stage terms averaged (mean, KD-Zoo's / 3) or summed "
+        "(sum, RepDistiller's sum(loss_group): lambda_kd weighs each stage's term fully)",
+    ),
+    _form(
+        "stages",
+        "which stages: sp: all (stage i with stage i, KD-Zoo) or last (each network's last stage, RepDistiller's "
+        "feat[-2]); nst: stage3 (KD-Zoo's rb3) or all (stage i with stage i, RepDistiller's feat[1:-1])",
+    ),
+    Option(
+        "hint_stage",
+        int,
+        None,
+        "fitnet: the stage (1-based, the same in both networks) whose output is the hint: 3 = KD-Zoo's rb3, "
+        "2 = RepDistiller's --hint_layer 2 (default: the mode's reference value)",
+        minimum=1,
+        nullable=True,
+    ),
+    _form(
+        "regressor",
+        "fitnet: adapter = 1x1 conv + BN only where the shapes differ (KD-Zoo), convreg = RepDistiller's ConvReg "
+        "always (conv with bias + BN + ReLU); vid: bias = 1x1 convs with biases (kdpipe), plain = without "
+        "(KD-Zoo and RepDistiller)",
+    ),
+    _form(
+        "correlation",
+        "cc: taylor = MSE of Taylor-expanded Gaussian-RBF correlation matrices (KD-Zoo), embed_pairs = "
+        "RepDistiller's: learned 128-d linear embeddings of both networks, d = |e_s - e_t|, "
+        "mean_i sum_k d_ik d_(i+1)k over consecutive samples",
     ),
     _form("cam", "lwm map: kdzoo = ReLU(sum_c alpha_c dz/dA_c) (KD-Zoo), gradcam = ReLU(sum_c alpha_c A_c) (paper)"),
     _form(
@@ -380,8 +413,18 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             str,
             "shared",
             "two-stage modes: shared = one SGD optimizer through both phases, momentum carried over (KD-Zoo); "
-            "separate = a fresh optimizer for the CE phase",
-            choices=("shared", "separate"),
+            "separate = a fresh optimizer for the CE phase; features = as separate, and the init phase updates "
+            "only what the distillation loss reaches (no 0 x CE term: the classifier keeps its initial weights, "
+            "as RepDistiller's init over get_feat_modules() and the connector)",
+            choices=("shared", "separate", "features"),
+        ),
+        Option(
+            "init_schedule",
+            str,
+            "steps",
+            "two-stage modes' init-phase lr: steps = x0.1, x0.01, x0.001 of --lr over 60/20/20 % of init_epochs "
+            "(KD-Zoo's 0.01/0.001/0.0001); constant = --lr throughout (RepDistiller's helper/pretrain.py)",
+            choices=("steps", "constant"),
         ),
         Option(
             "teacher_cache",
@@ -575,9 +618,9 @@ ENTRY_HELP: dict[str, dict[str, str]] = {
 
 
 # The kd modes' settings: the kd options a loss may read (each loss takes those in its defaults);
-# config kd.settings.<mode> accepts them plus the two-stage modes' init_epochs and init_optimizer.
+# config kd.settings.<mode> accepts them plus the two-stage modes' init_epochs, init_optimizer and init_schedule.
 MODE_SETTINGS = tuple(option.name for option in MODE_OPTIONS)
-TWO_STAGE_SETTINGS = ("init_epochs", "init_optimizer")
+TWO_STAGE_SETTINGS = ("init_epochs", "init_optimizer", "init_schedule")
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,9 @@ def test_stagewise_modes_refuse_different_stage_counts():
         except KdpipeError as exc:
             refused[mode] = str(exc)
     stagewise = {"at", "sp", "vid", "afd", "ab", "fsp", "ofd", "kdsvd", "reviewkd"}
-    assert set(refused) == stagewise == {m for m, cls in LOSSES.items() if cls.stagewise}
+    # sp pairs every stage in its default form (stages all), not in RepDistiller's (stages last); nst only in
+    # its form stages all (its default reads stage 3)
+    assert set(refused) == stagewise == {m for m, cls in LOSSES.items() if cls.stagewise_for(cls.defaults)}
     assert refused["ofd"] == "kd_mode ofd: pairs stages one to one, but the teacher has 3 stages and the student 4"
     # a pair that does fit builds one FSP flow matrix per consecutive pair of the stem and all four stages
     fsp = LOSSES["fsp"](*[probe(n, 32, 100)[0] for n in ("vgg8", "vgg13")])

@@ -240,6 +240,36 @@ def test_two_stage_separate_optimizers_setting(tmp_path, teacher):
     assert task.info()["init_optimizer"] == "separate"
 
 
+@pytest.mark.parametrize("mode", ["fsp", "ab"])
+def test_two_stage_repdistiller_init_features_constant_lr(tmp_path, teacher, mode):
+    """RepDistiller's helper/pretrain.py: a fresh SGD over get_feat_modules() (and AB's connector) at the
+    constant --learning_rate: the init phase leaves the classifier as it was, with no optimizer state."""
+    task, batch = two_stage_task(tmp_path, teacher, mode, init_optimizer="features", init_schedule="constant")
+    assert set(task.optimizers) == {"student", "init"}
+    student = task.roles["student"]
+    fc_before = [p.detach().clone() for p in student.fc.parameters()]
+    conv_before = student.conv1.weight.detach().clone()
+    task.on_epoch_start(0)
+    assert task.current_lr() == pytest.approx(0.05)  # TINY's lr, not x0.1
+    step(task, batch, 0)
+    init_state = task.optimizers["init"].state
+    assert all(torch.equal(p, b) for p, b in zip(student.fc.parameters(), fc_before))
+    assert all(p not in init_state for p in student.fc.parameters())
+    moved = [p for p in student.parameters() if p in init_state]
+    assert moved and all(float(init_state[p]["momentum_buffer"].abs().sum()) > 0 for p in moved)
+    assert not torch.equal(student.conv1.weight, conv_before)  # the features did train
+    info = task.info()
+    assert info["init_optimizer"] == "features" and info["init_schedule"] == "constant"
+    assert task.method_settings()["init_schedule"] == "constant"
+
+
+def test_init_phase_factor_forms():
+    from kdpipe.methods.kd import init_phase_factor
+
+    assert [init_phase_factor(e, 10) for e in range(10)] == [0.1] * 6 + [0.01] * 2 + [0.001] * 2
+    assert [init_phase_factor(e, 10, "constant") for e in range(10)] == [1.0] * 10
+
+
 def test_two_stage_resume_across_the_phase_boundary_is_exact(tmp_path, teacher, monkeypatch):
     from kdpipe.methods.kd import DistillTask
 

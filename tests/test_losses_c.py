@@ -146,7 +146,13 @@ def test_registry_defaults_and_taps(name, cls, lam, taps):
 
 
 def test_mode_settings_defaults():
-    assert VIDLoss.defaults == {"lambda_kd": 1.0, "sf": 1.0, "init_var": 5.0}
+    assert VIDLoss.defaults == {
+        "lambda_kd": 1.0,
+        "sf": 1.0,
+        "init_var": 5.0,
+        "stage_reduce": "mean",
+        "regressor": "bias",
+    }
     assert OFDLoss.defaults == {"lambda_kd": 0.5, "margin": "batch", "reduction": "mean"}
     assert AFDLoss.defaults == {"lambda_kd": 500.0, "att_f": 1.0}
 

@@ -70,7 +70,7 @@ def test_params_slice_has_only_what_the_rule_reads():
                 "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
                 "kd": {"settings": {"fsp": {"init_optimizer": 1}}},
             },
-            "config kd.settings.fsp.init_optimizer: 1 is not one of ['shared', 'separate']",
+            "config kd.settings.fsp.init_optimizer: 1 is not one of ['shared', 'separate', 'features']",
         ),
     ],
 )

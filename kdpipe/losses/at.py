@@ -5,21 +5,22 @@ of convolutional neural networks via attention transfer", ICLR 2017.  Activation
 spatial attention ``F(A) = sum_c |A_c|^p`` (Sec. 3.1; here the channel mean, equal after
 normalisation), and the loss of Eq. (2): ``|| Q_s/||Q_s||_2 - Q_t/||Q_t||_2 ||`` with
 ``Q = vec(F(A))``, taken as the squared difference averaged over all ``B*H*W`` entries
-(the Knowledge-Distillation-Zoo scale for ``lambda_kd`` = 1000) and averaged over the
-post-ReLU stages, stage i with stage i (both networks need as many stages).  Channel counts
+(the Knowledge-Distillation-Zoo scale for ``lambda_kd`` = 1000) and, stage i with stage i over the
+post-ReLU stages (both networks need as many stages), averaged (``stage_reduce mean``, KD-Zoo's
+``/ 3``) or summed (``stage_reduce sum``, RepDistiller's ``sum(loss_group)`` over ``feat[1:-1]``).  Channel counts
 may differ; differing spatial sizes are reconciled by average-pooling the larger
 (unnormalised) attention map.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
+from .stages import STAGE_REDUCE_CHOICES, reduce_stages
 
 
 def attention_map(fm: Tensor, p: float) -> Tensor:
@@ -31,7 +32,8 @@ def attention_map(fm: Tensor, p: float) -> Tensor:
 class AttentionTransferLoss(DistillLoss):
     name = "at"
     paper = "Zagoruyko & Komodakis, ICLR 2017: Paying more attention to attention"
-    defaults = {"lambda_kd": 1000.0, "p": 2.0}
+    defaults = {"lambda_kd": 1000.0, "p": 2.0, "stage_reduce": "mean"}
+    setting_choices = {"stage_reduce": STAGE_REDUCE_CHOICES}
     teacher_taps = frozenset({"stages"})
     stagewise = True
 
@@ -49,4 +51,4 @@ class AttentionTransferLoss(DistillLoss):
             qs = F.normalize(qs.flatten(1), p=2, dim=1)
             qt = F.normalize(qt.flatten(1), p=2, dim=1)
             losses.append(F.mse_loss(qs, qt, reduction="mean"))
-        return torch.stack(losses).mean()
+        return reduce_stages(losses, self.settings["stage_reduce"])

@@ -131,7 +131,8 @@ class DistillLoss(nn.Module):
       cross-entropy training (FSP, AB).
     * ``stagewise``: the loss pairs the student's stage i with the teacher's stage i, for every
       stage, so the two networks must have as many stages (:func:`require_same_stages`, checked
-      here once for every such mode, and at config load for every planned pair).
+      here once for every such mode, and at config load for every planned pair).  A
+      ``(setting, value)`` pair: only in that form (sp with ``stages all``); see :meth:`stagewise_for`.
     """
 
     name: ClassVar[str] = ""
@@ -142,17 +143,25 @@ class DistillLoss(nn.Module):
     teacher_grad: ClassVar[bool] = False
     input_grad: ClassVar[bool] = False
     two_stage: ClassVar[bool] = False
-    stagewise: ClassVar[bool] = False
+    stagewise: ClassVar[bool | tuple[str, str]] = False
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         """``teacher_model`` is given for losses that read teacher parameters at construction (OFD)."""
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
-        if self.stagewise:
-            require_same_stages(student, teacher, self.name)
         self.settings = {**self.defaults, **{k: v for k, v in settings.items() if v is not None}}
         self._check_settings()
+        if self.stagewise_for(self.settings):
+            require_same_stages(student, teacher, self.name)
         self.adapters = nn.ModuleDict()
+
+    @classmethod
+    def stagewise_for(cls, settings: dict) -> bool:
+        """Whether the loss, with these (complete) settings, pairs every stage one to one."""
+        if isinstance(cls.stagewise, tuple):
+            key, value = cls.stagewise
+            return settings.get(key, cls.defaults[key]) == value
+        return cls.stagewise
 
     def _check_settings(self) -> None:
         """Every setting checked against its declaration, also when a loss is built directly (the

@@ -7,7 +7,9 @@ Implements the FSP matrix (Eq. 1), G_ij(x) = (1 / (h*w)) sum_{s,t} F1_{s,t,i} F2
 and the FSP loss (Eq. 2) with uniform pair weights: for the consecutive pairs (stem, stage 1),
 (stage 1, stage 2), ... of post-ReLU maps -- every stage, as RepDistiller's ``feat[:-1]``
 (three pairs for the CIFAR ResNets, four for VGG, MobileNetV2 and ResNet-50) -- the MSE (mean
-over B*C1*C2) between the student's and the teacher's FSP matrices, averaged over the pairs.
+over B*C1*C2) between the student's and the teacher's FSP matrices, averaged over the pairs
+(``stage_reduce mean``, KD-Zoo's ``/ 3``) or summed (``stage_reduce sum``, RepDistiller's
+``sum(loss_group)`` in ``helper/pretrain.py``).
 Both networks need as many stages (``stagewise``; RepDistiller asserts it too).
 When the two maps of a pair differ in spatial size the larger is average-pooled to the
 smaller first.  A student tap with another channel count (or size) than the teacher's
@@ -23,6 +25,7 @@ from torch import Tensor
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
+from .stages import STAGE_REDUCE_CHOICES
 
 
 def fsp_matrix(f1: Tensor, f2: Tensor) -> Tensor:
@@ -43,7 +46,8 @@ class FSPLoss(DistillLoss):
         "Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization "
         "and Transfer Learning, CVPR 2017"
     )
-    defaults = {"lambda_kd": 1.0}
+    defaults = {"lambda_kd": 1.0, "stage_reduce": "mean"}
+    setting_choices = {"stage_reduce": STAGE_REDUCE_CHOICES}
     teacher_taps = frozenset({"stem", "stages"})
     stagewise = True
     two_stage = True
@@ -68,4 +72,5 @@ class FSPLoss(DistillLoss):
             F.mse_loss(fsp_matrix(s_out[i], s_out[i + 1]), fsp_matrix(t_out[i], t_out[i + 1]))
             for i in range(len(self.keys) - 1)
         ]
-        return sum(losses) / len(losses)
+        total = sum(losses)
+        return total if self.settings["stage_reduce"] == "sum" else total / len(losses)

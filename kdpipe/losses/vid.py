@@ -11,7 +11,10 @@ variance ``sigma_c^2 = softplus(alpha_c) + eps``)::
 
 Here, per post-ReLU stage, the element-wise term ``0.5 * (log sigma_c^2 + (t - mu)^2 / sigma_c^2)``
 is averaged over all elements (batch, channel, position); the stages, stage i with stage i
-(both networks need as many), are averaged.
+(both networks need as many), are averaged (``stage_reduce mean``, KD-Zoo's ``/ 3``) or summed
+(``stage_reduce sum``, RepDistiller's ``sum(loss_group)``).  ``regressor``: ``bias`` = the 1x1
+convolutions of ``mu`` have biases (kdpipe's form since the first version), ``plain`` = they have
+none (``bias=False`` in both Knowledge-Distillation-Zoo's and RepDistiller's ``VID``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
+from .stages import STAGE_REDUCE_CHOICES, reduce_stages
 
 EPS = 1e-6
 
@@ -40,14 +44,14 @@ def inverse_softplus(y: float) -> float:
 class VIDRegressor(nn.Module):
     """mu(s) = Conv1x1(C_s->M) -> ReLU -> Conv1x1(M->M) -> ReLU -> Conv1x1(M->C_t), plus the variance."""
 
-    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float):
+    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, bias: bool = True):
         super().__init__()
         self.mean = nn.Sequential(
-            nn.Conv2d(c_student, mid, 1),
+            nn.Conv2d(c_student, mid, 1, bias=bias),
             nn.ReLU(),
-            nn.Conv2d(mid, mid, 1),
+            nn.Conv2d(mid, mid, 1, bias=bias),
             nn.ReLU(),
-            nn.Conv2d(mid, c_teacher, 1),
+            nn.Conv2d(mid, c_teacher, 1, bias=bias),
         )
         self.alpha = nn.Parameter(torch.full((c_teacher,), inverse_softplus(init_var - EPS)))
 
@@ -59,7 +63,17 @@ class VIDRegressor(nn.Module):
 class VIDLoss(DistillLoss):
     name: ClassVar[str] = "vid"
     paper: ClassVar[str] = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
-    defaults: ClassVar[dict[str, Any]] = {"lambda_kd": 1.0, "sf": 1.0, "init_var": 5.0}
+    defaults: ClassVar[dict[str, Any]] = {
+        "lambda_kd": 1.0,
+        "sf": 1.0,
+        "init_var": 5.0,
+        "stage_reduce": "mean",
+        "regressor": "bias",
+    }
+    setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "stage_reduce": STAGE_REDUCE_CHOICES,
+        "regressor": ("bias", "plain"),
+    }
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
     stagewise: ClassVar[bool] = True
 
@@ -68,10 +82,11 @@ class VIDLoss(DistillLoss):
         sf, init_var = float(self.settings["sf"]), float(self.settings["init_var"])
         if init_var <= EPS:
             raise ValueError(f"vid init_var must exceed {EPS}, got {init_var}")
+        bias = self.settings["regressor"] == "bias"
         self.regressors = nn.ModuleList()
         for i, (s_shape, t_shape) in enumerate(zip(self.student_shapes.stages, self.teacher_shapes.stages)):
             c_s, c_t = s_shape[0], t_shape[0]
-            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var))
+            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var, bias))
             # The regressor maps channels; a spatial mismatch is bridged by pooling the larger
             # map (a pooling-only adapter).
             self.adapter(f"stage{i + 1}", tuple(s_shape), tuple(t_shape), pool_only=True)
@@ -84,4 +99,4 @@ class VIDLoss(DistillLoss):
             var = regressor.variance().view(1, -1, 1, 1)
             nll = 0.5 * (torch.log(var) + (t - mu) ** 2 / var)
             losses.append(nll.mean())
-        return torch.stack(losses).mean()
+        return reduce_stages(losses, self.settings["stage_reduce"])

@@ -3,14 +3,18 @@
 total loss = CE(student, y) + lambda_kd * L_mode + st_weight * L_st(T)
 
 Two-stage modes (FSP, AB) first run an initialisation phase on the distillation loss
-alone (``init_epochs``, default a quarter of ``epochs``; lr x0.1, then x0.01 and x0.001
-for the last 40 %), then ``epochs`` of cross-entropy training (plus the optional soft
-target term).  As in KD-Zoo's ``train_kd.py``, both phases step ONE optimizer
+alone (``init_epochs``, default a quarter of ``epochs``; ``init_schedule steps``: lr x0.1,
+then x0.01 and x0.001 for the last 40 %, KD-Zoo's; ``constant``: the lr throughout,
+RepDistiller's ``helper/pretrain.py``), then ``epochs`` of cross-entropy training (plus the
+optional soft target term).  As in KD-Zoo's ``train_kd.py``, both phases step ONE optimizer
 (``init_optimizer shared``): the CE phase starts with the momentum the initialisation
 built up, and the initialisation phase adds ``0 x CE`` so that, like there, the classifier
 (untouched by the FSP/AB loss) gets zero gradients -- hence weight decay and a momentum
 buffer -- rather than none.  ``init_optimizer separate`` gives the CE phase a fresh
-optimizer.  The student is built first after seeding, so it starts from the same
+optimizer; ``features`` too, and drops the ``0 x CE`` term, so that the initialisation
+updates only what the distillation loss reaches (RepDistiller's init optimizer holds the
+student's ``get_feat_modules()`` and the connector: the classifier keeps its initial
+weights).  The student is built first after seeding, so it starts from the same
 weights as the baseline of the same seed.
 """
 
@@ -27,8 +31,11 @@ from .common import cache_input
 from .student import StudentTask, Term
 
 
-def init_phase_factor(epoch: int, init_epochs: int) -> float:
-    """lr multiplier in the two-stage initialisation phase: 0.1 (60 %), 0.01 (20 %), 0.001 (20 %)."""
+def init_phase_factor(epoch: int, init_epochs: int, schedule: str = "steps") -> float:
+    """lr multiplier in the two-stage initialisation phase: ``steps`` 0.1 (60 %), 0.01 (20 %), 0.001 (20 %);
+    ``constant`` 1."""
+    if schedule == "constant":
+        return 1.0
     if epoch < round(0.6 * init_epochs):
         return 0.1
     if epoch < round(0.8 * init_epochs):
@@ -84,6 +91,8 @@ class DistillTask(StudentTask):
         self.optimizers["student"] = make_optimizer(params, opts)
         self.init_epochs = 0
         self.init_optimizer = opts["init_optimizer"]
+        self.init_schedule = opts["init_schedule"]
+        schedule = self.init_schedule
         if loss_cls.two_stage:
             self.init_epochs = (
                 opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
@@ -95,15 +104,17 @@ class DistillTask(StudentTask):
             warmup = opts.get("warmup_epochs") or 0
 
             def factor(e: int) -> float:
-                return init_phase_factor(e, n) if e < n else lr_factor(e - n, milestones, warmup)
+                return init_phase_factor(e, n, schedule) if e < n else lr_factor(e - n, milestones, warmup)
 
             self.schedulers["student"] = torch.optim.lr_scheduler.LambdaLR(self.optimizers["student"], factor)
         else:
             self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
-        if n and self.init_optimizer == "separate":
+        if n and self.init_optimizer in ("separate", "features"):
             init_opt = make_optimizer(params, opts)
             self.optimizers["init"] = init_opt
-            self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(init_opt, lambda e: init_phase_factor(e, n))
+            self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(
+                init_opt, lambda e: init_phase_factor(e, n, schedule)
+            )
 
     # -- phases
     def in_init_phase(self, epoch: int) -> bool:
@@ -149,8 +160,11 @@ class DistillTask(StudentTask):
         s_in, t_in = (s_taps, t_taps) if needs_graph else (float_taps(s_taps), float_taps(t_taps))
         if init_phase:
             batch = DistillBatch(x, y, index, student, self.teacher, epoch)
+            distill = Term(self.mode, self.lambda_kd, loss_fn(s_in, t_in, batch))
+            if self.init_optimizer == "features":  # no gradient at all where the loss does not reach, as RepDistiller
+                return s_taps.logits, [distill]
             # 0 x CE: zero (not absent) gradients for what the distillation loss does not reach, as KD-Zoo
-            return s_taps.logits, [Term(self.mode, self.lambda_kd, loss_fn(s_in, t_in, batch)), ce._replace(weight=0.0)]
+            return s_taps.logits, [distill, ce._replace(weight=0.0)]
         terms = [ce]
         if not loss_fn.two_stage and self.lambda_kd > 0:
             batch = DistillBatch(x, y, index, student, self.teacher, epoch - self.init_epochs)
@@ -161,8 +175,14 @@ class DistillTask(StudentTask):
     def method_name(self) -> str:
         return self.mode
 
+    def init_phase_settings(self) -> dict:
+        """A two-stage run's init-phase optimizer and schedule; nothing for the other modes."""
+        if not self.init_epochs:
+            return {}
+        return {"init_optimizer": self.init_optimizer, "init_schedule": self.init_schedule}
+
     def method_settings(self) -> dict:
-        two_stage = {"init_epochs": self.init_epochs, "init_optimizer": self.init_optimizer} if self.init_epochs else {}
+        two_stage = {"init_epochs": self.init_epochs, **self.init_phase_settings()} if self.init_epochs else {}
         return {**self.loss.settings, **two_stage}
 
     def method_info(self) -> dict:
@@ -172,7 +192,7 @@ class DistillTask(StudentTask):
             "st_weight": self.st_weight,
             "T": self.T,
             "init_epochs": self.init_epochs,
-            **({"init_optimizer": self.init_optimizer} if self.init_epochs else {}),
+            **self.init_phase_settings(),
             **self.teacher_source(),
         }
 
