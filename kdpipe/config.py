@@ -166,6 +166,12 @@ def _check_semantics(config: dict) -> None:
             if mode not in LOSSES:
                 raise KdpipeError(f"config pairs.{i}.with_dot: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
     _check_teacher_checkpoints(config)
+    teachers = {pair["teacher"] for pair in config["pairs"]}
+    for net in config["ft"]["paraphraser_lr_by_teacher"]:
+        if net not in teachers:
+            raise KdpipeError(
+                f"config ft.paraphraser_lr_by_teacher: {net!r} teaches no pair; teachers: {', '.join(sorted(teachers))}"
+            )
     for net in config["train"]["by_net"]:
         if net not in MODELS:
             raise KdpipeError(f"config train.by_net: unknown network {net!r}; choose from {', '.join(MODELS)}")

@@ -263,7 +263,7 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
         opts["epochs"] = max(1, round(0.15 * opts["epochs"]))
     else:
         opts["epochs"] = ft["paraphraser_epochs"] or PARAPHRASER_EPOCHS  # the options' default
-    opts["lr"] = ft["paraphraser_lr"] or opts["lr"] / 10
+    opts["lr"] = ft["paraphraser_lr_by_teacher"].get(teacher) or ft["paraphraser_lr"] or opts["lr"] / 10
     opts["milestones"] = None  # a constant lr
     opts["warmup_epochs"] = 0
     return opts

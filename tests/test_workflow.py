@@ -467,6 +467,21 @@ def test_cache_stores_embeddings_only_for_a_student_that_reads_them(modes, crd, 
     assert ("built (logits and embeddings)" if embeddings else "built (logits)") in line
 
 
+def test_paraphraser_lr_by_teacher_sets_only_that_teachers_node():
+    from kdpipe.workflow import ft_paraphraser_options
+
+    pairs = [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet32", "student": "resnet8"}]
+    ft = {"enabled": True, "paraphraser_lr": 0.01, "paraphraser_lr_by_teacher": {"resnet32": 0.05}}
+    config = load_config({"pairs": pairs, "ft": ft})
+    assert ft_paraphraser_options(config, "digits", "resnet32", 0)["lr"] == 0.05
+    assert ft_paraphraser_options(config, "digits", "resnet20", 0)["lr"] == 0.01
+    with pytest.raises(KdpipeError) as err:
+        load_config({"pairs": pairs, "ft": {**ft, "paraphraser_lr_by_teacher": {"vgg13": 0.05}}})
+    assert str(err.value) == (
+        "config ft.paraphraser_lr_by_teacher: 'vgg13' teaches no pair; teachers: resnet20, resnet32"
+    )
+
+
 def test_cache_off_for_too_many_views(monkeypatch):
     from kdpipe import cache
     from kdpipe.workflow import cache_decision
