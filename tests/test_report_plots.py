@@ -262,6 +262,53 @@ def test_render_race_gif_frame_count(results, tmp_path, metric):
     assert not [p for p in out.parent.iterdir() if p.name != "toy.gif"]
 
 
+def test_race_frames_draw_each_epoch_and_interpolate_between(tmp_path, monkeypatch):
+    """What every frame of the GIF draws, on whichever pandas is installed (bar_chart_race 0.1's
+    interpolation runs inside pandas): at step 0 of each period the bars are that epoch's values in
+    rank order under that epoch's label; in between, they move linearly; then the last frame holds."""
+    pytest.importorskip("bar_chart_race")
+    from matplotlib.axes import Axes
+
+    drawn = []  # one entry per drawn frame: {label: (y, bar length)} and the texts drawn with it
+    barh, text = Axes.barh, Axes.text
+
+    def spy_barh(self, y, width, *args, tick_label=None, **kwargs):
+        drawn.append({"bars": dict(zip(tick_label, zip(y, width))), "texts": []})
+        return barh(self, y, width, *args, tick_label=tick_label, **kwargs)
+
+    def spy_text(self, *args, **kwargs):
+        drawn[-1]["texts"].append(kwargs["s"] if "s" in kwargs else args[2])
+        return text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "barh", spy_barh)
+    monkeypatch.setattr(Axes, "text", spy_text)
+    epochs, steps, hold = [3, 4, 6], 2, 2  # epoch numbers need not be contiguous
+    table = pd.DataFrame({"b": [96.0, 97.0, 99.5], "a": [95.5, 98.0, 99.0], "c": [10.0, 95.8, 96.0]}, index=epochs)
+    out = tmp_path / "race.gif"
+    frames = race.render_race(table, out, "t", steps_per_period=steps, dpi=40, hold_periods=hold)
+    assert frames == race.expected_frames(len(epochs), steps) == gif_frames(out)
+
+    lo, _ = race.race_window(table, "test_acc")
+    assert lo == 94.0 and table.iloc[0]["c"] < lo  # c starts below the window: no bar, a marker
+    rows = [dict(zip(table.columns, race.bar_values(row, lo))) for row in table.to_numpy()]
+    rows += [rows[-1]] * hold
+    rendered = (len(rows) - 1) * steps + 1  # bar_chart_race draws every frame, the hold included
+    assert len(drawn) >= rendered
+    for i, frame in enumerate(drawn[-rendered:]):  # (the animation draws frame 0 once more to start)
+        period, step = divmod(i, steps)
+        after = rows[min(period + 1, len(rows) - 1)]
+        for label, (_, length) in frame["bars"].items():
+            expected = rows[period][label] + step / steps * (after[label] - rows[period][label])
+            assert length == pytest.approx(expected), (i, label)
+        assert frame["texts"][-1] == f"epoch {epochs[min(period, len(epochs) - 1)]}", i
+        if step == 0:
+            values = table.iloc[min(period, len(epochs) - 1)]
+            by_height = sorted(frame["bars"], key=lambda label: -frame["bars"][label][0])
+            assert by_height == list(values.sort_values(ascending=False).index), i  # best on top
+            expected_texts = [("◀ " if values[label] < lo else "") + f"{values[label]:.1f}%" for label in frame["bars"]]
+            assert frame["texts"][:-1] == expected_texts, i
+
+
 def test_race_cli_renders_in_subprocess(results, tmp_path):  # results writes the tree
     pytest.importorskip("bar_chart_race")
     out = tmp_path / "results" / "race" / DATASET / f"{COHORT}.gif"

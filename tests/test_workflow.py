@@ -35,6 +35,20 @@ def test_default_config_is_valid_and_names_teacher_and_student():
     ]
 
 
+def test_snakefile_min_version_is_the_installed_requirement():
+    """The Snakefile's min_version (the catalog's convention) is pyproject.toml's and environment.yml's
+    lower bound on Snakemake, and the Snakemake running the tests satisfies it."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    declared = re.search(r'^min_version\("([\d.]+)"\)$', (ROOT / "Snakefile").read_text(), re.M).group(1)
+    pyproject = re.search(r'"snakemake>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    conda = re.search(r"- snakemake-minimal>=([\d.]+)", (ROOT / "environment.yml").read_text()).group(1)
+    assert Version(declared) == Version(pyproject) == Version(conda)
+    assert Version(version("snakemake")) >= Version(declared)
+
+
 def test_params_slice_has_only_what_the_rule_reads():
     config = load_config({"train": {"epochs": 3}, "base": {"nets": ["resnet8"], "train": {"lr": 0.5}}})
     opts = base_options(config, "digits", "resnet8", "2")

@@ -10,8 +10,18 @@ Bars are always proportional to their values on the axis shown. Loss and time ax
 the accuracy axis is a window (e.g. 90-100 %) so that fractions of a point are visible: a bar is
 drawn from the window's left edge, and a value below the window gets no bar but a '◀ 45.2%' marker
 at the edge, so it never looks nearly equal to the leader. The package's own bar labels are
-integers, so they are switched off and the true values are drawn through the
-``period_summary_func`` hook (it runs once per frame; the package clears its texts each frame).
+integers, so they are switched off and the true values, the epoch label and the progress line are
+drawn through the ``period_summary_func`` hook (it runs once per frame; the package clears its
+texts each frame).
+
+pandas 2 and 3: with ``interpolate_period=False`` the package fills the gaps of its period column
+by ``fillna(method="ffill")``, which pandas 3 removed (a TypeError). :func:`render_race` therefore
+passes ``interpolate_period=True``, documented for numeric indexes, whose path is
+``Series.interpolate()`` (in both pandas); it indexes the periods 0, 1, 2, ... so that the
+interpolated index of a frame is its exact position (period + step / steps_per_period), from which
+the hook draws the epoch label (the period's own epoch, as before) and the progress line. Every
+other pandas call the package makes with these arguments (``reset_index``, ``reindex``,
+``rank(method="first")``, ``clip``, ``interpolate``, ``iloc``) is unchanged in pandas 3.
 """
 
 from __future__ import annotations
@@ -20,7 +30,6 @@ import argparse
 import math
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +125,11 @@ def true_value(drawn: float, lo: float) -> float:
     return drawn if drawn >= lo else lo - (lo - drawn) / _BELOW
 
 
+def epoch_label(epoch) -> str:
+    """The label at the top right of a race frame, e.g. 'epoch 12'."""
+    return f"epoch {float(epoch):.0f}"
+
+
 def render_race(
     race_df: pd.DataFrame,
     out_gif,
@@ -155,12 +169,17 @@ def render_race(
     if colors is None:
         colors = label_colors(pd.DataFrame({"dataset": "", "label": labels}), "")
     bar_colors = [colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in labels]
+    animated_periods = len(race_df) - 1  # periods the bars move through; the hold follows
     if hold_periods > 0:
         last = race_df.iloc[[-1] * hold_periods]
         race_df = pd.concat([race_df, last])
+    epochs = list(race_df.index)
 
     lo, hi = race_window(race_df, metric)
-    plotted = pd.DataFrame(bar_values(race_df.to_numpy(), lo), index=race_df.index, columns=race_df.columns)
+    # indexed by period position 0, 1, 2, ...: bar_chart_race interpolates it (interpolate_period=True),
+    # so each frame's row is named by its exact position, which gives its epoch and its progress
+    positions = pd.Index(np.arange(len(race_df), dtype=float))
+    plotted = pd.DataFrame(bar_values(race_df.to_numpy(), lo), index=positions, columns=race_df.columns)
     span = hi - lo
     right = hi + 0.2 * span  # room for the value labels
     n = len(labels)
@@ -184,8 +203,6 @@ def render_race(
     fig.text(left, 1 - 0.12 / height, title, ha="left", va="top", fontsize=14, weight="bold")
     fig.text(left, 1 - 0.5 / height, spec.subtitle, ha="left", va="top", fontsize=10.5, color="0.35")
 
-    animated = max(1, (len(race_df) - hold_periods - 1) * steps_per_period)  # frames before the hold
-    frame_index = [0]
     # a thin progress line along the top of the bars: it makes every animated frame distinct (so the
     # GIF has exactly expected_frames() frames even when no bar moves) and stops during the hold
     axes_width = 0.97 - left
@@ -194,9 +211,11 @@ def render_race(
     )
     fig.add_artist(progress_line)
 
-    def value_labels(values, ranks):
-        progress = min(1.0, frame_index[0] / animated)
-        frame_index[0] += 1
+    def frame_overlay(values, ranks):
+        """Per frame: the progress line, the true value labels, and (returned) the epoch label."""
+        position = float(values.name)  # period + step / steps_per_period
+        period = min(int(math.floor(position + 1e-9)), len(epochs) - 1)
+        progress = min(1.0, position / animated_periods) if animated_periods else 1.0
         progress_line.set_xdata([left, left + progress * axes_width])
         for label in values.index:
             value, rank = values[label], ranks[label]
@@ -207,50 +226,40 @@ def render_race(
                 ax.text(lo + 0.004 * span, rank, "◀ " + text, ha="left", va="center", fontsize=11, color="0.3")
             else:
                 ax.text(value + 0.008 * span, rank, text, ha="left", va="center", fontsize=11)
-        return {"x": 0.0, "y": 0.0, "s": ""}
+        return {
+            "x": 1.0,
+            "y": 1.015,
+            "s": epoch_label(epochs[period]),
+            "ha": "right",
+            "va": "bottom",
+            "size": 15,
+            "weight": "bold",
+            "color": "0.25",
+        }
 
     out = Path(out_gif)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gif")
     try:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # 0.1.0 calls fillna(method=...) (deprecated in pandas 2)
-                bcr.bar_chart_race(
-                    plotted,
-                    filename=str(tmp),
-                    orientation="h",
-                    sort="desc" if spec.higher_is_better else "asc",
-                    fixed_order=False,
-                    fixed_max=True,
-                    steps_per_period=steps_per_period,
-                    period_length=period_length_ms,
-                    interpolate_period=False,
-                    label_bars=False,
-                    bar_size=0.8,
-                    period_label={
-                        "x": 1.0,
-                        "y": 1.015,
-                        "ha": "right",
-                        "va": "bottom",
-                        "size": 15,
-                        "weight": "bold",
-                        "color": "0.25",
-                    },
-                    period_fmt="epoch {x:.0f}",
-                    period_summary_func=value_labels,
-                    cmap=bar_colors,
-                    writer="pillow",
-                    fig=fig,
-                    bar_kwargs={"alpha": 0.9, "ec": "white"},
-                )
-        except TypeError as err:
-            if "method" not in str(err):
-                raise
-            raise RuntimeError(
-                f"bar_chart_race {getattr(bcr, '__version__', '')} does not work with pandas "
-                f"{pd.__version__} (it calls fillna(method=...); install pandas<3): {err}"
-            ) from err
+        bcr.bar_chart_race(
+            plotted,
+            filename=str(tmp),
+            orientation="h",
+            sort="desc" if spec.higher_is_better else "asc",
+            fixed_order=False,
+            fixed_max=True,
+            steps_per_period=steps_per_period,
+            period_length=period_length_ms,
+            interpolate_period=True,  # not fillna(method="ffill"): gone in pandas 3 (module docstring)
+            label_bars=False,
+            bar_size=0.8,
+            period_label=False,  # drawn by frame_overlay: the package would print the interpolated position
+            period_summary_func=frame_overlay,
+            cmap=bar_colors,
+            writer="pillow",
+            fig=fig,
+            bar_kwargs={"alpha": 0.9, "ec": "white"},
+        )
         with Image.open(tmp) as image:
             frames = sum(1 for _ in ImageSequence.Iterator(image))
         os.replace(tmp, out)
