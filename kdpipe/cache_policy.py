@@ -19,6 +19,7 @@ _POLICIES: dict[str, dict] = {}
 
 def _consumer_class(rule: str, method: str):
     """The class that declares what a student of ``rule`` and ``method`` reads of its teacher, or None."""
+    rule = rule.removesuffix("_sweep")  # a sweep's node (train_kd_sweep, ...) is its entry's student
     if rule == "train_kd":
         from .losses import LOSSES
 
@@ -69,6 +70,11 @@ def _decide(config: dict, dataset: str, consumers: list[tuple[str, int]]) -> tup
     return False, f"auto: {passes} live teacher passes per image <= {views} views, the cache would not pay off"
 
 
+def _stage(rule: str) -> str:
+    """The config section whose schedule a student of ``rule`` trains on (kd, crd; their sweeps too)."""
+    return rule.removeprefix("train_").removesuffix("_sweep")
+
+
 def _consumers(config: dict) -> dict[tuple[str, str, int], list[RunId]]:
     """(dataset, teacher, teacher seed) -> the planned students that could read its cache."""
     consumers: dict[tuple[str, str, int], list[RunId]] = {}
@@ -87,7 +93,7 @@ def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str, bo
     if key not in _POLICIES:
         policy = {}
         for teacher, runs in sorted(_consumers(config).items()):
-            epochs = [training(config, "kd" if r.rule == "train_kd" else "crd", r.student)["epochs"] for r in runs]
+            epochs = [training(config, _stage(r.rule), r.student)["epochs"] for r in runs]
             use, why = _decide(config, teacher[0], list(zip([r.run_dir for r in runs], epochs)))
             policy[teacher] = (use, why, any(reads_embedding(r.rule, r.method) for r in runs))
         _POLICIES[key] = policy

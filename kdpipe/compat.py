@@ -3,9 +3,10 @@
 The rule lives in the losses: a mode that cannot distil two networks refuses when it is built
 (e.g. a ``stagewise`` mode on networks of different stage counts, ``kdsvd``'s ``k`` beyond a
 stage's singular vectors, a setting out of range).  :func:`check_pairs` builds each distinct
-(mode, teacher, student, settings, input size) loss of a config once, on the networks' probed tap
-shapes, and turns the first refusal into one config line naming the pair, the key that plans the
-mode, the mode and why -- when Snakemake parses the Snakefile, before any job runs.
+(mode, teacher, student, settings, input size) loss of a config once -- every point of a ``kd.sweep``
+included -- on the networks' probed tap shapes, and turns the first refusal into one config line
+naming the pair, the key that plans the mode (or the swept values), the mode and why -- when
+Snakemake parses the Snakefile, before any job runs.
 
 Cost: every network of the config is built once per (image size, classes) on the CPU and probed
 with a batch of two under ``torch.no_grad`` (:class:`kdpipe.losses.TapShapes`), on one torch thread
@@ -24,7 +25,7 @@ import json
 
 from .config import data_name, image_size
 from .errors import KdpipeError
-from .plan import pair_variants, split_variant
+from .plan import pair_variants, split_variant, sweep_points, sweep_value_text
 
 _CHECKED: set[str] = set()  # configs (as JSON) this process has checked
 
@@ -55,6 +56,24 @@ def loss_settings(config: dict, pair: dict, mode: str) -> dict:
 
     settings = {**config["kd"]["settings"].get(mode, {}), **pair.get("settings", {}).get(mode, {})}
     return {k: v for k, v in settings.items() if k in LOSSES[mode].defaults}
+
+
+def _cases(config: dict, pair: dict, i: int) -> list[tuple[str, str, dict]]:
+    """(mode, the key that plans it, loss settings) of each loss a pair's kd students build: each mode's own
+    settings, then those of each point of its sweep (a pair that runs the plain mode runs its sweep)."""
+    from .losses import LOSSES
+
+    cases = []
+    variants = pair_variants(config, pair)
+    for mode in dict.fromkeys(split_variant(v)[0] for v in variants):
+        settings = loss_settings(config, pair, mode)
+        cases.append((mode, _planned_by(config, mode, i), settings))
+        for point in sweep_points(config, mode) if mode in variants else []:
+            swept = {k: v for k, v in point if k in LOSSES[mode].defaults}
+            if swept:
+                where = ", ".join(f"{k}={sweep_value_text(v)}" for k, v in swept.items())
+                cases.append((mode, f"kd.sweep.{mode} ({where}):", {**settings, **swept}))
+    return cases
 
 
 def _planned_by(config: dict, mode: str, i: int) -> str:
@@ -90,8 +109,7 @@ def _check(config: dict) -> None:
         size, classes = probe_input(config, dataset)
         for i, pair in enumerate(config["pairs"]):
             teacher, student = pair["teacher"], pair["student"]
-            for mode in dict.fromkeys(split_variant(v)[0] for v in pair_variants(config, pair)):
-                settings = loss_settings(config, pair, mode)
+            for mode, planned_by, settings in _cases(config, pair, i):
                 case = json.dumps([mode, teacher, student, size, classes, settings], sort_keys=True, default=str)
                 if case in built:
                     continue
@@ -105,7 +123,11 @@ def _check(config: dict) -> None:
                 except KdpipeError as exc:
                     why = str(exc).removeprefix(f"kd_mode {mode}: ")
                     where = f" on {dataset}" if len(config["datasets"]) > 1 else ""
-                    planned_by = _planned_by(config, mode, i)
+                    if planned_by.startswith("kd.sweep"):
+                        raise KdpipeError(
+                            f"config pairs.{i} ({teacher} -> {student}{where}), {planned_by} {why}; "
+                            f"drop the value from the sweep, or list {mode} under pairs.{i}.skip"
+                        ) from None
                     raise KdpipeError(
                         f"config pairs.{i} ({teacher} -> {student}{where}), {planned_by} {mode}: {why}; "
                         f"drop the pair or the mode, or list {mode} under pairs.{i}.skip"

@@ -51,13 +51,24 @@ def option_schema(opt, default: bool = True) -> dict:
 def _expand_options(node) -> None:
     """In place: ``{option: ft.lambda_kd, description: ...}`` -> the option's schema; keys written
     beside ``option`` (a description, a wider enum) take precedence."""
-    from .options import MODE_SETTINGS, OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS, find_option
+    from .options import (
+        MODE_SETTINGS,
+        OBJECTIVE_SETTINGS,
+        SECTION_SETTINGS,
+        SWEEP_SCHEDULE,
+        TWO_STAGE_SETTINGS,
+        find_option,
+    )
 
     if isinstance(node, dict):
+        names = ("lambda_kd", *MODE_SETTINGS, *OBJECTIVE_SETTINGS, *TWO_STAGE_SETTINGS)
         entry = node.pop("settings_of", None)
         if entry is not None:  # per-mode overrides: no defaults (the mode's own apply), no null
-            names = ("lambda_kd", *MODE_SETTINGS, *OBJECTIVE_SETTINGS, *TWO_STAGE_SETTINGS)
             node["properties"] = {name: option_schema(find_option(entry, name), default=False) for name in names}
+        entry = node.pop("sweep_of", None)
+        if entry is not None:  # sweeps: a list of distinct values of each setting, or of the schedule's lr
+            swept = names if entry == "kd" else SECTION_SETTINGS[entry]
+            node["properties"] = {name: _sweep_schema(find_option(entry, name)) for name in swept + SWEEP_SCHEDULE}
         ref = node.pop("override_of", None)
         if ref is not None:  # a per-stage override of an option: its type and bounds, no default, null if unset allowed
             opt = find_option(*ref.split(".", 1))
@@ -76,6 +87,18 @@ def _expand_options(node) -> None:
     elif isinstance(node, list):
         for value in node:
             _expand_options(value)
+
+
+def _sweep_schema(opt) -> dict:
+    """A sweep of an option: one or more distinct values, each one the option accepts."""
+    item = option_schema(opt, default=False)
+    return {
+        "description": f"values of: {item.pop('description')}",
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": item,
+    }
 
 
 def _validator(schema: dict):
@@ -149,6 +172,7 @@ def _check_semantics(config: dict) -> None:
             if mode not in LOSSES:
                 raise KdpipeError(f"config kd.{key}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
     _check_mode_settings("kd.settings", config["kd"]["settings"])
+    _check_sweeps(config)
     planned = set(config["kd"]["modes"]) | set(config["kd"]["with_st"]) | set(config["kd"]["with_dot"])
     seen: dict[tuple[str, str], int] = {}
     for i, pair in enumerate(config["pairs"]):
@@ -231,16 +255,32 @@ def _check_teacher_checkpoints(config: dict) -> None:
             )
 
 
-def _check_mode_settings(where: str, settings: dict) -> None:
-    """Per-mode overrides (``kd.settings``, a pair's ``settings``): known modes, and only their own settings."""
+def mode_settings(mode: str) -> tuple[str, ...]:
+    """The keys ``kd.settings.<mode>`` accepts: the loss's own settings (its ``defaults``), the
+    objective's, and the two-stage schedule's for a two-stage mode."""
     from .losses import LOSSES
     from .options import OBJECTIVE_SETTINGS, TWO_STAGE_SETTINGS
+
+    keys = (*LOSSES[mode].defaults, *OBJECTIVE_SETTINGS, *(TWO_STAGE_SETTINGS if LOSSES[mode].two_stage else ()))
+    return tuple(dict.fromkeys(keys))
+
+
+def sweep_keys(mode: str) -> tuple[str, ...]:
+    """The keys ``kd.sweep.<mode>`` accepts: the mode's settings and the schedule's lr."""
+    from .options import SWEEP_SCHEDULE
+
+    return (*mode_settings(mode), *SWEEP_SCHEDULE)
+
+
+def _check_mode_settings(where: str, settings: dict, keys=mode_settings) -> None:
+    """Per-mode overrides (``kd.settings``, a pair's ``settings``) or sweeps: known modes, and only their
+    own settings (``keys`` of the mode)."""
+    from .losses import LOSSES
 
     for mode, values in settings.items():
         if mode not in LOSSES:
             raise KdpipeError(f"config {where}: unknown mode {mode!r}; choose from {', '.join(LOSSES)}")
-        allowed = set(LOSSES[mode].defaults) | set(OBJECTIVE_SETTINGS)
-        allowed |= set(TWO_STAGE_SETTINGS) if LOSSES[mode].two_stage else set()
+        allowed = keys(mode)
         for key, value in values.items():
             if key not in allowed:
                 raise KdpipeError(
@@ -248,10 +288,51 @@ def _check_mode_settings(where: str, settings: dict) -> None:
                 )
             # a setting several modes share (stages, reduction, regressor) has each mode's own values
             choices = LOSSES[mode].setting_choices.get(key)
-            if choices is not None and value not in choices:
+            for item in value if isinstance(value, list) else [value]:  # a sweep lists values
+                if choices is not None and item not in choices:
+                    raise KdpipeError(
+                        f"config {where}.{mode}.{key}: {item!r} is not a form of {mode}; allowed: {', '.join(choices)}"
+                    )
+
+
+def _check_sweeps(config: dict) -> None:
+    """``kd.sweep``: each swept mode is a mode of ``kd.modes`` (a sweep varies the plain mode's runs) and
+    each key one of :func:`sweep_keys`; ``crd.sweep`` and ``ft.sweep`` need their section enabled; every
+    value is one its option accepts, and no two values name the same run directory."""
+    sweeps = config["kd"]["sweep"]
+    _check_mode_settings("kd.sweep", sweeps, keys=sweep_keys)
+    for mode, grid in sweeps.items():
+        if mode not in config["kd"]["modes"]:
+            raise KdpipeError(
+                f"config kd.sweep.{mode}: {mode} is not in kd.modes; a sweep varies the plain {mode} students, "
+                f"so list {mode} under kd.modes (kd.modes lists: {', '.join(config['kd']['modes']) or 'none'})"
+            )
+        _check_grid(f"kd.sweep.{mode}", "kd", grid)
+    for section in ("crd", "ft"):
+        grid = config[section]["sweep"]
+        if grid and not config[section]["enabled"]:
+            raise KdpipeError(
+                f"config {section}.sweep: {section}.enabled is false; a sweep varies the {section} students"
+            )
+        _check_grid(f"{section}.sweep", section, grid)
+
+
+def _check_grid(where: str, entry: str, grid: dict) -> None:
+    """Every value of a sweep's grid through its option's own check (one line naming the key), and no two
+    values of a key that name the same run directory (500 and 500.0)."""
+    from .options import find_option
+    from .plan import sweep_value_text
+
+    for key, values in grid.items():
+        seen: dict[str, object] = {}
+        for value in values:
+            find_option(entry, key).check(value, f"config {where}.")
+            text = sweep_value_text(value)
+            if text in seen:
                 raise KdpipeError(
-                    f"config {where}.{mode}.{key}: {value!r} is not a form of {mode}; allowed: {', '.join(choices)}"
+                    f"config {where}.{key}: {seen[text]!r} and {value!r} are the same value ({key}~{text})"
                 )
+            seen[text] = value
 
 
 def data_name(config: dict, dataset: str) -> str:

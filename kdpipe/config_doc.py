@@ -123,8 +123,8 @@ def _rows(properties: dict, prefix: str, schema: dict) -> list[str]:
     rows = []
     for name, node in properties.items():
         key = f"{prefix}{name}"
-        if node.get("type") == "object" and "properties" in node:
-            continue  # a section: its own table
+        if not prefix and node.get("type") == "object" and "properties" in node:
+            continue  # a top-level section: its own table
         what = kind(node, schema)
         default = _code(node["default"]) if "default" in node else "—"
         rows.append(f"| `{key}` | {_cell(what)} | {default} | {_cell(node.get('description', ''))} |")

@@ -621,6 +621,15 @@ ENTRY_HELP: dict[str, dict[str, str]] = {
 # config kd.settings.<mode> accepts them plus the two-stage modes' init_epochs, init_optimizer and init_schedule.
 MODE_SETTINGS = tuple(option.name for option in MODE_OPTIONS)
 TWO_STAGE_SETTINGS = ("init_epochs", "init_optimizer", "init_schedule")
+# The schedule options a sweep may vary besides a method's settings (config kd.sweep.<mode>.lr, crd.sweep.lr).
+SWEEP_SCHEDULE = ("lr",)
+# The config sections whose students take their settings from the section itself, and the settings their
+# students read (the options of that entry): crd's, and ft's lambda_kd -- ft's k and shape are also the
+# paraphraser's, a node shared by the students of a teacher, so they are not a student's own to vary.
+SECTION_SETTINGS = {
+    "crd": ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode", "sampler", "objective"),
+    "ft": ("lambda_kd",),
+}
 
 
 @dataclass(frozen=True)

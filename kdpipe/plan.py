@@ -5,14 +5,26 @@ chain or cohort, seed, generation, its run directory and log, and the report gro
 compared in.  The planner makes it; the job writes it into ``run.json``; the summary, tables,
 plots and races read it.  Nothing parses paths, so a run that is missing or failed is
 grouped exactly as a finished one.
+
+A sweep (``kd.sweep``, ``crd.sweep``, ``ft.sweep``) adds, for every value of its grid, a run of the
+plain mode (crd, ft) with that ``sweep`` point: its own node (rule ``train_<entry>_sweep``) and run
+directory, ``.../kd-<mode>/<pair>/<key>~<value>/seed<s>`` (Snakemake's ``Paramspace`` naming); runs
+without one keep the paths and records they always had.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 RESULTS = "results"
+SWEEP_KEY = r"[A-Za-z_][A-Za-z0-9_]*"  # an option name
+# the directory segment of a sweep point, '<key>~<value>' per swept key, '/'-joined (:func:`sweep_dir`)
+SWEEP_SEGMENT = rf"{SWEEP_KEY}~[^/~]+(/{SWEEP_KEY}~[^/~]+)*"
+
+SweepPoint = tuple[tuple[str, Any], ...]  # ((key, value), ...) in the config's key order
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class RunId:
     run_dir: str
     generation: int | None = None  # born-again generation
     peers: tuple[str, ...] = field(default_factory=tuple)  # DML cohort, in role order (net1, net2, ...)
+    sweep: SweepPoint = ()  # the swept values of a kd.sweep run; () for every other run
 
     @property
     def log(self) -> str:
@@ -42,6 +55,10 @@ class RunId:
         """The identity as ``run.json`` stores it and the summary reads it."""
         out = asdict(self)
         out["peers"] = list(self.peers)
+        if self.sweep:
+            out["sweep"] = [[key, value] for key, value in self.sweep]
+        else:  # a run without a sweep has the record it always had
+            del out["sweep"]
         out.update(log=self.log, group=self.group)
         return out
 
@@ -50,11 +67,41 @@ class RunId:
         names = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in record.items() if k in names}
         values["peers"] = tuple(values.get("peers", ()))
+        values["sweep"] = tuple((key, value) for key, value in values.get("sweep", ()))
         return cls(**values)
 
 
-def run_dir(dataset: str, method: str, nets: str, seed: int) -> str:
-    return f"{RESULTS}/{dataset}/{method}/{nets}/seed{seed}"
+def run_dir(dataset: str, method: str, nets: str, seed: int, sweep: SweepPoint = ()) -> str:
+    point = f"{sweep_dir(sweep)}/" if sweep else ""
+    return f"{RESULTS}/{dataset}/{method}/{nets}/{point}seed{seed}"
+
+
+def sweep_value_text(value) -> str:
+    """A swept value as paths and labels show it: 500.0 -> '500', 0.05 -> '0.05', True -> 'true'."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def sweep_dir(point: SweepPoint) -> str:
+    """The run-directory segment of a sweep point: 'lambda_kd~500', 'lambda_kd~500/p~2' for a grid."""
+    return "/".join(f"{key}~{sweep_value_text(value)}" for key, value in point)
+
+
+def sweep_points(config: dict, variant: str, section: str = "kd") -> list[SweepPoint]:
+    """The grid of a variant's sweep -- ``kd.sweep.<mode>`` of a plain kd mode, ``crd.sweep`` of plain
+    crd, ``ft.sweep`` of ft: every combination of its keys' values (the cartesian product), in the
+    config's order of keys and values; [] when the variant is not swept."""
+    if section == "kd":
+        grid = config["kd"]["sweep"].get(variant, {})
+    else:
+        grid = config[section]["sweep"] if variant == section else {}
+    if not grid:
+        return []
+    keys = list(grid)
+    return [tuple(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
 
 
 def log_path(run_dir: str) -> str:
@@ -170,21 +217,25 @@ def pair_variants(config: dict, pair: dict) -> list[str]:
 
 
 def _kd(config: dict) -> list[RunId]:
+    """Every kd student: a variant's run per pair and seed; after a swept mode's own runs, one run
+    per point of its sweep (``kd.sweep.<mode>`` varies the plain mode's runs only, not +st/+dot)."""
     return [
         RunId(
-            "train_kd",
+            "train_kd_sweep" if point else "train_kd",
             d,
             split_variant(v)[0],
             ("+st" if split_variant(v)[1] else "") + ("+dot" if uses_dot(v) else ""),
             p["teacher"],
             p["student"],
             int(s),
-            run_dir(d, f"kd-{v}", pair_name(p), s),
+            run_dir(d, f"kd-{v}", pair_name(p), s, point),
+            sweep=point,
         )
         for d in config["datasets"]
         for v in kd_variants(config)
         for p in config["pairs"]
         if v in pair_variants(config, p)
+        for point in [(), *sweep_points(config, v)]
         for s in config["seeds"]
     ]
 
@@ -193,9 +244,20 @@ def _ft(config: dict) -> list[RunId]:
     if not config["ft"]["enabled"]:
         return []
     return [
-        RunId("train_ft", d, "ft", "", p["teacher"], p["student"], int(s), run_dir(d, "ft", pair_name(p), s))
+        RunId(
+            "train_ft_sweep" if point else "train_ft",
+            d,
+            "ft",
+            "",
+            p["teacher"],
+            p["student"],
+            int(s),
+            run_dir(d, "ft", pair_name(p), s, point),
+            sweep=point,
+        )
         for d in config["datasets"]
         for p in config["pairs"]
+        for point in [(), *sweep_points(config, "ft", "ft")]
         for s in config["seeds"]
     ]
 
@@ -203,18 +265,20 @@ def _ft(config: dict) -> list[RunId]:
 def _crd(config: dict) -> list[RunId]:
     return [
         RunId(
-            "train_crd",
+            "train_crd_sweep" if point else "train_crd",
             d,
             "crd",
             "+st" if v.endswith("+st") else "",
             p["teacher"],
             p["student"],
             int(s),
-            run_dir(d, v, pair_name(p), s),
+            run_dir(d, v, pair_name(p), s, point),
+            sweep=point,
         )
         for d in config["datasets"]
         for v in crd_variants(config)
         for p in config["pairs"]
+        for point in [(), *sweep_points(config, v, "crd")]
         for s in config["seeds"]
     ]
 

@@ -15,12 +15,13 @@ import math
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .plan import RunId
+from .plan import RunId, sweep_value_text
 
 SUMMARY_COLUMNS = [
     "dataset",
     "method",
     "variant",
+    "sweep",
     "teacher",
     "student",
     "role",
@@ -108,6 +109,12 @@ def _settings_of_older_record(record: dict) -> dict:
     return pairs
 
 
+def sweep_text(point) -> str:
+    """The ``sweep`` column: a kd.sweep run's values as 'key=value; ...' ('lambda_kd=500; p=2'), '' otherwise
+    (read back by :func:`kdpipe.report.frame.sweep_items`)."""
+    return "; ".join(f"{key}={sweep_value_text(value)}" for key, value in point)
+
+
 def _role_net(run: RunId, record: dict, role: str) -> str:
     peers = record.get("info", {}).get("peers")
     if peers and role in peers:
@@ -123,6 +130,7 @@ def _identity_columns(run: RunId, teachers) -> dict:
         "dataset": run.dataset,
         "method": run.method,
         "variant": run.variant,
+        "sweep": sweep_text(run.sweep),
         "teacher": run.teacher,
         "student": run.student,
         "group": run.group,

@@ -18,7 +18,7 @@ from pathlib import Path
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
 from .config import SCHEMA_PATH, data_name, image_size, load_config, training  # noqa: F401
 from .errors import KdpipeError
-from .options import PARAPHRASER_EPOCHS
+from .options import PARAPHRASER_EPOCHS, SECTION_SETTINGS
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     RunId,
@@ -33,9 +33,13 @@ from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `
     run_dir,
     runs_of,
     split_variant,
+    sweep_dir,
+    sweep_points,
     teacher_checkpoints,
     teacher_seed,
     uses_dot,
+    SWEEP_KEY,
+    SWEEP_SEGMENT,
 )
 from .report import RACES
 
@@ -50,15 +54,16 @@ def base_runs(config: dict) -> list[str]:
 
 
 def kd_runs(config: dict) -> list[str]:
-    return runs_of(config, "train_kd")
+    """Every kd student's run directory, the sweeps' included."""
+    return runs_of(config, "train_kd") + runs_of(config, "train_kd_sweep")
 
 
 def ft_runs(config: dict) -> list[str]:
-    return runs_of(config, "train_ft")
+    return runs_of(config, "train_ft") + runs_of(config, "train_ft_sweep")
 
 
 def crd_runs(config: dict) -> list[str]:
-    return runs_of(config, "train_crd")
+    return runs_of(config, "train_crd") + runs_of(config, "train_crd_sweep")
 
 
 def dml_runs(config: dict) -> list[str]:
@@ -155,6 +160,18 @@ def summary_inputs(config: dict) -> list[str]:
     return records
 
 
+def sweep_plots(config: dict, dataset: str) -> list[str]:
+    """One plot per (pair, swept mode, swept key) of a dataset: accuracy against the key's values."""
+    return list(
+        dict.fromkeys(
+            f"results/plots/{dataset}/{run.group}/sweep-{run.method}-{key}.png"
+            for run in plan(config)
+            if run.dataset == dataset and run.sweep
+            for key, _ in run.sweep
+        )
+    )
+
+
 def report_targets(config: dict) -> list[str]:
     targets = ["results/summary.csv"]
     for dataset in config["datasets"]:
@@ -166,6 +183,9 @@ def report_targets(config: dict) -> list[str]:
             targets += [f"results/plots/{dataset}/{group}/{kind}.png" for kind in ("test_acc", "loss", "final")]
             if config["report"]["races"]:
                 targets += [f"results/race/{dataset}/{group}/{metric}.gif" for metric in RACES]
+        plots = sweep_plots(config, dataset)
+        if plots:  # only with kd.sweep: the sweeps' tables and plots
+            targets += [f"results/tables/sweeps/{dataset}.md", f"results/tables/sweeps/{dataset}.csv", *plots]
     return targets
 
 
@@ -269,24 +289,27 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
     return opts
 
 
-def ft_options(config: dict, dataset: str, teacher: str, student: str, seed) -> dict:
+def ft_options(config: dict, dataset: str, teacher: str, student: str, seed, sweep=()) -> dict:
+    """Options of one FT student; a run of ``ft.sweep`` has its point's values on top."""
     return {
         **_common(config, dataset, seed, "ft", student),
         "t_name": teacher,
         "s_name": student,
-        "lambda_kd": config["ft"]["lambda_kd"],
+        **{k: config["ft"][k] for k in SECTION_SETTINGS["ft"]},
         "k": config["ft"]["k"],
         **_ft_shape(config),
+        **dict(sweep),
     }
 
 
-def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
+def crd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed, sweep=()) -> dict:
+    """Options of one CRD student; a run of ``crd.sweep`` has its point's values on top."""
     c = config["crd"]
     opts = {**_common(config, dataset, seed, "crd", student), "t_name": teacher, "s_name": student}
-    keys = ("lambda_kd", "feat_dim", "nce_n", "nce_t", "nce_mom", "mode", "sampler", "objective")
-    opts.update({k: c[k] for k in keys})
+    opts.update({k: c[k] for k in SECTION_SETTINGS["crd"]})
     if variant.endswith("+st"):
         opts["st_weight"] = c["st_weight"]
+    opts.update(dict(sweep))
     return opts
 
 
@@ -312,9 +335,10 @@ def bss_options(config: dict, dataset: str, chain: str, seed, generation) -> dic
     }
 
 
-def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed) -> dict:
+def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: str, seed, sweep=()) -> dict:
     """Options of one kd student: the student's schedule plus only this mode's settings (``kd.settings``,
-    then the pair's own ``settings``)."""
+    then the pair's own ``settings``), then the values of its ``sweep`` point (a run of ``kd.sweep``):
+    a sweep's runs differ from the mode's own run, and from each other, by their point alone."""
     mode, with_st = split_variant(variant)
     opts = {**_common(config, dataset, seed, "kd", student), "kd_mode": mode, "t_name": teacher, "s_name": student}
     opts.update(config["kd"]["settings"].get(mode, {}))
@@ -323,7 +347,18 @@ def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: 
         opts["st_weight"] = config["kd"]["st_weight"]
     if uses_dot(variant):
         opts["dot_delta"] = config["kd"]["dot_delta"]
+    opts.update(dict(sweep))
     return opts
+
+
+def sweep_point(config: dict, variant: str, segment: str, section: str = "kd") -> tuple:
+    """The point of ``variant``'s sweep (:func:`kdpipe.plan.sweep_points`) whose run directories have
+    ``segment`` (a lookup in the plan's grid, not a parse)."""
+    for point in sweep_points(config, variant, section):
+        if sweep_dir(point) == segment:
+            return point
+    where = f"kd.sweep.{variant}" if section == "kd" else f"{section}.sweep"
+    raise KdpipeError(f"{segment} is not a point of {where} in this config")
 
 
 # ---------------------------------------------------------------- scripts

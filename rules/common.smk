@@ -21,6 +21,7 @@ TRAIN_GPUS = kw.gpus_per_training_job(config, SLURM)
 
 wildcard_constraints:
     variant=r"[a-z]+(\+st)?(\+dot)?",
+    sweep=kw.SWEEP_SEGMENT,
     teacher=r"[A-Za-z0-9_]+",
     student=r"[A-Za-z0-9_]+",
 

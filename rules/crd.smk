@@ -29,3 +29,23 @@ rule train_crd:
         ),
     script:
         "../scripts/train_crd.py"
+
+
+# crd.sweep: one node per swept value (or grid point) of the plain crd run, in <pair>/<key>~<value>/seed<s>.
+use rule train_crd as train_crd_sweep with:
+    output:
+        model="results/{dataset}/{crd}/{teacher}-{student}/{sweep}/seed{seed}/model.pt",
+        metrics="results/{dataset}/{crd}/{teacher}-{student}/{sweep}/seed{seed}/metrics.csv",
+        record="results/{dataset}/{crd}/{teacher}-{student}/{sweep}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/{crd}/{teacher}-{student}/{sweep}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.crd_options(
+            config,
+            w.dataset,
+            w.crd,
+            w.teacher,
+            w.student,
+            w.seed,
+            kw.sweep_point(config, w.crd, w.sweep, "crd"),
+        ),

@@ -46,3 +46,23 @@ rule train_ft:
         opts=lambda w: kw.ft_options(config, w.dataset, w.teacher, w.student, w.seed),
     script:
         "../scripts/train_ft.py"
+
+
+# ft.sweep: one node per swept value (or grid point) of the FT student, in <pair>/<key>~<value>/seed<s>;
+# the paraphraser node is the plain run's (a sweep varies only what the student alone reads).
+use rule train_ft as train_ft_sweep with:
+    output:
+        model="results/{dataset}/ft/{teacher}-{student}/{sweep}/seed{seed}/model.pt",
+        metrics="results/{dataset}/ft/{teacher}-{student}/{sweep}/seed{seed}/metrics.csv",
+        record="results/{dataset}/ft/{teacher}-{student}/{sweep}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/ft/{teacher}-{student}/{sweep}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.ft_options(
+            config,
+            w.dataset,
+            w.teacher,
+            w.student,
+            w.seed,
+            kw.sweep_point(config, "ft", w.sweep, "ft"),
+        ),

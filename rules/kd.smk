@@ -33,3 +33,24 @@ rule train_kd:
         ),
     script:
         "../scripts/train_kd.py"
+
+
+# kd.sweep: one node per swept value (or grid point) of a mode, in <pair>/<key>~<value>/seed<s>;
+# the same job as train_kd, its options those of the mode's own run plus the point's values.
+use rule train_kd as train_kd_sweep with:
+    output:
+        model="results/{dataset}/kd-{variant}/{teacher}-{student}/{sweep}/seed{seed}/model.pt",
+        metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/{sweep}/seed{seed}/metrics.csv",
+        record="results/{dataset}/kd-{variant}/{teacher}-{student}/{sweep}/seed{seed}/run.json",
+    log:
+        "results/logs/{dataset}/kd-{variant}/{teacher}-{student}/{sweep}/seed{seed}.log",
+    params:
+        opts=lambda w: kw.kd_options(
+            config,
+            w.dataset,
+            w.variant,
+            w.teacher,
+            w.student,
+            w.seed,
+            kw.sweep_point(config, w.variant, w.sweep),
+        ),

@@ -8,6 +8,8 @@ localrules:
     group_plots,
     cost_plot,
     race,
+    sweep_tables,
+    sweep_plot,
 
 
 rule summary:
@@ -121,3 +123,45 @@ rule race:
         period_ms=config["report"]["period_ms"],
     script:
         "../scripts/race.py"
+
+
+# kd.sweep (only when configured): per dataset the sweeps' tables, per (pair, mode, swept key) a plot of
+# accuracy against the swept value with the value chosen on validation marked.
+rule sweep_tables:
+    input:
+        "results/summary.csv",
+    output:
+        md=report(
+            "results/tables/sweeps/{dataset}.md",
+            caption="report/sweep_table.rst",
+            category="Sweeps",
+            subcategory="{dataset}",
+        ),
+        csv="results/tables/sweeps/{dataset}.csv",
+    log:
+        "results/logs/report/sweeps-{dataset}.log",
+    conda:
+        "../environment.yml"
+    script:
+        "../scripts/sweeps.py"
+
+
+rule sweep_plot:
+    input:
+        "results/summary.csv",
+    output:
+        report(
+            "results/plots/{dataset}/{group}/sweep-{mode}-{key}.png",
+            caption="report/sweep.rst",
+            category="Sweeps",
+            subcategory="{dataset}",
+        ),
+    log:
+        "results/logs/report/sweep-{dataset}-{group}-{mode}-{key}.log",
+    wildcard_constraints:
+        mode=r"[a-z]+",
+        key=kw.SWEEP_KEY,
+    conda:
+        "../environment.yml"
+    script:
+        "../scripts/sweeps.py"

@@ -30,15 +30,44 @@ def load_summary(path: str | Path) -> pd.DataFrame:
     for column in NUMERIC:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["generation"] = pd.to_numeric(frame["generation"], errors="coerce")
+    if "sweep" not in frame.columns:  # a summary written before kd.sweep
+        frame["sweep"] = ""
     frame["label"] = frame.apply(method_label, axis=1)
     if "group" not in frame.columns:  # a summary written before the plan recorded groups
         frame["group"] = frame.apply(group_of, axis=1)
     return frame
 
 
+# How a swept key is written in labels (others by their option name): 'at λ=500', 'st T=2, lr=0.05'.
+SWEEP_SYMBOLS = {"lambda_kd": "\u03bb"}
+
+
+def sweep_items(text: str) -> list[tuple[str, object]]:
+    """The summary's ``sweep`` column back as [(key, value)]: numbers as floats, other values as text."""
+    items = []
+    for part in str(text).split("; ") if text else []:
+        key, _, value = part.partition("=")
+        try:
+            items.append((key, float(value)))
+        except ValueError:
+            items.append((key, value))
+    return items
+
+
+def sweep_label(text: str) -> str:
+    """'lambda_kd=500; p=2' -> 'λ=500, p=2'."""
+    return ", ".join(
+        f"{SWEEP_SYMBOLS.get(key, key)}={value}" for key, _, value in (p.partition("=") for p in text.split("; "))
+    )
+
+
 def method_label(row) -> str:
-    """Row name in tables and legends: 'baseline', 'teacher', 'st', 'at+st', 'dml net2', 'bss gen1', ..."""
+    """Row name in tables and legends: 'baseline', 'teacher', 'st', 'at+st', 'dml net2', 'bss gen1', 'at λ=500'
+    (a kd.sweep run), ..."""
     method, variant = row["method"], row["variant"]
+    sweep = row.get("sweep", "")
+    if sweep:
+        return f"{method}{variant} {sweep_label(sweep)}"
     if method == "baseline":
         return "teacher" if row["role"] == "teacher" else "baseline"
     if method == "dml":
