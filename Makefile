@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed
 # tests run in parallel worker processes (a worker that takes tests of a module builds its fixtures)
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint dry-run clean-results install
+.PHONY: run test lint dry-run plan clean-results install
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ run: $(STAMP)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) -n
+
+# jobs by rule with estimated GPU-hours:  make plan CONFIG=config/paper.yaml [DEVICE=cpu]
+CONFIG ?= config/config.yaml
+DEVICE ?= h100
+plan: $(STAMP)
+	$(BIN)/python -m kdpipe plan --configfile $(CONFIG) --device $(DEVICE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests

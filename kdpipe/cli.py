@@ -6,7 +6,7 @@ import logging
 import sys
 
 from .errors import KdpipeError
-from .options import entry_function, make_parser
+from .options import ENTRIES, entry_function, make_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {k: v for k, v in args.items() if v is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        entry_function(entry)(**kwargs)
+        record = entry_function(entry)(**kwargs)
     except KdpipeError as exc:
         print(f"kdpipe {entry}: error: {exc}", file=sys.stderr)
         return 2
+    if ENTRIES[entry].prints:
+        print(record[ENTRIES[entry].prints])
     return 0

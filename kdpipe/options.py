@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import KdpipeError
@@ -641,6 +642,7 @@ class Entry:
     function: str  # the kdpipe.<function> of the Python API
     module: str  # where it is defined, relative to the kdpipe package (imported on first use)
     help: str
+    prints: str | None = None  # the key of its record that the command prints to stdout
 
 
 ENTRIES: dict[str, Entry] = {
@@ -784,6 +786,28 @@ ENTRIES["import_teacher"] = Entry(
     "evaluated on the run's data",
 )
 NON_TRAINING["import_teacher"] = set(common_options("run", "data", "device", "seed"))
+
+# plan (kdpipe.costplan): a config's jobs by rule with estimated device-hours; no common options, trains nothing.
+ENTRY_OPTIONS["plan"] = [
+    Option(
+        "configfile",
+        str,
+        None,
+        "the workflow config to plan (as snakemake --configfile takes it)",
+        required=True,
+        validate=lambda path: None if Path(path).is_file() else "no such file",
+    ),
+    Option("device", str, "h100", "the device of each job, by its name in the calibration table (e.g. h100, cpu)"),
+    Option("calibration", str, None, "step-cost table to read (default: kdpipe/reference/step_costs.csv)"),
+]
+ENTRIES["plan"] = Entry(
+    "plan",
+    "plan_cost",
+    ".costplan",
+    "a config's jobs by rule with estimated GPU-hours, from measured step costs, before a cluster run",
+    prints="table",
+)
+NON_TRAINING["plan"] = set()
 assert set(ENTRIES) == set(ENTRY_OPTIONS), "every entry point has its options and vice versa"
 
 

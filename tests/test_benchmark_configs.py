@@ -11,11 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import yaml
 
 from conftest import ROOT
+from kdpipe.costplan import dag_jobs
 from kdpipe.errors import KdpipeError
 from kdpipe.workflow import base_options, kd_options, load_config, plan
 
@@ -122,6 +124,12 @@ def report_jobs(pairs: int) -> dict:
     return {**dict.fromkeys(REPORT_RULES, 1), "group_plots": pairs, "race": 3 * pairs}
 
 
+def planned_jobs(name: str) -> dict:
+    """Jobs by rule as ``python -m kdpipe plan`` counts them (kdpipe.costplan)."""
+    config = load_config(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()))
+    return dict(Counter(job.rule for job in dag_jobs(config)))
+
+
 def test_repdistiller_jobs_by_rule(dry_runs):
     output, rc = dry_runs["repdistiller"]
     assert rc == 0, output[-3000:]
@@ -141,6 +149,7 @@ def test_repdistiller_jobs_by_rule(dry_runs):
     }
     assert (len(pairs), len(nets), len({c[0] for c in cells}), len(kd_cells)) == (7, 11, 13, 7 * 11 - 1)
     assert job_counts(output) == expected
+    assert planned_jobs("repdistiller") == expected
     # the listed students are the table's cells (FSP's "N/A" on wrn_40_2 -> wrn_40_1 not among them)
     listed = kd_jobs(output)
     assert listed == {(REPDISTILLER_KD[m], t, s, seed) for m, t, s in kd_cells for seed in range(SEEDS)}
@@ -162,6 +171,7 @@ def test_mdistiller_jobs_by_rule(dry_runs):
     }
     assert (len(pairs), len(nets)) == (11, 15)
     assert job_counts(output) == expected
+    assert planned_jobs("mdistiller") == expected
     cells = {(m, t, s) for t, s in pairs for m in ("st", "dkd")} | {("st+dot", t, s) for t, s in MDISTILLER_DOT}
     assert kd_jobs(output) == {(*cell, seed) for cell in cells for seed in range(SEEDS)}
 

@@ -4,11 +4,13 @@ overrides that add to the profile, the GPU/CPU choice and the one-line errors be
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import yaml
 
 from conftest import ROOT
+from kdpipe.costplan import dag_jobs
 from kdpipe.workflow import load_config, report_groups, run_targets
 
 pytest.importorskip("snakemake_executor_plugin_slurm")
@@ -89,6 +91,7 @@ def test_paper_grid_job_counts(slurm_dry_run):
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
     assert {k: v for k, v in counts.items() if k != "total"} == EXPECTED_JOBS
     config = load_config(yaml.safe_load(PAPER.read_text()))
+    assert dict(Counter(job.rule for job in dag_jobs(config))) == EXPECTED_JOBS  # the cost plan's jobs
     assert len(run_targets(config)) == 12 + 306 + 18 + 18 + 18 + 54
     assert sorted(report_groups(config)) == ["resnet110-resnet110", "resnet110-resnet20", "resnet20-resnet20"]
 

@@ -1,0 +1,414 @@
+"""What a config's DAG will cost before it runs: every job, by rule, with estimated device-hours.
+
+``python -m kdpipe plan --configfile config/paper.yaml [--device h100|cpu]`` (``kdpipe.plan_cost``).
+
+The jobs are the Snakefile's: the runs of :func:`kdpipe.plan.plan`, the nodes their rules take as
+inputs (data manifests, teacher caches, FT paraphrasers: the same ``kdpipe.workflow`` functions the
+rules call) and the report targets of rule ``all``, so the counts equal ``snakemake -n``'s "Job stats".
+
+A training job's seconds are epochs x (train images x a step's seconds per image + validation and
+test images x an inference forward's), where a step's seconds per image come from the measured
+calibration table ``kdpipe/reference/step_costs.csv`` (written by ``bench/calibrate.py``):
+
+    step = student_step(method) x S(student) + teacher_passes(method) x S(teacher)
+
+with S(net) = 1 / ``train_img_s`` of the net on the device, scaled by pixel count from the
+calibration's image size to the dataset's; a student that reads the teacher cache pays no teacher
+passes. Values the device lacks are estimated from the CPU rows and flagged: a net's throughput as
+resnet20's on the device x the net's CPU step ratio, a method's ratios as measured on the CPU.
+Importing this module does not import torch (the config's checks do, when a plan is made).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import KdpipeError
+
+CALIBRATION = Path(__file__).resolve().parent / "reference" / "step_costs.csv"
+FIELDS = ("device", "quantity", "subject", "value", "image_size", "batch", "source", "date")
+QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes")
+REFERENCE_NET = "resnet20"  # the net every device measures; other nets scale from it by their CPU step ratio
+ESTIMATE_FROM = "cpu"  # the device whose rows cover every net and method
+
+# Built-in datasets: (training images before the validation split, test images), known without files.
+# CIFAR's python batches; digits: scikit-learn's 1,797 images less kdpipe.data's 20 % test split.
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "digits": (1_438, 359)}
+IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 16}
+# local rules: no device time
+REPORT_RULES = ("summary", "tables", "group_plots", "cost_plot", "race", "sweep_tables", "sweep_plot", "all")
+
+
+def device_label(name: str) -> str:
+    """A device's short name in the table: ``NVIDIA H100 80GB HBM3`` -> ``h100``; ``cpu`` -> ``cpu``."""
+    model = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]?)\b", name)
+    return model.group(1).lower() if model else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def calibration_devices(path: str | Path | None = None) -> tuple[str, ...]:
+    """The devices a calibration table has rows for (the ``--device`` choices)."""
+    return tuple(dict.fromkeys(r["device"] for r in _read(Path(path or CALIBRATION))))
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise KdpipeError(f"calibration {path}: no such file")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows, start=2):
+        if set(FIELDS) - set(r) or r["quantity"] not in QUANTITIES:
+            raise KdpipeError(
+                f"calibration {path}, line {i}: columns {', '.join(FIELDS)}; quantity one of {', '.join(QUANTITIES)}"
+            )
+        try:
+            r["value"], r["image_size"] = float(r["value"]), int(r["image_size"])
+        except ValueError:
+            raise KdpipeError(f"calibration {path}, line {i}: value and image_size must be numbers") from None
+    return rows
+
+
+@dataclass
+class Calibration:
+    """Lookups in the calibration table for one device, each either measured or estimated (and then noted)."""
+
+    device: str
+    rows: dict = field(default_factory=dict)  # (device, quantity, subject) -> row
+    estimates: dict = field(default_factory=dict)  # what -> how it was estimated
+
+    @classmethod
+    def load(cls, device: str, path: str | Path | None = None) -> "Calibration":
+        rows = _read(Path(path or CALIBRATION))
+        devices = tuple(dict.fromkeys(r["device"] for r in rows))
+        if device not in devices:
+            raise KdpipeError(f"device: got {device!r}; the calibration table has {', '.join(devices)}")
+        return cls(device, {(r["device"], r["quantity"], r["subject"]): r for r in rows})
+
+    def _row(self, device: str, quantity: str, subject: str) -> dict | None:
+        return self.rows.get((device, quantity, subject))
+
+    def _need(self, device: str, quantity: str, subject: str) -> dict:
+        row = self._row(device, quantity, subject)
+        if row is None:
+            raise KdpipeError(f"calibration: no {quantity} of {subject} on {device}; run bench/calibrate.py")
+        return row
+
+    def sources(self) -> list[str]:
+        """(date: source) of the device's rows, and of the CPU's where something was estimated from them."""
+        devices = {self.device} | ({ESTIMATE_FROM} if self.estimates else set())
+        found = {(r["device"], r["date"], r["source"].split(" (")[0]) for k, r in self.rows.items() if k[0] in devices}
+        ordered = sorted(found, key=lambda f: (f[0] != self.device, f))
+        return [f"{device} {date}: {source}" for device, date, source in ordered]
+
+    def train_seconds(self, net: str, pixels: int) -> float:
+        """Seconds per image of a plain training step of ``net`` at ``pixels`` x ``pixels``."""
+        row = self._row(self.device, "train_img_s", net)
+        if row is None:
+            ref = self._need(self.device, "train_img_s", REFERENCE_NET)
+            cpu_net, cpu_ref = (self._need(ESTIMATE_FROM, "train_img_s", n) for n in (net, REFERENCE_NET))
+            ratio = (cpu_ref["value"] / cpu_ref["image_size"] ** 2) / (cpu_net["value"] / cpu_net["image_size"] ** 2)
+            how = f"{REFERENCE_NET}'s {self.device} throughput x its {ESTIMATE_FROM} step ratio"
+            self.estimates[f"net {net}"] = how
+            return ratio / ref["value"] * (pixels / ref["image_size"]) ** 2
+        return 1.0 / row["value"] * (pixels / row["image_size"]) ** 2
+
+    def infer_seconds(self, net: str, pixels: int) -> float:
+        """Seconds per image of an inference forward (evaluation in batches of 1000, teacher caches)."""
+        row = self._row(self.device, "infer_img_s", net)
+        if row is not None:
+            return 1.0 / row["value"] * (pixels / row["image_size"]) ** 2
+        measured = sorted(s for (d, q, s) in self.rows if d == self.device and q == "infer_img_s")
+        if not measured:
+            raise KdpipeError(f"calibration: no infer_img_s on {self.device}; run bench/calibrate.py")
+        ref = REFERENCE_NET if REFERENCE_NET in measured else measured[0]
+        ratio = self.infer_seconds(ref, pixels) / self.train_seconds(ref, pixels)
+        self.estimates[f"inference of {net}"] = f"its training step x {ref}'s inference/training ratio"
+        return self.train_seconds(net, pixels) * ratio
+
+    def method(self, name: str) -> tuple[float, float]:
+        """(student_step, teacher_passes) of a method (a kd mode, ``<mode>:init``, ft, crd, bss, dml, ...);
+        a quantity the device lacks comes from the CPU rows (the teacher's share scaled as st's)."""
+        values, estimated = [], False
+        for quantity in ("student_step", "teacher_passes"):
+            row = self._row(self.device, quantity, name)
+            if row is None and self.device != ESTIMATE_FROM:
+                row = self._row(ESTIMATE_FROM, quantity, name)
+                scale = self._teacher_scale() if quantity == "teacher_passes" else 1.0
+                estimated = estimated or row is not None
+                values.append(None if row is None else row["value"] * scale)
+            else:
+                values.append(None if row is None else row["value"])
+        if values == [None, None]:
+            if name.startswith("+"):  # a factor on a variant (+dot)
+                self.estimates[f"method {name}"] = "calibrated nowhere: no extra cost assumed"
+                return 1.0, 0.0
+            if name == "st":
+                raise KdpipeError(f"calibration: no step cost of st on {self.device} or {ESTIMATE_FROM}")
+            self.estimates[f"method {name}"] = "calibrated nowhere: costed as st"
+            return self.method("st")
+        if estimated:
+            scale = self._teacher_scale()
+            self.estimates[f"method {name}"] = f"{ESTIMATE_FROM} step ratios" + (
+                f", teacher share x {scale:.2g} (st's {self.device} / {ESTIMATE_FROM})" if values[1] else ""
+            )
+        return values[0] or 0.0, values[1] or 0.0
+
+    def _teacher_scale(self) -> float:
+        here, cpu = self._row(self.device, "teacher_passes", "st"), self._row(ESTIMATE_FROM, "teacher_passes", "st")
+        return here["value"] / cpu["value"] if here and cpu and cpu["value"] else 1.0
+
+
+# ---------------------------------------------------------------- the DAG's jobs
+
+
+@dataclass(frozen=True)
+class Job:
+    rule: str
+    key: str  # what makes it one job of its rule (an output path, or the wildcards of a report rule)
+    dataset: str = ""
+    run: object = None  # the RunId of a training run
+    net: str = ""  # the teacher of a cache or paraphraser
+    seed: int = 0  # its teacher seed
+
+
+_REPORT_JOBS = (  # report target -> (rule, the part of the path that is one job): the rules' outputs
+    (re.compile(r"results/summary\.csv"), "summary"),
+    (re.compile(r"results/tables/sweeps/([^/]+)\.(md|csv)"), "sweep_tables"),
+    (re.compile(r"results/tables/([^/]+)\.(md|csv|tex)"), "tables"),
+    (re.compile(r"(results/plots/[^/]+/[^/]+/sweep-.+\.png)"), "sweep_plot"),
+    (re.compile(r"results/plots/([^/]+)/cost\.png"), "cost_plot"),
+    (re.compile(r"results/plots/([^/]+/[^/]+)/(test_acc|loss|final)\.png"), "group_plots"),
+    (re.compile(r"(results/race/.+\.gif)"), "race"),
+)
+
+
+def dag_jobs(config: dict) -> list[Job]:
+    """Every job of a fresh ``snakemake`` run of the config's default target (rule ``all``)."""
+    from .plan import plan
+    from .workflow import data_manifest_path, paraphraser_path, report_targets, student_inputs, teacher_seed
+
+    jobs: dict[tuple[str, str], Job] = {}
+
+    def add(job: Job) -> None:
+        jobs.setdefault((job.rule, job.key), job)
+
+    for run in plan(config):
+        add(Job("data_manifest", data_manifest_path(run.dataset), run.dataset))
+        add(Job(run.rule, run.run_dir, run.dataset, run))
+        if base_rule(run.rule) in ("train_kd", "train_crd"):
+            cache = student_inputs(config, run.rule, run.dataset, run.method, run.teacher, run.seed).get("cache")
+            if cache:
+                add(Job("teacher_cache", cache, run.dataset, net=run.teacher, seed=teacher_seed(config, run.seed)))
+        if base_rule(run.rule) == "train_ft":
+            path = paraphraser_path(config, run.dataset, run.teacher, run.seed)
+            add(Job("ft_paraphraser", path, run.dataset, net=run.teacher, seed=teacher_seed(config, run.seed)))
+    for target in report_targets(config):
+        for pattern, rule in _REPORT_JOBS:
+            m = pattern.fullmatch(target)
+            if m:
+                add(Job(rule, m.group(1) if m.groups() else target))
+                break
+        else:
+            raise KdpipeError(f"plan: report target {target} has no rule here; add it to costplan._REPORT_JOBS")
+    add(Job("all", "all"))
+    return list(jobs.values())
+
+
+# ---------------------------------------------------------------- seconds per job
+
+
+@dataclass(frozen=True)
+class Split:
+    train: int
+    val: int
+    test: int
+    pixels: int
+    views: int
+
+
+def dataset_split(config: dict, dataset: str) -> Split | None:
+    """Image counts of a dataset's splits as the config sets them; None for an image folder (unknown
+    until its manifest is built)."""
+    from .config import data_name
+    from .data import augmentation_of
+
+    name = data_name(config, dataset)
+    if name not in SPLIT_SIZES:
+        return None
+    train, test = SPLIT_SIZES[name]
+    val_size, subset = config["data"]["val_size"], config["data"]["train_subset"]
+    val = int(round(val_size * train)) if val_size < 1 else int(val_size)  # kdpipe.data.split_train_val
+    train -= val
+    if subset:
+        train = min(train, subset)
+    return Split(train, val, test, IMAGE_SIZES[name], augmentation_of(name).num_views)
+
+
+def two_stage_init_epochs(opts: dict) -> int:
+    """A two-stage mode's initialisation epochs (kdpipe.methods.kd: default a quarter of ``epochs``)."""
+    return opts["init_epochs"] if opts.get("init_epochs") is not None else max(1, round(opts["epochs"] / 4))
+
+
+def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float:
+    """Estimated device seconds of one job on the calibration's device."""
+    from . import workflow as kw
+
+    if job.rule in ("data_manifest", *REPORT_RULES):
+        return 0.0
+    px = split.pixels
+    held_out = split.val + split.test
+
+    def S(net):
+        return cal.train_seconds(net, px)
+
+    def I(net):  # noqa: E743
+        return cal.infer_seconds(net, px)
+
+    if job.rule == "teacher_cache":
+        return split.train * split.views * I(job.net)
+    if job.rule == "ft_paraphraser":
+        opts = kw.ft_paraphraser_options(config, job.dataset, job.net, job.seed)
+        _, passes = cal.method("ft_paraphraser")
+        return opts["epochs"] * (split.train * passes * S(job.net) + held_out * I(job.net))
+    run = job.run
+    d, s, seed = run.dataset, run.student, run.seed
+    if run.rule == "import_teacher":
+        return held_out * I(s)
+    if run.rule == "train_base":
+        epochs = kw.base_options(config, d, s, seed)["epochs"]
+        return epochs * (split.train * S(s) + held_out * I(s))
+    if run.rule == "train_dml":
+        epochs = kw.dml_options(config, d, "-".join(run.peers), seed)["epochs"]
+        own, _ = cal.method("dml")
+        return epochs * sum(split.train * own * S(p) + held_out * I(p) for p in run.peers)
+    teacher = run.teacher
+    if run.rule == "train_bss":
+        from .objectives.bss import bss_lambda
+
+        opts = kw.bss_options(config, d, Path(run.run_dir).parts[-3], seed, run.generation)  # .../{chain}/seed/gen
+        teacher = opts["t_name"]
+        kind = "bss" if opts["attack_size"] else "born-again"
+        own, passes = cal.method(kind)
+        epochs = opts["epochs"]
+        on = sum(bss_lambda(e, epochs, opts["lambda_kd"]) > 0 for e in range(1, epochs + 1))
+        step = on * (own * S(s) + passes * S(teacher)) + (epochs - on) * S(s)
+        return split.train * step + epochs * held_out * I(s) + split.test * I(teacher)
+    rule = base_rule(run.rule)
+    if rule == "train_ft":
+        opts = kw.ft_options(config, d, teacher, s, seed, run.sweep)
+        phases = [(opts["epochs"], "ft", False)]
+    elif rule == "train_crd":
+        opts = kw.crd_options(config, d, run.method + run.variant, teacher, s, seed, run.sweep)
+        phases = [(opts["epochs"], "crd", _cached(config, run))]
+    elif rule == "train_kd":
+        from .losses import LOSSES
+
+        opts = kw.kd_options(config, d, run.method + run.variant, teacher, s, seed, run.sweep)
+        phases = [(opts["epochs"], run.method, _cached(config, run))]
+        if LOSSES[run.method].two_stage:
+            phases.insert(0, (two_stage_init_epochs(opts), f"{run.method}:init", False))
+    else:
+        raise KdpipeError(f"plan: no cost model for rule {run.rule}")
+    dot = cal.method("+dot")[0] if opts.get("dot_delta") is not None else 1.0
+    total = split.test * I(teacher)  # the teacher's accuracy, measured once
+    for epochs, method, cached in phases:
+        own, passes = cal.method(method)
+        step = own * dot * S(s) + (0.0 if cached else passes * S(teacher))
+        total += epochs * (split.train * step + held_out * I(s))
+    return total
+
+
+def base_rule(rule: str) -> str:
+    """The rule a sweep's node (``train_kd_sweep``, ...) runs the job of: its cost model's."""
+    return rule.removesuffix("_sweep")
+
+
+def _cached(config: dict, run) -> bool:
+    from .workflow import student_inputs
+
+    return "cache" in student_inputs(config, run.rule, run.dataset, run.method, run.teacher, run.seed)
+
+
+# ---------------------------------------------------------------- the entry point
+
+
+def cost_plan(config: dict, device: str, calibration: str | Path | None = None) -> dict:
+    """The plan of a validated config: jobs and device-hours by rule, the assumptions and the estimates."""
+    cal = Calibration.load(device, calibration)
+    rules: dict[str, dict] = {}
+    unknown: dict[str, int] = {}
+    splits = {d: dataset_split(config, d) for d in config["datasets"]}
+    for job in dag_jobs(config):
+        entry = rules.setdefault(job.rule, {"jobs": 0, "hours": 0.0})
+        entry["jobs"] += 1
+        split = splits.get(job.dataset)
+        if job.rule in ("data_manifest", *REPORT_RULES):
+            continue
+        if split is None:
+            unknown[job.dataset] = unknown.get(job.dataset, 0) + 1
+            continue
+        entry["hours"] += job_seconds(config, job, cal, split) / 3600
+    return {
+        "device": device,
+        "rules": rules,
+        "jobs": sum(r["jobs"] for r in rules.values()),
+        "hours": sum(r["hours"] for r in rules.values()),
+        "images": {d: asdict(s) for d, s in splits.items() if s is not None},
+        "sources": cal.sources(),
+        "estimated": dict(sorted(cal.estimates.items())),
+        "unknown": unknown,
+    }
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.1f}" if hours >= 1 else f"{hours:.2f}"
+
+
+def format_plan(record: dict, configfile: str = "") -> str:
+    unit = "CPU-hours" if record["device"] == "cpu" else "GPU-hours"
+    lines = [f"kdpipe plan{' of ' + configfile if configfile else ''} on {record['device']}, today's engine"]
+    lines.append(f"{'rule':<16}{'jobs':>6}{unit:>12}")
+    for rule, r in record["rules"].items():
+        hours = "local" if rule in ("data_manifest", *REPORT_RULES) else _hours(r["hours"])
+        lines.append(f"{rule:<16}{r['jobs']:>6}{hours:>12}")
+    lines.append(f"{'total':<16}{record['jobs']:>6}{_hours(record['hours']):>12}")
+    images = ", ".join(
+        f"{d} {s['train']:,} train + {s['val']:,} val + {s['test']:,} test images" for d, s in record["images"].items()
+    )
+    lines.append(f"assumes: one {record['device']} per job, every job still to run; {images}")
+    lines += [f"calibration {src}" for src in record["sources"]]
+    if record["estimated"]:
+        lines.append(f"estimated (not measured on {record['device']}):")
+        lines += [f"  {what}: {how}" for what, how in record["estimated"].items()]
+    for dataset, n in record["unknown"].items():
+        lines.append(f"not costed: {n} jobs of {dataset} (an image folder: its size is known once its manifest is)")
+    return "\n".join(lines)
+
+
+def plan_cost(**kwargs) -> dict:
+    """``python -m kdpipe plan``: the config's jobs by rule with estimated device-hours; the record has
+    the table as ``table`` (which the command prints)."""
+    import yaml
+
+    from .config import load_config
+    from .options import options_for, resolve
+
+    allowed = sorted(opt.name for opt in options_for("plan"))
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise KdpipeError(f"plan: unknown option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    opts = resolve("plan", kwargs)
+    Calibration.load(opts["device"], opts["calibration"])  # an unknown device stops before the config's checks
+    path = Path(opts["configfile"])
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise KdpipeError(f"configfile {path}: a config is a mapping of keys, got {type(config).__name__}")
+    load_config(config)
+    record = cost_plan(config, opts["device"], opts["calibration"])
+    record["table"] = format_plan(record, str(path))
+    return record

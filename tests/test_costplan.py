@@ -1,0 +1,143 @@
+"""The cost plan (``python -m kdpipe plan``): device-hours from the calibration table against a hand
+computation, estimates flagged, the shipped table complete, bad input in one line. Its job counts are
+checked against Snakemake's dry runs in test_workflow, test_cluster and test_benchmark_configs."""
+
+import csv
+
+import pytest
+
+import kdpipe
+from conftest import cli
+from kdpipe.costplan import CALIBRATION, FIELDS, cost_plan, dataset_split, device_label
+from kdpipe.data import load_data
+from kdpipe.errors import KdpipeError
+from kdpipe.workflow import load_config
+
+ROWS = [  # device, quantity, subject, value, image_size
+    ("gpu", "train_img_s", "resnet20", 1000, 16),
+    ("gpu", "train_img_s", "resnet8", 4000, 32),  # measured at 32 px: 4x the images/s at 16 px
+    ("gpu", "infer_img_s", "resnet20", 5000, 16),
+    ("gpu", "student_step", "st", 1.5, 16),
+    ("gpu", "teacher_passes", "st", 0.25, 16),
+    ("cpu", "train_img_s", "resnet20", 100, 16),
+    ("cpu", "train_img_s", "resnet14", 200, 16),  # half resnet20's step on the CPU
+]
+
+CONFIG = {
+    "datasets": ["digits"],
+    "seeds": [0],
+    "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+    "base": {"nets": ["resnet14"]},
+    "kd": {"modes": ["st", "at"]},  # st reads the cache, at the live teacher
+    "teacher_cache": "on",
+    "train": {"epochs": 2},
+    "data": {"val_size": 20, "train_subset": 100},
+    "report": {"races": False},
+}
+
+
+def write_table(path, rows=ROWS):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        for device, quantity, subject, value, size in rows:
+            writer.writerow([device, quantity, subject, value, size, 32, "test", "2026-11-27"])
+    return path
+
+
+def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
+    config = load_config({**CONFIG})
+    record = cost_plan(config, "gpu", write_table(tmp_path / "cal.csv"))
+    # digits: 1,797 images, 359 for test; 20 of the other 1,438 for validation, the first 100 left to train on
+    train, held_out, test, views = 100, 20 + 359, 359, 25
+    s20, s8 = 1 / 1000, 1 / 4000 / 4  # seconds per image; resnet8 at a quarter of its 32-px time
+    s14 = s20 * (100 / 200)  # not measured on gpu: resnet20's gpu time x resnet14's cpu step ratio
+    i20 = 1 / 5000
+    i8, i14 = s8 * (i20 / s20), s14 * (i20 / s20)  # inference: resnet20's inference/training ratio
+    base = 2 * (train * s20 + held_out * i20) + 2 * (train * s8 + held_out * i8) + 2 * (train * s14 + held_out * i14)
+    st = 2 * (train * 1.5 * s8 + held_out * i8) + test * i20  # cached: no teacher passes
+    at = 2 * (train * (1.5 * s8 + 0.25 * s20) + held_out * i8) + test * i20  # costed as st, live teacher
+    cache = train * views * i20
+    hours = {rule: r["hours"] * 3600 for rule, r in record["rules"].items()}
+    assert hours["train_base"] == pytest.approx(base, rel=1e-9)
+    assert hours["train_kd"] == pytest.approx(st + at, rel=1e-9)
+    assert hours["teacher_cache"] == pytest.approx(cache, rel=1e-9)
+    assert record["hours"] * 3600 == pytest.approx(base + st + at + cache, rel=1e-9)
+    jobs = {rule: r["jobs"] for rule, r in record["rules"].items()}
+    assert jobs == {
+        "data_manifest": 1,
+        "train_base": 3,
+        "teacher_cache": 1,
+        "train_kd": 2,
+        "summary": 1,
+        "tables": 1,
+        "cost_plot": 1,
+        "group_plots": 1,
+        "all": 1,
+    }
+    assert set(record["estimated"]) == {"net resnet14", "inference of resnet8", "inference of resnet14", "method at"}
+    assert "costed as st" in record["estimated"]["method at"]
+    assert "cpu step ratio" in record["estimated"]["net resnet14"]
+
+
+def test_splits_are_the_data_modules():
+    config = load_config({"base": {"nets": ["resnet8"]}, "data": {"val_size": 0.1}})
+    split = dataset_split(config, "digits")
+    data = load_data("digits", val_size=0.1)
+    assert (split.train, split.val, split.test) == (len(data.train_y), len(data.val_y), len(data.test_y))
+    assert (split.pixels, split.views) == (data.image_shape[-1], data.augmentation.num_views)
+    cifar = load_config({"datasets": ["cifar100"], "base": {"nets": ["resnet8"]}, "data": {"val_size": 5000}})
+    assert dataset_split(cifar, "cifar100").train == 45_000
+
+
+def test_shipped_table_covers_every_net_on_the_cpu():
+    from kdpipe.models import MODELS
+
+    with open(CALIBRATION) as f:
+        rows = {(r["quantity"], r["subject"]) for r in csv.DictReader(f) if r["device"] == "cpu"}
+    assert {net for q, net in rows if q == "train_img_s"} >= set(MODELS)
+    assert {net for q, net in rows if q == "infer_img_s"} >= set(MODELS)
+    assert device_label("NVIDIA H100 80GB HBM3") == "h100" and device_label("cpu") == "cpu"
+
+
+def test_command_prints_the_table_and_bad_input_is_one_line(tmp_path):
+    out = cli("plan", "--configfile", "config/config.yaml", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].split() == ["rule", "jobs", "CPU-hours"]
+    total = next(line for line in lines if line.startswith("total")).split()
+    assert total[1] == "46"  # make run's 46 jobs
+    missing = cli("plan", "--configfile", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        f"kdpipe plan: error: configfile: got '{tmp_path / 'nope.yaml'}'; no such file"
+    ]
+    with pytest.raises(KdpipeError, match=r"^device: got 'tpu'; the calibration table has h100, cpu$"):
+        kdpipe.plan_cost(configfile="config/config.yaml", device="tpu")
+    with pytest.raises(KdpipeError, match=r"^plan: unknown option 'gpu'"):
+        kdpipe.plan_cost(configfile="config/config.yaml", gpu="h100")
+    (tmp_path / "bad.yaml").write_text("train: {epochs: -1}\n")
+    with pytest.raises(KdpipeError, match=r"config train.epochs: -1 is less than the minimum of 1"):
+        kdpipe.plan_cost(configfile=str(tmp_path / "bad.yaml"))
+
+
+def test_sweep_nodes_are_jobs_costed_as_their_entrys():
+    """kd.sweep's nodes (train_kd_sweep) and its report rules count, and a swept point costs what the same
+    student costs with its values (here an unchanged T: exactly the mode's own run's hours)."""
+    import collections
+
+    from kdpipe.costplan import dag_jobs
+
+    config = load_config(
+        {
+            "seeds": [0, 1],
+            "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+            "kd": {"modes": ["st"], "sweep": {"st": {"T": [2, 4, 8]}}},
+            "teacher_cache": "off",
+        }
+    )
+    counts = collections.Counter(job.rule for job in dag_jobs(config))
+    assert counts["train_kd_sweep"] == 3 * 2 and counts["train_kd"] == 2
+    assert counts["sweep_tables"] == 1 and counts["sweep_plot"] == 1
+    rules = cost_plan(config, "cpu")["rules"]
+    assert rules["train_kd_sweep"]["hours"] == pytest.approx(3 * rules["train_kd"]["hours"])
