@@ -120,7 +120,9 @@ def test_slurm_resources_per_rule(slurm_dry_run):
     assert not {"set-resources", "set-threads", "cores", "resources"} & set(slurm)
     # aggregation stays on the submitting node: no GPU asked, and declared localrules
     local = re.search(r"localrules:\n((?:\s+\w+,\n)+)", (ROOT / "rules" / "summary.smk").read_text()).group(1)
-    assert {name.strip(" ,") for name in local.split()} == {"summary", "tables", "group_plots", "cost_plot", "race"}
+    assert {name.strip(" ,") for name in local.split()} == {
+        *("summary", "tables", "group_plots", "cost_plot", "race", "sweep_tables", "sweep_plot")
+    }
     for rule in ("summary", "tables", "group_plots", "cost_plot", "race"):
         assert "gpu" not in by_rule[rule]["resources"]
 

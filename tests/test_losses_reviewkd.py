@@ -301,9 +301,9 @@ def test_bad_options_give_one_line(key, value, allowed):
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        ({"warmup": -2}, "kd_mode reviewkd: warmup: got -2; allowed: an integer >= 0"),
-        ({"max_mid_channel": 0}, "kd_mode reviewkd: max_mid_channel: got 0; allowed: an integer >= 1"),
-        ({"stu_preact": "yes"}, "kd_mode reviewkd: stu_preact: got 'yes'; allowed: true or false"),
+        ({"warmup": -2}, "kd_mode reviewkd: warmup: got -2; must be an integer >= 0"),
+        ({"max_mid_channel": 0}, "kd_mode reviewkd: max_mid_channel: got 0; must be an integer >= 1"),
+        ({"stu_preact": "maybe"}, "kd_mode reviewkd: stu_preact: got 'maybe' (str); must be true or false"),
         ({"warmup_start": "two"}, "kd_mode reviewkd: warmup_start: got 'two'; allowed: one of one, zero"),
     ],
 )

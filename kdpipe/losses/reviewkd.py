@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import KdpipeError
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
@@ -114,7 +113,6 @@ class ReviewKDLoss(DistillLoss):
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)
-        self._check_settings()
         n_s = len(student.stages)  # the teacher's too (stagewise)
         s_levels = [tuple(s) for s in student.stages] + [(student.embedding, 1, 1)]
         t_levels = [tuple(t) for t in teacher.stages] + [(teacher.embedding, 1, 1)]
@@ -126,20 +124,6 @@ class ReviewKDLoss(DistillLoss):
         self.abfs = nn.ModuleList(
             ABF(s[0], self.mid_channel, t[0], fuse=i < last) for i, (s, t) in enumerate(zip(s_levels, t_levels))
         )
-
-    def _check_settings(self) -> None:
-        s = self.settings
-        bad = []
-        if isinstance(s["warmup"], bool) or not isinstance(s["warmup"], int) or s["warmup"] < 0:
-            bad.append(("warmup", "an integer >= 0"))
-        mid = s["max_mid_channel"]
-        if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
-            bad.append(("max_mid_channel", "an integer >= 1"))
-        if not isinstance(s["stu_preact"], bool):
-            bad.append(("stu_preact", "true or false"))
-        if bad:
-            key, allowed = bad[0]
-            raise KdpipeError(f"kd_mode reviewkd: {key}: got {s[key]!r}; allowed: {allowed}")
 
     def review(self, student_maps: list[Tensor]) -> list[Tensor]:
         """The ABF outputs, shallowest first, computed from the deepest level to the shallowest."""
