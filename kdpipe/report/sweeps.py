@@ -19,7 +19,7 @@ import pandas as pd
 from ..checkpoint import atomic_write_text
 from .frame import SWEEP_SYMBOLS, sweep_items
 from .plots import STYLE, _figure, _pair, _percent_axis, _save, placeholder
-from .tables import ARROW, DASH, _mean_std
+from .tables import ARROW, DASH, _mean, _mean_std, _std
 
 CSV_COLUMNS = [
     "dataset",
@@ -38,16 +38,6 @@ CSV_COLUMNS = [
 ]
 LOG_SPAN = 10  # a numeric axis spanning this factor or more is drawn on a log scale
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
-
-
-def _mean(values: pd.Series) -> float:
-    values = values.dropna()
-    return float(values.mean()) if len(values) else math.nan
-
-
-def _std(values: pd.Series) -> float:
-    values = values.dropna()
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
 def _cell(rows: pd.DataFrame) -> dict:
