@@ -82,15 +82,33 @@ class TeacherForward:
     def __init__(self, ctx: Context, net: str):
         self.ctx, self.model = ctx, frozen(ctx.prepare(build_model(net, ctx.data.num_classes)))
 
+    optimizers: dict = {}
+
     def train(self, mode: bool = True) -> None:
         pass
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
 
+    def capture_key(self, epoch: int):
+        return ()
+
     def train_step(self, x, y, index, view_ids, epoch):
         with torch.no_grad(), self.ctx.autocast():
             self.model(x)
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    """The calibration table with ``rows`` in place of the rows they measure again; every other row kept."""
+    kept = []
+    if out.is_file():
+        done = {(r["device"], r["quantity"], r["subject"]) for r in rows}
+        with out.open() as f:
+            kept = [r for r in csv.DictReader(f) if (r["device"], r["quantity"], r["subject"]) not in done]
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept + rows)
 
 
 def main() -> None:
@@ -106,6 +124,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="each case is timed this often; the fastest counts")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (1: least disturbed)")
     parser.add_argument("--only", default="", help="comma list of methods (default: all); nets are always measured")
+    parser.add_argument(
+        "--graphs", type=int, choices=(0, 1), default=1, help="CUDA: 1 = steps as CUDA graphs (the default)"
+    )
     parser.add_argument("--out", default=str(CALIBRATION))
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -132,7 +153,7 @@ def main() -> None:
 
     def context(entry, **opts):
         seed_everything(0)
-        return Context(resolve(entry, {**common, **opts}), data, device, tmp)
+        return Context(resolve(entry, {**common, **opts}), data, device, tmp, cuda_graphs=bool(args.graphs))
 
     def fastest(task, ctx, epoch=0) -> float:
         """Seconds per image: the fastest of ``repeats`` timings (a shared machine only ever slows a run down)."""
@@ -161,13 +182,14 @@ def main() -> None:
             )
         )
         print(f"{quantity:<15}{subject:<18}{value:>10.4g}  {note}", flush=True)
+        write(Path(args.out), rows)  # row by row: a run stopped early keeps what it measured
 
     nets = list(MODELS) if args.nets == "all" else [n for n in args.nets.split(",") if n and n != "none"]
     plain = {}
     for net in nets:
         ctx = context("base", net_name=net)
         plain[net] = timed(SupervisedTask, ctx)
-        row("train_img_s", net, 1 / plain[net], "channels_last + bf16" if cuda else "")
+        row("train_img_s", net, 1 / plain[net], f"channels_last + bf16, {time_task.last_mode} steps" if cuda else "")
         row("infer_img_s", net, 1 / infer_seconds(net, ctx, 4000 if cuda else 1000))
 
     wanted = {w for w in args.only.split(",") if w}
@@ -242,17 +264,8 @@ def main() -> None:
         ctx = context("ft_paraphraser", t_model=str(t_path), t_name=t_name)
         row("teacher_passes", "ft_paraphraser", beside(ParaphraserTask, ctx, t_name), t_name)
 
-    out = Path(args.out)
-    kept = []
-    if out.is_file():  # the rows measured now replace theirs; every other row stays
-        done = {(r["device"], r["quantity"], r["subject"]) for r in rows}
-        with out.open() as f:
-            kept = [r for r in csv.DictReader(f) if (r["device"], r["quantity"], r["subject"]) not in done]
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(kept + rows)
-    print(f"wrote {len(rows)} rows for {label} to {out}")
+    write(Path(args.out), rows)
+    print(f"wrote {len(rows)} rows for {label} to {args.out}")
 
 
 if __name__ == "__main__":

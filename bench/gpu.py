@@ -1,118 +1,365 @@
 """GPU throughput of kdpipe's training path on synthetic CIFAR-shaped data (run by bench/gpu.sh).
 
-Prints images/s for ResNet-20 and ResNet-110 training steps (batched augmentation included):
-fp32 eager, channels_last + bf16 autocast (kdpipe's CUDA default), and the same under
-torch.compile where it compiles; then the st-KD step cost ResNet-110 -> ResNet-20 with the
-exact teacher cache and with the live teacher, relative to plain student training.
+Sections (each prints a markdown table; all of it also goes to ``--out`` as markdown and JSON):
+
+1. ``single``: images/s of one training run, ResNet-20/56/110 at batch 128 (batched augmentation
+   included, channels_last + bf16): the step launched kernel by kernel (eager) and replayed as a
+   CUDA graph (:mod:`kdpipe.capture`, kdpipe's default on CUDA).
+2. ``fidelity``: every method kdpipe captures, trained 2 epochs eagerly and with CUDA graphs from the
+   same seed (synthetic data; a partial last batch each epoch): how each ran and how far apart the results are.
+3. ``jobs``: aggregate images/s of k training processes sharing the GPU (``jobs_per_gpu``), each
+   replaying its graph, started together and timed over the same seconds.
+4. ``streams``: k runs in one process, each graph replayed on its own CUDA stream.
+5. ``stkd``: st-KD ResNet-110 -> ResNet-20 with the exact teacher cache and with the live teacher,
+   relative to plain student training (both as kdpipe runs them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from kdpipe.cache import build_cache  # noqa: E402
-from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, augmentation_of  # noqa: E402
-from kdpipe.engine import Context, seed_everything  # noqa: E402
+from kdpipe.capture import WARMUP_STEPS, StepRunner  # noqa: E402
+from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, Normalizer, augmentation_of, epoch_plan  # noqa: E402
+from kdpipe.engine import Context, batch_bounds, fit, seed_everything  # noqa: E402
+from kdpipe.losses import LOSSES  # noqa: E402
 from kdpipe.methods.base import SupervisedTask  # noqa: E402
 from kdpipe.methods.common import frozen  # noqa: E402
 from kdpipe.methods.kd import DistillTask  # noqa: E402
 from kdpipe.models import build_model  # noqa: E402
 from kdpipe.options import resolve  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import time_task  # noqa: E402
 
+BATCH = 128
 
-def synthetic_cifar(n: int) -> ImageData:
+
+def synthetic_cifar(n: int, held_out: int = 1000) -> ImageData:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
+    h = min(held_out, n)
     return ImageData(
-        "synthetic-cifar10",
-        10,
-        x,
-        y,
-        x[:1000],
-        y[:1000],
-        x[:1000],
-        y[:1000],
-        CIFAR10_MEAN,
-        CIFAR10_STD,
-        augmentation_of("cifar10"),
+        "synthetic-cifar10", 10, x, y, x[:h], y[:h], x[:h], y[:h], CIFAR10_MEAN, CIFAR10_STD, augmentation_of("cifar10")
+    )
+
+
+class Report:
+    def __init__(self, out: Path | None):
+        self.out, self.lines, self.data = out, [], {}
+
+    def table(self, name: str, header: list[str], rows: list[list], note: str = "") -> None:
+        lines = ["", f"### {name}" + (f" -- {note}" if note else ""), "| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        print("\n".join(lines), flush=True)
+        self.lines += lines
+        self.data[name] = {"header": header, "rows": rows, "note": note}
+        self.flush()
+
+    def text(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.out:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "gpu.md").write_text("\n".join(self.lines) + "\n")
+            (self.out / "gpu.json").write_text(json.dumps(self.data, indent=1))
+
+
+def context(entry: str, data: ImageData, tmp: Path, graphs: bool = True, **opts) -> Context:
+    seed_everything(0)
+    common = dict(data_name="cifar10", batch_size=BATCH, epochs=200)
+    return Context(resolve(entry, {**common, **opts}), data, torch.device("cuda"), tmp, cuda_graphs=graphs)
+
+
+# ---------------------------------------------------------------- 1. one run
+
+
+def single(report: Report, data: ImageData, tmp: Path, steps: int) -> dict:
+    rows, rates = [], {}
+    for net in ("resnet20", "resnet56", "resnet110"):
+        n = steps if net == "resnet20" else max(20, steps // 3)
+        best = {}
+        for _ in range(2):
+            for graphs in (False, True):
+                ctx = context("base", data, tmp, graphs, net_name=net)
+                seconds = time_task(SupervisedTask(ctx), ctx, n, graphs=graphs)
+                best[graphs] = min(best.get(graphs, float("inf")), seconds)
+        eager, graph = BATCH / best[False], BATCH / best[True]
+        rates[net] = (eager, graph)
+        rows.append([net, f"{eager:,.0f}", f"{graph:,.0f}", f"{graph / eager:.2f}"])
+    report.table("single", ["net", "eager img/s", "CUDA graph img/s", "x"], rows, f"one run, batch {BATCH}")
+    return rates
+
+
+# ---------------------------------------------------------------- 2. fidelity
+
+
+def fidelity(report: Report, tmp: Path) -> None:
+    data = synthetic_cifar(10 * BATCH + 64, held_out=500)  # 10 full batches and a partial one per epoch
+    teacher_path = tmp / "teacher32.pt"
+    torch.save(build_model("resnet32", 10).state_dict(), teacher_path)
+    cache_dir = tmp / "cache32"
+    teacher = frozen(build_model("resnet32", 10)).cuda().to(memory_format=torch.channels_last)
+    teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+    build_cache(teacher, teacher_path, data, cache_dir, torch.device("cuda"))
+    pair = dict(t_model=str(teacher_path), t_name="resnet32", s_name="resnet20")
+    cases = [("baseline", "base", SupervisedTask, dict(net_name="resnet20"))]
+    cases += [(mode, "kd", DistillTask, dict(pair, kd_mode=mode)) for mode in LOSSES]
+    cases += [("st, cache", "kd", DistillTask, dict(pair, kd_mode="st", teacher_cache=str(cache_dir)))]
+    cases += [("dkd (warm-up 2)", "kd", DistillTask, dict(pair, kd_mode="dkd", warmup=2))]
+    cases += [("st+dot", "kd", DistillTask, dict(pair, kd_mode="st", dot_delta=0.075))]
+    rows = []
+    for label, entry, cls, opts in cases:
+        try:
+            out = {}
+            for graphs in (False, True):
+                run_dir = Path(tempfile.mkdtemp(dir=tmp))
+                ctx = context(entry, data, run_dir, graphs, epochs=2, **opts)
+                task = cls(ctx)
+                t0 = time.perf_counter()
+                result = fit(task, ctx, {})
+                role = next(iter(task.roles))
+                weights = torch.cat([p.detach().float().flatten() for p in task.roles[role].parameters()])
+                out[graphs] = (result, weights, time.perf_counter() - t0)
+            (r0, w0, s0), (r1, w1, s1) = out[False], out[True]
+            last0, last1 = r0.history[-1], r1.history[-1]
+            rel = float((w1 - w0).abs().max() / w0.abs().max())
+            rows.append(
+                [
+                    label,
+                    r1.step_mode.replace("|", "/"),
+                    f"{last0['train_loss']:.4f} / {last1['train_loss']:.4f}",
+                    f"{last0['test_acc']:.1f} / {last1['test_acc']:.1f}",
+                    f"{rel:.1e}",
+                    f"{s0:.1f} / {s1:.1f}",
+                ]
+            )
+        except Exception as exc:  # reported, not fatal
+            rows.append([label, f"failed: {type(exc).__name__}: {str(exc)[:120]}", "", "", "", ""])
+        print(rows[-1], flush=True)
+    report.table(
+        "fidelity",
+        ["method", "graph run's steps", "train loss eager / graph", "test acc", "max |dw| / max |w|", "s"],
+        rows,
+        "resnet32 -> resnet20, 2 epochs of 1344 synthetic images (10 full batches + 64), same seed",
+    )
+
+
+# ---------------------------------------------------------------- 3. several processes
+
+
+def _job(rank: int, net: str, graphs: bool, seconds: float, barrier, results) -> None:
+    torch.backends.cudnn.benchmark = True
+    tmp = Path(tempfile.mkdtemp(prefix=f"kdpipe-job{rank}-"))
+    data = synthetic_cifar(8192)
+    ctx = context("base", data, tmp, graphs, net_name=net, seed=rank)
+    task = SupervisedTask(ctx)
+    loop = _Loop(task, ctx)
+    for _ in range(WARMUP_STEPS + 3):
+        loop.step()
+    torch.cuda.synchronize()
+    barrier.wait()
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            loop.step()
+        done += 10
+        torch.cuda.synchronize()
+    results[rank] = (done * BATCH, time.perf_counter() - t0, loop.runner.mode)
+
+
+class _Loop:
+    """The engine's per-step path over an epoch plan, cycling through the full batches."""
+
+    def __init__(self, task, ctx):
+        data, device = ctx.data, ctx.device
+        aug = data.augmentation
+        normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
+        padded, labels = aug.pad_images(data.train_x).to(device), data.train_y.to(device)
+        self.plan = epoch_plan(ctx.opts["seed"], 0, len(labels), aug)
+        self.order_dev, self.views_dev = self.plan.order.to(device), self.plan.view_ids.to(device)
+        self.bounds = [b for b in batch_bounds(len(labels), BATCH) if b[1] - b[0] == BATCH]
+        self.runner = StepRunner(task, lambda i, v: (normalize(aug.apply(padded[i], v)), labels[i]), BATCH)
+        self.i = 0
+        task.train(True)
+
+    def step(self) -> None:
+        lo, hi = self.bounds[self.i % len(self.bounds)]
+        self.i += 1
+        index = self.plan.order[lo:hi]
+        self.runner(index, self.plan.view_ids[index], self.order_dev[lo:hi], self.views_dev, 0)
+
+
+def jobs(report: Report, seconds: float, one_eager: dict) -> dict:
+    """``one_eager``: net -> images/s of one eager run (section ``single``), the ratio's base."""
+    ctx_mp = mp.get_context("spawn")
+    rows, agg = [], {}
+    for net, graphs, counts in (
+        ("resnet20", True, (1, 2, 4, 8)),
+        ("resnet20", False, (1, 4)),
+        ("resnet110", True, (1, 2, 4)),
+    ):
+        for k in counts:
+            manager = ctx_mp.Manager()
+            results, barrier = manager.dict(), ctx_mp.Barrier(k)
+            procs = [ctx_mp.Process(target=_job, args=(r, net, graphs, seconds, barrier, results)) for r in range(k)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(timeout=120)
+            finished = dict(results)
+            manager.shutdown()
+            if len(finished) < k:
+                rows.append([net, "graph" if graphs else "eager", k, "failed", "", ""])
+                continue
+            total = sum(images / secs for images, secs, _ in finished.values())
+            agg[net, graphs, k] = total
+            modes = ",".join(sorted({m for _, _, m in finished.values()}))
+            ratio = f"{total / one_eager[net]:.2f}" if net in one_eager else ""
+            rows.append([net, modes, k, f"{total:,.0f}", f"{total / k:,.0f}", ratio])
+            print(rows[-1], flush=True)
+    report.table(
+        "jobs",
+        ["net", "steps", "processes", "aggregate img/s", "per process", "x one eager run"],
+        rows,
+        f"k training processes on one GPU, {seconds:.0f} s each, batch {BATCH}",
+    )
+    return agg
+
+
+# ---------------------------------------------------------------- 4. streams
+
+
+def streams(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
+    rows = []
+    for net in ("resnet20",):
+        one = None
+        for k in (1, 2, 4, 8):
+            loops, side = [], [torch.cuda.Stream() for _ in range(k)]
+            for r in range(k):
+                ctx = context("base", data, tmp, True, net_name=net, seed=r)
+                loops.append(_Loop(SupervisedTask(ctx), ctx))
+            for loop, s in zip(loops, side):
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(WARMUP_STEPS + 2):
+                        loop.step()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                for loop, s in zip(loops, side):
+                    with torch.cuda.stream(s):
+                        loop.step()
+            torch.cuda.synchronize()
+            total = k * steps * BATCH / (time.perf_counter() - t0)
+            one = one or total
+            rows.append([net, k, f"{total:,.0f}", f"{total / one:.2f}"])
+            print(rows[-1], flush=True)
+            del loops
+            torch.cuda.empty_cache()
+    report.table("streams", ["net", "runs in one process", "aggregate img/s", "x one run"], rows, "CUDA graphs")
+
+
+# ---------------------------------------------------------------- 5. st-KD
+
+
+def stkd(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
+    teacher_path = tmp / "teacher.pt"
+    torch.save(build_model("resnet110", 10).state_dict(), teacher_path)
+    teacher = frozen(build_model("resnet110", 10)).cuda()
+    teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+    teacher = teacher.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    data = synthetic_cifar(4096)  # the cache is built for every (image, view): kept small
+    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", torch.device("cuda"))
+    build = time.perf_counter() - t0
+    pair = dict(t_model=str(teacher_path), t_name="resnet110", s_name="resnet20", kd_mode="st")
+    best, modes = {}, {}
+    for _ in range(2):
+        for graphs in (True, False):
+            for label, entry, opts, cls in (
+                ("plain", "base", dict(net_name="resnet20"), SupervisedTask),
+                ("live", "kd", pair, DistillTask),
+                ("cached", "kd", dict(pair, teacher_cache=str(tmp / "cache")), DistillTask),
+            ):
+                ctx = context(entry, data, tmp, graphs, **opts)
+                seconds = time_task(cls(ctx), ctx, steps, graphs=graphs)
+                best[label, graphs] = min(best.get((label, graphs), float("inf")), seconds)
+                modes[label, graphs] = time_task.last_mode
+    rows = []
+    for graphs in (False, True):
+        plain = best["plain", graphs]
+        rows.append(
+            [
+                "CUDA graph" if graphs else "eager",
+                f"{BATCH / plain:,.0f}",
+                f"{best['cached', graphs] / plain:.2f}",
+                f"{best['live', graphs] / plain:.2f}",
+                modes["cached", graphs],
+            ]
+        )
+    report.table(
+        "stkd",
+        ["steps", "plain resnet20 img/s", "st-KD cached / plain", "st-KD live / plain", "cached run's steps"],
+        rows,
+        f"ResNet-110 -> ResNet-20; cache build {len(data.train_y)} images x 162 views: {build:.1f} s "
+        f"({manifest['bytes'] / 1e6:.0f} MB)",
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--no_compile", action="store_true")
+    parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--job_seconds", type=float, default=3.0)
+    parser.add_argument("--only", default="fidelity,single,jobs,stkd,streams")
+    parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"# {name}, torch {torch.__version__}, batch {args.batch_size}, synthetic CIFAR-10 ({args.images} images)")
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu.py: torch sees no GPU")
     torch.backends.cudnn.benchmark = True
+    report = Report(Path(args.out) if args.out else None)
+    report.text(
+        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {BATCH}, synthetic CIFAR-10; "
+        f"MPS control {'present' if shutil.which('nvidia-cuda-mps-control') else 'absent'}"
+    )
     data = synthetic_cifar(args.images)
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-gpu-"))
-    common = dict(data_name="cifar10", batch_size=args.batch_size, epochs=200)
+    one_run: dict = {}
+    sections = {
+        "single": lambda: one_run.update(single(report, data, tmp, args.steps)),
+        "fidelity": lambda: fidelity(report, tmp),
+        "jobs": lambda: jobs(report, args.job_seconds, {net: rates[0] for net, rates in one_run.items()}),
+        "streams": lambda: streams(report, data, tmp, args.steps // 2),
+        "stkd": lambda: stkd(report, data, tmp, args.steps // 2),
+    }
+    for name in args.only.split(","):
+        t0 = time.perf_counter()
+        try:
+            sections[name]()
+        except Exception as exc:  # one section's failure is reported; the others still run
+            import traceback
 
-    def context(entry, fast: bool, **opts):
-        seed_everything(0)
-        return Context(resolve(entry, {**common, **opts}), data, device, tmp, amp=fast, channels_last=fast)
-
-    print("| net | fp32 eager img/s | channels_last + bf16 img/s | + torch.compile img/s |")
-    print("|---|---:|---:|---:|")
-    for net in ("resnet20", "resnet110"):
-        row = []
-        for fast, compiled in ((False, False), (True, False), (True, True)):
-            if compiled and args.no_compile:
-                row.append("skipped")
-                continue
-            ctx = context("base", fast, net_name=net)
-            task = SupervisedTask(ctx)
-            try:
-                if compiled:
-                    task.roles["net"] = torch.compile(task.roles["net"])
-                seconds = time_task(task, ctx, args.steps, warmup=10 if compiled else 5)
-                row.append(f"{args.batch_size / seconds:,.0f}")
-            except Exception as exc:  # compile failures are reported, not fatal
-                row.append(f"failed ({type(exc).__name__})")
-        print(f"| {net} | " + " | ".join(row) + " |", flush=True)
-
-    teacher_path = tmp / "teacher.pt"
-    torch.save(build_model("resnet110", 10).state_dict(), teacher_path)
-    teacher = frozen(build_model("resnet110", 10)).to(device)
-    teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
-    teacher = teacher.to(memory_format=torch.channels_last)
-    t0 = time.perf_counter()
-    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", device)
-    build = time.perf_counter() - t0
-    pair = dict(t_model=str(teacher_path), t_name="resnet110", s_name="resnet20", kd_mode="st")
-    results = {}
-    for _ in range(2):
-        for label, entry, opts, cls in (
-            ("plain", "base", dict(net_name="resnet20"), SupervisedTask),
-            ("live", "kd", pair, DistillTask),
-            ("cached", "kd", dict(pair, teacher_cache=str(tmp / "cache")), DistillTask),
-        ):
-            ctx = context(entry, True, **opts)
-            results.setdefault(label, []).append(time_task(cls(ctx), ctx, args.steps))
-    plain, live, cached = (min(results[k]) for k in ("plain", "live", "cached"))
-    print()
-    print("| ResNet-110 -> ResNet-20, channels_last + bf16 | value |")
-    print("|---|---:|")
-    print(f"| st-KD with cache / plain student step | {cached / plain:.2f} |")
-    print(f"| st-KD with live teacher / plain student step | {live / plain:.2f} |")
-    print(f"| cache build, {args.images} images x 162 views | {build:.1f} s ({manifest['bytes'] / 1e6:.0f} MB) |")
+            traceback.print_exc()
+            report.text(f"\nsection {name} failed: {type(exc).__name__}: {exc}")
+        report.text(f"\n({name}: {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from kdpipe.capture import WARMUP_STEPS, StepRunner
 from kdpipe.data import Normalizer, epoch_plan, load_data
 from kdpipe.engine import Context, batch_bounds, seed_everything
 from kdpipe.losses import LOSSES
@@ -32,32 +33,47 @@ from kdpipe.options import resolve
 from kdpipe.runner import select_device
 
 
-def time_task(task, ctx, steps: int, epoch: int = 0, warmup: int = 3) -> float:
-    """Seconds per training step in (0-based) ``epoch``."""
+def time_task(task, ctx, steps: int, epoch: int = 0, warmup: int = 3, graphs: bool | None = None) -> float:
+    """Seconds per training step in (0-based) ``epoch``, as the engine runs it (:class:`kdpipe.capture.StepRunner`:
+    on CUDA the step replayed as a CUDA graph where the method allows; ``graphs=False``: eagerly).  The
+    timed steps run back to back, timed as one block (no synchronisation between them)."""
     data, device = ctx.data, ctx.device
     aug = data.augmentation
     normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
     padded = aug.pad_images(data.train_x).to(device)
     labels = data.train_y.to(device)
     plan = epoch_plan(0, epoch, len(labels), aug)
-    bounds = batch_bounds(len(labels), ctx.opts["batch_size"])
+    order_dev, views_dev = plan.order.to(device), plan.view_ids.to(device)
+    batch_size = ctx.opts["batch_size"]
+    bounds = [b for b in batch_bounds(len(labels), batch_size) if b[1] - b[0] == batch_size]  # full batches
+
+    def batch(index_dev, views):
+        return normalize(aug.apply(padded[index_dev], views)), labels[index_dev]
+
+    saved = ctx.cuda_graphs
+    if graphs is not None:
+        ctx.cuda_graphs = graphs
+    runner = StepRunner(task, batch, batch_size)
+    ctx.cuda_graphs = saved
     task.train(True)
     task.on_epoch_start(epoch)
-    total = 0.0
-    for i in range(warmup + steps):
+
+    def run(i: int) -> None:
         lo, hi = bounds[i % len(bounds)]
         index = plan.order[lo:hi]
-        views = plan.view_ids[index]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        x = normalize(aug.apply(padded[index.to(device)], views))
-        task.train_step(x, labels[index.to(device)], index, views, epoch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            total += time.perf_counter() - t0
-    return total / steps
+        runner(index, plan.view_ids[index], order_dev[lo:hi], views_dev, epoch)
+
+    for i in range(max(warmup, WARMUP_STEPS + 1 if runner.enabled else 0)):
+        run(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        run(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    time_task.last_mode = runner.mode
+    return (time.perf_counter() - t0) / steps
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .capture import StepRunner
 from .checkpoint import atomic_save, atomic_write_text, safe_load
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
@@ -59,15 +60,19 @@ class Context:
     run_dir: Path
     amp: bool | None = None  # bf16 autocast; default: on CUDA
     channels_last: bool | None = None  # default: on CUDA
+    cuda_graphs: bool | None = None  # replay the training step as a CUDA graph (kdpipe.capture); default: on CUDA
 
     def __post_init__(self):
         cuda = self.device.type == "cuda"
         self.amp = cuda if self.amp is None else self.amp
         self.channels_last = cuda if self.channels_last is None else self.channels_last
+        if self.cuda_graphs is None:
+            self.cuda_graphs = cuda and self.opts.get("cuda_graphs") != 0
 
     def autocast(self):
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            # no cast cache: a cached cast made while a CUDA graph is recorded would outlive it (the same casts run)
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -151,6 +156,13 @@ class Task:
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
+
+    def capture_key(self, epoch: int):
+        """What the training step of ``epoch`` bakes into its kernels besides the learning rates (hashable),
+        when the step can be replayed as a CUDA graph (:mod:`kdpipe.capture`): it must run on the device
+        alone -- no host synchronisation, no CPU random numbers, the same kernels for every full batch of
+        the epoch.  ``None`` (the default): the step runs eagerly."""
+        return None
 
     def on_epoch_end(self, epoch: int) -> None:
         for scheduler in self.schedulers.values():
@@ -311,6 +323,7 @@ class FitResult:
     best: dict[str, dict]
     train_time_s: float
     resumed_at: list[int] = field(default_factory=list)
+    step_mode: str = "eager"  # "graph": the training step was replayed as a CUDA graph (kdpipe.capture)
 
 
 def _better(candidate: dict, best: dict | None) -> bool:
@@ -335,84 +348,154 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
     """Train ``task`` for ``epochs`` epochs in ``ctx.run_dir``, resuming from its checkpoint."""
-    opts, data, device = ctx.opts, ctx.data, ctx.device
-    epochs = epochs or task.total_epochs()
-    ckpt_path = ctx.run_dir / "checkpoint.pt"
-    history: list[dict] = []
-    best: dict[str, dict] = {}
-    train_time = 0.0
-    resumed_at: list[int] = []
-    start_epoch = 0
-    if ckpt_path.exists():
-        state = safe_load(ckpt_path, "checkpoint")
-        _check_fingerprint(ckpt_path, state.get("fingerprint", {}), fingerprint)
-        task.load_state_dict(state["task"])
-        history, best = state["history"], state["best"]
-        train_time, resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
-        start_epoch = state["epoch"]
-        set_rng_state(state["rng"])
-        log.info("resuming %s from epoch %d/%d", ctx.run_dir, start_epoch, epochs)
+    run = Training(task, ctx, fingerprint, epochs)
+    while not run.done:
+        run.begin_epoch()
+        for step in range(run.steps):
+            run.step(step)
+        run.end_epoch()
+    return run.result()
 
-    aug = data.augmentation
-    normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
-    padded_train = aug.pad_images(data.train_x).to(device)
-    train_y = data.train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    n_train = len(train_y)
-    bounds = batch_bounds(n_train, opts["batch_size"])
 
-    for epoch in range(start_epoch, epochs):
-        plan = epoch_plan(opts["seed"], epoch, n_train, aug)
-        task.train(True)
-        task.on_epoch_start(epoch)
-        lr = task.current_lr()
-        loss_sums: dict[str, Tensor] = {}
-        correct_sums: dict[str, Tensor] = {}
-        bad_step = torch.full((), -1, device=device, dtype=torch.long)
-        t0 = time.perf_counter()
-        for step, (lo, hi) in enumerate(bounds):
-            index = plan.order[lo:hi]
-            views = plan.view_ids[index]
-            index_dev = index.to(device, non_blocking=True)
-            x = normalize(aug.apply(padded_train[index_dev], views))
-            y = train_y[index_dev]
-            results = task.train_step(x, y, index, views, epoch)
-            for role, res in results.items():
-                loss = res.loss.detach().float()
-                loss_sums[role] = loss_sums.get(role, 0) + loss * (hi - lo)
-                correct_sums[role] = correct_sums.get(role, 0) + res.correct.detach()
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-            if (step + 1) % opts["print_freq"] == 0:
-                role = next(iter(results))
-                log.info(
-                    "epoch %d/%d step %d/%d  %s loss %.4f",
-                    epoch + 1,
-                    epochs,
-                    step + 1,
-                    len(bounds),
-                    role,
-                    float(results[role].loss.detach()),
-                )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0
-        if int(bad_step) >= 0:
+def fit_together(runs: list[tuple[Task, Context, dict]]) -> list[FitResult]:
+    """Train several runs in one process, step by step in turn, each as :func:`fit` would alone.
+
+    On CUDA each run's steps go to a CUDA stream of its own, so that the kernels (graph replays) of
+    different runs overlap on the GPU: small networks fill it only together.  A run's
+    results are those of its own :func:`fit` (its steps see only its own tensors, in its own order);
+    its ``epoch_time_s`` is the shared wall time of the epoch.  Runs with fewer epochs end first.
+    """
+    trainings = [Training(task, ctx, fingerprint) for task, ctx, fingerprint in runs]
+    cuda = [t.ctx.device.type == "cuda" for t in trainings]
+    streams = [torch.cuda.Stream(t.ctx.device) if on else None for t, on in zip(trainings, cuda)]
+
+    def on_stream(i: int):
+        return torch.cuda.stream(streams[i]) if streams[i] is not None else contextlib.nullcontext()
+
+    while active := [i for i, t in enumerate(trainings) if not t.done]:
+        for i in active:
+            if streams[i] is not None:
+                streams[i].wait_stream(torch.cuda.current_stream(trainings[i].ctx.device))
+            with on_stream(i):
+                trainings[i].begin_epoch()
+        for step in range(max(trainings[i].steps for i in active)):
+            for i in active:
+                if step < trainings[i].steps:
+                    with on_stream(i):
+                        trainings[i].step(step)
+        for i in active:
+            trainings[i].end_epoch()  # waits for the device; evaluates on the default stream
+    return [t.result() for t in trainings]
+
+
+class Training:
+    """One run being trained: its resumed state, the epoch in progress, and what an epoch's end writes.
+
+    :func:`fit` drives one; :func:`fit_together` several in turn."""
+
+    def __init__(self, task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None):
+        self.task, self.ctx, self.fingerprint = task, ctx, fingerprint
+        opts, data, device = ctx.opts, ctx.data, ctx.device
+        self.epochs = epochs or task.total_epochs()
+        self.ckpt_path = ctx.run_dir / "checkpoint.pt"
+        self.history: list[dict] = []
+        self.best: dict[str, dict] = {}
+        self.train_time = 0.0
+        self.resumed_at: list[int] = []
+        self.epoch = 0
+        if self.ckpt_path.exists():
+            state = safe_load(self.ckpt_path, "checkpoint")
+            _check_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
+            task.load_state_dict(state["task"])
+            self.history, self.best = state["history"], state["best"]
+            self.train_time, self.resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
+            self.epoch = state["epoch"]
+            set_rng_state(state["rng"])
+            log.info("resuming %s from epoch %d/%d", ctx.run_dir, self.epoch, self.epochs)
+        if self.epoch >= self.epochs:  # the checkpoint was final (killed after its last epoch, or outputs deleted)
+            log.info("checkpoint %s is final; rewriting the run's outputs", self.ckpt_path)
+            write_metrics(ctx.run_dir / "metrics.csv", self.history)
+
+        self.aug = aug = data.augmentation
+        self.normalize = normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
+        padded_train = aug.pad_images(data.train_x).to(device)
+        self.train_y = train_y = data.train_y.to(device)
+        self.val = data.val_x.to(device), data.val_y.to(device)
+        self.test = data.test_x.to(device), data.test_y.to(device)
+        self.n_train = len(train_y)
+        self.bounds = batch_bounds(self.n_train, opts["batch_size"])
+
+        def batch(index_dev: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
+            return normalize(aug.apply(padded_train[index_dev], views)), train_y[index_dev]
+
+        self.step_runner = StepRunner(task, batch, opts["batch_size"])
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    @property
+    def steps(self) -> int:
+        return len(self.bounds)
+
+    def begin_epoch(self) -> None:
+        device, epoch = self.ctx.device, self.epoch
+        self.plan = epoch_plan(self.ctx.opts["seed"], epoch, self.n_train, self.aug)
+        self.task.train(True)
+        self.task.on_epoch_start(epoch)
+        self.lr = self.task.current_lr()
+        self.loss_sums: dict[str, Tensor] = {}
+        self.correct_sums: dict[str, Tensor] = {}
+        self.bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.t0 = time.perf_counter()
+        # the epoch's order and views on the device once; a step slices them
+        self.order_dev, self.views_all_dev = self.plan.order.to(device), self.plan.view_ids.to(device)
+
+    def step(self, step: int) -> None:
+        lo, hi = self.bounds[step]
+        index = self.plan.order[lo:hi]
+        views = self.plan.view_ids[index]
+        results = self.step_runner(index, views, self.order_dev[lo:hi], self.views_all_dev, self.epoch)
+        for role, res in results.items():
+            loss = res.loss.detach().float()
+            self.loss_sums[role] = self.loss_sums.get(role, 0) + loss * (hi - lo)
+            self.correct_sums[role] = self.correct_sums.get(role, 0) + res.correct.detach()
+            self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss), step, self.bad_step)
+        if (step + 1) % self.ctx.opts["print_freq"] == 0:
+            role = next(iter(results))
+            log.info(
+                "epoch %d/%d step %d/%d  %s loss %.4f",
+                self.epoch + 1,
+                self.epochs,
+                step + 1,
+                self.steps,
+                role,
+                float(results[role].loss.detach()),
+            )
+
+    def end_epoch(self) -> None:
+        task, ctx, epoch = self.task, self.ctx, self.epoch
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        epoch_time = time.perf_counter() - self.t0
+        if int(self.bad_step) >= 0:
             raise NonFiniteLoss(
-                f"non-finite loss at epoch {epoch + 1}, batch {int(bad_step) + 1}/{len(bounds)}; "
-                f"stopped, the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}"
+                f"non-finite loss at epoch {epoch + 1}, batch {int(self.bad_step) + 1}/{self.steps}; "
+                f"stopped, the last good checkpoint (epoch {epoch}) is kept in {self.ckpt_path}"
             )
         task.on_epoch_end(epoch)
-        train_time += epoch_time
+        self.train_time += epoch_time
+        n_train = self.n_train
         for role in task.roles:
-            val_loss, val_acc = task.evaluate_role(role, val_x, val_y, normalize)
-            test_loss, test_acc = task.evaluate_role(role, test_x, test_y, normalize)
+            val_loss, val_acc = task.evaluate_role(role, *self.val, self.normalize)
+            test_loss, test_acc = task.evaluate_role(role, *self.test, self.normalize)
+            sums, correct = self.loss_sums, self.correct_sums
             row = {
                 "epoch": epoch + 1,
                 "role": role,
-                "lr": lr,
-                "train_loss": float(loss_sums[role]) / n_train if role in loss_sums else math.nan,
-                "train_acc": 100.0 * float(correct_sums[role]) / n_train if role in correct_sums else math.nan,
+                "lr": self.lr,
+                "train_loss": float(sums[role]) / n_train if role in sums else math.nan,
+                "train_acc": 100.0 * float(correct[role]) / n_train if role in correct else math.nan,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
                 "test_loss": test_loss,
@@ -420,9 +503,9 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                 "epoch_time_s": epoch_time,
                 "images_per_s": n_train / epoch_time if epoch_time > 0 else math.nan,
             }
-            history.append(row)
-            if task.selectable(epoch) and _better(row, best.get(role)):
-                best[role] = {
+            self.history.append(row)
+            if task.selectable(epoch) and _better(row, self.best.get(role)):
+                self.best[role] = {
                     "epoch": epoch + 1,
                     "val_acc": val_acc,
                     "val_loss": val_loss,
@@ -432,9 +515,9 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
             log.info(
                 "epoch %d/%d %-8s lr %.4g  train loss %.4f acc %.2f  val acc %.2f  test acc %.2f  %.1fs (%.0f img/s)",
                 epoch + 1,
-                epochs,
+                self.epochs,
                 role,
-                lr,
+                self.lr,
                 row["train_loss"],
                 row["train_acc"],
                 val_acc,
@@ -442,24 +525,24 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
                 epoch_time,
                 row["images_per_s"],
             )
+        self.epoch += 1
         atomic_save(
             {
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
+                "fingerprint": self.fingerprint,
+                "epoch": self.epoch,
                 "task": task.state_dict(),
-                "history": history,
-                "best": best,
-                "train_time_s": train_time,
-                "resumed_at": resumed_at,
+                "history": self.history,
+                "best": self.best,
+                "train_time_s": self.train_time,
+                "resumed_at": self.resumed_at,
                 "rng": rng_state(),
             },
-            ckpt_path,
+            self.ckpt_path,
         )
-        write_metrics(ctx.run_dir / "metrics.csv", history)
-    if start_epoch >= epochs:  # the checkpoint was final (killed after its last epoch, or outputs deleted)
-        log.info("checkpoint %s is final; rewriting the run's outputs", ckpt_path)
-        write_metrics(ctx.run_dir / "metrics.csv", history)
-    return FitResult(history, best, train_time, resumed_at)
+        write_metrics(ctx.run_dir / "metrics.csv", self.history)
+
+    def result(self) -> FitResult:
+        return FitResult(self.history, self.best, self.train_time, self.resumed_at, self.step_runner.mode)
 
 
 def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:

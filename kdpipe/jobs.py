@@ -61,6 +61,7 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
         note=out_dir.name,
         threads=snakemake.threads,
         cuda=snakemake.config.get("resources", {}).get("cuda"),
+        cuda_graphs=snakemake.config.get("resources", {}).get("cuda_graphs"),
     )
     function = entry_function(entry)
     runs = {run.run_dir: run for run in plan(snakemake.config)}

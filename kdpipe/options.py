@@ -202,6 +202,14 @@ COMMON = [
     Option(
         "cuda", int, None, "1: train on CUDA (error if absent), 0: on CPU; default: CUDA if available", choices=(0, 1)
     ),
+    Option(
+        "cuda_graphs",
+        int,
+        None,
+        "1: replay each training step as one CUDA graph where the method allows (kdpipe.capture), 0: launch its "
+        "kernels one by one; default: 1 on CUDA (no effect on the CPU)",
+        choices=(0, 1),
+    ),
     Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
     Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
@@ -694,7 +702,7 @@ def find_option(entry: str, name: str) -> Option:
 
 
 # Options that may differ between a checkpoint and its resumption without changing results.
-RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda"}
+RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs"}
 
 
 # What each common option is about.  Every "which options does X take" derives from these
@@ -702,7 +710,7 @@ RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "th
 COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("save_root", "note"),
     "data": ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
-    "device": ("cuda", "threads"),
+    "device": ("cuda", "cuda_graphs", "threads"),
     "log": ("print_freq",),
     "seed": ("seed",),
     "schedule": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "warmup_epochs"),

@@ -268,6 +268,7 @@ def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_
         "device": str(ctx.device),
         "amp_bf16": ctx.amp,
         "channels_last": ctx.channels_last,
+        "step": result.step_mode,
         "threads": torch.get_num_threads(),
         "config": opts,
         "fingerprint": fingerprint,

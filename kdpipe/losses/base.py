@@ -129,6 +129,8 @@ class DistillLoss(nn.Module):
     * ``input_grad``: the input batch must require grad (input-gradient matching).
     * ``two_stage``: the loss is used only in an initialisation phase, followed by
       cross-entropy training (FSP, AB).
+    * ``capturable``: the loss runs on the device alone, so that a step using it can be replayed as
+      a CUDA graph (:mod:`kdpipe.capture`); False where it synchronises with the host.
     * ``stagewise``: the loss pairs the student's stage i with the teacher's stage i, for every
       stage, so the two networks must have as many stages (:func:`require_same_stages`, checked
       here once for every such mode, and at config load for every planned pair).  A
@@ -143,6 +145,7 @@ class DistillLoss(nn.Module):
     teacher_grad: ClassVar[bool] = False
     input_grad: ClassVar[bool] = False
     two_stage: ClassVar[bool] = False
+    capturable: ClassVar[bool] = True
     stagewise: ClassVar[bool | tuple[str, str]] = False
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
@@ -179,6 +182,12 @@ class DistillLoss(nn.Module):
                     raise KdpipeError(f"{where}{key}: got {value!r}; allowed: one of {', '.join(allowed)}")
             else:
                 self.settings[key] = find_option("kd", key).check(value, where)
+
+    def capture_key(self, epoch: int) -> tuple:
+        """The Python values :meth:`forward` bakes into its kernels in (0-based) ``epoch`` -- a CUDA graph of
+        the step is recorded anew when they change (:mod:`kdpipe.capture`); a loss whose forward reads
+        ``batch.epoch`` returns what it computes from it."""
+        return ()
 
     @classmethod
     def cacheable(cls) -> bool:

@@ -87,6 +87,9 @@ class DKDLoss(DistillLoss):
         super().__init__(student, teacher, teacher_model, **settings)
         require_same_classes(student, teacher, self.name)
 
+    def capture_key(self, epoch: int) -> tuple:
+        return (warmup_factor(epoch, self.settings["warmup"]),)
+
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
         s = self.settings
         zs, zt = maybe_standardise(student.logits, teacher.logits.detach(), s["logit_stand"])

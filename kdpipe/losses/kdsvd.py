@@ -97,6 +97,7 @@ class KDSVDLoss(DistillLoss):
     defaults = {"lambda_kd": 1.0, "k": 1, "svd_layout": "width"}
     setting_choices = {"svd_layout": ("width", "channels")}
     teacher_taps = frozenset({"stages"})
+    capturable = False  # torch.linalg.svd checks its convergence on the host (seen failing capture on an H200)
     stagewise = True
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model=None, **settings):

@@ -145,6 +145,9 @@ class ReviewKDLoss(DistillLoss):
     def factor(self, epoch: int) -> float:
         return warmup_factor(epoch, int(self.settings["warmup"]), self.settings["warmup_start"])
 
+    def capture_key(self, epoch: int) -> tuple:
+        return (self.factor(epoch),)
+
     def describe(self) -> dict:
         out = super().describe()
         out["mid_channel"] = self.mid_channel

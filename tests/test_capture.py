@@ -1,0 +1,115 @@
+"""The CUDA-graph step path's CPU side (kdpipe.capture), and several runs trained together in one process.
+
+The graph replay itself needs a GPU: bench/gpu.py's fidelity section trains every method eagerly and
+with graphs from the same seed (README, "GPU throughput").  Here: what decides where a graph is used,
+the option, and that runs trained together equal runs trained alone, bit for bit."""
+
+import json
+
+import pytest
+import torch
+
+import kdpipe
+from kdpipe.capture import StepRunner
+from kdpipe.data import load_data
+from kdpipe.engine import Context, fit, fit_together, seed_everything
+from kdpipe.errors import KdpipeError
+from kdpipe.losses import LOSSES
+from kdpipe.methods.base import SupervisedTask
+from kdpipe.methods.kd import DistillTask
+from kdpipe.models import build_model
+from kdpipe.options import resolve
+
+DIGITS = dict(data_name="digits", batch_size=64, epochs=2, train_subset=300)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("digits", train_subset=300)
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "resnet14.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("resnet14", 10).state_dict(), path)
+    return str(path)
+
+
+def kd_task(data, tmp_path, teacher_file, **opts):
+    seed_everything(0)
+    pair = dict(t_model=teacher_file, t_name="resnet14", s_name="resnet8", kd_mode="st")
+    ctx = Context(resolve("kd", {**DIGITS, **pair, **opts}), data, torch.device("cpu"), tmp_path)
+    return DistillTask(ctx)
+
+
+def test_cpu_never_captures_and_the_option_is_checked(data, tmp_path):
+    ctx = Context(
+        resolve("base", {**DIGITS, "net_name": "resnet8", "cuda_graphs": 1}), data, torch.device("cpu"), tmp_path
+    )
+    assert ctx.cuda_graphs is False  # no effect on the CPU
+    runner = StepRunner(SupervisedTask(ctx), lambda i, v: None, 64)
+    assert not runner.enabled and runner.mode == "eager"
+    off = Context(
+        resolve("base", {**DIGITS, "net_name": "resnet8", "cuda_graphs": 0}), data, torch.device("cpu"), tmp_path
+    )
+    assert off.cuda_graphs is False
+    with pytest.raises(KdpipeError, match="cuda_graphs"):
+        resolve("base", {**DIGITS, "net_name": "resnet8", "cuda_graphs": 2})
+
+
+def test_capture_keys_name_what_a_step_bakes_in(data, tmp_path, teacher_file):
+    ctx = Context(resolve("base", {**DIGITS, "net_name": "resnet8"}), data, torch.device("cpu"), tmp_path)
+    assert SupervisedTask(ctx).capture_key(0) == ()
+    st = kd_task(data, tmp_path, teacher_file)
+    assert st.capture_key(0) == st.capture_key(1) is not None  # one graph for the whole run
+    dkd = kd_task(data, tmp_path, teacher_file, kd_mode="dkd", warmup=4)
+    keys = [dkd.capture_key(e) for e in range(6)]
+    assert [k[-1] for k in keys] == [(0.25,), (0.5,), (0.75,), (1.0,), (1.0,), (1.0,)]  # re-captured in the warm-up
+    fsp = kd_task(data, tmp_path, teacher_file, kd_mode="fsp", epochs=4)  # init phase: 1 epoch
+    assert fsp.capture_key(0) != fsp.capture_key(1) == fsp.capture_key(2)
+    assert kd_task(data, tmp_path, teacher_file, dot_delta=0.075).capture_key(0) is None  # DOT: eager
+    assert kd_task(data, tmp_path, teacher_file, kd_mode="kdsvd").capture_key(0) is None  # svd syncs the host
+    assert [m for m, cls in LOSSES.items() if not cls.capturable] == ["kdsvd"]
+
+
+def test_runs_trained_together_equal_runs_trained_alone(data, tmp_path, teacher_file):
+    """fit_together interleaves the steps of several runs; each run's metrics and weights are its own."""
+
+    def tasks(root):
+        out = []
+        for seed, make in ((0, "base"), (1, "base"), (0, "kd")):
+            run_dir = root / f"{make}{seed}"
+            run_dir.mkdir(parents=True)
+            if make == "base":
+                seed_everything(seed)
+                opts = resolve("base", {**DIGITS, "net_name": "resnet8", "seed": seed})
+                ctx = Context(opts, data, torch.device("cpu"), run_dir)
+                out.append((SupervisedTask(ctx), ctx, {}))
+            else:
+                task = kd_task(data, run_dir, teacher_file, epochs=3)
+                out.append((task, task.ctx, {}))
+        return out
+
+    alone = [(task, fit(task, ctx, fp)) for task, ctx, fp in tasks(tmp_path / "alone")]
+    together_runs = tasks(tmp_path / "together")
+    together = list(zip([t for t, _, _ in together_runs], fit_together(together_runs)))
+    assert [len(r.history) for _, r in together] == [2, 2, 3]  # the kd run has one epoch more, run on alone
+    for (task_a, a), (task_b, b) in zip(alone, together):
+        strip = [{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")} for row in a.history]
+        assert strip == [
+            {k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")} for row in b.history
+        ]
+        for (name, pa), pb in zip(
+            task_a.roles[next(iter(task_a.roles))].state_dict().items(),
+            task_b.roles[next(iter(task_b.roles))].state_dict().values(),
+        ):
+            assert torch.equal(pa, pb), name
+    assert alone[0][1].history != alone[1][1].history  # the seeds differ: the comparison has teeth
+
+
+def test_run_record_says_how_steps_ran(tmp_path):
+    opts = {**DIGITS, "epochs": 1}
+    record = kdpipe.train_base(**opts, net_name="resnet8", save_root=str(tmp_path), note="r", cuda=0)
+    assert record["step"] == "eager"
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["step"] == "eager"
