@@ -9,6 +9,7 @@ metrics, atomic checkpoints with every RNG state, and exact resumption.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import io
 import logging
@@ -346,6 +347,24 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+# The run directory whose training the current code serves, while several train in one process
+# (fit_together): a run's train.log takes only its own lines (kdpipe.runner).
+_RUN_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("kdpipe_run_dir", default=None)
+
+
+def current_run_dir() -> Path | None:
+    return _RUN_DIR.get()
+
+
+@contextlib.contextmanager
+def running_in(run_dir: Path):
+    token = _RUN_DIR.set(run_dir)
+    try:
+        yield
+    finally:
+        _RUN_DIR.reset(token)
+
+
 def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
     """Train ``task`` for ``epochs`` epochs in ``ctx.run_dir``, resuming from its checkpoint."""
     run = Training(task, ctx, fingerprint, epochs)
@@ -365,26 +384,35 @@ def fit_together(runs: list[tuple[Task, Context, dict]]) -> list[FitResult]:
     results are those of its own :func:`fit` (its steps see only its own tensors, in its own order);
     its ``epoch_time_s`` is the shared wall time of the epoch.  Runs with fewer epochs end first.
     """
-    trainings = [Training(task, ctx, fingerprint) for task, ctx, fingerprint in runs]
-    cuda = [t.ctx.device.type == "cuda" for t in trainings]
-    streams = [torch.cuda.Stream(t.ctx.device) if on else None for t, on in zip(trainings, cuda)]
+    trainings = []
+    for task, ctx, fingerprint in runs:
+        with running_in(ctx.run_dir):
+            trainings.append(Training(task, ctx, fingerprint))
+    streams = [torch.cuda.Stream(t.ctx.device) if t.ctx.device.type == "cuda" else None for t in trainings]
 
-    def on_stream(i: int):
-        return torch.cuda.stream(streams[i]) if streams[i] is not None else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def serving(i: int):
+        with running_in(trainings[i].ctx.run_dir):
+            if streams[i] is None:
+                yield
+            else:
+                with torch.cuda.stream(streams[i]):
+                    yield
 
     while active := [i for i, t in enumerate(trainings) if not t.done]:
         for i in active:
             if streams[i] is not None:
                 streams[i].wait_stream(torch.cuda.current_stream(trainings[i].ctx.device))
-            with on_stream(i):
+            with serving(i):
                 trainings[i].begin_epoch()
         for step in range(max(trainings[i].steps for i in active)):
             for i in active:
                 if step < trainings[i].steps:
-                    with on_stream(i):
+                    with serving(i):
                         trainings[i].step(step)
         for i in active:
-            trainings[i].end_epoch()  # waits for the device; evaluates on the default stream
+            with running_in(trainings[i].ctx.run_dir):
+                trainings[i].end_epoch()  # waits for the device; evaluates on the default stream
     return [t.result() for t in trainings]
 
 

@@ -45,43 +45,80 @@ def rule_logging(snakemake):
         handler.close()
 
 
+def rule_run(snakemake, entry: str, out_dir: Path, opts: dict, runs: dict, message: str | None = None, **inputs):
+    """(a call that runs ``entry`` into ``out_dir`` with the rule's ``opts`` and ``inputs``, the run's
+    planned identity or None); ``runs``: the plan's runs by directory."""
+    from .options import entry_function
+
+    opts = dict(opts)
+    opts.update(inputs)
+    resources = snakemake.config.get("resources", {})
+    opts.update(
+        save_root=str(out_dir.parent),
+        note=out_dir.name,
+        threads=snakemake.threads,
+        cuda=resources.get("cuda"),
+        cuda_graphs=resources.get("cuda_graphs"),
+    )
+    function = entry_function(entry)
+    run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan
+
+    def call():
+        if message:
+            logging.getLogger("kdpipe").info("%s: %s", out_dir, message)
+        return function(**opts)
+
+    return call, run.record() if run else None
+
+
+def runs_by_dir(config: dict) -> dict:
+    return {run.run_dir: run for run in plan(config)}
+
+
 def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dict:
     """Body of ``scripts/*.py``: run an entry point into the directory of the rule's first output.
 
     ``inputs`` are options that name the rule's input files (``t_model=...``); ``message``
     is logged first (e.g. why the teacher cache is or is not used).
     """
-    from .options import entry_function
-
     out_dir = Path(snakemake.output[0]).parent
-    opts = dict(snakemake.params.opts)
-    opts.update(inputs)
-    opts.update(
-        save_root=str(out_dir.parent),
-        note=out_dir.name,
-        threads=snakemake.threads,
-        cuda=snakemake.config.get("resources", {}).get("cuda"),
-        cuda_graphs=snakemake.config.get("resources", {}).get("cuda_graphs"),
+    call, identity = rule_run(
+        snakemake, entry, out_dir, snakemake.params.opts, runs_by_dir(snakemake.config), message, **inputs
     )
-    function = entry_function(entry)
-    runs = {run.run_dir: run for run in plan(snakemake.config)}
-    run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan
     from .runner import planned_identity  # torch: only inside a job, not when the Snakefile is parsed
 
-    with rule_logging(snakemake) as logger, planned_identity(run.record() if run else None):
-        if message:
-            logger.info("%s", message)
-        return function(**opts)
+    with rule_logging(snakemake), planned_identity(identity):
+        return call()
+
+
+def teacher_inputs(snakemake, seed, suffix: str = "") -> tuple[dict, str]:
+    """A kd/crd student's teacher inputs (its checkpoint, plus its cache when the plan gives one) and
+    the line saying which; ``suffix`` picks one seed's inputs of a rule that trains several."""
+    w, config = snakemake.wildcards, snakemake.config
+    use, why = cache_decision(config, w.dataset, w.teacher, teacher_seed(config, seed))
+    inputs = {"t_model": snakemake.input[f"teacher{suffix}"]}
+    if f"cache{suffix}" in snakemake.input.keys():
+        inputs["teacher_cache"] = str(Path(snakemake.input[f"cache{suffix}"]).parent)
+        return inputs, f"teacher: cache -- {why}"
+    return inputs, f"teacher: live -- {why if not use else 'this method reads feature maps'}"
 
 
 def student_rule(snakemake, entry: str) -> dict:
     """Body of the kd and crd scripts: the teacher, plus its cache when the plan gives one."""
-    w = snakemake.wildcards
-    use, why = cache_decision(snakemake.config, w.dataset, w.teacher, teacher_seed(snakemake.config, w.seed))
-    inputs = {"t_model": snakemake.input.teacher}
-    if "cache" in snakemake.input.keys():
-        inputs["teacher_cache"] = str(Path(snakemake.input.cache).parent)
-        message = f"teacher: cache -- {why}"
-    else:
-        message = f"teacher: live -- {why if not use else 'this method reads feature maps'}"
+    inputs, message = teacher_inputs(snakemake, snakemake.wildcards.seed)
     return run_rule(snakemake, entry, message=message, **inputs)
+
+
+def students_together_rule(snakemake, entry: str) -> list[dict]:
+    """Body of train_kd_seeds (``resources.seeds_together``): every seed's student of one run, trained
+    in this one process (:func:`kdpipe.runner.run_together`), each into its own directory."""
+    from .runner import run_together
+
+    runs = runs_by_dir(snakemake.config)
+    calls = []
+    for seed, record in zip(snakemake.params.seeds, snakemake.output.records):
+        inputs, message = teacher_inputs(snakemake, seed, f"_seed{seed}")
+        opts = snakemake.params.opts[str(seed)]
+        calls.append(rule_run(snakemake, entry, Path(record).parent, opts, runs, message, **inputs))
+    with rule_logging(snakemake):
+        return run_together(calls)

@@ -25,7 +25,7 @@ import torch
 from . import __version__
 from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
-from .engine import Context, Task, fit, seed_everything
+from .engine import Context, Task, current_run_dir, fit, fit_together, running_in, seed_everything
 from .errors import KdpipeError
 from .options import RESUME_NEUTRAL, resolve
 
@@ -151,6 +151,10 @@ def differing(stored: dict, current: dict) -> str:
     return f"settings ({', '.join(keys)})"
 
 
+# While run_together collects runs, run_entry hands it its run instead of training it (see there).
+_COLLECT: contextvars.ContextVar[list | None] = contextvars.ContextVar("kdpipe_collect_runs", default=None)
+
+
 def run_entry(
     entry: str,
     kwargs: dict,
@@ -163,6 +167,70 @@ def run_entry(
     Every check that can fail on bad input runs before the run directory is created.
     Returns the content of ``run.json``.
     """
+    run = _run(entry, kwargs, build_task, default_note, input_files)
+    collected = _COLLECT.get()
+    if collected is not None:
+        collected.append(run)
+        return {}
+    try:
+        job = next(run)
+    except StopIteration as finished:  # already complete
+        return finished.value
+    return _finish(run, fit(*job))
+
+
+def _finish(run, result) -> dict:
+    try:
+        run.send(result)
+    except StopIteration as finished:
+        return finished.value
+    raise RuntimeError("a run yielded twice")
+
+
+def run_together(calls: list[tuple[Callable[[], object], dict | None]]) -> list[dict]:
+    """Several entry-point calls in one process: the runs whose steps can be CUDA graphs train
+    together (:func:`kdpipe.engine.fit_together`, each on its own CUDA stream), the others one
+    after another.  ``calls``: (a call of an entry function, e.g. ``lambda: train_kd(**opts)``, and
+    the run's planned identity for run.json or None).  Returns each call's run record, in order.
+
+    Each run is what it would be alone: its own checks, directory lock, train.log (its lines only),
+    checkpoints and outputs.  A run that fails stops the others after their last finished epoch
+    (their checkpoints resume them)."""
+    runs, records = [], [None] * len(calls)
+    try:
+        for i, (call, identity) in enumerate(calls):
+            collected: list = []
+            token = _COLLECT.set(collected)
+            try:
+                call()
+            finally:
+                _COLLECT.reset(token)
+            if len(collected) != 1:
+                raise RuntimeError(f"call {i} started {len(collected)} runs, not one")
+            with planned_identity(identity):
+                try:
+                    runs.append((i, collected[0], identity, next(collected[0])))
+                except StopIteration as finished:
+                    records[i] = finished.value
+        together = [r for r in runs if r[3][0].capture_key(0) is not None]
+        alone = [r for r in runs if r[3][0].capture_key(0) is None]
+        results = fit_together([job for _, _, _, job in together]) if together else []
+        for (i, run, identity, _), result in zip(together, results):
+            with planned_identity(identity):
+                records[i] = _finish(run, result)
+        for i, run, identity, job in alone:
+            with planned_identity(identity):
+                records[i] = _finish(run, fit(*job))
+    finally:
+        for _, run, _, _ in runs:
+            run.close()  # a run left unfinished releases its lock and log
+    return records
+
+
+def _run(entry, kwargs, build_task, default_note, input_files):
+    """One run as a generator: prepares (checks, data, task, lock, log) and yields ``(task, ctx,
+    fingerprint)`` for the caller to fit; is sent the FitResult and returns the run record.  A run
+    already complete returns its record without yielding."""
     opts = resolve(entry, kwargs)
     check_data_name(opts["data_name"])
     check_num_class(opts)
@@ -197,11 +265,14 @@ def run_entry(
             return record
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.addFilter(lambda rec: current_run_dir() in (None, run_dir))
         log.addHandler(handler)
         try:
-            log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
-            result = fit(task, ctx, fingerprint)
-            record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
+            with running_in(run_dir):
+                log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
+            result = yield task, ctx, fingerprint
+            with running_in(run_dir):
+                record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
         finally:
             log.removeHandler(handler)
             handler.close()

@@ -113,3 +113,28 @@ def test_run_record_says_how_steps_ran(tmp_path):
     record = kdpipe.train_base(**opts, net_name="resnet8", save_root=str(tmp_path), note="r", cuda=0)
     assert record["step"] == "eager"
     assert json.loads((tmp_path / "r" / "run.json").read_text())["step"] == "eager"
+
+
+def test_run_together_writes_each_run_as_alone(tmp_path):
+    """Two base runs through run_together: the records and metrics of runs made alone; each train.log
+    holds only its own run's lines; a finished run is returned as it is."""
+    from kdpipe.runner import run_together
+
+    opts = {**DIGITS, "epochs": 1, "net_name": "resnet8", "cuda": 0}
+    alone = [kdpipe.train_base(**opts, seed=s, save_root=str(tmp_path / "alone"), note=f"s{s}") for s in (0, 1)]
+    calls = [
+        (lambda s=s: kdpipe.train_base(**opts, seed=s, save_root=str(tmp_path / "together"), note=f"s{s}"), {"id": s})
+        for s in (0, 1)
+    ]
+    together = run_together(calls)
+    for a, b in zip(alone, together):
+        assert a["roles"] == b["roles"]
+    assert [r["run"] for r in together] == [{"id": 0}, {"id": 1}]
+    for s in (0, 1):
+        run = tmp_path / "together" / f"s{s}"
+        assert (run / "metrics.csv").read_text().splitlines()[1].split(",")[:9] == (
+            (tmp_path / "alone" / f"s{s}" / "metrics.csv").read_text().splitlines()[1].split(",")[:9]
+        )
+        log = (run / "train.log").read_text()
+        assert str(run) in log and str(tmp_path / "together" / f"s{1 - s}") not in log
+    assert run_together(calls[:1])[0]["finished_at"] == together[0]["finished_at"]  # complete: not retrained
