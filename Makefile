@@ -5,6 +5,11 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CORES  ?= all
 GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+# training jobs sharing each GPU (small CIFAR nets leave most of an H100 idle): make run JOBS_PER_GPU=4
+# runs up to GPUS x 4 at once; unset: KDPIPE_JOBS_PER_GPU from the environment, else 1 (README, "Cluster use")
+ifdef JOBS_PER_GPU
+export KDPIPE_JOBS_PER_GPU := $(JOBS_PER_GPU)
+endif
 STAMP   = $(VENV)/.installed
 # tests run in parallel worker processes (a worker that takes tests of a module builds its fixtures)
 TEST_WORKERS ?= 2

@@ -11,6 +11,7 @@ min_version("9.20")
 
 from kdpipe.errors import KdpipeError
 from kdpipe import cluster as kc
+from kdpipe import gpus as kg
 from kdpipe import workflow as kw
 
 # The embedded default applies only when no --configfile is given: a user's config means exactly
@@ -35,6 +36,14 @@ SLURM = kc.submits_to_slurm(workflow)
 if SLURM and workflow.is_main_process:
     for problem in kc.resource_problems(workflow):
         sys.exit(f"kdpipe: {problem}")
+# Locally --resources gpu=N counts GPUs: KDPIPE_JOBS_PER_GPU training jobs share each of them.
+if not SLURM and workflow.is_main_process:
+    try:
+        packed = kg.pack_local_gpus(workflow)
+    except KdpipeError as exc:
+        sys.exit(f"kdpipe: {exc}")
+    if packed:
+        print(f"kdpipe: {packed}", file=sys.stderr)
 
 
 include: "rules/common.smk"
@@ -51,7 +60,7 @@ include: "rules/summary.smk"
 
 onstart:
     # before the first sbatch: the partition, its GPUs and the status command, against SLURM itself
-    for problem in kc.submission_problems(workflow, TRAIN_GPUS):
+    for problem in kc.submission_problems(workflow, TRAIN_GPUS, TRAIN_GRES):
         sys.exit(f"kdpipe: {problem}")
     for line in kw.cache_plan(config):
         print(line, file=sys.stderr)

@@ -1,8 +1,10 @@
 """Submitting the workflow to SLURM (``--profile profiles/slurm``): checks before anything is submitted.
 
 The profile takes the partition and account from ``KDPIPE_SLURM_PARTITION`` and
-``KDPIPE_SLURM_ACCOUNT``; ``KDPIPE_SLURM_GPUS`` (1, the default, or 0) says whether each training
-job asks for a GPU, i.e. a GPU or a CPU partition.  Every problem found here is one line:
+``KDPIPE_SLURM_ACCOUNT``; ``KDPIPE_SLURM_GPUS`` says what GPU each training job asks for: 1 (the
+default, a GPU), 0 (none: a CPU partition) or a share of one GPU, ``shard:N`` or ``mps:N`` (the
+GRES ``shard`` or ``mps`` where the site configured GPU sharding or CUDA MPS), so that several
+small jobs run on one GPU.  Every problem found here is one line:
 
 * in the Snakefile, at parse time (also ``-n``): an unset variable, a partition or account
   dropped by a ``--default-resources`` that replaced the profile's;
@@ -23,6 +25,9 @@ import re
 import shutil
 import subprocess
 import sys
+
+from .errors import KdpipeError
+from .gpus import JOBS_PER_GPU_VAR, jobs_per_gpu
 
 PARTITION_VAR = "KDPIPE_SLURM_PARTITION"
 ACCOUNT_VAR = "KDPIPE_SLURM_ACCOUNT"
@@ -49,12 +54,40 @@ def submits_to_slurm(workflow) -> bool:
     return "slurm_partition" in default_resources(workflow)
 
 
-def slurm_gpus() -> int:
-    """GPUs per training job on the cluster: ``KDPIPE_SLURM_GPUS``, 1 when unset."""
+GPU_SHARE = re.compile(r"(shard|mps):[1-9][0-9]*")
+
+
+def slurm_gpus() -> tuple[int, str | None]:
+    """What each training job asks of SLURM, from ``KDPIPE_SLURM_GPUS`` (1 when unset): whole GPUs
+    (the rules' ``gpu``, sbatch ``--gpus``) and a share of one GPU (their ``gres``, ``--gres``) or None."""
     value = os.environ.get(GPUS_VAR, "1").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"{GPUS_VAR}={value!r}: use 1 (a GPU partition, one GPU per job) or 0 (a CPU partition)")
-    return int(value)
+    if value in ("0", "1"):
+        return int(value), None
+    if GPU_SHARE.fullmatch(value):
+        return 0, value
+    raise ValueError(
+        f"{GPUS_VAR}={value!r}: use 1 (a GPU partition, one GPU per job), 0 (a CPU partition) or "
+        f"shard:N / mps:N (N GPU shards or MPS units per job, where the partition has that GRES)"
+    )
+
+
+def describe_request(gpus: int, gres: str | None) -> str:
+    """What each training job asks, for the preflight's summary line."""
+    return "one GPU" if gpus else f"a GPU share ({gres})" if gres else "no GPU"
+
+
+def local_only_problem() -> str | None:
+    """KDPIPE_JOBS_PER_GPU set for a SLURM run, where it would do nothing (each job sees only its own GPU)."""
+    try:
+        if jobs_per_gpu() == 1:
+            return None
+    except KdpipeError as exc:
+        return str(exc)
+    value = os.environ[JOBS_PER_GPU_VAR].strip()
+    return (
+        f"{JOBS_PER_GPU_VAR}={value!r} shares the GPUs of this machine (local runs); on SLURM ask a share of a "
+        f"GPU per job instead: export {GPUS_VAR}=shard:1 (or mps:N), or unset {JOBS_PER_GPU_VAR}"
+    )
 
 
 def resource_problems(workflow) -> list[str]:
@@ -76,10 +109,13 @@ def resource_problems(workflow) -> list[str]:
         slurm_gpus()
     except ValueError as exc:
         problems.append(str(exc))
+    problem = local_only_problem()
+    if problem:
+        problems.append(problem)
     return problems
 
 
-def submission_problems(workflow, gpus: int) -> list[str]:
+def submission_problems(workflow, gpus: int, gres: str | None = None) -> list[str]:
     """Checks against the running SLURM, for ``onstart`` of a real run (nothing submitted yet)."""
     plugin = getattr(workflow, "executor_plugin", None)
     if plugin is None or getattr(plugin, "name", "") != "slurm":
@@ -90,7 +126,7 @@ def submission_problems(workflow, gpus: int) -> list[str]:
     if problems:
         return problems
     partition = os.path.expandvars(default_resources(workflow)["slurm_partition"]).strip("'\"")
-    problem = partition_problem(partition, gpus)
+    problem = partition_problem(partition, gpus, gres)
     if problem:
         problems.append(problem)
     status = getattr(workflow.executor_settings, "status_command", None) or "sacct"
@@ -148,20 +184,27 @@ def status_problem(status_command: str) -> str | None:
     return None
 
 
-def partition_problem(partition: str, gpus: int) -> str | None:
-    """A partition SLURM does not know, or a GPU request on a partition without GPUs."""
+def partition_problem(partition: str, gpus: int, gres: str | None = None) -> str | None:
+    """A partition SLURM does not know, or a GPU (or GPU share) request on a partition without that GRES."""
     out = _run("sinfo", "-h", "-p", partition, "-o", "%G")
     if out is None or out.returncode != 0:
         return None  # sbatch will say
-    gres = {g for line in out.stdout.split() for g in line.split(",") if g}
-    if not gres:
+    gres_of_partition = {g for line in out.stdout.split() for g in line.split(",") if g}
+    if not gres_of_partition:
         known = _run("sinfo", "-h", "-o", "%R")
         names = sorted(set(known.stdout.split())) if known and known.returncode == 0 else []
         return f"SLURM has no partition {partition!r} (sinfo lists: {', '.join(names) or 'none'})"
-    if gpus and not any(g.startswith("gpu") for g in gres):
+    if gpus and not any(g.startswith("gpu") for g in gres_of_partition):
         return (
-            f"partition {partition!r} has no GPUs (GRES {', '.join(sorted(gres))}): "
+            f"partition {partition!r} has no GPUs (GRES {', '.join(sorted(gres_of_partition))}): "
             f"for a CPU partition export {GPUS_VAR}=0"
+        )
+    name = gres.split(":")[0] if gres else None
+    if name and not any(g == name or g.startswith(f"{name}:") for g in gres_of_partition):
+        return (
+            f"partition {partition!r} has no {name} GRES (GRES {', '.join(sorted(gres_of_partition))}) for "
+            f"{GPUS_VAR}={gres}: ask the admins for GPU {'sharding' if name == 'shard' else 'MPS'}, "
+            f"or export {GPUS_VAR}=1"
         )
     return None
 
@@ -184,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         if var not in os.environ:
             problems.append(f"{var} is not set: export {var}=<{var.rsplit('_', 1)[1].lower()}>")
     try:
-        gpus = slurm_gpus()
+        gpus, gres = slurm_gpus()
     except ValueError as exc:
         problems.append(str(exc))
-        gpus = 1
+        gpus, gres = 1, None
+    problem = local_only_problem()
+    if problem:
+        problems.append(problem)
     status = "sacct"
     if not missing:
         if PARTITION_VAR in os.environ:
-            problem = partition_problem(os.environ[PARTITION_VAR], gpus)
+            problem = partition_problem(os.environ[PARTITION_VAR], gpus, gres)
             if problem:
                 problems.append(problem)
         if status_problem("sacct"):
@@ -206,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = " --slurm-status-command squeue" if status == "squeue" else ""
     print(
         f"kdpipe cluster: ok: partition {os.environ[PARTITION_VAR]}, account {os.environ[ACCOUNT_VAR] or '(none)'}, "
-        f"{'one GPU' if gpus else 'no GPU'} per training job, status command {status}"
+        f"{describe_request(gpus, gres)} per training job, status command {status}"
     )
     print(f"snakemake --profile profiles/slurm{extra} --configfile config/paper.yaml")
     return 0

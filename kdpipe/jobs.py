@@ -65,7 +65,10 @@ def rule_run(snakemake, entry: str, out_dir: Path, opts: dict, runs: dict, messa
 
     def call():
         if message:
-            logging.getLogger("kdpipe").info("%s: %s", out_dir, message)
+            from .engine import running_in  # torch: only inside a job
+
+            with running_in(out_dir):  # the run's own train.log, also when several runs share the process
+                logging.getLogger("kdpipe").info("%s: %s", out_dir, message)
         return function(**opts)
 
     return call, run.record() if run else None

@@ -27,6 +27,7 @@ from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_fil
 from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import Context, Task, current_run_dir, fit, fit_together, running_in, seed_everything
 from .errors import KdpipeError
+from .gpus import claim_gpu
 from .options import RESUME_NEUTRAL, resolve
 
 log = logging.getLogger("kdpipe")
@@ -48,41 +49,6 @@ def planned_identity(identity: dict | None):
 def planned_run() -> dict | None:
     """The planned identity of the run being written (``run.json``'s ``run``), or None outside a workflow job."""
     return _PLANNED.get()
-
-
-_GPU_LOCK = None  # open lock file of the GPU this process holds
-
-
-def claim_gpu() -> int:
-    """A GPU of this process's own when several are visible and no scheduler assigned one.
-
-    Local Snakemake runs jobs side by side on a multi-GPU machine without telling them which
-    device to use; each job takes the first GPU whose lock file it can lock (released when the
-    process ends).  Under SLURM (or with CUDA_VISIBLE_DEVICES) a job sees only its own GPU.
-    """
-    global _GPU_LOCK
-    count = torch.cuda.device_count()
-    if count <= 1:
-        return 0
-    if _GPU_LOCK is not None:
-        return int(Path(_GPU_LOCK.name).stem)
-    import fcntl
-    import os
-    import tempfile
-
-    lock_dir = Path(tempfile.gettempdir()) / f"kdpipe-gpu-locks-{os.getuid()}"
-    lock_dir.mkdir(exist_ok=True)
-    for index in range(count):
-        handle = open(lock_dir / f"{index}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _GPU_LOCK = handle
-        return index
-    log.warning("all %d GPUs are held by other kdpipe jobs; sharing GPU 0", count)
-    return 0
 
 
 def select_device(cuda: int | None) -> torch.device:

@@ -130,6 +130,15 @@ def student_inputs(config: dict, rule: str, dataset: str, method: str, teacher: 
     return inputs
 
 
+def seeds_together_inputs(config: dict, rule: str, dataset: str, method: str, teacher: str) -> dict:
+    """Every seed's :func:`student_inputs`, named ``<input>_seed<s>`` (rule train_kd_seeds)."""
+    return {
+        f"{name}_seed{seed}": path
+        for seed in config["seeds"]
+        for name, path in student_inputs(config, rule, dataset, method, teacher, seed).items()
+    }
+
+
 def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
     return {
         **data_options(config, dataset),
@@ -207,23 +216,24 @@ def teacher_nets(config: dict) -> list[str]:
     return list(dict.fromkeys(pair["teacher"] for pair in config["pairs"]))
 
 
-def gpus_per_training_job(config: dict, slurm: bool = False) -> int:
-    """The ``gpu`` resource of every training rule.
+def training_gpu_request(config: dict, slurm: bool = False) -> tuple[int, str | None]:
+    """The ``gpu`` and ``gres`` resources of every training rule.
 
-    Locally: 1 when training runs on CUDA here (so ``--resources gpu=N`` bounds the jobs in
-    flight), else 0.  Submitted to SLURM: what the job asks of the scheduler, independent of the
-    login node's hardware: ``KDPIPE_SLURM_GPUS`` (1 by default; 0 for a CPU partition).
-    ``resources.cuda: 0`` means no GPU either way.
+    Locally: ``gpu`` 1 when training runs on CUDA here, else 0, and no ``gres``; ``--resources
+    gpu=N`` counts GPUs, each holding ``KDPIPE_JOBS_PER_GPU`` jobs (:func:`kdpipe.gpus.pack_local_gpus`).
+    Submitted to SLURM: what the job asks of the scheduler, independent of the login node's
+    hardware: ``KDPIPE_SLURM_GPUS``, a GPU (1, the default), none (0) or a share of one GPU
+    (``shard:N`` or ``mps:N``: ``gpu`` 0 and that ``gres``).  ``resources.cuda: 0`` means no GPU either way.
     """
     if config["resources"]["cuda"] == 0:
-        return 0
+        return 0, None
     if slurm:
         from .cluster import slurm_gpus
 
         return slurm_gpus()
     import torch
 
-    return 1 if torch.cuda.is_available() else 0
+    return (1 if torch.cuda.is_available() else 0), None
 
 
 # ---------------------------------------------------------------- params

@@ -15,6 +15,7 @@ rule train_base:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=32000,
         runtime=720,
     params:
@@ -45,6 +46,7 @@ rule import_teacher:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=16000,
         runtime=30,
     params:

@@ -16,6 +16,7 @@ rule teacher_cache:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=64000,
         runtime=120,
     params:

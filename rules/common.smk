@@ -12,11 +12,13 @@ def train_threads():
 
 
 # Every training rule declares its resources itself, so a --set-resources on the command line
-# changes only what it names.  gpu: locally one GPU slot when CUDA is here (--resources gpu=N
-# bounds the jobs in flight); on SLURM one GPU per job unless KDPIPE_SLURM_GPUS=0 (a CPU
-# partition).  mem_mb and runtime (minutes, sized for config/paper.yaml's 200 epochs) are what
-# each job asks of SLURM; local runs ignore them.  threads: resources.threads (CPUs per job).
-TRAIN_GPUS = kw.gpus_per_training_job(config, SLURM)
+# changes only what it names.  gpu: locally one job slot when CUDA is here (--resources gpu=N
+# counts GPUs, the Snakefile makes them N x KDPIPE_JOBS_PER_GPU slots); on SLURM one GPU per job,
+# none with KDPIPE_SLURM_GPUS=0 (a CPU partition), or with KDPIPE_SLURM_GPUS=shard:N / mps:N
+# none and gres: that share of one GPU (unset otherwise).  mem_mb and runtime (minutes, sized
+# for config/paper.yaml's 200 epochs) are what each job asks of SLURM; local runs ignore them.
+# threads: resources.threads (CPUs per job).
+TRAIN_GPUS, TRAIN_GRES = kw.training_gpu_request(config, SLURM)
 
 
 wildcard_constraints:

@@ -21,6 +21,7 @@ rule train_crd:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=32000,
         runtime=960,
     params:

@@ -17,6 +17,7 @@ rule train_dml:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=32000,
         runtime=1440,
     params:

@@ -16,6 +16,7 @@ rule ft_paraphraser:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=16000,
         runtime=120,
     params:
@@ -40,6 +41,7 @@ rule train_ft:
     threads: train_threads()
     resources:
         gpu=TRAIN_GPUS,
+        gres=TRAIN_GRES,
         mem_mb=32000,
         runtime=960,
     params:

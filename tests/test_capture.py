@@ -138,3 +138,43 @@ def test_run_together_writes_each_run_as_alone(tmp_path):
         log = (run / "train.log").read_text()
         assert str(run) in log and str(tmp_path / "together" / f"s{1 - s}") not in log
     assert run_together(calls[:1])[0]["finished_at"] == together[0]["finished_at"]  # complete: not retrained
+
+
+@pytest.mark.slow
+def test_seeds_together_rule_trains_every_seed_in_one_job(tmp_path):
+    """resources.seeds_together: one train_kd_seeds job per kd run writes every seed's run directory,
+    each with its own identity, log lines and teacher (cache) line; the summary sees them as usual."""
+    import csv
+    import re
+
+    from test_workflow import job_counts, snakemake
+
+    config = """
+seeds: [0, 1]
+pairs: [{teacher: resnet8, student: resnet8}]
+data: {train_subset: 32}
+train: {epochs: 1, batch_size: 16}
+kd: {modes: [st]}
+resources: {seeds_together: true}
+"""
+    (tmp_path / "c.yaml").write_text(config)
+    run = snakemake("results/summary.csv", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = run.stdout + run.stderr
+    assert job_counts(stats) == {"data_manifest": 1, "train_base": 2, "train_kd_seeds": 1, "summary": 1}
+    rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("baseline", "0"),
+        ("baseline", "1"),
+        ("st", "0"),
+        ("st", "1"),
+    ]
+    for seed in (0, 1):
+        run_dir = tmp_path / f"results/digits/kd-st/resnet8-resnet8/seed{seed}"
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["seed"] == seed and record["run"]["seed"] == seed
+        assert record["inputs"]["t_model"]["path"].endswith(f"base/resnet8/seed{seed}/model.pt")
+        log = (run_dir / "train.log").read_text()
+        assert f"seed{seed}" in log and f"seed{1 - seed}" not in log
+    job_log = (tmp_path / "results/logs/digits/kd-st/resnet8-resnet8/seeds.log").read_text()
+    assert len(re.findall(r"seed\d: teacher: live", job_log)) == 2

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from kdpipe import cluster as kc
 from kdpipe.costplan import dag_jobs
 from kdpipe.workflow import load_config, report_groups, run_targets
 
@@ -136,6 +137,60 @@ def test_cpu_partition_is_one_variable(tmp_path):
     assert res.get("gpu", "0") == "0" and res["slurm_partition"] == "cpu" and res["mem_mb"] == "32000"
 
 
+def test_gpu_share_is_one_variable(tmp_path):
+    """KDPIPE_SLURM_GPUS=shard:N: every training job asks that GRES and no whole GPU, so several share one."""
+    config = tmp_path / "c.yaml"
+    config.write_text("base: {nets: [resnet8]}\n")
+    out = slurm_dry(tmp_path, env={**ENV, "KDPIPE_SLURM_GPUS": "shard:2"}, config=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (res,) = [block["resources"] for block in job_blocks(out.stdout) if block["rule"] == "train_base"]
+    assert res["gres"] == "shard:2" and res.get("gpu", "0") == "0" and res["mem_mb"] == "32000"
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    job = type("Job", (), {"resources": Resources(gpu=0, gres=res["gres"])})()
+    assert set_gres_string(job) == " --gres=shard:2"  # the plugin's sbatch flags: no --gpus beside it
+
+
+@pytest.mark.parametrize(
+    "value, asked",
+    [(None, (1, None)), ("1", (1, None)), ("0", (0, None)), ("shard:1", (0, "shard:1")), ("mps:25", (0, "mps:25"))],
+)
+def test_slurm_gpu_request(monkeypatch, value, asked):
+    if value is None:
+        monkeypatch.delenv(kc.GPUS_VAR, raising=False)
+    else:
+        monkeypatch.setenv(kc.GPUS_VAR, value)
+    assert kc.slurm_gpus() == asked
+
+
+@pytest.mark.parametrize("value", ["2", "shard:0", "shard", "gpu:1", "mps:1.5"])
+def test_slurm_gpu_request_refused(monkeypatch, value):
+    monkeypatch.setenv(kc.GPUS_VAR, value)
+    with pytest.raises(ValueError, match=re.escape(f"KDPIPE_SLURM_GPUS={value!r}: use 1 (a GPU partition")):
+        kc.slurm_gpus()
+
+
+@pytest.mark.parametrize(
+    "gres, problem",
+    [
+        (None, None),
+        ("shard:1", None),
+        ("mps:25", "partition 'gpu' has no mps GRES (GRES gpu:h100:2(S:0-1), shard:h100:8(S:0-1)) for "),
+    ],
+)
+def test_partition_without_the_gpu_share(monkeypatch, gres, problem):
+    sinfo = subprocess.CompletedProcess([], 0, stdout="gpu:h100:2(S:0-1),shard:h100:8(S:0-1)\n")
+    monkeypatch.setattr(kc, "_run", lambda *cmd: sinfo)
+    found = kc.partition_problem("gpu", 0 if gres else 1, gres)
+    if problem is None:
+        assert found is None
+    else:
+        assert found.startswith(problem) and found.endswith("ask the admins for GPU MPS, or export KDPIPE_SLURM_GPUS=1")
+
+
 @pytest.mark.parametrize(
     "env, args, message",
     [
@@ -143,6 +198,7 @@ def test_cpu_partition_is_one_variable(tmp_path):
         ({"KDPIPE_SLURM_ACCOUNT": None}, (), "kdpipe: KDPIPE_SLURM_ACCOUNT is not set: export"),
         ({}, ("--default-resources", "slurm_partition=a100"), "kdpipe: no slurm_account: a --default-resources"),
         ({"KDPIPE_SLURM_GPUS": "2"}, (), "kdpipe: KDPIPE_SLURM_GPUS='2': use 1"),
+        ({"KDPIPE_JOBS_PER_GPU": "4"}, (), "kdpipe: KDPIPE_JOBS_PER_GPU='4' shares the GPUs of this machine"),
     ],
 )
 def test_one_line_errors_before_submission(tmp_path, env, args, message):
