@@ -163,7 +163,10 @@ def main() -> None:
         return fastest(task_cls(ctx), ctx, epoch)
 
     rows = []
-    command = "python bench/calibrate.py " + shlex.join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--out" in argv:  # where the table was written is not how it was measured
+        del argv[argv.index("--out") : argv.index("--out") + 2]
+    command = "python bench/calibrate.py " + shlex.join(argv)
     if not cuda:
         command += f" ({args.threads} thread{'s' if args.threads > 1 else ''})"
     today = datetime.date.today().isoformat()

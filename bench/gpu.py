@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from kdpipe.cache import build_cache  # noqa: E402
+from kdpipe.costplan import CALIBRATION  # noqa: E402
 from kdpipe.capture import WARMUP_STEPS, StepRunner  # noqa: E402
 from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, Normalizer, augmentation_of, epoch_plan  # noqa: E402
 from kdpipe.engine import Context, batch_bounds, fit, seed_everything  # noqa: E402
@@ -249,9 +250,9 @@ def jobs(report: Report, seconds: float, one_eager: dict) -> dict:
 
 def streams(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
     rows = []
-    for net in ("resnet20",):
+    for net, counts in (("resnet20", (1, 2, 4, 8)), ("resnet110", (1, 2, 4))):
         one = None
-        for k in (1, 2, 4, 8):
+        for k in counts:
             loops, side = [], [torch.cuda.Stream() for _ in range(k)]
             for r in range(k):
                 ctx = context("base", data, tmp, True, net_name=net, seed=r)
@@ -263,18 +264,105 @@ def streams(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
                         loop.step()
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            for _ in range(steps):
+            n = steps if net == "resnet20" else max(10, steps // 4)
+            for _ in range(n):
                 for loop, s in zip(loops, side):
                     with torch.cuda.stream(s):
                         loop.step()
             torch.cuda.synchronize()
-            total = k * steps * BATCH / (time.perf_counter() - t0)
+            total = k * n * BATCH / (time.perf_counter() - t0)
             one = one or total
             rows.append([net, k, f"{total:,.0f}", f"{total / one:.2f}"])
             print(rows[-1], flush=True)
             del loops
             torch.cuda.empty_cache()
     report.table("streams", ["net", "runs in one process", "aggregate img/s", "x one run"], rows, "CUDA graphs")
+
+
+# ---------------------------------------------------------------- 4b. runs trained together
+
+
+def write_cifar10(root: Path, n_train: int, n_test: int) -> None:
+    """Synthetic images in CIFAR-10's python layout (what --data_name cifar10 reads)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    x = rng.integers(0, 256, (n_train + n_test, 3072), dtype=np.uint8)
+    y = rng.integers(0, 10, n_train + n_test).tolist()
+    per = n_train // 5
+    for i in range(5):
+        with open(folder / f"data_batch_{i + 1}", "wb") as fh:
+            pickle.dump({"data": x[i * per : (i + 1) * per], "labels": y[i * per : (i + 1) * per]}, fh)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({"data": x[n_train:], "labels": y[n_train:]}, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
+
+
+def together(report: Report, tmp: Path, n_train: int = 10240, sizes=None, table: Path | None = None) -> None:
+    """k seeds through kdpipe.runner.run_together (resources.seeds_together's path) vs one run alone:
+    images/s of the last epoch summed over the runs, and whether seed 0's run is the same either way.
+    The ratios go to the calibration ``table`` as ``together_x<k>`` rows (what the cost plan reads)."""
+    import kdpipe
+    from kdpipe.runner import run_together
+
+    root = tmp / "cifar"
+    write_cifar10(root, n_train, 1000)
+    rows = []
+    for net, epochs, counts in sizes or (("resnet20", 3, (1, 2, 4)), ("resnet110", 2, (1, 3))):
+        seed0 = None
+        for k in counts:
+            save = tmp / f"together-{net}-{k}"
+            opts = dict(data_name="cifar10", img_root=str(root), net_name=net, epochs=epochs, save_root=str(save))
+            calls = [(lambda s=s: kdpipe.train_base(**opts, seed=s, note=f"seed{s}"), None) for s in range(k)]
+            records = run_together(calls)
+            rates = []
+            for s in range(k):
+                with open(save / f"seed{s}" / "metrics.csv") as fh:
+                    last = fh.read().strip().splitlines()[-1].split(",")
+                rates.append(float(last[-1]))
+            curve = (save / "seed0" / "metrics.csv").read_text().splitlines()
+            curve = [",".join(line.split(",")[:9]) for line in curve]
+            seed0 = seed0 or curve
+            rows.append(
+                [net, k, f"{sum(rates):,.0f}", records[0]["step"], "yes" if curve == seed0 else "NO", len(records)]
+            )
+            print(rows[-1], flush=True)
+            if k == 1:
+                alone = sum(rates)
+            elif table is not None:
+                calibration_row(table, f"together_x{k}", net, sum(rates) / alone, "run_together / one run")
+    report.table(
+        "together",
+        ["net", "runs in one process", "img/s (last epoch, summed)", "steps", "seed 0 as alone", "records"],
+        rows,
+        f"kdpipe.runner.run_together of train_base calls (seeds 0..k-1), {n_train} synthetic CIFAR-10 images "
+        "(a tenth held out for validation)",
+    )
+
+
+def calibration_row(table: Path, quantity: str, subject: str, value: float, note: str) -> None:
+    import datetime
+
+    from calibrate import write
+    from kdpipe.costplan import device_label
+
+    name = torch.cuda.get_device_name()
+    row = dict(
+        device=device_label(name),
+        quantity=quantity,
+        subject=subject,
+        value=f"{value:.4g}",
+        image_size=32,
+        batch=BATCH,
+        source=f"bash bench/gpu.sh ({name}; {note})",
+        date=datetime.date.today().isoformat(),
+    )
+    write(table, [row])
 
 
 # ---------------------------------------------------------------- 5. st-KD
@@ -329,8 +417,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--job_seconds", type=float, default=3.0)
-    parser.add_argument("--only", default="fidelity,single,jobs,stkd,streams")
+    parser.add_argument("--only", default="fidelity,single,together,jobs,stkd,streams")
     parser.add_argument("--out", default=os.environ.get("OUT"))
+    parser.add_argument(
+        "--calibration",
+        default=str(Path(os.environ["OUT"]) / "step_costs.csv" if os.environ.get("OUT") else ROOT / CALIBRATION),
+        help="the calibration table the together section's rows go to",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py: torch sees no GPU")
@@ -349,6 +442,7 @@ def main() -> None:
         "jobs": lambda: jobs(report, args.job_seconds, {net: rates[0] for net, rates in one_run.items()}),
         "streams": lambda: streams(report, data, tmp, args.steps // 2),
         "stkd": lambda: stkd(report, data, tmp, args.steps // 2),
+        "together": lambda: together(report, tmp, table=Path(args.calibration)),
     }
     for name in args.only.split(","):
         t0 = time.perf_counter()

@@ -30,7 +30,12 @@ from .errors import KdpipeError
 
 CALIBRATION = Path(__file__).resolve().parent / "reference" / "step_costs.csv"
 FIELDS = ("device", "quantity", "subject", "value", "image_size", "batch", "source", "date")
-QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes")
+QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes", "together_x<k>")
+EAGER = "-eager"  # a GPU's rows measured with --cuda_graphs 0 (bench/calibrate.py --graphs 0)
+# The rules whose steps kdpipe runs eagerly also on CUDA (their tasks keep Task.capture_key's None): on a GPU
+# with an eager calibration they are costed from it; train_kd runs of a mode that cannot be captured too.
+EAGER_RULES = ("train_ft", "train_crd", "train_dml", "train_bss", "ft_paraphraser")
+TOGETHER = re.compile(r"together_x([2-9]|[1-9]\d+)")  # k runs of a net trained together / one alone
 REFERENCE_NET = "resnet20"  # the net every device measures; other nets scale from it by their CPU step ratio
 ESTIMATE_FROM = "cpu"  # the device whose rows cover every net and method
 
@@ -59,7 +64,7 @@ def _read(path: Path) -> list[dict]:
     with path.open() as f:
         rows = list(csv.DictReader(f))
     for i, r in enumerate(rows, start=2):
-        if set(FIELDS) - set(r) or r["quantity"] not in QUANTITIES:
+        if set(FIELDS) - set(r) or not (r["quantity"] in QUANTITIES or TOGETHER.fullmatch(r["quantity"])):
             raise KdpipeError(
                 f"calibration {path}, line {i}: columns {', '.join(FIELDS)}; quantity one of {', '.join(QUANTITIES)}"
             )
@@ -77,6 +82,7 @@ class Calibration:
     device: str
     rows: dict = field(default_factory=dict)  # (device, quantity, subject) -> row
     estimates: dict = field(default_factory=dict)  # what -> how it was estimated
+    eager: "Calibration | None" = None  # the same GPU's eager rows (<device>-eager), for steps that are not graphs
 
     @classmethod
     def load(cls, device: str, path: str | Path | None = None) -> "Calibration":
@@ -84,7 +90,11 @@ class Calibration:
         devices = tuple(dict.fromkeys(r["device"] for r in rows))
         if device not in devices:
             raise KdpipeError(f"device: got {device!r}; the calibration table has {', '.join(devices)}")
-        return cls(device, {(r["device"], r["quantity"], r["subject"]): r for r in rows})
+        by_key = {(r["device"], r["quantity"], r["subject"]): r for r in rows}
+        cal = cls(device, by_key)
+        if device + EAGER in devices:
+            cal.eager = cls(device + EAGER, by_key, cal.estimates)
+        return cal
 
     def _row(self, device: str, quantity: str, subject: str) -> dict | None:
         return self.rows.get((device, quantity, subject))
@@ -155,6 +165,28 @@ class Calibration:
             )
         return values[0] or 0.0, values[1] or 0.0
 
+    def together(self, net: str, runs: int) -> float:
+        """How much faster ``runs`` runs of ``net`` train together in one process than one alone (images/s
+        summed / one run's; rows ``together_x<k>``), interpolated between the measured k; 1 where unmeasured."""
+        measured = {1: 1.0}
+        for (device, quantity, subject), row in self.rows.items():
+            m = TOGETHER.fullmatch(quantity)
+            if device == self.device and subject == net and m:
+                measured[int(m.group(1))] = row["value"]
+        if runs in measured:
+            return measured[runs]
+        if len(measured) == 1:
+            self.estimates[f"{runs} runs of {net} together"] = "not measured: no gain assumed"
+            return 1.0
+        lower = max((k for k in measured if k < runs), default=1)
+        upper = min((k for k in measured if k > runs), default=None)
+        if upper is None:  # beyond the largest measured count: no further gain assumed
+            self.estimates[f"{runs} runs of {net} together"] = f"as {lower} runs (the most measured)"
+            return measured[lower]
+        self.estimates[f"{runs} runs of {net} together"] = f"interpolated between {lower} and {upper} runs"
+        share = (runs - lower) / (upper - lower)
+        return measured[lower] + share * (measured[upper] - measured[lower])
+
     def _teacher_scale(self) -> float:
         here, cpu = self._row(self.device, "teacher_passes", "st"), self._row(ESTIMATE_FROM, "teacher_passes", "st")
         return here["value"] / cpu["value"] if here and cpu and cpu["value"] else 1.0
@@ -171,6 +203,7 @@ class Job:
     run: object = None  # the RunId of a training run
     net: str = ""  # the teacher of a cache or paraphraser
     seed: int = 0  # its teacher seed
+    runs: tuple = ()  # train_kd_seeds (resources.seeds_together): the seeds' runs it trains together
 
 
 _REPORT_JOBS = (  # report target -> (rule, the part of the path that is one job): the rules' outputs
@@ -194,9 +227,13 @@ def dag_jobs(config: dict) -> list[Job]:
     def add(job: Job) -> None:
         jobs.setdefault((job.rule, job.key), job)
 
+    together: dict[str, list] = {}  # resources.seeds_together: a kd run's directory without its seed -> its seeds' runs
     for run in plan(config):
         add(Job("data_manifest", data_manifest_path(run.dataset), run.dataset))
-        add(Job(run.rule, run.run_dir, run.dataset, run))
+        if run.rule == "train_kd" and config["resources"]["seeds_together"]:
+            together.setdefault(str(Path(run.run_dir).parent), []).append(run)
+        else:
+            add(Job(run.rule, run.run_dir, run.dataset, run))
         if base_rule(run.rule) in ("train_kd", "train_crd"):
             cache = student_inputs(config, run.rule, run.dataset, run.method, run.teacher, run.seed).get("cache")
             if cache:
@@ -204,6 +241,8 @@ def dag_jobs(config: dict) -> list[Job]:
         if base_rule(run.rule) == "train_ft":
             path = paraphraser_path(config, run.dataset, run.teacher, run.seed)
             add(Job("ft_paraphraser", path, run.dataset, net=run.teacher, seed=teacher_seed(config, run.seed)))
+    for key, runs in together.items():
+        add(Job("train_kd_seeds", key, runs[0].dataset, runs=tuple(runs)))
     for target in report_targets(config):
         for pattern, rule in _REPORT_JOBS:
             m = pattern.fullmatch(target)
@@ -266,8 +305,13 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
     def I(net):  # noqa: E743
         return cal.infer_seconds(net, px)
 
+    if cal.eager is not None and _eager_steps(config, job):
+        return job_seconds(config, job, cal.eager, split)
     if job.rule == "teacher_cache":
         return split.train * split.views * I(job.net)
+    if job.rule == "train_kd_seeds":
+        alone = [job_seconds(config, Job("train_kd", r.run_dir, r.dataset, r), cal, split) for r in job.runs]
+        return sum(alone) / (cal.together(job.runs[0].student, len(job.runs)) if _captured(config, job.runs[0]) else 1)
     if job.rule == "ft_paraphraser":
         opts = kw.ft_paraphraser_options(config, job.dataset, job.net, job.seed)
         _, passes = cal.method("ft_paraphraser")
@@ -325,6 +369,21 @@ def base_rule(rule: str) -> str:
     return rule.removesuffix("_sweep")
 
 
+def _eager_steps(config: dict, job: Job) -> bool:
+    if job.run is not None and base_rule(job.run.rule) == "train_kd":
+        return not _captured(config, job.run)
+    return base_rule(job.rule) in EAGER_RULES
+
+
+def _captured(config: dict, run) -> bool:
+    """Whether a kd run's steps are CUDA graphs, so that its seeds train together (kdpipe.runner.run_together)."""
+    from . import workflow as kw
+    from .losses import LOSSES
+
+    opts = kw.kd_options(config, run.dataset, run.method + run.variant, run.teacher, run.student, run.seed, run.sweep)
+    return LOSSES[run.method].capturable and opts.get("dot_delta") is None and config["resources"]["cuda_graphs"] != 0
+
+
 def _cached(config: dict, run) -> bool:
     from .workflow import student_inputs
 
@@ -359,6 +418,7 @@ def cost_plan(config: dict, device: str, calibration: str | Path | None = None) 
         "sources": cal.sources(),
         "estimated": dict(sorted(cal.estimates.items())),
         "unknown": unknown,
+        "seeds_together": bool(config["resources"]["seeds_together"]),
     }
 
 
@@ -378,6 +438,8 @@ def format_plan(record: dict, configfile: str = "") -> str:
         f"{d} {s['train']:,} train + {s['val']:,} val + {s['test']:,} test images" for d, s in record["images"].items()
     )
     lines.append(f"assumes: one {record['device']} per job, every job still to run; {images}")
+    if record["seeds_together"]:
+        lines.append("resources.seeds_together: the seeds of a kd run train together in one job (train_kd_seeds)")
     lines += [f"calibration {src}" for src in record["sources"]]
     if record["estimated"]:
         lines.append(f"estimated (not measured on {record['device']}):")

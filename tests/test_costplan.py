@@ -112,7 +112,9 @@ def test_command_prints_the_table_and_bad_input_is_one_line(tmp_path):
     assert missing.stderr.strip().splitlines() == [
         f"kdpipe plan: error: configfile: got '{tmp_path / 'nope.yaml'}'; no such file"
     ]
-    with pytest.raises(KdpipeError, match=r"^device: got 'tpu'; the calibration table has h100, cpu$"):
+    shipped = ", ".join(kdpipe.costplan.calibration_devices())
+    assert shipped == "h100, cpu, h200, h200-eager"
+    with pytest.raises(KdpipeError, match=rf"^device: got 'tpu'; the calibration table has {shipped}$"):
         kdpipe.plan_cost(configfile="config/config.yaml", device="tpu")
     with pytest.raises(KdpipeError, match=r"^plan: unknown option 'gpu'"):
         kdpipe.plan_cost(configfile="config/config.yaml", gpu="h100")
@@ -141,3 +143,39 @@ def test_sweep_nodes_are_jobs_costed_as_their_entrys():
     assert counts["sweep_tables"] == 1 and counts["sweep_plot"] == 1
     rules = cost_plan(config, "cpu")["rules"]
     assert rules["train_kd_sweep"]["hours"] == pytest.approx(3 * rules["train_kd"]["hours"])
+
+
+def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
+    """resources.seeds_together: one train_kd_seeds job per kd run, its seeds' costs summed and divided by
+    the measured together factor (interpolated between measured counts); a kd mode that cannot be captured
+    (kdsvd) gains nothing and, like the eager rules, is costed from the GPU's -eager rows."""
+    rows = ROWS + [
+        ("gpu", "together_x2", "resnet8", 1.5, 32),
+        ("gpu", "together_x4", "resnet8", 2.5, 32),
+        ("gpu-eager", "train_img_s", "resnet20", 250, 16),
+        ("gpu-eager", "train_img_s", "resnet8", 1000, 32),
+        ("gpu-eager", "infer_img_s", "resnet20", 5000, 16),
+        ("gpu-eager", "student_step", "st", 1.5, 16),
+        ("gpu-eager", "teacher_passes", "st", 0.25, 16),
+    ]
+    table = write_table(tmp_path / "cal.csv", rows)
+    seeds = [0, 1, 2]
+    alone = cost_plan(load_config({**CONFIG, "seeds": seeds, "kd": {"modes": ["st", "kdsvd"]}}), "gpu", table)
+    config = load_config(
+        {**CONFIG, "seeds": seeds, "kd": {"modes": ["st", "kdsvd"]}, "resources": {"seeds_together": True}}
+    )
+    together = cost_plan(config, "gpu", table)
+    assert together["rules"]["train_kd_seeds"]["jobs"] == 2 and "train_kd" not in together["rules"]
+    assert alone["rules"]["train_kd"]["jobs"] == 6
+    train, held_out, test = 100, 20 + 359, 359
+    s8, i20 = 1 / 4000 / 4, 1 / 5000
+    i8 = s8 * (i20 / (1 / 1000))
+    st = 2 * (train * 1.5 * s8 + held_out * i8) + test * i20  # one seed, cached
+    e8, e20 = 1 / 1000 / 4, 1 / 250  # the eager rows
+    ei8 = e8 * (i20 / e20)
+    kdsvd = 2 * (train * (1.5 * e8 + 0.25 * e20) + held_out * ei8) + test * i20  # eager, live teacher, costed as st
+    assert alone["rules"]["train_kd"]["hours"] * 3600 == pytest.approx(3 * st + 3 * kdsvd, rel=1e-9)
+    factor = 1.5 + (3 - 2) / (4 - 2) * (2.5 - 1.5)  # 3 seeds: between the measured 2 and 4 runs
+    assert together["rules"]["train_kd_seeds"]["hours"] * 3600 == pytest.approx(3 * st / factor + 3 * kdsvd, rel=1e-9)
+    assert together["estimated"]["3 runs of resnet8 together"] == "interpolated between 2 and 4 runs"
+    assert "seeds of a kd run train together" in kdpipe.costplan.format_plan(together)
