@@ -285,11 +285,6 @@ def dataset_split(config: dict, dataset: str) -> Split | None:
     return Split(train, val, test, IMAGE_SIZES[name], augmentation_of(name).num_views)
 
 
-def two_stage_init_epochs(opts: dict) -> int:
-    """A two-stage mode's initialisation epochs (kdpipe.methods.kd: default a quarter of ``epochs``)."""
-    return opts["init_epochs"] if opts.get("init_epochs") is not None else max(1, round(opts["epochs"] / 4))
-
-
 def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float:
     """Estimated device seconds of one job on the calibration's device."""
     from . import workflow as kw
@@ -348,11 +343,12 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
         phases = [(opts["epochs"], "crd", _cached(config, run))]
     elif rule == "train_kd":
         from .losses import LOSSES
+        from .methods.kd import init_epochs_of
 
         opts = kw.kd_options(config, d, run.method + run.variant, teacher, s, seed, run.sweep)
         phases = [(opts["epochs"], run.method, _cached(config, run))]
         if LOSSES[run.method].two_stage:
-            phases.insert(0, (two_stage_init_epochs(opts), f"{run.method}:init", False))
+            phases.insert(0, (init_epochs_of(opts), f"{run.method}:init", False))
     else:
         raise KdpipeError(f"plan: no cost model for rule {run.rule}")
     dot = cal.method("+dot")[0] if opts.get("dot_delta") is not None else 1.0

@@ -43,6 +43,11 @@ def init_phase_factor(epoch: int, init_epochs: int, schedule: str = "steps") -> 
     return 0.001
 
 
+def init_epochs_of(opts: dict) -> int:
+    """A two-stage mode's initialisation epochs: ``init_epochs``, by default a quarter of ``epochs`` (at least 1)."""
+    return opts["init_epochs"] if opts.get("init_epochs") is not None else max(1, round(opts["epochs"] / 4))
+
+
 def _float(t):
     return None if t is None else t.float()
 
@@ -94,9 +99,7 @@ class DistillTask(StudentTask):
         self.init_schedule = opts["init_schedule"]
         schedule = self.init_schedule
         if loss_cls.two_stage:
-            self.init_epochs = (
-                opts["init_epochs"] if opts["init_epochs"] is not None else max(1, round(opts["epochs"] / 4))
-            )
+            self.init_epochs = init_epochs_of(opts)
         n = self.init_epochs
         if n and self.init_optimizer == "shared":
             # one optimizer and one schedule over both phases: the init phase's factors, then the CE phase's
