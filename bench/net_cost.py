@@ -6,28 +6,31 @@ absolute times depend on the machine.
 
     .venv/bin/python bench/net_cost.py                          # every net, CPU, batch 64
     .venv/bin/python bench/net_cost.py --only resnet8x4,wrn_16_2 --steps 20 --cuda 1
+    .venv/bin/python bench/net_cost.py --memory_format contiguous   # NCHW (kdpipe's CPU layout before)
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kdpipe.engine import make_optimizer
+from kdpipe.engine import Context, make_optimizer
 from kdpipe.models import MODELS, build_model, count_parameters
+from kdpipe.options import find_option
 from kdpipe.runner import select_device
 
 BASELINE = "resnet20"
 
 
-def step_seconds(name: str, x, y, steps: int, warmup: int, device, channels_last: bool) -> float:
+def step_seconds(name: str, x, y, steps: int, warmup: int, device, memory_format: str) -> float:
     torch.manual_seed(0)
-    model = build_model(name, int(y.max()) + 1).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    ctx = Context({"memory_format": memory_format}, None, device, Path())  # places the model as training does
+    model = ctx.prepare(build_model(name, int(y.max()) + 1))
+    if ctx.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(), {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
     model.train()
@@ -58,6 +61,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--cuda", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    layout = find_option("base", "memory_format")
+    parser.add_argument("--memory_format", default=layout.default, choices=layout.choices, help=layout.help)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,10 +74,12 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, args.classes, (args.batch_size,), generator=g).to(device)
     y[0] = args.classes - 1  # every net gets the full classifier
-    channels_last = device.type == "cuda"
-    times = {n: step_seconds(n, x, y, args.steps, args.warmup, device, channels_last) for n in names}
+    times = {n: step_seconds(n, x, y, args.steps, args.warmup, device, args.memory_format) for n in names}
     base = times[BASELINE]
-    print(f"device {device}, batch {args.batch_size}, {args.classes} classes, {args.steps} timed steps")
+    print(
+        f"device {device}, memory_format {args.memory_format}, batch {args.batch_size}, {args.classes} classes, "
+        f"{args.steps} timed steps"
+    )
     print(f"{'net':<16}{'params':>12}{'ms/step':>10}{'img/s':>10}{'x resnet20':>12}")
     for name in names:
         params = count_parameters(build_model(name, args.classes))

@@ -56,13 +56,13 @@ def main() -> None:
         seed_everything(0)
         return Context(resolve(entry, {**common, **opts}), data, device, tmp)
 
-    teacher = frozen(build_model(args.teacher, data.num_classes).to(device))
+    teacher = build_model(args.teacher, data.num_classes)
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
-    cuda = device.type == "cuda"
-    if cuda:
-        teacher = teacher.to(memory_format=torch.channels_last)
+    cache_opts = dict(data_name=args.data_name, img_root=args.img_root, t_model=str(teacher_path), t_name=args.teacher)
+    cache_ctx = Context(resolve("teacher_cache", cache_opts), data, device, tmp)  # as the teacher_cache node's
+    teacher = frozen(cache_ctx.prepare(teacher))
     t0 = time.perf_counter()
-    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", device)
+    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", device, channels_last=cache_ctx.channels_last)
     build_seconds = time.perf_counter() - t0
 
     base_ctx = context("base", net_name=args.student)

@@ -110,15 +110,19 @@ def build_cache(
     embeddings: bool = True,
     dtype: str = "float16",
     batch_size: int = 1024,
+    *,
+    channels_last: bool,
 ) -> dict:
-    """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``."""
+    """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``.
+
+    ``teacher`` is on ``device``, in channels_last when ``channels_last`` (``Context.channels_last``)."""
     check_cache_request(data, dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cuda = device.type == "cuda"
     table = compute_table(
-        teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=cuda, autocast=cuda
+        teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=channels_last, autocast=cuda
     )
     seconds = time.perf_counter() - t0
     atomic_save(table, out_dir / "cache.pt")
@@ -134,6 +138,7 @@ def build_cache(
         "build_seconds": seconds,
         "device": str(device),
         "amp_bf16": cuda,
+        "channels_last": channels_last,
     }
     atomic_write_json(out_dir / "manifest.json", manifest)
     log.info("teacher cache %s: %s in %.1fs, %.1f MB", out_dir, manifest["shapes"], seconds, manifest["bytes"] / 1e6)

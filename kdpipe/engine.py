@@ -29,6 +29,7 @@ from .capture import StepRunner
 from .checkpoint import atomic_save, atomic_write_text, safe_load
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
+from .options import fingerprint_value
 
 log = logging.getLogger("kdpipe")
 
@@ -60,15 +61,17 @@ class Context:
     device: torch.device
     run_dir: Path
     amp: bool | None = None  # bf16 autocast; default: on CUDA
-    channels_last: bool | None = None  # default: on CUDA
     cuda_graphs: bool | None = None  # replay the training step as a CUDA graph (kdpipe.capture); default: on CUDA
+    # models and input batches in channels_last (NHWC), else contiguous (NCHW): from --memory_format, see prepare
+    channels_last: bool = field(init=False)
 
     def __post_init__(self):
         cuda = self.device.type == "cuda"
         self.amp = cuda if self.amp is None else self.amp
-        self.channels_last = cuda if self.channels_last is None else self.channels_last
         if self.cuda_graphs is None:
             self.cuda_graphs = cuda and self.opts.get("cuda_graphs") != 0
+        layout = self.opts.get("memory_format") or "auto"
+        self.channels_last = layout == "channels_last" or (layout == "auto" and cuda)
 
     def autocast(self):
         if self.amp:
@@ -77,10 +80,29 @@ class Context:
         return contextlib.nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device in the context's memory format (``--memory_format``: ``auto`` is channels_last
+        on CUDA and NCHW on the CPU).  channels_last on the CPU refuses a model that torch's CPU channels_last
+        path corrupts (:func:`breaks_cpu_channels_last`)."""
+        if self.channels_last and self.device.type == "cpu" and breaks_cpu_channels_last(model):
+            raise KdpipeError(
+                f"memory_format: got 'channels_last', but {type(model).__name__} has a strided 1x1 convolution "
+                "with 2-7 input channels, whose weight gradient torch's CPU channels_last path corrupts; "
+                "allowed for it on the CPU: auto, contiguous"
+            )
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+
+def breaks_cpu_channels_last(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution whose weight gradient torch's CPU channels_last path gets wrong:
+    a 1x1 convolution with stride > 1 and 2-7 input channels per group corrupts the heap (torch 2.14.1,
+    oneDNN 3.12; the 4 -> 8 channel shortcut of resnet8w4, resnet14w4 and resnet20w4)."""
+    return any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and 1 < m.in_channels // m.groups < 8
+        for m in model.modules()
+    )
 
 
 def make_optimizer(params, opts: dict) -> torch.optim.Optimizer:
@@ -575,8 +597,9 @@ class Training:
 
 def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
     for key in sorted(set(stored) | set(current)):
-        if stored.get(key) != current.get(key):
+        was, now = fingerprint_value(stored, key), fingerprint_value(current, key)
+        if was != now:
             raise KdpipeError(
-                f"{path}: checkpoint was made with {key}={stored.get(key)!r}, this run has {key}={current.get(key)!r}; "
+                f"{path}: checkpoint was made with {key}={was!r}, this run has {key}={now!r}; "
                 "use the original settings to resume, or another --note / save_root for a new run"
             )

@@ -210,6 +210,17 @@ COMMON = [
         "kernels one by one; default: 1 on CUDA (no effect on the CPU)",
         choices=(0, 1),
     ),
+    Option(
+        "memory_format",
+        str,
+        "auto",
+        "layout of models and image batches: channels_last (NHWC), contiguous (NCHW), or auto: channels_last on CUDA, "
+        "contiguous on the CPU; channels_last on the CPU trains faster (README, CPU throughput) but refuses a network "
+        "with a strided 1x1 convolution of 2-7 input channels (resnet8w4, resnet14w4, resnet20w4), whose weight "
+        "gradient torch's CPU channels_last path corrupts; the layouts differ by float rounding, so a run resumes "
+        "only in its own",
+        choices=("auto", "channels_last", "contiguous"),
+    ),
     Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
     Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
@@ -704,13 +715,31 @@ def find_option(entry: str, name: str) -> Option:
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs"}
 
+# Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
+# or a checkpoint's, written by an older kdpipe) reads as having that default, so that such runs still stand for
+# runs at the default; any other absent key reads as None, an option left unset.
+ADDED_WITH_A_DEFAULT = {"memory_format"}
+assert ADDED_WITH_A_DEFAULT <= {opt.name for opt in COMMON}, "a common option"
+
+
+def fingerprint_options(opts: dict) -> dict:
+    """The options a finished run or a checkpoint must share with a run to stand for it."""
+    return {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
+
+
+def fingerprint_value(fingerprint: dict, key: str) -> Any:
+    """``fingerprint[key]``, or what an absent key means (see ``ADDED_WITH_A_DEFAULT``)."""
+    if key in fingerprint:
+        return fingerprint[key]
+    return next((opt.default for opt in COMMON if opt.name == key and key in ADDED_WITH_A_DEFAULT), None)
+
 
 # What each common option is about.  Every "which options does X take" derives from these
 # groups: entry points that do not train, FT's in-run paraphraser, the workflow's data node.
 COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("save_root", "note"),
     "data": ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
-    "device": ("cuda", "cuda_graphs", "threads"),
+    "device": ("cuda", "cuda_graphs", "memory_format", "threads"),
     "log": ("print_freq",),
     "seed": ("seed",),
     "schedule": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "warmup_epochs"),

@@ -28,7 +28,7 @@ from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import Context, Task, current_run_dir, fit, fit_together, running_in, seed_everything
 from .errors import KdpipeError
 from .gpus import claim_gpu
-from .options import RESUME_NEUTRAL, resolve
+from .options import fingerprint_options, fingerprint_value, resolve
 
 log = logging.getLogger("kdpipe")
 
@@ -103,9 +103,12 @@ def check_num_class(opts: dict, data: ImageData | None = None) -> None:
 
 
 def differing_keys(stored: dict, current: dict) -> list[str]:
-    """Fingerprint keys whose values differ; a key absent on one side counts as None there, so an
-    option added by a later kdpipe (unset: None) does not make finished runs look different."""
-    return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+    """Fingerprint keys whose values differ; a key absent on one side counts as None there (or as the
+    default of an option added with one), so an option added by a later kdpipe does not make finished
+    runs look different."""
+    return sorted(
+        k for k in set(stored) | set(current) if fingerprint_value(stored, k) != fingerprint_value(current, k)
+    )
 
 
 def differing(stored: dict, current: dict) -> str:
@@ -212,7 +215,7 @@ def _run(entry, kwargs, build_task, default_note, input_files):
     wall0 = time.perf_counter()
     data = load_options_data(opts)
     check_num_class(opts, data)
-    fingerprint = {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
+    fingerprint = fingerprint_options(opts)
     fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
     fingerprint["data_sha256"] = data.sha256  # the files' content, wherever --img_root points
 
@@ -235,7 +238,16 @@ def _run(entry, kwargs, build_task, default_note, input_files):
         log.addHandler(handler)
         try:
             with running_in(run_dir):
-                log.info("%s: %s on %s, device %s, run dir %s", entry, task.method, opts["data_name"], device, run_dir)
+                layout = "channels_last" if ctx.channels_last else "contiguous"
+                log.info(
+                    "%s: %s on %s, device %s (%s), run dir %s",
+                    entry,
+                    task.method,
+                    opts["data_name"],
+                    device,
+                    layout,
+                    run_dir,
+                )
             result = yield task, ctx, fingerprint
             with running_in(run_dir):
                 record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)

@@ -25,7 +25,7 @@ from ..data import Normalizer, check_data_name
 from ..engine import METRIC_COLUMNS, Context, evaluate_model
 from ..errors import KdpipeError
 from ..models import build_model
-from ..options import RESUME_NEUTRAL, resolve
+from ..options import fingerprint_options, resolve
 from ..runner import check_num_class, finished_record, load_options_data, planned_run, select_device, versions
 from .common import load_network
 
@@ -71,7 +71,7 @@ def import_teacher(**kwargs) -> dict:
     data = load_options_data(opts)
     check_num_class(opts, data)
     src_sha = sha256_file(src)
-    fingerprint = {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
+    fingerprint = fingerprint_options(opts)
     fingerprint.update(inputs={"src": src_sha}, data_sha256=data.sha256)
     record = finished_record(run_dir, fingerprint)
     if record is not None:

@@ -11,6 +11,7 @@ import torch
 from ..cache import build_cache, check_cache_request, data_fingerprint
 from ..checkpoint import run_dir_lock, sha256_file
 from ..data import check_data_name
+from ..engine import Context
 from ..options import resolve
 from ..runner import check_num_class, load_options_data, select_device
 from .common import frozen, load_network
@@ -38,9 +39,8 @@ def build_teacher_cache(**kwargs) -> dict:
     if manifest is not None:
         return manifest
     check_cache_request(data, opts["cache_dtype"])
-    teacher = frozen(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model").to(device))
-    if device.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
+    ctx = Context(opts, data, device, out_dir)  # the teacher placed, and its batches laid out, as a live one's
+    teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
     with run_dir_lock(out_dir):  # a duplicate job on the same cache is refused
         manifest = _up_to_date(out_dir, opts, data)
         if manifest is not None:
@@ -54,6 +54,7 @@ def build_teacher_cache(**kwargs) -> dict:
             embeddings=opts["embeddings"],
             dtype=opts["cache_dtype"],
             batch_size=opts["batch_size"],
+            channels_last=ctx.channels_last,
         )
 
 
