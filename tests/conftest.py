@@ -1,3 +1,5 @@
+import contextlib
+import io
 import logging
 import os
 import pickle
@@ -21,6 +23,32 @@ def cli(*args, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "kdpipe", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cli_in_process(*args) -> subprocess.CompletedProcess:
+    """``kdpipe.cli.main(args)`` in this process, answered as :func:`cli` answers: the exit status, stdout,
+    and stderr with the log lines the CLI prints there.  The same parser, entry and error path without a
+    new interpreter (importing torch and scikit-learn's digits costs a process about 10 s of CPU); the
+    tests that need the process itself (``python -m kdpipe``, a lock, a signal) call :func:`cli`."""
+    from kdpipe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)  # what the CLI's logging.basicConfig would write to stderr
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse: -h (0) and flag errors (2)
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["kdpipe", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def tiny_cli_flags(save_root, note: str = "cli") -> list[str]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdpipe
-from conftest import cli, tiny_cli_flags
+from conftest import cli, cli_in_process, tiny_cli_flags
 from test_losses_b import LinearTapNet  # logits = W x + b: input gradients known exactly
 from kdpipe.errors import KdpipeError
 from kdpipe.losses import LOSSES, DistillBatch, TapShapes
@@ -514,9 +514,10 @@ def test_cli_form_lands_in_run_json_and_summary(tmp_path):
     )  # fmt: skip
     teacher = tmp_path / "teacher" / "model.pt"
     common = ["--t_model", str(teacher), "--t_name", "resnet8", "--s_name", "resnet8", "--kd_mode", "lwm"]
-    out = cli("kd", *tiny_cli_flags(tmp_path, "paper"), *common, "--cam", "gradcam")
+    # the CLI's parser and entry in this process (``python -m kdpipe kd``: the test above, test_kd.py)
+    out = cli_in_process("kd", *tiny_cli_flags(tmp_path, "paper"), *common, "--cam", "gradcam")
     assert out.returncode == 0, out.stderr
-    out = cli("kd", *tiny_cli_flags(tmp_path, "default"), *common)
+    out = cli_in_process("kd", *tiny_cli_flags(tmp_path, "default"), *common)
     assert out.returncode == 0, out.stderr
     for note, cam in (("paper", "gradcam"), ("default", "kdzoo")):
         record = json.loads((tmp_path / note / "run.json").read_text())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kdpipe
-from conftest import cli, tiny_cli_flags
+from conftest import cli, cli_in_process, tiny_cli_flags
 from kdpipe.errors import KdpipeError
 from kdpipe.methods.dml import mutual_kl
 from kdpipe.summary import _settings
@@ -273,7 +273,7 @@ def test_dml_requires_two_peers(tmp_path):
 
 
 def test_bss_attacks_after_warmup(tmp_path, teacher):
-    # 20 epochs -> warm-up round(10*20/200) = 1 epoch, so epoch 2 uses boundary samples
+    # 12 epochs -> warm-up round(10*12/200) = 1 epoch, so epoch 2 uses boundary samples
     record = kdpipe.train_bss(
         t_model=str(teacher),
         t_name="resnet14",
@@ -281,7 +281,7 @@ def test_bss_attacks_after_warmup(tmp_path, teacher):
         attack_size=8,
         save_root=str(tmp_path),
         note="b",
-        **{**TINY, "epochs": 20, "milestones": [30]},
+        **{**TINY, "epochs": 12, "milestones": [30]},
     )
     assert finite_losses(tmp_path / "b")
     assert record["roles"]["student"]["generation"] == 1 and record["info"]["attack_size"] == 8
@@ -348,15 +348,18 @@ def test_born_again_generation_uses_fresh_init(tmp_path, teacher):
     ],
 )
 def test_cli_entries(tmp_path, teacher, entry, args):
-    out = cli(entry, *tiny_cli_flags(tmp_path), "--t_model", str(teacher), *args)
+    # the parser and the entry in this process (``python -m kdpipe`` itself: test_cli.py, test_kd.py)
+    out = cli_in_process(entry, *tiny_cli_flags(tmp_path), "--t_model", str(teacher), *args)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["entry"] == entry
 
 
 def test_cli_dml_seed_flags(tmp_path):
-    out = cli("dml", *tiny_cli_flags(tmp_path), "--net1_name", "resnet8", "--net2_name", "resnet8", "--lambda_kd", "1")
+    out = cli_in_process(
+        "dml", *tiny_cli_flags(tmp_path), "--net1_name", "resnet8", "--net2_name", "resnet8", "--lambda_kd", "1"
+    )
     assert out.returncode == 0, out.stderr
-    help_text = cli("dml", "-h").stdout
+    help_text = cli_in_process("dml", "-h").stdout
     for flag in ("--net1_init", "--net2_init", "--net1_name", "--net2_name", "--lambda_kd"):
         assert flag in help_text
 
@@ -396,7 +399,10 @@ def test_bad_flags(tmp_path, teacher, entry, kwargs, message):
     ],
 )
 def test_cli_bad_setting_one_line(tmp_path, entry, flags, message):
-    out = cli(entry, *tiny_cli_flags(tmp_path), "--t_model", "t.pt", "--t_name", "resnet14", *flags)
+    # crd through ``python -m kdpipe``; the others through the same parser and error path in this process
+    out = (cli if entry == "crd" else cli_in_process)(
+        entry, *tiny_cli_flags(tmp_path), "--t_model", "t.pt", "--t_name", "resnet14", *flags
+    )
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, cli, tiny_cli_flags
+from conftest import ROOT, cli, cli_in_process, tiny_cli_flags
 from kdpipe.checkpoint import run_dir_lock
 
 ARGS = [
@@ -102,15 +102,16 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
 
 def test_final_checkpoint_rewrites_every_output(tmp_path):
-    """A job killed after its last epoch's checkpoint (Snakemake then deletes its outputs) finishes on rerun."""
+    """A job killed after its last epoch's checkpoint (Snakemake then deletes its outputs) finishes on rerun.
+    (The CLI's entry in this process: the run directory, not the process, carries the state.)"""
     flags = ["base", *tiny_cli_flags(tmp_path, "done"), "--net_name", "resnet8", "--epochs", "2"]
-    first = cli(*flags)
+    first = cli_in_process(*flags)
     assert first.returncode == 0, first.stderr
     run = tmp_path / "done"
     before = {name: (run / name).read_bytes() for name in ("metrics.csv", "model.pt")}
     for name in ("model.pt", "metrics.csv", "run.json"):
         (run / name).unlink()
-    again = cli(*flags)
+    again = cli_in_process(*flags)
     assert again.returncode == 0, again.stderr
     assert "is final; rewriting" in again.stderr
     assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
@@ -121,7 +122,7 @@ def test_final_checkpoint_rewrites_every_output(tmp_path):
     assert record["resumed_at_epochs"] == [2] and set(record["outputs"]) == {"model.pt", "metrics.csv"}
     # one output deleted by hand: the finished run is completed again, not reported as done
     (run / "metrics.csv").unlink()
-    third = cli(*flags)
+    third = cli_in_process(*flags)
     assert third.returncode == 0, third.stderr
     assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
 
@@ -135,6 +136,6 @@ def test_second_process_on_a_run_dir_is_refused(tmp_path):
     assert len(lines) == 1, out.stderr
     assert f"{run} is in use by another kdpipe process (pid {os.getpid()} on " in lines[0]
     assert not (run / "checkpoint.pt").exists() and not (run / "train.log").exists()
-    # released with the holder: the same command now trains
-    assert cli("base", *tiny_cli_flags(tmp_path, "busy"), "--net_name", "resnet8").returncode == 0
+    # released with the holder: the same command now trains (here, in this process, which held the lock)
+    assert cli_in_process("base", *tiny_cli_flags(tmp_path, "busy"), "--net_name", "resnet8").returncode == 0
     assert (run / "run.json").exists()

@@ -384,20 +384,21 @@ def test_a_sweep_added_to_finished_runs_plans_only_its_jobs(tmp_path):
     )
 
     def plan(sweep="", run=False):
+        """Jobs by rule that a dry run lists, or that a real run planned (it prints the same Job stats first)."""
         (tmp_path / "c.yaml").write_text(config % sweep)
         out = snakemake(
             "results/summary.csv", *([] if run else ["-n"]), "--cores", "2", "--configfile", "c.yaml", workdir=tmp_path
         )
         assert out.returncode == 0, out.stderr[-3000:]
-        return job_counts(out.stdout) if "Job stats" in out.stdout else {}
+        text = out.stdout + out.stderr
+        return job_counts(text) if "Job stats" in text else {}, out.stdout
 
-    assert plan() == {"data_manifest": 1, "train_base": 1, "train_kd": 1, "summary": 1}
-    plan(run=True)
-    assert plan() == {}
-    assert plan(", sweep: {st: {T: [2]}}") == {"train_kd_sweep": 1, "summary": 1}
-    plan(", sweep: {st: {T: [2]}}", run=True)
-    assert plan(", sweep: {st: {T: [2, 8]}}") == {"train_kd_sweep": 1, "summary": 1}
-    dry = snakemake("results/summary.csv", "-n", "--cores", "1", "--configfile", "c.yaml", workdir=tmp_path).stdout
+    assert plan(run=True)[0] == {"data_manifest": 1, "train_base": 1, "train_kd": 1, "summary": 1}
+    assert plan()[0] == {}
+    # the finished runs stay finished: the sweep's run plans its student and the summary only
+    assert plan(", sweep: {st: {T: [2]}}", run=True)[0] == {"train_kd_sweep": 1, "summary": 1}
+    counts, dry = plan(", sweep: {st: {T: [2, 8]}}")
+    assert counts == {"train_kd_sweep": 1, "summary": 1}
     assert "results/digits/kd-st/resnet8-resnet8/T~8/seed0/model.pt" in dry and "T~2/seed0/model.pt" not in dry
     record = json.loads((tmp_path / "results/digits/kd-st/resnet8-resnet8/T~2/seed0/run.json").read_text())
     assert record["run"]["sweep"] == [["T", 2]] and record["config"]["T"] == 2.0
