@@ -32,7 +32,7 @@ dry-run: $(STAMP)
 
 # jobs by rule with estimated GPU-hours:  make plan CONFIG=config/paper.yaml [DEVICE=cpu]
 CONFIG ?= config/config.yaml
-DEVICE ?= h100
+DEVICE ?= h200
 plan: $(STAMP)
 	$(BIN)/python -m kdpipe plan --configfile $(CONFIG) --device $(DEVICE)
 

@@ -834,7 +834,13 @@ ENTRY_OPTIONS["plan"] = [
         required=True,
         validate=lambda path: None if Path(path).is_file() else "no such file",
     ),
-    Option("device", str, "h100", "the device of each job, by its name in the calibration table (e.g. h100, cpu)"),
+    Option(
+        "device",
+        str,
+        "h200",
+        "the device of each job, by its name in the calibration table (e.g. h200: measured as kdpipe trains today; "
+        "h200-eager, h100: eager steps; cpu)",
+    ),
     Option("calibration", str, None, "step-cost table to read (default: kdpipe/reference/step_costs.csv)"),
 ]
 ENTRIES["plan"] = Entry(
