@@ -29,7 +29,7 @@ from .capture import StepRunner
 from .checkpoint import atomic_save, atomic_write_text, safe_load
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
-from .options import fingerprint_value
+from .options import differing_keys, fingerprint_value
 
 log = logging.getLogger("kdpipe")
 
@@ -596,10 +596,11 @@ class Training:
 
 
 def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
-    for key in sorted(set(stored) | set(current)):
+    keys = differing_keys(stored, current)
+    if keys:  # the first, by name
+        key = keys[0]
         was, now = fingerprint_value(stored, key), fingerprint_value(current, key)
-        if was != now:
-            raise KdpipeError(
-                f"{path}: checkpoint was made with {key}={was!r}, this run has {key}={now!r}; "
-                "use the original settings to resume, or another --note / save_root for a new run"
-            )
+        raise KdpipeError(
+            f"{path}: checkpoint was made with {key}={was!r}, this run has {key}={now!r}; "
+            "use the original settings to resume, or another --note / save_root for a new run"
+        )

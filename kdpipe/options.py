@@ -727,6 +727,15 @@ def fingerprint_options(opts: dict) -> dict:
     return {k: v for k, v in opts.items() if k not in RESUME_NEUTRAL}
 
 
+def differing_keys(stored: dict, current: dict) -> list[str]:
+    """Fingerprint keys whose values differ; a key absent on one side counts as None there (or as the
+    default of an option added with one), so an option added by a later kdpipe does not make finished
+    runs or checkpoints look different."""
+    return sorted(
+        k for k in set(stored) | set(current) if fingerprint_value(stored, k) != fingerprint_value(current, k)
+    )
+
+
 def fingerprint_value(fingerprint: dict, key: str) -> Any:
     """``fingerprint[key]``, or what an absent key means (see ``ADDED_WITH_A_DEFAULT``)."""
     if key in fingerprint:

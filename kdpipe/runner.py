@@ -28,7 +28,7 @@ from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import Context, Task, current_run_dir, fit, fit_together, running_in, seed_everything
 from .errors import KdpipeError
 from .gpus import claim_gpu
-from .options import fingerprint_options, fingerprint_value, resolve
+from .options import differing_keys, fingerprint_options, resolve
 
 log = logging.getLogger("kdpipe")
 
@@ -100,15 +100,6 @@ def check_num_class(opts: dict, data: ImageData | None = None) -> None:
     known = data.num_classes if data is not None else num_classes_of(opts["data_name"])
     if known is not None and opts["num_class"] is not None and opts["num_class"] != known:
         raise KdpipeError(f"num_class: got {opts['num_class']}, but data_name {opts['data_name']} has {known} classes")
-
-
-def differing_keys(stored: dict, current: dict) -> list[str]:
-    """Fingerprint keys whose values differ; a key absent on one side counts as None there (or as the
-    default of an option added with one), so an option added by a later kdpipe does not make finished
-    runs look different."""
-    return sorted(
-        k for k in set(stored) | set(current) if fingerprint_value(stored, k) != fingerprint_value(current, k)
-    )
 
 
 def differing(stored: dict, current: dict) -> str:
