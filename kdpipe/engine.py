@@ -469,7 +469,7 @@ class Training:
         self.aug = aug = data.augmentation
         self.normalize = normalize = Normalizer(data.mean, data.std, device, ctx.channels_last)
         padded_train = aug.pad_images(data.train_x).to(device)
-        self.train_y = train_y = data.train_y.to(device)
+        train_y = data.train_y.to(device)
         self.val = data.val_x.to(device), data.val_y.to(device)
         self.test = data.test_x.to(device), data.test_y.to(device)
         self.n_train = len(train_y)

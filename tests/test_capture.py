@@ -143,7 +143,7 @@ def test_run_together_writes_each_run_as_alone(tmp_path):
 @pytest.mark.slow
 def test_seeds_together_rule_trains_every_seed_in_one_job(tmp_path):
     """resources.seeds_together: one train_kd_seeds job per kd run writes every seed's run directory,
-    each with its own identity, log lines and teacher (cache) line; the summary sees them as usual."""
+    each with its own identity, teacher, log lines and teacher line; the summary sees them as usual."""
     import csv
     import re
 
