@@ -5,8 +5,9 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
 1. ``single``: images/s of one training run, ResNet-20/56/110 at batch 128 (batched augmentation
    included, channels_last + bf16): the step launched kernel by kernel (eager) and replayed as a
    CUDA graph (:mod:`kdpipe.capture`, kdpipe's default on CUDA).
-2. ``fidelity``: every method kdpipe captures, trained 2 epochs eagerly and with CUDA graphs from the
-   same seed (synthetic data; a partial last batch each epoch): how each ran and how far apart the results are.
+2. ``fidelity``: every method (every kd mode, FT and its paraphraser, CRD, DML, BSS and born-again), trained
+   2 epochs eagerly and with CUDA graphs from the same seed (synthetic data; a partial last batch each
+   epoch): how each ran and how far apart the results are (``--methods`` picks cases).
 3. ``jobs``: aggregate images/s of k training processes sharing the GPU (``jobs_per_gpu``), each
    replaying its graph, started together and timed over the same seconds.
 4. ``streams``: k runs in one process, each graph replayed on its own CUDA stream.
@@ -39,9 +40,14 @@ from kdpipe.data import CIFAR10_MEAN, CIFAR10_STD, ImageData, Normalizer, augmen
 from kdpipe.engine import Context, batch_bounds, fit, seed_everything  # noqa: E402
 from kdpipe.losses import LOSSES  # noqa: E402
 from kdpipe.methods.base import SupervisedTask  # noqa: E402
+from kdpipe.methods.bss import BoundarySampleTask  # noqa: E402
+from kdpipe.methods.crd import ContrastiveTask  # noqa: E402
+from kdpipe.methods.dml import MutualTask  # noqa: E402
+from kdpipe.methods.ft import FactorTransferTask, ParaphraserTask  # noqa: E402
 from kdpipe.methods.common import frozen  # noqa: E402
 from kdpipe.methods.kd import DistillTask  # noqa: E402
 from kdpipe.models import build_model  # noqa: E402
+from kdpipe.objectives.ft import Paraphraser  # noqa: E402
 from kdpipe.options import resolve  # noqa: E402
 from step_cost import time_task  # noqa: E402
 
@@ -112,10 +118,13 @@ def single(report: Report, data: ImageData, tmp: Path, steps: int) -> dict:
 # ---------------------------------------------------------------- 2. fidelity
 
 
-def fidelity(report: Report, tmp: Path) -> None:
+def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
+    """``methods``: a comma list of case labels, or of their first words (``bss``, ``kd``: every kd mode), to run."""
     data = synthetic_cifar(10 * BATCH + 64, held_out=500)  # 10 full batches and a partial one per epoch
     teacher_path = tmp / "teacher32.pt"
     torch.save(build_model("resnet32", 10).state_dict(), teacher_path)
+    paraphraser_path = tmp / "paraphraser32.pt"
+    torch.save(Paraphraser(64, 0.5, True, "lrelu").state_dict(), paraphraser_path)  # resnet32's last stage: 64
     cache_dir = tmp / "cache32"
     teacher = frozen(build_model("resnet32", 10)).cuda().to(memory_format=torch.channels_last)
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
@@ -126,6 +135,19 @@ def fidelity(report: Report, tmp: Path) -> None:
     cases += [("st, cache", "kd", DistillTask, dict(pair, kd_mode="st", teacher_cache=str(cache_dir)))]
     cases += [("dkd (warm-up 2)", "kd", DistillTask, dict(pair, kd_mode="dkd", warmup=2))]
     cases += [("st+dot", "kd", DistillTask, dict(pair, kd_mode="st", dot_delta=0.075))]
+    cases += [
+        ("ft_paraphraser", "ft_paraphraser", ParaphraserTask, dict(t_model=str(teacher_path), t_name="resnet32")),
+        ("ft", "ft", FactorTransferTask, dict(pair, paraphraser=str(paraphraser_path))),
+        ("crd", "crd", ContrastiveTask, dict(pair)),
+        ("crd+st", "crd", ContrastiveTask, dict(pair, st_weight=1.0)),
+        ("dml", "dml", MutualTask, dict(peers=["resnet20", "resnet20"])),
+        ("bss", "bss", BoundarySampleTask, dict(pair)),  # the fixed-size step; targets drawn from the softmax
+        ("bss runner-up", "bss", BoundarySampleTask, dict(pair, attack_class="runner_up")),
+        ("bss born-again", "bss", BoundarySampleTask, dict(pair, attack_size=0)),
+    ]
+    if methods:
+        wanted = set(methods.split(","))
+        cases = [c for c in cases if c[0] in wanted or c[0].split()[0] in wanted or c[1] in wanted]
     rows = []
     for label, entry, cls, opts in cases:
         try:
@@ -418,6 +440,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--job_seconds", type=float, default=3.0)
     parser.add_argument("--only", default="fidelity,single,together,jobs,stkd,streams")
+    parser.add_argument("--methods", default="", help="fidelity: a comma list of its cases (default: all)")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument(
         "--calibration",
@@ -438,7 +461,7 @@ def main() -> None:
     one_run: dict = {}
     sections = {
         "single": lambda: one_run.update(single(report, data, tmp, args.steps)),
-        "fidelity": lambda: fidelity(report, tmp),
+        "fidelity": lambda: fidelity(report, tmp, args.methods),
         "jobs": lambda: jobs(report, args.job_seconds, {net: rates[0] for net, rates in one_run.items()}),
         "streams": lambda: streams(report, data, tmp, args.steps // 2),
         "stkd": lambda: stkd(report, data, tmp, args.steps // 2),

@@ -25,10 +25,14 @@ On the CPU every step is the eager step, unchanged.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Hashable
+from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 log = logging.getLogger("kdpipe")
 
@@ -54,6 +58,7 @@ class StepRunner:
         self.static: tuple[Tensor, Tensor] | None = None  # index, views
         self.results: dict | None = None
         self.eager_steps = 0
+        self.warmup_steps = WARMUP_STEPS
         self.captures = 0
 
     @property
@@ -70,12 +75,16 @@ class StepRunner:
         key = self.graph_key(len(index), epoch)
         if key is None:
             return self.eager(index, views, index_dev, epoch)
-        if self.eager_steps < WARMUP_STEPS:
+        if self.eager_steps < self.warmup_steps:
             return self.warmup(index, views, index_dev, epoch)
         if key != self.key and not self.capture(key, index_dev, view_ids_dev[index_dev], epoch):
             return self.eager(index, views, index_dev, epoch)
         self.static[0].copy_(index_dev)
         torch.index_select(view_ids_dev, 0, index_dev, out=self.static[1])
+        return self.replay(epoch)
+
+    def replay(self, epoch: int) -> dict:
+        """The captured step on the batch now in the static inputs."""
         self.graph.replay()
         return self.results
 
@@ -126,3 +135,227 @@ class StepRunner:
 
     def release(self) -> None:
         self.graph = self.key = self.static = self.results = None
+
+
+# ---------------------------------------------------------------- rehearsal on the CPU
+
+# Ops after which the host holds a value of the device's (a synchronisation), or whose output's shape
+# depends on the data: a capture fails on them, or would keep one batch's shape for every replay.
+HOST_OPS = frozenset(
+    {
+        "aten::_local_scalar_dense",  # .item(), int(t), bool(t), float(t)
+        "aten::nonzero",
+        "aten::masked_select",
+        "aten::_unique",
+        "aten::_unique2",
+        "aten::unique_dim",
+        "aten::unique_consecutive",
+        "aten::equal",
+        "aten::is_nonzero",
+        "aten::allclose",
+    }
+)
+MASK_INDEXED_OPS = frozenset({"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"})
+HOST_DATA_OPS = frozenset({"aten::lift_fresh", "aten::lift_fresh_copy"})  # torch.tensor(python data) in the step
+
+
+class ReplayRehearsal(StepRunner):
+    """A CPU stand-in for :class:`StepRunner` that checks a method's claim to be capturable.
+
+    It runs every step eagerly, as the CPU does, but the way the GPU runner would use a graph: the
+    same keys (:meth:`~kdpipe.engine.Task.capture_key`, the learning rates, full batches), the same
+    warm-up, the batch copied into static index and view tensors.  The step of a new key is recorded
+    op by op (:class:`StepTrace`); each later step under that key must record the same ops with the
+    same Python values, shapes and memory read from outside the step -- what a graph replays -- and
+    must leave the Python state of the task and its modules as it was.  What differs, or an op a
+    capture cannot hold (a host synchronisation, a data-dependent shape, data copied from Python), is
+    a *finding*: a graph replay of that step would fail, or silently compute something else.
+    Training is unaffected: the rehearsed run equals the eager one bit for bit.
+
+    It sees the ops a step calls, not what a native kernel does inside: a sync there (torch.multinomial's
+    check of its probabilities, an SVD's convergence check) fails the capture on the GPU, and that run
+    goes on eagerly and says so (:attr:`StepRunner.mode`) -- loudly, not wrongly.  Syncs that only the
+    CPU's kernels make (F.one_hot checks its labels' range off CUDA) are findings here all the same.
+    """
+
+    def __init__(
+        self, task, batch: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], full_batch: int, warmup_steps: int = 1
+    ):
+        super().__init__(task, batch, full_batch)
+        self.enabled = True
+        self.warmup_steps = warmup_steps  # one eager step makes the optimizer's state; PyTorch's 3 are for the GPU
+        self.findings: list[str] = []
+        self.reference: StepTrace | None = None
+        self.compared = 0
+
+    @property
+    def mode(self) -> str:
+        return f"rehearsed ({self.captures} keys, {self.compared} steps compared, {len(self.findings)} findings)"
+
+    def warmup(self, index: Tensor, views: Tensor, index_dev: Tensor, epoch: int) -> dict:
+        self.eager_steps += 1
+        return self.eager(index, views, index_dev, epoch)
+
+    def capture(self, key: Hashable, index_dev: Tensor, views_dev: Tensor, epoch: int) -> bool:
+        self.release()
+        self.key, self.static, self.reference = key, (index_dev.clone(), views_dev.clone()), None
+        self.captures += 1
+        return True
+
+    def replay(self, epoch: int) -> dict:
+        before = python_state(self.task)
+        with StepTrace() as trace:
+            x, y = self.batch(*self.static)
+            results = self.task.train_step(x, y, self.static[0], self.static[1], epoch)
+        where = f"{type(self.task).__name__}, epoch {epoch}, key {self.key!r}"
+        self.findings += [f"{where}: {problem}" for problem in trace.problems]
+        changed = [name for name, value in python_state(self.task).items() if before.get(name, value) != value]
+        if changed:
+            self.findings.append(f"{where}: the step changes {', '.join(changed)} (a replayed graph would not)")
+        if self.reference is None:
+            self.reference = trace
+        else:
+            self.compared += 1
+            difference = self.reference.difference(trace)
+            if difference:
+                self.findings.append(f"{where}: {difference}")
+        return results
+
+    def release(self) -> None:
+        super().release()
+        self.reference = None
+
+
+class StepTrace(TorchDispatchMode):
+    """The ops one step runs, each with its Python arguments, its tensors' shapes, dtypes and strides,
+    and where each tensor comes from: an earlier op of the step (``("step", i)``) or memory held
+    outside it (``("held", address)``: parameters, buffers, optimizer state, the static batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple] = []
+        self.problems: list[str] = []
+        self.where: list[str] = []  # the line of code outside torch that ran each op
+        self._made: dict[int, int] = {}  # storage address -> the op that last wrote a tensor there
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name  # without the overload
+        if name.startswith("profiler::"):  # the optimizer's record_function markers: no kernels
+            return func(*args, **kwargs)
+        self._check(name, args, kwargs)
+        signature = (str(func), self._describe(args), self._describe(kwargs))
+        out = func(*args, **kwargs)
+        index = len(self.ops)
+        self.ops.append(signature)
+        self.where.append(_caller())
+        for t in _tensors(out):
+            if t.numel():
+                self._made[t.untyped_storage().data_ptr()] = index
+        return out
+
+    def _check(self, name: str, args, kwargs) -> None:
+        problems = []
+        if name in HOST_OPS:
+            problems.append(f"{name} synchronises with the host or has a data-dependent shape")
+        elif name in HOST_DATA_OPS:
+            problems.append(f"{name}: a tensor made from Python data inside the step")
+        elif name in MASK_INDEXED_OPS and any(t.dtype in (torch.bool, torch.uint8) for t in _tensors(args[1:2])):
+            problems.append(f"{name} with a boolean mask: a data-dependent shape")
+        elif name == "aten::repeat_interleave" and kwargs.get("output_size") is None and len(args) == 1:
+            problems.append(f"{name} without output_size synchronises with the host")
+        if any(isinstance(v, torch.Generator) for v in _leaves((args, kwargs))):
+            problems.append(f"{name} draws from an explicit torch.Generator, which a graph does not advance")
+        self.problems += [f"{problem} (at {_caller()})" for problem in problems]
+
+    def _describe(self, value):
+        if isinstance(value, Tensor):
+            if not value.numel():
+                origin = ("empty",)
+            else:
+                address = value.untyped_storage().data_ptr()
+                made = self._made.get(address)
+                origin = ("step", made) if made is not None else ("held", address, value.storage_offset())
+            return ("tensor", tuple(value.shape), value.dtype, value.stride(), origin)
+        if isinstance(value, (list, tuple)):
+            return tuple(self._describe(v) for v in value)
+        if isinstance(value, dict):
+            return tuple((k, self._describe(v)) for k, v in value.items())
+        if isinstance(value, float):
+            return ("float", value.hex())
+        if isinstance(value, (int, bool, str, type(None))):
+            return value
+        return repr(value)
+
+    def difference(self, other: StepTrace) -> str:
+        """What ``other`` (a later step under the same key) does differently, or ''."""
+        for i, (mine, theirs) in enumerate(zip(self.ops, other.ops)):
+            if mine != theirs:
+                what = "reads other memory held outside the step" if _only_held_differs(mine, theirs) else "differs"
+                return (
+                    f"op {i} ({mine[0]} at {other.where[i]}) {what} in a later step: "
+                    f"recorded {mine[1:]!r:.300}, then {theirs[1:]!r:.300}"
+                )
+        if len(self.ops) != len(other.ops):
+            return f"a later step runs {len(other.ops)} ops, the recorded one {len(self.ops)}"
+        return ""
+
+
+def _only_held_differs(a, b) -> bool:
+    """Whether two op signatures differ only in the addresses of held tensors."""
+
+    def strip(value):
+        if isinstance(value, tuple) and value and value[0] == "held":
+            return ("held",)
+        if isinstance(value, tuple):
+            return tuple(strip(v) for v in value)
+        return value
+
+    return strip(a) == strip(b)
+
+
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside torch and this module (who ran the op)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if f"{os.sep}torch{os.sep}" not in name and name != __file__:
+            return f"{Path(name).name}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "?"
+
+
+def _leaves(value):
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _tensors(value):
+    return [v for v in _leaves(value) if isinstance(v, Tensor)]
+
+
+def python_state(task) -> dict[str, object]:
+    """The plain Python values (numbers, strings, flags) held by a task and its modules, by name."""
+    state: dict[str, object] = {}
+    plain = (int, float, bool, str, type(None))
+    modules = {
+        **{f"roles.{k}": m for k, m in task.roles.items()},
+        **{f"extra.{k}": m for k, m in task.extra_modules.items()},
+    }
+    for name, value in vars(task).items():
+        if isinstance(value, plain):
+            state[f"task.{name}"] = value
+        elif isinstance(value, torch.nn.Module):
+            modules.setdefault(name, value)
+    for prefix, root in modules.items():
+        for path, module in root.named_modules(prefix=prefix):
+            for name, value in vars(module).items():
+                if isinstance(value, plain):
+                    state[f"{path}.{name}"] = value
+    return state

@@ -32,9 +32,6 @@ CALIBRATION = Path(__file__).resolve().parent / "reference" / "step_costs.csv"
 FIELDS = ("device", "quantity", "subject", "value", "image_size", "batch", "source", "date")
 QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes", "together_x<k>")
 EAGER = "-eager"  # a GPU's rows measured with --cuda_graphs 0 (bench/calibrate.py --graphs 0)
-# The rules whose steps kdpipe runs eagerly also on CUDA (their tasks keep Task.capture_key's None): on a GPU
-# with an eager calibration they are costed from it; train_kd runs of a mode that cannot be captured too.
-EAGER_RULES = ("train_ft", "train_crd", "train_dml", "train_bss", "ft_paraphraser")
 TOGETHER = re.compile(r"together_x([2-9]|[1-9]\d+)")  # k runs of a net trained together / one alone
 REFERENCE_NET = "resnet20"  # the net every device measures; other nets scale from it by their CPU step ratio
 ESTIMATE_FROM = "cpu"  # the device whose rows cover every net and method
@@ -366,18 +363,22 @@ def base_rule(rule: str) -> str:
 
 
 def _eager_steps(config: dict, job: Job) -> bool:
+    """Whether a job's training steps run eagerly on a GPU (costed from its ``-eager`` rows): with
+    ``resources.cuda_graphs: 0``, or for a kd run whose task does not replay its step (``Task.replays``: DOT,
+    a mode that syncs the host).  Every other training rule's task replays its step; the workflow gives DOT
+    to kd runs only."""
     if job.run is not None and base_rule(job.run.rule) == "train_kd":
         return not _captured(config, job.run)
-    return base_rule(job.rule) in EAGER_RULES
+    return config["resources"]["cuda_graphs"] == 0
 
 
 def _captured(config: dict, run) -> bool:
     """Whether a kd run's steps are CUDA graphs, so that its seeds train together (kdpipe.runner.run_together)."""
     from . import workflow as kw
-    from .losses import LOSSES
+    from .methods.kd import DistillTask
 
     opts = kw.kd_options(config, run.dataset, run.method + run.variant, run.teacher, run.student, run.seed, run.sweep)
-    return LOSSES[run.method].capturable and opts.get("dot_delta") is None and config["resources"]["cuda_graphs"] != 0
+    return DistillTask.replays(opts) and config["resources"]["cuda_graphs"] != 0
 
 
 def _cached(config: dict, run) -> bool:

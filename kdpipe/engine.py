@@ -180,12 +180,18 @@ class Task:
     def on_epoch_start(self, epoch: int) -> None:
         pass
 
+    @classmethod
+    def replays(cls, opts: dict) -> bool:
+        """Whether the method's training step, with these options, can be replayed as a CUDA graph
+        (:mod:`kdpipe.capture`): it runs on the device alone -- no host synchronisation, no CPU random
+        numbers, the same kernels for every full batch of an epoch (``tests/test_capture_rehearsal.py``
+        rehearses each method's claim on the CPU).  The cost plan reads it too.  Default: no."""
+        return False
+
     def capture_key(self, epoch: int):
-        """What the training step of ``epoch`` bakes into its kernels besides the learning rates (hashable),
-        when the step can be replayed as a CUDA graph (:mod:`kdpipe.capture`): it must run on the device
-        alone -- no host synchronisation, no CPU random numbers, the same kernels for every full batch of
-        the epoch.  ``None`` (the default): the step runs eagerly."""
-        return None
+        """What the training step of ``epoch`` bakes into its kernels besides the learning rates (hashable);
+        ``None`` when the step runs eagerly (:meth:`replays` is False)."""
+        return () if self.replays(self.ctx.opts) else None
 
     def on_epoch_end(self, epoch: int) -> None:
         for scheduler in self.schedulers.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import types
 
@@ -19,8 +20,8 @@ from kdpipe.objectives.bss import (
     bss_kd_loss,
     bss_lambda,
     select_attack_samples,
+    subset_batch_norm,
 )
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -53,6 +54,34 @@ class TinyImageNet(nn.Module):
     def forward(self, x):
         e = x.flatten(1)
         return FeatureTaps(stem=x, stages_pre=(), stages=(), embedding=e, logits=self.fc(e))
+
+
+def bn_net(seed=0):
+    """A small training-mode conv net with two BatchNorm2d layers and a BatchNorm1d, on (B, 3, 8, 8) inputs; the
+    norm layers' affine parameters and running statistics are random, num_batches_tracked 3."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+        nn.BatchNorm1d(10),
+        nn.ReLU(),
+        nn.Linear(10, 5),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.normal_()
+                m.bias.normal_()
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.num_batches_tracked.fill_(3)
+    return net.train()
 
 
 def loop_attack(model, x, y, target, steps, step_size, eps=1e-4, lower=None, upper=None):
@@ -215,6 +244,16 @@ def test_attack_classes_default_is_the_teachers_softmax_draw():
     p[torch.arange(4000), t.argmax(1)] = 0
     ref = torch.multinomial(p / p.sum(1, keepdim=True), 1, generator=torch.Generator().manual_seed(5)).squeeze(1)
     assert (got == ref).double().mean() > 0.99
+
+
+def test_attack_classes_draws_what_torch_multinomial_draws_without_its_host_check():
+    """The exponential race is torch.multinomial's own one-sample draw: the very same classes and generator state
+    (so eager BSS results are what they were), but no host-side probability check (a CUDA graph holds it)."""
+    t = torch.randn(512, 10, generator=torch.Generator().manual_seed(3)) * 3
+    probs = F.softmax(t.scatter(1, t.argmax(1, keepdim=True), float("-inf")), dim=1)
+    g_ours, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(attack_classes(t, generator=g_ours), torch.multinomial(probs, 1, generator=g_ref).squeeze(1))
+    assert torch.equal(g_ours.get_state(), g_ref.get_state())
 
 
 def test_attack_classes_sampled_excludes_top1_and_matches_softmax():
@@ -386,9 +425,15 @@ def test_no_host_sync(monkeypatch):
     adv = boundary_attack(model, x, y, target, steps=3, lower=lower, upper=upper)
     loss = bss_kd_loss(s, t, T=4.0, valid=valid.new_ones(5))
     loss2 = bss_kd_loss(s, t, T=4.0)
+    net, xb = bn_net(), torch.randn(4, 3, 8, 8, generator=g)
+    with subset_batch_norm(net, torch.tensor([True, False, True, False])):
+        net(xb).sum().backward()
+    with subset_batch_norm(net, torch.zeros(4, dtype=torch.bool)):
+        net(xb)
     monkeypatch.undo()
     assert index.shape == (3,) and target.shape == (5,) and adv.shape == x.shape
     assert torch.isfinite(loss) and torch.isfinite(loss2)
+    assert int(net[1].num_batches_tracked) == 4  # one forward with kept rows counted, the empty one not
 
 
 # ----------------------------------------------------------------------------- 6. loss
@@ -458,3 +503,159 @@ def test_boundary_attack_frozen_teacher():
     adv = boundary_attack(model, x, torch.tensor([0]), torch.tensor([1]), steps=10, step_size=3.0)
     assert int(model(adv).logits.argmax()) == 1
     assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- 8. batch norm over the kept rows
+
+
+def batch_norms(net):
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def assert_close(got, want, rtol=1e-5, scale=None, what=""):
+    """|got - want| <= rtol * scale, by default scale = max|want| (float32 rounding of differently ordered sums)."""
+    scale = want.abs().max().clamp_min(1e-6) if scale is None else scale
+    assert (got - want).abs().max() <= rtol * scale, (what, float((got - want).abs().max() / scale))
+
+
+def test_subset_batch_norm_equals_the_kept_rows_alone():
+    """A padded batch under the context: kept rows' outputs, parameter gradients of a loss on them, running
+    statistics and batch counters as a forward of the kept rows alone (BatchNorm2d and BatchNorm1d)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, 8, 8, generator=g) * 2 + 1
+    r = torch.randn(7, 5, generator=g)
+    keep = torch.tensor([True, False, True, True, False, False, True])
+    padded, alone = bn_net(), bn_net()
+    with subset_batch_norm(padded, keep):
+        out = padded(x)
+    ref = alone(x[keep])
+    assert_close(out[keep], ref)
+    assert torch.isfinite(out).all()
+    # the loss weights the padding by 0, as bss_kd_loss's valid mask does
+    ((out - r).square() * keep.float().view(-1, 1)).sum().backward()
+    (ref - r[keep]).square().sum().backward()
+    # relative to the largest gradient: a convolution's bias before a batch norm has a gradient of 0 up to rounding
+    scale = max(float(q.grad.abs().max()) for q in alone.parameters())
+    for (name, p), q in zip(padded.named_parameters(), alone.parameters()):
+        assert_close(p.grad, q.grad, scale=scale, what=name)
+    for (name, b), c in zip(padded.named_buffers(), alone.buffers()):
+        assert_close(b.float(), c.float(), rtol=1e-6, what=name)
+    assert [int(m.num_batches_tracked) for m in batch_norms(padded)] == [4, 4, 4]
+    # the stats moved: the comparison has teeth
+    assert not torch.allclose(padded[1].running_mean, bn_net()[1].running_mean)
+
+
+def test_subset_batch_norm_after_a_plain_training_forward():
+    """As in a BSS step: a plain training forward (which saves the running statistics for its backward), then a
+    forward under the context, then one backward through both -- as with two plain forwards."""
+    g = torch.Generator().manual_seed(5)
+    x, x_adv = torch.randn(6, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    keep = torch.tensor([True, True, False, True])
+    padded, alone = bn_net(), bn_net()
+    clean = padded(x)
+    with subset_batch_norm(padded, keep):
+        adv = padded(x_adv)
+    (clean.square().sum() + (adv.square() * keep.float().view(-1, 1)).sum()).backward()
+    (alone(x).square().sum() + alone(x_adv[keep]).square().sum()).backward()
+    scale = max(float(q.grad.abs().max()) for q in alone.parameters())
+    for (name, p), q in zip(padded.named_parameters(), alone.parameters()):
+        assert_close(p.grad, q.grad, scale=scale, what=name)
+    for (name, b), c in zip(padded.named_buffers(), alone.buffers()):
+        assert_close(b.float(), c.float(), rtol=1e-6, what=name)
+
+
+def test_subset_batch_norm_cumulative_average():
+    """momentum None (running statistics = the average over batches): several forwards with different kept rows
+    equal the same forwards of the kept rows alone; a forward with no kept row is not counted."""
+    g = torch.Generator().manual_seed(1)
+    padded, alone = bn_net(), bn_net()
+    for m in batch_norms(padded) + batch_norms(alone):
+        m.momentum = None
+    masks = [[True, True, False, True, False], [False] * 5, [False, True, True, False, True]]
+    for mask in masks:
+        x, keep = torch.randn(5, 3, 8, 8, generator=g), torch.tensor(mask)
+        with subset_batch_norm(padded, keep):
+            padded(x)
+        if keep.any():
+            alone(x[keep])
+    for (name, b), c in zip(padded.named_buffers(), alone.buffers()):
+        assert_close(b.float(), c.float(), rtol=1e-6, what=name)
+    assert [int(m.num_batches_tracked) for m in batch_norms(padded)] == [5, 5, 5]
+
+
+def test_subset_batch_norm_no_row_kept():
+    """No kept row: running statistics and batch counters unchanged, outputs finite (also for rows far from the
+    running statistics), and a loss weighting every row by 0 gives zero, not NaN, gradients."""
+    net = bn_net()
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 1e3
+    with subset_batch_norm(net, torch.zeros(4, dtype=torch.bool)):
+        out = net(x)
+    assert torch.isfinite(out).all()
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    (out * 0.0).sum().backward()
+    for name, p in net.named_parameters():
+        assert torch.equal(p.grad, torch.zeros_like(p)), name
+
+
+def test_subset_batch_norm_channels_last_and_bf16():
+    """A channels_last input keeps its layout and values; a bf16 input gets float32 statistics and a bf16
+    output."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 8, 8, generator=g)
+    keep = torch.tensor([True, False, True, True, True, False])
+    dense, last = bn_net(), bn_net()
+    with subset_batch_norm(dense, keep):
+        want = dense[:2](x)
+    with subset_batch_norm(last, keep):
+        got = last[:2](x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert_close(got, want)
+    assert_close(last[1].running_var, dense[1].running_var, rtol=1e-6)
+
+    bn = nn.BatchNorm1d(4)
+    h = (torch.randn(6, 4, generator=g) * 3 + 2).to(torch.bfloat16)
+    with subset_batch_norm(bn, keep):
+        out = bn(h)
+    assert out.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32
+    kept = h[keep].float()  # the bf16 values, in float32
+    assert_close(bn.running_mean, 0.1 * kept.mean(0), rtol=1e-6)
+    assert_close(bn.running_var, 0.9 + 0.1 * kept.var(0, unbiased=True), rtol=1e-6)
+    want = (kept - kept.mean(0)) / torch.sqrt(kept.var(0, unbiased=False) + bn.eps)
+    assert (out[keep].float() - want).abs().max() <= 2e-2 * want.abs().max()  # bf16 rounding of the output
+
+
+def test_subset_batch_norm_leaves_eval_layers_and_restores_forward():
+    """Layers in eval mode normalise with their running statistics, bit for bit as without the context; every
+    layer gets its own forward back after the context, after an exception and after a nested context."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, 8, 8, generator=g)
+    keep = torch.tensor([True, False, True, False, False])
+    net = bn_net().eval()
+    before = copy.deepcopy(net.state_dict())
+    with subset_batch_norm(net, keep):
+        got = net(x)
+    assert torch.equal(got, net(x))
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all("forward" not in vars(m) for m in batch_norms(net))
+
+    net.train()
+    with pytest.raises(RuntimeError, match="boom"), subset_batch_norm(net, keep):
+        raise RuntimeError("boom")
+    assert all("forward" not in vars(m) for m in batch_norms(net))
+    with subset_batch_norm(net, keep):
+        outer = [vars(m)["forward"] for m in batch_norms(net)]
+        with subset_batch_norm(net, ~keep):
+            assert all(vars(m)["forward"] is not f for m, f in zip(batch_norms(net), outer))
+        assert all(vars(m)["forward"] is f for m, f in zip(batch_norms(net), outer))
+    assert all("forward" not in vars(m) for m in batch_norms(net))
+    # the plain forward is back: batch statistics of every row
+    plain = bn_net()
+    assert torch.equal(net[:2](x), plain[:2](x))
+
+    with pytest.raises(ValueError, match="keep has 4 rows, the batch 5"), subset_batch_norm(net, keep[:4]):
+        net(x)
+    with pytest.raises(ValueError, match="keep must be a"), subset_batch_norm(net, keep.float()):
+        pass

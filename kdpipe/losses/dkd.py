@@ -55,7 +55,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, y: Tensor, T: floa
     T = float(T)
     teacher_logits = teacher_logits.detach()
     batch = student_logits.shape[0]
-    gt = F.one_hot(y.long().view(-1), student_logits.shape[1]).to(student_logits.dtype)
+    # the one-hot mask by scatter: F.one_hot checks the labels' range on the host (off CUDA), a sync
+    gt = torch.zeros_like(student_logits).scatter_(1, y.long().view(-1, 1), 1.0)
     other = 1.0 - gt
     p_s = F.softmax(student_logits / T, dim=1)
     p_t = F.softmax(teacher_logits / T, dim=1)

@@ -83,6 +83,10 @@ class ParaphraserTask(Task):
         loss = reconstruction_loss(reconstruction.float(), target)
         return self.optimize(loss, "paraphraser", "paraphraser", None, y)
 
+    @classmethod
+    def replays(cls, opts):
+        return True
+
     @torch.no_grad()
     def evaluate_role(self, role, images, labels, normalize):
         if len(labels) == 0:

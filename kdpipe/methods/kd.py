@@ -142,11 +142,13 @@ class DistillTask(StudentTask):
         return float(self.optimizers[self.step_optimizer(getattr(self, "_epoch", 0))].param_groups[0]["lr"])
 
     # -- one batch
-    def capture_key(self, epoch):
-        if self.uses_dot() or not self.loss.capturable:  # DOT holds one gradient while it computes the other
-            return None
+    @classmethod
+    def replays(cls, opts):
+        return super().replays(opts) and LOSSES[opts["kd_mode"]].capturable
+
+    def step_values(self, epoch):
         loss_epoch = epoch if self.in_init_phase(epoch) else epoch - self.init_epochs
-        return (self.in_init_phase(epoch), self.step_optimizer(epoch), self.loss.capture_key(loss_epoch))
+        return (self.in_init_phase(epoch), self.loss.capture_key(loss_epoch))
 
     def teacher_taps(self, x, index, view_ids):
         if self.cache is None and self.loss.teacher_grad:

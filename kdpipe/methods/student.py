@@ -130,6 +130,19 @@ class StudentTask(Task):
     def step_optimizer(self, epoch: int) -> str:
         return "student"
 
+    @classmethod
+    def replays(cls, opts):
+        return opts.get("dot_delta") is None  # DOT holds one gradient while it computes the other
+
+    def capture_key(self, epoch):
+        if not self.replays(self.ctx.opts):
+            return None
+        return (self.step_optimizer(epoch), *self.step_values(epoch))
+
+    def step_values(self, epoch: int) -> tuple:
+        """The Python values the method's terms bake into a captured step in ``epoch`` (see :meth:`capture_key`)."""
+        return ()
+
     def train_step(self, x, y, index, view_ids, epoch):
         logits, terms = self.terms(x, y, index, view_ids, epoch)
         name = self.step_optimizer(epoch)

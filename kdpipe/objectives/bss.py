@@ -30,14 +30,23 @@ Building blocks (all batched, with no host synchronisation in the tensor functio
   teacher still assigns to their true class, then the clamp;
 * :func:`bss_kd_loss` - ``KL(softmax(t/T) || softmax(s/T))`` averaged over the valid
   adversarial samples, without the ``T^2`` factor (the scale KD-Zoo's ``lambda_kd`` = 2
-  assumes).
+  assumes);
+* :func:`subset_batch_norm` - a context under which a model's training-mode batch norm
+  layers see only the kept rows of a fixed-size batch, so that the student's forward on a
+  padded adversarial batch equals its forward on the valid rows alone (the fixed-size step
+  of :mod:`kdpipe.methods.bss`, which a CUDA graph can replay).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import KdpipeError
 
@@ -85,7 +94,7 @@ def attack_classes(t_logits: Tensor, how: str = "sampled", generator: torch.Gene
     """Target class per sample, (B,) int64.
 
     ``sampled``: drawn among all classes but the teacher's top-1, with probability
-    proportional to the teacher's softmax (one batched ``torch.multinomial`` draw, using
+    proportional to the teacher's softmax (one batched draw, ``torch.multinomial``'s for one sample, using
     ``generator`` if given).  The base samples are ones the teacher classifies correctly, so
     the true class is the excluded top-1.  ``runner_up``: the teacher's second-highest class.
     """
@@ -101,7 +110,11 @@ def attack_classes(t_logits: Tensor, how: str = "sampled", generator: torch.Gene
     top1 = t_logits.argmax(dim=1, keepdim=True)
     masked = t_logits.float().scatter(1, top1, float("-inf"))
     probs = F.softmax(masked, dim=1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    # one draw per row by the exponential race, argmax_c p_c / E_c with E_c ~ Exp(1): what torch.multinomial
+    # computes for one sample (the same random numbers, the same classes), without the host-side check of
+    # the probabilities it makes first, which a CUDA graph cannot hold
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=1)
 
 
 def attack_bounds(how: str, mean, std) -> tuple[Tensor, Tensor]:
@@ -192,3 +205,110 @@ def bss_kd_loss(s_logits: Tensor, t_logits: Tensor, T: float, valid: Tensor | No
         return per_sample.sum() / max(per_sample.shape[0], 1)
     w = valid.to(per_sample.dtype)
     return (per_sample * w).sum() / w.sum().clamp_min(1.0)
+
+
+@contextlib.contextmanager
+def subset_batch_norm(model: nn.Module, keep: Tensor) -> Iterator[None]:
+    """Within the context, ``model``'s batch norm layers compute batch statistics over the kept rows only.
+
+    ``keep`` (B,) bool marks the rows of every batch the model sees inside the context that
+    count (the valid rows of a fixed-size, padded batch).  Each ``_BatchNorm`` layer that
+    uses batch statistics (training mode, or no running statistics) then normalises with,
+    per channel over the kept rows and all spatial positions (``n = kept rows x spatial
+    size`` values),
+
+        mean = sum_kept x / n,    var = sum_kept (x - mean)^2 / n,
+        y = (x - mean) / sqrt(var + eps) * weight + bias,
+
+    and, in training mode with running statistics, updates them as a forward of the kept
+    rows alone would: ``running <- (1 - m) running + m stat`` with the unbiased variance
+    ``var * n / (n - 1)``, ``m`` the layer's momentum (``None``: ``1 / num_batches_tracked``,
+    the cumulative average), and ``num_batches_tracked + 1``.  The outputs and parameter
+    gradients of the kept rows are therefore those of the kept rows run alone.  (A layer
+    that sees a single value per channel, ``n = 1``, which ``F.batch_norm`` refuses in
+    training, takes the unbiased variance as 0 here.)  When no row
+    is kept, running statistics and ``num_batches_tracked`` stay as they are (``torch.where``
+    on the device: nothing here synchronises with the host, so a CUDA graph can record it).
+
+    Rows that are not kept are normalised with the (detached) statistics of the whole batch,
+    as an ordinary training forward would do: their outputs stay finite -- callers weight
+    them by 0, and ``0 * inf`` would be NaN -- and no gradient reaches the kept rows through
+    them.  Statistics are computed in float32 (also for a bf16 input under autocast) and the
+    output has the input's dtype; channels_last inputs keep their layout.  Layers in eval mode
+    with running statistics are untouched.  Each layer's own ``forward`` is restored on exit,
+    also when the body raises.
+    """
+    if keep.dim() != 1 or keep.dtype != torch.bool:
+        raise ValueError(
+            f"subset_batch_norm: keep must be a (batch,) bool tensor; got {keep.dtype} {tuple(keep.shape)}"
+        )
+    patched = []
+    try:
+        for layer in model.modules():
+            if isinstance(layer, _BatchNorm):
+                own = layer.__dict__.get("forward")  # an instance-level forward (a nested context's), if any
+                layer.forward = _kept_rows_forward(layer, keep, layer.forward)
+                patched.append((layer, own))
+        yield
+    finally:
+        for layer, own in reversed(patched):
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+
+
+def _kept_rows_forward(layer: _BatchNorm, keep: Tensor, original):
+    """``layer``'s forward under :func:`subset_batch_norm`; ``original`` where running statistics are used."""
+
+    def forward(x: Tensor) -> Tensor:
+        if not (layer.training or layer.running_mean is None):
+            return original(x)
+        layer._check_input_dim(x)
+        if x.shape[0] != keep.shape[0]:
+            raise ValueError(f"subset_batch_norm: keep has {keep.shape[0]} rows, the batch {x.shape[0]}")
+        dims = [0, *range(2, x.dim())]
+        channel = (1, -1) + (1,) * (x.dim() - 2)
+        kept = keep.to(x.device).view((-1,) + (1,) * (x.dim() - 1))
+        xf = x.float()
+        count = keep.to(device=x.device, dtype=torch.float32).sum() * math.prod(x.shape[2:])  # n, on the device
+        denom = count.clamp_min(1.0)
+        mean = (xf * kept).sum(dims) / denom
+        var = ((xf - mean.view(channel)).square() * kept).sum(dims) / denom
+        with torch.no_grad():
+            var_all, mean_all = torch.var_mean(xf, dims, correction=0)
+        row_mean = torch.where(kept, mean.view(channel), mean_all.view(channel))
+        row_var = torch.where(kept, var.view(channel), var_all.view(channel))
+        y = (xf - row_mean) * torch.rsqrt(row_var + layer.eps)
+        if layer.weight is not None:
+            y = y * layer.weight.view(channel) + layer.bias.view(channel)
+        if layer.training and layer.track_running_stats and layer.running_mean is not None:
+            _update_running_stats(layer, mean.detach(), var.detach(), count)
+        return y.to(x.dtype)
+
+    return forward
+
+
+@torch.no_grad()
+def _update_running_stats(layer: _BatchNorm, mean: Tensor, var: Tensor, count: Tensor) -> None:
+    """``layer``'s running statistics after a forward of ``count`` values per channel with batch ``mean`` and
+    biased ``var``, as ``F.batch_norm`` updates them; unchanged when ``count`` is 0 (no host sync)."""
+    any_kept = count > 0
+    tracked = layer.num_batches_tracked
+    if tracked is not None:
+        tracked = tracked + any_kept.to(tracked.dtype)
+    if layer.momentum is not None:
+        factor = layer.momentum
+    elif tracked is not None:
+        factor = 1.0 / tracked.clamp_min(1).to(torch.float32)  # cumulative moving average
+    else:
+        factor = 0.0  # as _BatchNorm: no momentum and no batch counter leave the running statistics be
+    unbiased = var * count / (count - 1.0).clamp_min(1.0)
+    for running, stat in ((layer.running_mean, mean), (layer.running_var, unbiased)):
+        updated = (1.0 - factor) * running + factor * stat.to(running.dtype)
+        # through .data, as F.batch_norm updates them inside its kernel: an earlier training forward of this
+        # step saved the running statistics for its backward (which does not read them in training mode),
+        # and a version bump here would fail that backward
+        running.data.copy_(torch.where(any_kept, updated, running))
+    if tracked is not None:
+        layer.num_batches_tracked.copy_(tracked)
