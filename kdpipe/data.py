@@ -11,7 +11,9 @@ epoch's exact inputs can be replayed later (the teacher cache keys on them).
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import importlib.util
 import json
 import logging
 import pickle
@@ -347,15 +349,32 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     return train_x, train_y, test_x, test_y, num_classes, classes, mean, std, aug
 
 
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``load_digits`` returns them: (1797, 8, 8) float64 pixel values 0-16
+    and the labels, read from its ``datasets/data/digits.csv.gz`` the way it reads it (``np.loadtxt``), but
+    without importing scikit-learn, which costs each training process 2-4 s; ``load_digits`` itself if the
+    file is not where scikit-learn keeps it."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise KdpipeError("data_name digits: scikit-learn is not installed (pip install scikit-learn)")
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path) as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
 def load_digits_arrays(split_seed: int):
     """scikit-learn's 1,797 bundled 8x8 digits, upscaled to 16x16 RGB uint8; 20% test split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images).float()[:, None] * (255.0 / 16.0)  # (N,1,8,8)
+    pixels, target = bundled_digits()
+    images = torch.from_numpy(pixels).float()[:, None] * (255.0 / 16.0)  # (N,1,8,8)
     images = F.interpolate(images, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
     images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    labels = torch.from_numpy(bunch.target).long()
+    labels = torch.from_numpy(target).long()
     perm = torch.randperm(len(labels), generator=generator("digits-test-split", split_seed))
     n_test = len(labels) // 5
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values

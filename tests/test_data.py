@@ -81,6 +81,31 @@ def test_digits_split_fixed_disjoint_and_upscaled():
     assert set(d1.train_y.tolist()) == set(range(10))
 
 
+def test_digits_are_scikit_learns_without_importing_it(monkeypatch):
+    """bundled_digits reads load_digits' own file, value for value, and does not import scikit-learn (2-4 s per
+    training process); where the file is not found it falls back to load_digits."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    import kdpipe.data as kd_data
+
+    pixels, target = kd_data.bundled_digits()
+    bunch = load_digits()
+    assert pixels.dtype == bunch.images.dtype and np.array_equal(pixels, bunch.images)
+    assert np.array_equal(target, bunch.target) and pixels.shape == (1797, 8, 8)
+    code = "import sys; from kdpipe.data import load_data; load_data('digits'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    spec = type("Spec", (), {"submodule_search_locations": ["/nonexistent"]})()
+    monkeypatch.setattr(kd_data.importlib.util, "find_spec", lambda name: spec)
+    fallback_pixels, fallback_target = kd_data.bundled_digits()
+    assert np.array_equal(fallback_pixels, bunch.images) and np.array_equal(fallback_target, bunch.target)
+    monkeypatch.setattr(kd_data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(KdpipeError, match="scikit-learn is not installed"):
+        kd_data.bundled_digits()
+
+
 def test_digits_split_indices_are_disjoint():
     from sklearn.datasets import load_digits
 
