@@ -20,6 +20,10 @@ algorithm search, lazy initialisation, the optimizer's momentum buffers), as PyT
 before capture.  A step that cannot be captured after all (an error while recording) is run
 eagerly, the run goes on eagerly, and why is logged and returned in :attr:`StepRunner.mode`.
 On the CPU every step is the eager step, unchanged.
+
+Which methods replay their step each task declares (:meth:`~kdpipe.engine.Task.replays`);
+:class:`ReplayRehearsal` holds them to it on the CPU (``tests/test_capture_rehearsal.py``): it runs
+the steps as this runner would use graphs and finds what a replay would get wrong.
 """
 
 from __future__ import annotations

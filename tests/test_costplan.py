@@ -179,3 +179,26 @@ def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
     assert together["rules"]["train_kd_seeds"]["hours"] * 3600 == pytest.approx(3 * st / factor + 3 * kdsvd, rel=1e-9)
     assert together["estimated"]["3 runs of resnet8 together"] == "interpolated between 2 and 4 runs"
     assert "seeds of a kd run train together" in kdpipe.costplan.format_plan(together)
+
+
+def test_every_training_rule_replays_unless_cuda_graphs_is_off(tmp_path):
+    """Which jobs a graph device costs from its -eager rows follows Task.replays: with graphs on, only kd runs that
+    cannot replay (kdsvd); with resources.cuda_graphs 0 every training job, base runs and FT/CRD students too."""
+    rows = ROWS + [
+        ("gpu-eager", "train_img_s", "resnet20", 250, 16),
+        ("gpu-eager", "train_img_s", "resnet8", 1000, 32),
+        ("gpu-eager", "infer_img_s", "resnet20", 5000, 16),
+        ("gpu-eager", "student_step", "st", 1.5, 16),
+        ("gpu-eager", "teacher_passes", "st", 0.25, 16),
+    ]
+    table = write_table(tmp_path / "cal.csv", rows)
+    grid = {**CONFIG, "kd": {"modes": ["st", "kdsvd"]}, "ft": {"enabled": True}, "crd": {"enabled": True}}
+    on = cost_plan(load_config(grid), "gpu", table)["rules"]
+    off = cost_plan(load_config({**grid, "resources": {"cuda_graphs": 0}}), "gpu", table)["rules"]
+    eager = cost_plan(load_config({**grid, "resources": {"cuda_graphs": 0}}), "gpu-eager", table)["rules"]
+    for rule in ("train_base", "train_ft", "train_crd", "train_kd", "ft_paraphraser"):
+        assert off[rule]["hours"] > on[rule]["hours"] > 0, rule  # the eager rows: 4x slower training steps
+        assert off[rule]["hours"] == pytest.approx(eager[rule]["hours"], rel=1e-12), rule  # costed as the eager device
+    kdsvd_only = cost_plan(load_config({**grid, "kd": {"modes": ["kdsvd"]}}), "gpu", table)["rules"]["train_kd"]
+    kdsvd_eager = cost_plan(load_config({**grid, "kd": {"modes": ["kdsvd"]}}), "gpu-eager", table)["rules"]["train_kd"]
+    assert kdsvd_only["hours"] == pytest.approx(kdsvd_eager["hours"], rel=1e-12)  # kdsvd: eager with graphs on too
