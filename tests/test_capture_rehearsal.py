@@ -77,10 +77,10 @@ CASES = {
     ),
     # the fixed-size step (kdpipe.methods.bss) that CUDA graphs run; 3 epochs: a key per epoch (its weight)
     "bss": (BoundarySampleTask, "bss", dict(PAIR, epochs=3)),
-    "bss sampled targets, image clamp": (
+    "bss runner-up targets, image clamp": (  # the default draws its targets (sampled), clamps normalized
         BoundarySampleTask,
         "bss",
-        dict(PAIR, epochs=3, attack_class="sampled", attack_clamp="image"),
+        dict(PAIR, epochs=3, attack_class="runner_up", attack_clamp="image"),
     ),
     "bss born-again": (BoundarySampleTask, "bss", dict(PAIR, epochs=3, attack_size=0)),
     **{f"kd {mode}": (DistillTask, "kd", dict(PAIR, kd_mode=mode)) for mode in KD_MODES},
