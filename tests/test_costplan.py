@@ -23,6 +23,14 @@ ROWS = [  # device, quantity, subject, value, image_size
     ("cpu", "train_img_s", "resnet14", 200, 16),  # half resnet20's step on the CPU
 ]
 
+EAGER_ROWS = [  # the same GPU measured with --cuda_graphs 0: its plain steps 4x slower
+    ("gpu-eager", "train_img_s", "resnet20", 250, 16),
+    ("gpu-eager", "train_img_s", "resnet8", 1000, 32),
+    ("gpu-eager", "infer_img_s", "resnet20", 5000, 16),
+    ("gpu-eager", "student_step", "st", 1.5, 16),
+    ("gpu-eager", "teacher_passes", "st", 0.25, 16),
+]
+
 CONFIG = {
     "datasets": ["digits"],
     "seeds": [0],
@@ -149,15 +157,7 @@ def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
     """resources.seeds_together: one train_kd_seeds job per kd run, its seeds' costs summed and divided by
     the measured together factor (interpolated between measured counts); a kd mode that cannot be captured
     (kdsvd) gains nothing and, like the eager rules, is costed from the GPU's -eager rows."""
-    rows = ROWS + [
-        ("gpu", "together_x2", "resnet8", 1.5, 32),
-        ("gpu", "together_x4", "resnet8", 2.5, 32),
-        ("gpu-eager", "train_img_s", "resnet20", 250, 16),
-        ("gpu-eager", "train_img_s", "resnet8", 1000, 32),
-        ("gpu-eager", "infer_img_s", "resnet20", 5000, 16),
-        ("gpu-eager", "student_step", "st", 1.5, 16),
-        ("gpu-eager", "teacher_passes", "st", 0.25, 16),
-    ]
+    rows = ROWS + EAGER_ROWS + [("gpu", "together_x2", "resnet8", 1.5, 32), ("gpu", "together_x4", "resnet8", 2.5, 32)]
     table = write_table(tmp_path / "cal.csv", rows)
     seeds = [0, 1, 2]
     alone = cost_plan(load_config({**CONFIG, "seeds": seeds, "kd": {"modes": ["st", "kdsvd"]}}), "gpu", table)
@@ -184,13 +184,7 @@ def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
 def test_every_training_rule_replays_unless_cuda_graphs_is_off(tmp_path):
     """Which jobs a graph device costs from its -eager rows follows Task.replays: with graphs on, only kd runs that
     cannot replay (kdsvd); with resources.cuda_graphs 0 every training job, base runs and FT/CRD students too."""
-    rows = ROWS + [
-        ("gpu-eager", "train_img_s", "resnet20", 250, 16),
-        ("gpu-eager", "train_img_s", "resnet8", 1000, 32),
-        ("gpu-eager", "infer_img_s", "resnet20", 5000, 16),
-        ("gpu-eager", "student_step", "st", 1.5, 16),
-        ("gpu-eager", "teacher_passes", "st", 0.25, 16),
-    ]
+    rows = ROWS + EAGER_ROWS
     table = write_table(tmp_path / "cal.csv", rows)
     grid = {**CONFIG, "kd": {"modes": ["st", "kdsvd"]}, "ft": {"enabled": True}, "crd": {"enabled": True}}
     on = cost_plan(load_config(grid), "gpu", table)["rules"]
