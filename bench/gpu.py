@@ -124,7 +124,8 @@ def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
     teacher_path = tmp / "teacher32.pt"
     torch.save(build_model("resnet32", 10).state_dict(), teacher_path)
     paraphraser_path = tmp / "paraphraser32.pt"
-    torch.save(Paraphraser(64, 0.5, True, "lrelu").state_dict(), paraphraser_path)  # resnet32's last stage: 64
+    channels = build_model("resnet32", 10).stage_channels[-1]  # FT's paraphraser reads the last stage
+    torch.save(Paraphraser(channels, 0.5).state_dict(), paraphraser_path)
     cache_dir = tmp / "cache32"
     teacher = frozen(build_model("resnet32", 10)).cuda().to(memory_format=torch.channels_last)
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
