@@ -55,6 +55,7 @@ include: "rules/ft.smk"
 include: "rules/crd.smk"
 include: "rules/dml.smk"
 include: "rules/bss.smk"
+include: "rules/seeds.smk"
 include: "rules/summary.smk"
 
 

@@ -200,7 +200,7 @@ class Job:
     run: object = None  # the RunId of a training run
     net: str = ""  # the teacher of a cache or paraphraser
     seed: int = 0  # its teacher seed
-    runs: tuple = ()  # train_kd_seeds (resources.seeds_together): the seeds' runs it trains together
+    runs: tuple = ()  # <rule>_seeds (resources.seeds_together): the seeds' runs it trains together
 
 
 _REPORT_JOBS = (  # report target -> (rule, the part of the path that is one job): the rules' outputs
@@ -217,18 +217,19 @@ _REPORT_JOBS = (  # report target -> (rule, the part of the path that is one job
 def dag_jobs(config: dict) -> list[Job]:
     """Every job of a fresh ``snakemake`` run of the config's default target (rule ``all``)."""
     from .plan import plan
-    from .workflow import data_manifest_path, paraphraser_path, report_targets, student_inputs, teacher_seed
+    from .workflow import data_manifest_path, paraphraser_path, report_targets, seeds_job, student_inputs, teacher_seed
 
     jobs: dict[tuple[str, str], Job] = {}
 
     def add(job: Job) -> None:
         jobs.setdefault((job.rule, job.key), job)
 
-    together: dict[str, list] = {}  # resources.seeds_together: a kd run's directory without its seed -> its seeds' runs
+    together: dict[tuple[str, str], list] = {}  # resources.seeds_together: (rule, job key) -> its seeds' runs
     for run in plan(config):
         add(Job("data_manifest", data_manifest_path(run.dataset), run.dataset))
-        if run.rule == "train_kd" and config["resources"]["seeds_together"]:
-            together.setdefault(str(Path(run.run_dir).parent), []).append(run)
+        key = seeds_job(run) if config["resources"]["seeds_together"] else None
+        if key:
+            together.setdefault((f"{run.rule}_seeds", key), []).append(run)
         else:
             add(Job(run.rule, run.run_dir, run.dataset, run))
         if base_rule(run.rule) in ("train_kd", "train_crd"):
@@ -238,8 +239,8 @@ def dag_jobs(config: dict) -> list[Job]:
         if base_rule(run.rule) == "train_ft":
             path = paraphraser_path(config, run.dataset, run.teacher, run.seed)
             add(Job("ft_paraphraser", path, run.dataset, net=run.teacher, seed=teacher_seed(config, run.seed)))
-    for key, runs in together.items():
-        add(Job("train_kd_seeds", key, runs[0].dataset, runs=tuple(runs)))
+    for (rule, key), runs in together.items():
+        add(Job(rule, key, runs[0].dataset, runs=tuple(runs)))
     for target in report_targets(config):
         for pattern, rule in _REPORT_JOBS:
             m = pattern.fullmatch(target)
@@ -301,29 +302,30 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
         return job_seconds(config, job, cal.eager, split)
     if job.rule == "teacher_cache":
         return split.train * split.views * I(job.net)
-    if job.rule == "train_kd_seeds":
-        alone = [job_seconds(config, Job("train_kd", r.run_dir, r.dataset, r), cal, split) for r in job.runs]
-        return sum(alone) / (cal.together(job.runs[0].student, len(job.runs)) if _captured(config, job.runs[0]) else 1)
+    if job.runs:  # <rule>_seeds: alone, over the gain of that many runs of its (first) net side by side
+        alone = [job_seconds(config, Job(r.rule, r.run_dir, r.dataset, r), cal, split) for r in job.runs]
+        first = job.runs[0]
+        net = first.peers[0] if first.peers else first.student
+        return sum(alone) / (cal.together(net, len(job.runs)) if _captured(config, first) else 1)
     if job.rule == "ft_paraphraser":
         opts = kw.ft_paraphraser_options(config, job.dataset, job.net, job.seed)
         _, passes = cal.method("ft_paraphraser")
         return opts["epochs"] * (split.train * passes * S(job.net) + held_out * I(job.net))
     run = job.run
-    d, s, seed = run.dataset, run.student, run.seed
+    s = run.student
     if run.rule == "import_teacher":
         return held_out * I(s)
+    opts = kw.run_options(config, run)
     if run.rule == "train_base":
-        epochs = kw.base_options(config, d, s, seed)["epochs"]
-        return epochs * (split.train * S(s) + held_out * I(s))
+        return opts["epochs"] * (split.train * S(s) + held_out * I(s))
     if run.rule == "train_dml":
-        epochs = kw.dml_options(config, d, "-".join(run.peers), seed)["epochs"]
+        epochs = opts["epochs"]
         own, _ = cal.method("dml")
         return epochs * sum(split.train * own * S(p) + held_out * I(p) for p in run.peers)
     teacher = run.teacher
     if run.rule == "train_bss":
         from .objectives.bss import bss_lambda
 
-        opts = kw.bss_options(config, d, Path(run.run_dir).parts[-3], seed, run.generation)  # .../{chain}/seed/gen
         teacher = opts["t_name"]
         kind = "bss" if opts["attack_size"] else "born-again"
         own, passes = cal.method(kind)
@@ -333,16 +335,13 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
         return split.train * step + epochs * held_out * I(s) + split.test * I(teacher)
     rule = base_rule(run.rule)
     if rule == "train_ft":
-        opts = kw.ft_options(config, d, teacher, s, seed, run.sweep)
         phases = [(opts["epochs"], "ft", False)]
     elif rule == "train_crd":
-        opts = kw.crd_options(config, d, run.method + run.variant, teacher, s, seed, run.sweep)
         phases = [(opts["epochs"], "crd", _cached(config, run))]
     elif rule == "train_kd":
         from .losses import LOSSES
         from .methods.kd import init_epochs_of
 
-        opts = kw.kd_options(config, d, run.method + run.variant, teacher, s, seed, run.sweep)
         phases = [(opts["epochs"], run.method, _cached(config, run))]
         if LOSSES[run.method].two_stage:
             phases.insert(0, (init_epochs_of(opts), f"{run.method}:init", False))
@@ -364,21 +363,27 @@ def base_rule(rule: str) -> str:
 
 def _eager_steps(config: dict, job: Job) -> bool:
     """Whether a job's training steps run eagerly on a GPU (costed from its ``-eager`` rows): with
-    ``resources.cuda_graphs: 0``, or for a kd run whose task does not replay its step (``Task.replays``: DOT,
-    a mode that syncs the host).  Every other training rule's task replays its step; the workflow gives DOT
-    to kd runs only."""
-    if job.run is not None and base_rule(job.run.rule) == "train_kd":
+    ``resources.cuda_graphs: 0``, or for a run whose task does not replay its step with its options
+    (``Task.replays``: DOT, a kd mode that syncs the host)."""
+    if job.run is not None and _task(job.run.rule) is not None:
         return not _captured(config, job.run)
     return config["resources"]["cuda_graphs"] == 0
 
 
-def _captured(config: dict, run) -> bool:
-    """Whether a kd run's steps are CUDA graphs, so that its seeds train together (kdpipe.runner.run_together)."""
-    from . import workflow as kw
-    from .methods.kd import DistillTask
+def _task(rule: str):
+    """The Task class a training rule's runs train (its entry point's), None for a rule that trains nothing."""
+    from .options import ENTRIES, entry_task
 
-    opts = kw.kd_options(config, run.dataset, run.method + run.variant, run.teacher, run.student, run.seed, run.sweep)
-    return DistillTask.replays(opts) and config["resources"]["cuda_graphs"] != 0
+    entry = base_rule(rule).removeprefix("train_")
+    return entry_task(entry) if entry in ENTRIES else None
+
+
+def _captured(config: dict, run) -> bool:
+    """Whether a run's steps are CUDA graphs, so that its seeds train together (kdpipe.runner.run_together)."""
+    from .workflow import run_options
+
+    task = _task(run.rule)
+    return config["resources"]["cuda_graphs"] != 0 and task is not None and task.replays(run_options(config, run))
 
 
 def _cached(config: dict, run) -> bool:
@@ -436,7 +441,7 @@ def format_plan(record: dict, configfile: str = "") -> str:
     )
     lines.append(f"assumes: one {record['device']} per job, every job still to run; {images}")
     if record["seeds_together"]:
-        lines.append("resources.seeds_together: the seeds of a kd run train together in one job (train_kd_seeds)")
+        lines.append("resources.seeds_together: the seeds of a run train together in one job (<rule>_seeds)")
     lines += [f"calibration {src}" for src in record["sources"]]
     if record["estimated"]:
         lines.append(f"estimated (not measured on {record['device']}):")

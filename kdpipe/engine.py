@@ -404,34 +404,51 @@ def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) 
     return run.result()
 
 
-def fit_together(runs: list[tuple[Task, Context, dict]]) -> list[FitResult]:
+def fit_together(runs: list[tuple[Task, Context, dict]], rng_states: list[dict] | None = None) -> list[FitResult]:
     """Train several runs in one process, step by step in turn, each as :func:`fit` would alone.
 
     On CUDA each run's steps go to a CUDA stream of its own, so that the kernels (graph replays) of
     different runs overlap on the GPU: small networks fill it only together.  A run's
-    results are those of its own :func:`fit` (its steps see only its own tensors, in its own order);
+    results are those of its own :func:`fit` (its steps see only its own tensors, in its own order,
+    and draw from its own random number generators: ``rng_states[i]``, the state run i would start
+    from alone, default the current one, is swapped in around each piece of its training -- CRD's
+    negatives, BSS's targets);
     its ``epoch_time_s`` is the shared wall time of the epoch.  Runs with fewer epochs end first.
     """
+    states = [dict(state) for state in rng_states] if rng_states else [rng_state() for _ in runs]
     trainings = []
-    for task, ctx, fingerprint in runs:
+    for (task, ctx, fingerprint), state in zip(runs, states):
+        set_rng_state(state)
         with running_in(ctx.run_dir):
-            trainings.append(Training(task, ctx, fingerprint))
+            trainings.append(Training(task, ctx, fingerprint))  # may resume a checkpoint's generators
+        state.update(rng_state())
     streams = [torch.cuda.Stream(t.ctx.device) if t.ctx.device.type == "cuda" else None for t in trainings]
 
     @contextlib.contextmanager
-    def serving(i: int):
+    def serving(i: int, whole: bool = False, own_stream: bool = True):
+        """Run i's turn: its run directory, CUDA stream and generators (``whole``: Python's and
+        NumPy's too, at an epoch's ends; a step draws from torch's alone)."""
+        device = trainings[i].ctx.device
+        if whole:
+            set_rng_state(states[i])
+        else:
+            _set_torch_rng(states[i], device)
         with running_in(trainings[i].ctx.run_dir):
-            if streams[i] is None:
+            if streams[i] is None or not own_stream:
                 yield
             else:
                 with torch.cuda.stream(streams[i]):
                     yield
+        if whole:
+            states[i].update(rng_state())
+        else:
+            _save_torch_rng(states[i], device)
 
     while active := [i for i, t in enumerate(trainings) if not t.done]:
         for i in active:
             if streams[i] is not None:
                 streams[i].wait_stream(torch.cuda.current_stream(trainings[i].ctx.device))
-            with serving(i):
+            with serving(i, whole=True):
                 trainings[i].begin_epoch()
         for step in range(max(trainings[i].steps for i in active)):
             for i in active:
@@ -439,9 +456,28 @@ def fit_together(runs: list[tuple[Task, Context, dict]]) -> list[FitResult]:
                     with serving(i):
                         trainings[i].step(step)
         for i in active:
-            with running_in(trainings[i].ctx.run_dir):
+            with serving(i, whole=True, own_stream=False):
                 trainings[i].end_epoch()  # waits for the device; evaluates on the default stream
     return [t.result() for t in trainings]
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _save_torch_rng(state: dict, device: torch.device) -> None:
+    """Into a :func:`rng_state` dict: the generators a training step draws from, torch's CPU one and ``device``'s."""
+    state["torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        cuda = list(state["cuda"])
+        cuda[_cuda_index(device)] = torch.cuda.get_rng_state(device)
+        state["cuda"] = cuda
+
+
+def _set_torch_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][_cuda_index(device)], device)
 
 
 class Training:

@@ -95,33 +95,48 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
         return call()
 
 
-def teacher_inputs(snakemake, seed, suffix: str = "") -> tuple[dict, str]:
-    """A kd/crd student's teacher inputs (its checkpoint, plus its cache when the plan gives one) and
-    the line saying which; ``suffix`` picks one seed's inputs of a rule that trains several."""
+# A training rule's input -> the option of its entry point that names the file.
+INPUT_OPTIONS = {"teacher": "t_model", "paraphraser": "paraphraser"}
+
+
+def seed_input_options(snakemake, rule: str, seed, suffix: str = "") -> tuple[dict, str | None]:
+    """The options naming one seed's input files of a job of ``rule`` (kdpipe.workflow.SEEDED_RULES)
+    and, for a student that may read a teacher cache, the line saying whether and why it does;
+    ``suffix`` picks one seed's inputs of ``<rule>_seeds``."""
+    from .workflow import SEEDED_RULES
+
+    given = snakemake.input.keys()
+    inputs = {
+        option: snakemake.input[f"{name}{suffix}"]
+        for name, option in INPUT_OPTIONS.items()
+        if f"{name}{suffix}" in given
+    }
+    if not SEEDED_RULES[rule].teacher_cache:
+        return inputs, None
     w, config = snakemake.wildcards, snakemake.config
     use, why = cache_decision(config, w.dataset, w.teacher, teacher_seed(config, seed))
-    inputs = {"t_model": snakemake.input[f"teacher{suffix}"]}
-    if f"cache{suffix}" in snakemake.input.keys():
+    if f"cache{suffix}" in given:
         inputs["teacher_cache"] = str(Path(snakemake.input[f"cache{suffix}"]).parent)
         return inputs, f"teacher: cache -- {why}"
     return inputs, f"teacher: live -- {why if not use else 'this method reads feature maps'}"
 
 
-def student_rule(snakemake, entry: str) -> dict:
-    """Body of the kd and crd scripts: the teacher, plus its cache when the plan gives one."""
-    inputs, message = teacher_inputs(snakemake, snakemake.wildcards.seed)
-    return run_rule(snakemake, entry, message=message, **inputs)
+def train_rule(snakemake, rule: str):
+    """Body of a training rule's script: one seed's run of ``rule`` (kdpipe.workflow.SEEDED_RULES), or,
+    for ``<rule>_seeds`` (``resources.seeds_together``), every seed's run in this one process
+    (:func:`kdpipe.runner.run_together`), each into its own directory."""
+    from .workflow import SEEDED_RULES
 
-
-def students_together_rule(snakemake, entry: str) -> list[dict]:
-    """Body of train_kd_seeds (``resources.seeds_together``): every seed's student of one run, trained
-    in this one process (:func:`kdpipe.runner.run_together`), each into its own directory."""
+    entry = SEEDED_RULES[rule].entry
+    if "seeds" not in snakemake.params.keys():
+        inputs, message = seed_input_options(snakemake, rule, snakemake.wildcards.seed)
+        return run_rule(snakemake, entry, message=message, **inputs)
     from .runner import run_together
 
     runs = runs_by_dir(snakemake.config)
     calls = []
-    for seed, record in zip(snakemake.params.seeds, snakemake.output.records):
-        inputs, message = teacher_inputs(snakemake, seed, f"_seed{seed}")
+    for seed, record in zip(snakemake.params.seeds, snakemake.output.record):
+        inputs, message = seed_input_options(snakemake, rule, seed, f"_seed{seed}")
         opts = snakemake.params.opts[str(seed)]
         calls.append(rule_run(snakemake, entry, Path(record).parent, opts, runs, message, **inputs))
     with rule_logging(snakemake):

@@ -662,28 +662,60 @@ class Entry:
     module: str  # where it is defined, relative to the kdpipe package (imported on first use)
     help: str
     prints: str | None = None  # the key of its record that the command prints to stdout
+    task: str | None = None  # the Task class it trains, in ``module`` (the cost plan asks it whether it replays)
 
 
 ENTRIES: dict[str, Entry] = {
     e.name: e
     for e in (
         Entry(
-            "base", "train_base", ".methods.base", "plain supervised training of one network (teachers and baselines)"
+            "base",
+            "train_base",
+            ".methods.base",
+            "plain supervised training of one network (teachers and baselines)",
+            task="SupervisedTask",
         ),
-        Entry("kd", "train_kd", ".methods.kd", "distil a trained teacher into a student with one of the kd modes"),
         Entry(
-            "ft", "train_ft", ".methods.ft", "factor transfer: paraphraser on the teacher, translator on the student"
+            "kd",
+            "train_kd",
+            ".methods.kd",
+            "distil a trained teacher into a student with one of the kd modes",
+            task="DistillTask",
+        ),
+        Entry(
+            "ft",
+            "train_ft",
+            ".methods.ft",
+            "factor transfer: paraphraser on the teacher, translator on the student",
+            task="FactorTransferTask",
         ),
         Entry(
             "ft_paraphraser",
             "train_ft_paraphraser",
             ".methods.ft",
             "train only FT's paraphraser on a teacher (the workflow's shared node)",
+            task="ParaphraserTask",
         ),
-        Entry("crd", "train_crd", ".methods.crd", "contrastive representation distillation with a memory bank"),
-        Entry("dml", "train_dml", ".methods.dml", "deep mutual learning of 2+ peers, no pre-trained teacher"),
         Entry(
-            "bss", "train_bss", ".methods.bss", "boundary supporting samples + soft targets; one born-again generation"
+            "crd",
+            "train_crd",
+            ".methods.crd",
+            "contrastive representation distillation with a memory bank",
+            task="ContrastiveTask",
+        ),
+        Entry(
+            "dml",
+            "train_dml",
+            ".methods.dml",
+            "deep mutual learning of 2+ peers, no pre-trained teacher",
+            task="MutualTask",
+        ),
+        Entry(
+            "bss",
+            "train_bss",
+            ".methods.bss",
+            "boundary supporting samples + soft targets; one born-again generation",
+            task="BoundarySampleTask",
         ),
         Entry(
             "teacher_cache",
@@ -702,6 +734,14 @@ def entry_function(entry: str) -> Callable[..., dict]:
 
     spec = ENTRIES[entry]
     return getattr(importlib.import_module(spec.module, __package__), spec.function)
+
+
+def entry_task(entry: str):
+    """The Task class an entry point trains (imports torch), or None for one that trains nothing."""
+    import importlib
+
+    spec = ENTRIES[entry]
+    return getattr(importlib.import_module(spec.module, __package__), spec.task) if spec.task else None
 
 
 def find_option(entry: str, name: str) -> Option:

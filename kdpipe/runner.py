@@ -25,7 +25,17 @@ import torch
 from . import __version__
 from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
-from .engine import Context, Task, current_run_dir, fit, fit_together, running_in, seed_everything
+from .engine import (
+    Context,
+    Task,
+    current_run_dir,
+    fit,
+    fit_together,
+    rng_state,
+    running_in,
+    seed_everything,
+    set_rng_state,
+)
 from .errors import KdpipeError
 from .gpus import claim_gpu
 from .options import differing_keys, fingerprint_options, resolve
@@ -147,15 +157,18 @@ def _finish(run, result) -> dict:
     raise RuntimeError("a run yielded twice")
 
 
-def run_together(calls: list[tuple[Callable[[], object], dict | None]]) -> list[dict]:
-    """Several entry-point calls in one process: the runs whose steps can be CUDA graphs train
-    together (:func:`kdpipe.engine.fit_together`, each on its own CUDA stream), the others one
+def run_together(
+    calls: list[tuple[Callable[[], object], dict | None]],
+    together: Callable[[Task], bool] = lambda task: task.capture_key(0) is not None,
+) -> list[dict]:
+    """Several entry-point calls in one process: the runs whose steps can be CUDA graphs (``together``)
+    train together (:func:`kdpipe.engine.fit_together`, each on its own CUDA stream), the others one
     after another.  ``calls``: (a call of an entry function, e.g. ``lambda: train_kd(**opts)``, and
     the run's planned identity for run.json or None).  Returns each call's run record, in order.
 
     Each run is what it would be alone: its own checks, directory lock, train.log (its lines only),
-    checkpoints and outputs.  A run that fails stops the others after their last finished epoch
-    (their checkpoints resume them)."""
+    checkpoints, random number generators (from its own seed) and outputs.  A run that fails stops
+    the others after their last finished epoch (their checkpoints resume them)."""
     runs, records = [], [None] * len(calls)
     try:
         for i, (call, identity) in enumerate(calls):
@@ -169,21 +182,24 @@ def run_together(calls: list[tuple[Callable[[], object], dict | None]]) -> list[
                 raise RuntimeError(f"call {i} started {len(collected)} runs, not one")
             with planned_identity(identity):
                 try:
-                    runs.append((i, collected[0], identity, next(collected[0])))
+                    job = next(collected[0])
                 except StopIteration as finished:
                     records[i] = finished.value
-        together = [r for r in runs if r[3][0].capture_key(0) is not None]
-        alone = [r for r in runs if r[3][0].capture_key(0) is None]
-        results = fit_together([job for _, _, _, job in together]) if together else []
-        for (i, run, identity, _), result in zip(together, results):
+                else:  # the generators as the run seeded them: fit would start from them alone
+                    runs.append((i, collected[0], identity, job, rng_state()))
+        jointly = [together(job[0]) for _, _, _, job, _ in runs]
+        joint = [r for r, j in zip(runs, jointly) if j]
+        results = fit_together([r[3] for r in joint], [r[4] for r in joint]) if joint else []
+        for (i, run, identity, _, _), result in zip(joint, results):
             with planned_identity(identity):
                 records[i] = _finish(run, result)
-        for i, run, identity, job in alone:
+        for i, run, identity, job, state in (r for r, j in zip(runs, jointly) if not j):
+            set_rng_state(state)
             with planned_identity(identity):
                 records[i] = _finish(run, fit(*job))
     finally:
-        for _, run, _, _ in runs:
-            run.close()  # a run left unfinished releases its lock and log
+        for run in runs:
+            run[1].close()  # a run left unfinished releases its lock and log
     return records
 
 

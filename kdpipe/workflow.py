@@ -13,7 +13,9 @@ and their identities in :mod:`kdpipe.plan`, the teacher-cache policy in
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
 from .config import SCHEMA_PATH, data_name, image_size, load_config, training  # noqa: F401
@@ -128,15 +130,6 @@ def student_inputs(config: dict, rule: str, dataset: str, method: str, teacher: 
         inputs["cache"] = f"{cache_dir(dataset, teacher, tseed)}/cache.pt"
         inputs["manifest"] = f"{cache_dir(dataset, teacher, tseed)}/manifest.json"
     return inputs
-
-
-def seeds_together_inputs(config: dict, rule: str, dataset: str, method: str, teacher: str) -> dict:
-    """Every seed's :func:`student_inputs`, named ``<input>_seed<s>`` (rule train_kd_seeds)."""
-    return {
-        f"{name}_seed{seed}": path
-        for seed in config["seeds"]
-        for name, path in student_inputs(config, rule, dataset, method, teacher, seed).items()
-    }
 
 
 def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
@@ -369,6 +362,132 @@ def sweep_point(config: dict, variant: str, segment: str, section: str = "kd") -
             return point
     where = f"kd.sweep.{variant}" if section == "kd" else f"{section}.sweep"
     raise KdpipeError(f"{segment} is not a point of {where} in this config")
+
+
+def run_options(config: dict, run: RunId) -> dict:
+    """A planned run's options, as its rule's ``params:`` give them (the cost plan's view of a job)."""
+    d, t, s, seed = run.dataset, run.teacher, run.student, run.seed
+    rule = run.rule.removesuffix("_sweep")
+    if rule == "train_base":
+        return base_options(config, d, s, seed)
+    if rule == "import_teacher":
+        return import_options(config, d, s, seed)
+    if rule == "train_kd":
+        return kd_options(config, d, run.method + run.variant, t, s, seed, run.sweep)
+    if rule == "train_ft":
+        return ft_options(config, d, t, s, seed, run.sweep)
+    if rule == "train_crd":
+        return crd_options(config, d, run.method + run.variant, t, s, seed, run.sweep)
+    if rule == "train_dml":
+        return dml_options(config, d, cohort_name(list(run.peers)), seed)
+    if rule == "train_bss":
+        return bss_options(config, d, Path(run.run_dir).parts[-3], seed, run.generation)  # .../{chain}/seed/gen
+    raise KdpipeError(f"{run.rule} has no options here")
+
+
+# ---------------------------------------------------------------- training jobs: one seed, or every seed together
+
+
+@dataclass(frozen=True)
+class SeededRule:
+    """A training rule whose job trains one seed's run (wildcard ``seed``), declared once for its own
+    rule and for ``<name>_seeds`` (``resources.seeds_together``, rules/seeds.smk), which trains every
+    seed's run of the same other wildcards in one job.  ``inputs``/``options``: (config, wildcards, seed)
+    -> the job's input files / options for that seed."""
+
+    entry: str  # the kdpipe entry point (kdpipe.options.ENTRIES)
+    inputs: Callable[..., dict]
+    options: Callable[..., dict]
+    runtime: int  # SLURM minutes per job, sized for config/paper.yaml's 200 epochs
+    teacher_cache: bool = False  # its teacher may be read from a teacher cache (the job logs which and why)
+
+
+SEEDED_RULES: dict[str, SeededRule] = {
+    "train_kd": SeededRule(
+        "kd",
+        lambda c, w, s: student_inputs(c, "train_kd", w.dataset, split_variant(w.variant)[0], w.teacher, s),
+        lambda c, w, s: kd_options(c, w.dataset, w.variant, w.teacher, w.student, s),
+        runtime=960,
+        teacher_cache=True,
+    ),
+    "train_ft": SeededRule(
+        "ft",
+        lambda c, w, s: {
+            "data": data_manifest_path(w.dataset),
+            "teacher": teacher_model(c, w.dataset, w.teacher, s),
+            "paraphraser": paraphraser_path(c, w.dataset, w.teacher, s),
+        },
+        lambda c, w, s: ft_options(c, w.dataset, w.teacher, w.student, s),
+        runtime=960,
+    ),
+    "train_crd": SeededRule(
+        "crd",
+        lambda c, w, s: student_inputs(c, "train_crd", w.dataset, "crd", w.teacher, s),
+        lambda c, w, s: crd_options(c, w.dataset, w.crd, w.teacher, w.student, s),
+        runtime=960,
+        teacher_cache=True,
+    ),
+    "train_dml": SeededRule(
+        "dml",
+        lambda c, w, s: {"data": data_manifest_path(w.dataset)},
+        lambda c, w, s: dml_options(c, w.dataset, w.cohort, s),
+        runtime=1440,
+    ),
+    "train_bss": SeededRule(
+        "bss",
+        lambda c, w, s: {
+            "data": data_manifest_path(w.dataset),
+            "teacher": bss_teacher(c, w.dataset, w.chain, s, w.gen),
+        },
+        lambda c, w, s: bss_options(c, w.dataset, w.chain, s, w.gen),
+        runtime=1440,
+    ),
+}
+
+
+def seed_inputs(config: dict, rule: str, wildcards) -> dict:
+    """The input files of one job of ``rule`` (a :data:`SEEDED_RULES` rule)."""
+    return SEEDED_RULES[rule].inputs(config, wildcards, wildcards.seed)
+
+
+def seed_options(config: dict, rule: str, wildcards) -> dict:
+    """The options (``params.opts``) of one job of ``rule``."""
+    return SEEDED_RULES[rule].options(config, wildcards, wildcards.seed)
+
+
+def seeds_inputs(config: dict, rule: str, wildcards) -> dict:
+    """Rule ``<rule>_seeds``: every seed's input files, named ``<input>_seed<s>``."""
+    spec = SEEDED_RULES[rule]
+    return {
+        f"{name}_seed{seed}": path
+        for seed in config["seeds"]
+        for name, path in spec.inputs(config, wildcards, seed).items()
+    }
+
+
+def seeds_options(config: dict, rule: str, wildcards) -> dict:
+    """Rule ``<rule>_seeds``: every seed's options, by the seed as text."""
+    return {str(seed): SEEDED_RULES[rule].options(config, wildcards, seed) for seed in config["seeds"]}
+
+
+def seeds_outputs(outputs, seeds) -> dict:
+    """Rule ``<rule>_seeds``'s outputs: each named output of ``rule`` (patterns), for every seed."""
+    return {name: [pattern.replace("{seed}", str(seed)) for seed in seeds] for name, pattern in outputs.items()}
+
+
+def seeds_log(log: str) -> str:
+    """Rule ``<rule>_seeds``'s log: ``rule``'s with its ``seed{seed}`` directory named ``seeds``."""
+    if "/seed{seed}" not in log:
+        raise KdpipeError(f"a seeded rule's log {log} has no seed{{seed}} directory")
+    return log.replace("/seed{seed}", "/seeds", 1)
+
+
+def seeds_job(run: RunId) -> str | None:
+    """With ``resources.seeds_together``: the ``<rule>_seeds`` job's key that trains ``run`` (its run
+    directory with ``seeds`` for ``seed<s>``), or None when its rule trains one seed per job."""
+    if run.rule not in SEEDED_RULES:
+        return None
+    return re.sub(rf"/seed{run.seed}(?=/|$)", "/seeds", run.run_dir, count=1)
 
 
 # ---------------------------------------------------------------- scripts

@@ -5,17 +5,13 @@
 
 rule train_bss:
     input:
-        data=lambda w: kw.data_manifest_path(w.dataset),
-        teacher=lambda w: kw.bss_teacher(config, w.dataset, w.chain, w.seed, w.gen),
+        unpack(lambda w: kw.seed_inputs(config, "train_bss", w)),
     output:
         model="results/{dataset}/bss/{chain}/seed{seed}/gen{gen}/model.pt",
         metrics="results/{dataset}/bss/{chain}/seed{seed}/gen{gen}/metrics.csv",
         record="results/{dataset}/bss/{chain}/seed{seed}/gen{gen}/run.json",
     log:
         "results/logs/{dataset}/bss/{chain}/seed{seed}/gen{gen}.log",
-    wildcard_constraints:
-        chain=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)?",
-        gen=r"[1-9]\d*",
     conda:
         "../environment.yml"
     threads: train_threads()
@@ -23,8 +19,8 @@ rule train_bss:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=1440,
+        runtime=kw.SEEDED_RULES["train_bss"].runtime,
     params:
-        opts=lambda w: kw.bss_options(config, w.dataset, w.chain, w.seed, w.gen),
+        opts=lambda w: kw.seed_options(config, "train_bss", w),
     script:
         "../scripts/train_bss.py"

@@ -26,6 +26,10 @@ wildcard_constraints:
     sweep=kw.SWEEP_SEGMENT,
     teacher=r"[A-Za-z0-9_]+",
     student=r"[A-Za-z0-9_]+",
+    crd=r"crd(\+st)?",
+    cohort=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+",  # a DML cohort: its peers, '-'-joined
+    chain=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)?",  # a born-again chain: <net> or <teacher>-<student>
+    gen=r"[1-9]\d*",
 
 
 wildcard_constraints:

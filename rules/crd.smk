@@ -3,19 +3,13 @@
 
 rule train_crd:
     input:
-        unpack(
-            lambda w: kw.student_inputs(
-                config, "train_crd", w.dataset, "crd", w.teacher, w.seed
-            )
-        ),
+        unpack(lambda w: kw.seed_inputs(config, "train_crd", w)),
     output:
         model="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/metrics.csv",
         record="results/{dataset}/{crd}/{teacher}-{student}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/{crd}/{teacher}-{student}/seed{seed}.log",
-    wildcard_constraints:
-        crd=r"crd(\+st)?",
     conda:
         "../environment.yml"
     threads: train_threads()
@@ -23,11 +17,9 @@ rule train_crd:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=960,
+        runtime=kw.SEEDED_RULES["train_crd"].runtime,
     params:
-        opts=lambda w: kw.crd_options(
-            config, w.dataset, w.crd, w.teacher, w.student, w.seed
-        ),
+        opts=lambda w: kw.seed_options(config, "train_crd", w),
     script:
         "../scripts/train_crd.py"
 

@@ -3,15 +3,13 @@
 
 rule train_dml:
     input:
-        data=lambda w: kw.data_manifest_path(w.dataset),
+        unpack(lambda w: kw.seed_inputs(config, "train_dml", w)),
     output:
         model="results/{dataset}/dml/{cohort}/seed{seed}/model.pt",
         metrics="results/{dataset}/dml/{cohort}/seed{seed}/metrics.csv",
         record="results/{dataset}/dml/{cohort}/seed{seed}/run.json",
     log:
         "results/logs/{dataset}/dml/{cohort}/seed{seed}.log",
-    wildcard_constraints:
-        cohort=r"[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+",
     conda:
         "../environment.yml"
     threads: train_threads()
@@ -19,8 +17,8 @@ rule train_dml:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=1440,
+        runtime=kw.SEEDED_RULES["train_dml"].runtime,
     params:
-        opts=lambda w: kw.dml_options(config, w.dataset, w.cohort, w.seed),
+        opts=lambda w: kw.seed_options(config, "train_dml", w),
     script:
         "../scripts/train_dml.py"

@@ -27,9 +27,7 @@ rule ft_paraphraser:
 
 rule train_ft:
     input:
-        data=lambda w: kw.data_manifest_path(w.dataset),
-        teacher=lambda w: kw.teacher_model(config, w.dataset, w.teacher, w.seed),
-        paraphraser=lambda w: kw.paraphraser_path(config, w.dataset, w.teacher, w.seed),
+        unpack(lambda w: kw.seed_inputs(config, "train_ft", w)),
     output:
         model="results/{dataset}/ft/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/ft/{teacher}-{student}/seed{seed}/metrics.csv",
@@ -43,9 +41,9 @@ rule train_ft:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=960,
+        runtime=kw.SEEDED_RULES["train_ft"].runtime,
     params:
-        opts=lambda w: kw.ft_options(config, w.dataset, w.teacher, w.student, w.seed),
+        opts=lambda w: kw.seed_options(config, "train_ft", w),
     script:
         "../scripts/train_ft.py"
 

@@ -4,16 +4,7 @@
 
 rule train_kd:
     input:
-        unpack(
-            lambda w: kw.student_inputs(
-                config,
-                "train_kd",
-                w.dataset,
-                kw.split_variant(w.variant)[0],
-                w.teacher,
-                w.seed,
-            )
-        ),
+        unpack(lambda w: kw.seed_inputs(config, "train_kd", w)),
     output:
         model="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/model.pt",
         metrics="results/{dataset}/kd-{variant}/{teacher}-{student}/seed{seed}/metrics.csv",
@@ -27,11 +18,9 @@ rule train_kd:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=960,
+        runtime=kw.SEEDED_RULES["train_kd"].runtime,
     params:
-        opts=lambda w: kw.kd_options(
-            config, w.dataset, w.variant, w.teacher, w.student, w.seed
-        ),
+        opts=lambda w: kw.seed_options(config, "train_kd", w),
     script:
         "../scripts/train_kd.py"
 
@@ -55,56 +44,3 @@ use rule train_kd as train_kd_sweep with:
             w.seed,
             kw.sweep_point(config, w.variant, w.sweep),
         ),
-
-
-# resources.seeds_together: all seeds' students of one kd run in one job and one process, their
-# steps (CUDA graphs) interleaved on the GPU, each seed on its own stream (kdpipe.runner.run_together);
-# the same run directories, files and results as train_kd's.
-if config["resources"]["seeds_together"]:
-
-    ruleorder: train_kd_seeds > train_kd
-
-    rule train_kd_seeds:
-        input:
-            unpack(
-                lambda w: kw.seeds_together_inputs(
-                    config,
-                    "train_kd",
-                    w.dataset,
-                    kw.split_variant(w.variant)[0],
-                    w.teacher,
-                )
-            ),
-        output:
-            models=expand(
-                "results/{{dataset}}/kd-{{variant}}/{{teacher}}-{{student}}/seed{seed}/model.pt",
-                seed=config["seeds"],
-            ),
-            metrics=expand(
-                "results/{{dataset}}/kd-{{variant}}/{{teacher}}-{{student}}/seed{seed}/metrics.csv",
-                seed=config["seeds"],
-            ),
-            records=expand(
-                "results/{{dataset}}/kd-{{variant}}/{{teacher}}-{{student}}/seed{seed}/run.json",
-                seed=config["seeds"],
-            ),
-        log:
-            "results/logs/{dataset}/kd-{variant}/{teacher}-{student}/seeds.log",
-        conda:
-            "../environment.yml"
-        threads: train_threads()
-        resources:
-            gpu=TRAIN_GPUS,
-            gres=TRAIN_GRES,
-            mem_mb=32000,
-            runtime=960,
-        params:
-            seeds=config["seeds"],
-            opts=lambda w: {
-                str(seed): kw.kd_options(
-                    config, w.dataset, w.variant, w.teacher, w.student, seed
-                )
-                for seed in config["seeds"]
-            },
-        script:
-            "../scripts/train_kd_seeds.py"

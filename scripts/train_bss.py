@@ -1,5 +1,5 @@
 """Rule train_bss: one BSS / born-again generation (see kdpipe.methods.bss)."""
 
-from kdpipe.jobs import run_rule
+from kdpipe.jobs import train_rule
 
-run_rule(snakemake, "bss", t_model=snakemake.input.teacher)
+train_rule(snakemake, "train_bss")

@@ -1,5 +1,5 @@
 """Rule train_crd: one CRD student (see kdpipe.methods.crd)."""
 
-from kdpipe.jobs import student_rule
+from kdpipe.jobs import train_rule
 
-student_rule(snakemake, "crd")
+train_rule(snakemake, "train_crd")

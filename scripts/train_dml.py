@@ -1,5 +1,5 @@
 """Rule train_dml: one deep-mutual-learning cohort (see kdpipe.methods.dml)."""
 
-from kdpipe.jobs import run_rule
+from kdpipe.jobs import train_rule
 
-run_rule(snakemake, "dml")
+train_rule(snakemake, "train_dml")

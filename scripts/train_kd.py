@@ -1,5 +1,5 @@
 """Rule train_kd: one student distilled from its teacher (see kdpipe.methods.kd)."""
 
-from kdpipe.jobs import student_rule
+from kdpipe.jobs import train_rule
 
-student_rule(snakemake, "kd")
+train_rule(snakemake, "train_kd")

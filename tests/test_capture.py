@@ -140,10 +140,62 @@ def test_run_together_writes_each_run_as_alone(tmp_path):
     assert run_together(calls[:1])[0]["finished_at"] == together[0]["finished_at"]  # complete: not retrained
 
 
+def test_methods_that_draw_random_numbers_train_together_as_alone(tmp_path, teacher_file):
+    """CRD (negatives), BSS (attack targets), DML and FT, two seeds each, all in one run_together (made to
+    interleave on the CPU): every run's metrics and weights are those of its run alone, bit for bit --
+    each run draws from its own generators, seeded by its own seed."""
+    from kdpipe.runner import run_together
+
+    small = {**DIGITS, "train_subset": 96, "batch_size": 32, "cuda": 0}
+    teacher = dict(t_model=teacher_file, t_name="resnet14")
+    para = kdpipe.train_ft_paraphraser(**{**small, "epochs": 1}, **teacher, save_root=str(tmp_path), note="para")
+    paraphraser = str(tmp_path / "para" / "paraphraser.pt")
+    assert para["roles"]
+    methods = {
+        "crd": (kdpipe.train_crd, {**teacher, "s_name": "resnet8", "nce_n": 16}),
+        "bss": (kdpipe.train_bss, {**teacher, "s_name": "resnet8", "attack_size": 8}),
+        "dml": (kdpipe.train_dml, {"peers": ["resnet8", "resnet8"]}),
+        "ft": (kdpipe.train_ft, {**teacher, "s_name": "resnet8", "paraphraser": paraphraser}),
+    }
+
+    def calls(root):
+        return [
+            (lambda f=f, o=o, m=m, s=s: f(**small, **o, seed=s, save_root=str(root), note=f"{m}{s}"), None)
+            for m, (f, o) in methods.items()
+            for s in (0, 1)
+        ]
+
+    alone = [call() for call, _ in calls(tmp_path / "alone")]
+    together = run_together(calls(tmp_path / "together"), together=lambda task: True)
+    assert [r["roles"] for r in together] == [r["roles"] for r in alone]
+    for m in methods:
+        for s in (0, 1):
+            a, b = tmp_path / "alone" / f"{m}{s}", tmp_path / "together" / f"{m}{s}"
+            strip = [line.split(",")[:9] for line in (a / "metrics.csv").read_text().splitlines()]
+            assert strip == [line.split(",")[:9] for line in (b / "metrics.csv").read_text().splitlines()], m
+            wa, wb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
+            flat_a, flat_b = _tensors(wa), _tensors(wb)
+            assert flat_a.keys() == flat_b.keys() and flat_a
+            for key in flat_a:
+                assert torch.equal(flat_a[key], flat_b[key]), (m, s, key)
+    seeds = [(tmp_path / "alone" / f"crd{s}" / "metrics.csv").read_text() for s in (0, 1)]
+    assert seeds[0] != seeds[1]  # the seeds differ: the comparison has teeth
+
+
+def _tensors(tree, prefix="") -> dict:
+    """Every tensor of a nested checkpoint, by its path of keys."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _tensors(value, f"{prefix}/{key}").items()}
+    return {}
+
+
 @pytest.mark.slow
-def test_seeds_together_rule_trains_every_seed_in_one_job(tmp_path):
-    """resources.seeds_together: one train_kd_seeds job per kd run writes every seed's run directory,
-    each with its own identity, teacher, log lines and teacher line; the summary sees them as usual."""
+def test_seeds_together_rules_train_every_seed_in_one_job(tmp_path):
+    """resources.seeds_together: one <rule>_seeds job per run of kd, FT, CRD, DML and per BSS generation
+    writes every seed's run directory, each with its own identity, inputs (teacher, paraphraser, previous
+    generation), log lines and teacher line; the summary sees them as usual."""
     import csv
     import re
 
@@ -155,26 +207,48 @@ pairs: [{teacher: resnet8, student: resnet8}]
 data: {train_subset: 32}
 train: {epochs: 1, batch_size: 16}
 kd: {modes: [st]}
+ft: {enabled: true}
+crd: {enabled: true}
+dml: {cohorts: [[resnet8, resnet8]]}
+bss: {nets: [resnet8], generations: 2}
 resources: {seeds_together: true}
 """
     (tmp_path / "c.yaml").write_text(config)
     run = snakemake("results/summary.csv", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     stats = run.stdout + run.stderr
-    assert job_counts(stats) == {"data_manifest": 1, "train_base": 2, "train_kd_seeds": 1, "summary": 1}
+    assert job_counts(stats) == {
+        "data_manifest": 1,
+        "train_base": 2,
+        "ft_paraphraser": 2,
+        "train_kd_seeds": 1,
+        "train_ft_seeds": 1,
+        "train_crd_seeds": 1,
+        "train_dml_seeds": 1,
+        "train_bss_seeds": 2,
+        "summary": 1,
+    }
     rows = list(csv.DictReader(open(tmp_path / "results" / "summary.csv")))
-    assert sorted((r["method"], r["seed"]) for r in rows) == [
-        ("baseline", "0"),
-        ("baseline", "1"),
-        ("st", "0"),
-        ("st", "1"),
-    ]
+    methods = ("baseline", "st", "ft", "crd", "dml", "bss")
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, str(s)) for m in methods for s in (0, 1)}
+    results = tmp_path / "results/digits"
+    runs = {  # run directory -> the input file its seed reads (run.json's inputs.t_model / paraphraser)
+        "kd-st/resnet8-resnet8/seed{s}": ("t_model", "base/resnet8/seed{s}/model.pt"),
+        "crd/resnet8-resnet8/seed{s}": ("t_model", "base/resnet8/seed{s}/model.pt"),
+        "ft/resnet8-resnet8/seed{s}": ("paraphraser", "ft-paraphraser/resnet8/seed{s}/paraphraser.pt"),
+        "bss/resnet8/seed{s}/gen1": ("t_model", "base/resnet8/seed{s}/model.pt"),
+        "bss/resnet8/seed{s}/gen2": ("t_model", "bss/resnet8/seed{s}/gen1/model.pt"),
+        "dml/resnet8-resnet8/seed{s}": (None, None),
+    }
     for seed in (0, 1):
-        run_dir = tmp_path / f"results/digits/kd-st/resnet8-resnet8/seed{seed}"
-        record = json.loads((run_dir / "run.json").read_text())
-        assert record["seed"] == seed and record["run"]["seed"] == seed
-        assert record["inputs"]["t_model"]["path"].endswith(f"base/resnet8/seed{seed}/model.pt")
-        log = (run_dir / "train.log").read_text()
-        assert f"seed{seed}" in log and f"seed{1 - seed}" not in log
-    job_log = (tmp_path / "results/logs/digits/kd-st/resnet8-resnet8/seeds.log").read_text()
-    assert len(re.findall(r"seed\d: teacher: live", job_log)) == 2
+        for pattern, (option, path) in runs.items():
+            run_dir = results / pattern.format(s=seed)
+            record = json.loads((run_dir / "run.json").read_text())
+            assert record["seed"] == seed and record["run"]["seed"] == seed, run_dir
+            if option:
+                assert record["inputs"][option]["path"].endswith(path.format(s=seed)), run_dir
+            log = (run_dir / "train.log").read_text()
+            assert f"seed{seed}" in log and f"seed{1 - seed}" not in log, run_dir
+    logs = tmp_path / "results/logs/digits"
+    assert len(re.findall(r"seed\d: teacher: live", (logs / "kd-st/resnet8-resnet8/seeds.log").read_text())) == 2
+    assert (logs / "bss/resnet8/seeds/gen2.log").is_file() and (logs / "dml/resnet8-resnet8/seeds.log").is_file()

@@ -154,8 +154,8 @@ def test_sweep_nodes_are_jobs_costed_as_their_entrys():
 
 
 def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
-    """resources.seeds_together: one train_kd_seeds job per kd run, its seeds' costs summed and divided by
-    the measured together factor (interpolated between measured counts); a kd mode that cannot be captured
+    """resources.seeds_together: one <rule>_seeds job per run (train_kd_seeds, ...), its seeds' costs summed and
+    divided by the measured together factor (interpolated between measured counts); a kd mode that cannot be captured
     (kdsvd) gains nothing and, like the eager rules, is costed from the GPU's -eager rows."""
     rows = ROWS + EAGER_ROWS + [("gpu", "together_x2", "resnet8", 1.5, 32), ("gpu", "together_x4", "resnet8", 2.5, 32)]
     table = write_table(tmp_path / "cal.csv", rows)
@@ -178,7 +178,22 @@ def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
     factor = 1.5 + (3 - 2) / (4 - 2) * (2.5 - 1.5)  # 3 seeds: between the measured 2 and 4 runs
     assert together["rules"]["train_kd_seeds"]["hours"] * 3600 == pytest.approx(3 * st / factor + 3 * kdsvd, rel=1e-9)
     assert together["estimated"]["3 runs of resnet8 together"] == "interpolated between 2 and 4 runs"
-    assert "seeds of a kd run train together" in kdpipe.costplan.format_plan(together)
+    assert "seeds of a run train together" in kdpipe.costplan.format_plan(together)
+    grid = {  # every other rule that trains a seed per job has its <rule>_seeds too
+        **CONFIG,
+        "seeds": seeds,
+        "crd": {"enabled": True},
+        "ft": {"enabled": True},
+        "dml": {"cohorts": [["resnet8", "resnet8"]]},
+        "bss": {"nets": ["resnet8"], "generations": 2},
+    }
+    apart = cost_plan(load_config(grid), "gpu", table)["rules"]
+    joint = cost_plan(load_config({**grid, "resources": {"seeds_together": True}}), "gpu", table)["rules"]
+    for rule, jobs in (("train_crd", 1), ("train_ft", 1), ("train_dml", 1), ("train_bss", 2)):
+        assert rule not in joint and apart[rule]["jobs"] == 3 * jobs, rule
+        assert joint[f"{rule}_seeds"]["jobs"] == jobs, rule
+        assert joint[f"{rule}_seeds"]["hours"] == pytest.approx(apart[rule]["hours"] / factor, rel=1e-9), rule
+    assert joint["train_base"] == apart["train_base"]  # teachers and baselines: a seed per job
 
 
 def test_every_training_rule_replays_unless_cuda_graphs_is_off(tmp_path):
