@@ -13,6 +13,8 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
 4. ``streams``: k runs in one process, each graph replayed on its own CUDA stream.
 5. ``stkd``: st-KD ResNet-110 -> ResNet-20 with the exact teacher cache and with the live teacher,
    relative to plain student training (both as kdpipe runs them).
+6. ``seeds`` (not in the default list; bench/gpu_methods.sh runs it): CRD and BSS, whose steps draw random
+   numbers, two seeds trained together (resources.seeds_together's path) and each alone: the same results.
 """
 
 from __future__ import annotations
@@ -368,6 +370,81 @@ def together(report: Report, tmp: Path, n_train: int = 10240, sizes=None, table:
     )
 
 
+def seeds(report: Report, tmp: Path, n_train: int = 2560, epochs: int = 2) -> None:
+    """CRD (negatives) and BSS (attack targets) draw random numbers in their steps: two seeds through
+    kdpipe.runner.run_together (each on its own stream, with its own generators swapped in) and each run
+    alone, from the same seeds: the last epoch's loss and accuracy either way, and how far the weights are
+    apart (cuDNN's deterministic algorithms here, so that only the generators could part them)."""
+    import kdpipe
+    from kdpipe.runner import run_together
+
+    root = tmp / "cifar-seeds"
+    write_cifar10(root, n_train, 500)
+    teacher = tmp / "teacher-seeds.pt"
+    torch.save(build_model("resnet32", 10).state_dict(), teacher)
+    common = dict(
+        data_name="cifar10",
+        img_root=str(root),
+        epochs=epochs,
+        t_model=str(teacher),
+        t_name="resnet32",
+        s_name="resnet20",
+    )
+    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    rows = []
+    try:
+        for label, function in (("crd", kdpipe.train_crd), ("bss", kdpipe.train_bss)):
+
+            def calls(where: str, function=function, label=label):
+                save = str(tmp / f"seeds-{label}-{where}")
+                return [(lambda s=s: function(**common, seed=s, save_root=save, note=f"seed{s}"), None) for s in (0, 1)]
+
+            alone = [call() for call, _ in calls("alone")]
+            joint = run_together(calls("together"))
+            for s in (0, 1):
+                a, b = (
+                    torch.load(tmp / f"seeds-{label}-{w}" / f"seed{s}" / "model.pt", weights_only=True)
+                    for w in ("alone", "together")
+                )
+                wa, wb = _floats(a), _floats(b)
+                rel = max(float((wa[k] - wb[k]).abs().max()) for k in wa) / max(
+                    float(v.abs().max()) for v in wa.values()
+                )
+                last = [
+                    (tmp / f"seeds-{label}-{w}" / f"seed{s}" / "metrics.csv").read_text().splitlines()[-1].split(",")
+                    for w in ("alone", "together")
+                ]
+                rows.append(
+                    [
+                        label,
+                        s,
+                        f"{alone[s]['step']} / {joint[s]['step']}",
+                        f"{float(last[0][3]):.4f} / {float(last[1][3]):.4f}",
+                        f"{float(last[0][8]):.1f} / {float(last[1][8]):.1f}",
+                        f"{rel:.1e}",
+                    ]
+                )
+                print(rows[-1], flush=True)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+    report.table(
+        "seeds",
+        ["method", "seed", "steps alone / together", "train loss", "test acc", "max |dw| / max |w|"],
+        rows,
+        f"resnet32 -> resnet20, {epochs} epochs of {n_train} synthetic CIFAR-10 images, two seeds together and alone",
+    )
+
+
+def _floats(tree, prefix: str = "") -> dict:
+    """Every floating-point tensor of a nested checkpoint, by its path of keys."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree.float()} if tree.is_floating_point() else {}
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _floats(value, f"{prefix}/{key}").items()}
+    return {}
+
+
 def calibration_row(table: Path, quantity: str, subject: str, value: float, note: str) -> None:
     import datetime
 
@@ -467,6 +544,7 @@ def main() -> None:
         "streams": lambda: streams(report, data, tmp, args.steps // 2),
         "stkd": lambda: stkd(report, data, tmp, args.steps // 2),
         "together": lambda: together(report, tmp, table=Path(args.calibration)),
+        "seeds": lambda: seeds(report, tmp),
     }
     for name in args.only.split(","):
         t0 = time.perf_counter()
