@@ -121,12 +121,13 @@ def seed_input_options(snakemake, rule: str, seed, suffix: str = "") -> tuple[di
     return inputs, f"teacher: live -- {why if not use else 'this method reads feature maps'}"
 
 
-def train_rule(snakemake, rule: str):
-    """Body of a training rule's script: one seed's run of ``rule`` (kdpipe.workflow.SEEDED_RULES), or,
+def train_rule(snakemake):
+    """Body of a training rule's script: one seed's run of the job's rule (kdpipe.workflow.SEEDED_RULES), or,
     for ``<rule>_seeds`` (``resources.seeds_together``), every seed's run in this one process
     (:func:`kdpipe.runner.run_together`), each into its own directory."""
     from .workflow import SEEDED_RULES
 
+    rule = snakemake.rule.removesuffix("_seeds")
     entry = SEEDED_RULES[rule].entry
     if "seeds" not in snakemake.params.keys():
         inputs, message = seed_input_options(snakemake, rule, snakemake.wildcards.seed)

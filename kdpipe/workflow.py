@@ -13,7 +13,7 @@ and their identities in :mod:`kdpipe.plan`, the teacher-cache policy in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -393,22 +393,31 @@ class SeededRule:
     """A training rule whose job trains one seed's run (wildcard ``seed``), declared once for its own
     rule and for ``<name>_seeds`` (``resources.seeds_together``, rules/seeds.smk), which trains every
     seed's run of the same other wildcards in one job.  ``inputs``/``options``: (config, wildcards, seed)
-    -> the job's input files / options for that seed."""
+    -> the job's input files / options for that seed (``options`` also takes a sweep point)."""
 
     entry: str  # the kdpipe entry point (kdpipe.options.ENTRIES)
     inputs: Callable[..., dict]
     options: Callable[..., dict]
     runtime: int  # SLURM minutes per job, sized for config/paper.yaml's 200 epochs
     teacher_cache: bool = False  # its teacher may be read from a teacher cache (the job logs which and why)
+    # (config, wildcards) -> the sweep point of the rule's ``<name>_sweep`` node (a run of kd.sweep, ft.sweep,
+    # crd.sweep: its wildcard ``sweep``); None: the rule has no sweep
+    sweep: Callable[..., tuple] | None = None
+
+    def swept(self) -> "SeededRule":
+        """The rule of its sweep's nodes: the same job, with the point's values on top of the options."""
+        sweep, options = self.sweep, self.options
+        return replace(self, options=lambda c, w, s: options(c, w, s, sweep(c, w)), sweep=None)
 
 
 SEEDED_RULES: dict[str, SeededRule] = {
     "train_kd": SeededRule(
         "kd",
         lambda c, w, s: student_inputs(c, "train_kd", w.dataset, split_variant(w.variant)[0], w.teacher, s),
-        lambda c, w, s: kd_options(c, w.dataset, w.variant, w.teacher, w.student, s),
+        lambda c, w, s, sweep=(): kd_options(c, w.dataset, w.variant, w.teacher, w.student, s, sweep),
         runtime=960,
         teacher_cache=True,
+        sweep=lambda c, w: sweep_point(c, w.variant, w.sweep),
     ),
     "train_ft": SeededRule(
         "ft",
@@ -417,15 +426,17 @@ SEEDED_RULES: dict[str, SeededRule] = {
             "teacher": teacher_model(c, w.dataset, w.teacher, s),
             "paraphraser": paraphraser_path(c, w.dataset, w.teacher, s),
         },
-        lambda c, w, s: ft_options(c, w.dataset, w.teacher, w.student, s),
+        lambda c, w, s, sweep=(): ft_options(c, w.dataset, w.teacher, w.student, s, sweep),
         runtime=960,
+        sweep=lambda c, w: sweep_point(c, "ft", w.sweep, "ft"),
     ),
     "train_crd": SeededRule(
         "crd",
         lambda c, w, s: student_inputs(c, "train_crd", w.dataset, "crd", w.teacher, s),
-        lambda c, w, s: crd_options(c, w.dataset, w.crd, w.teacher, w.student, s),
+        lambda c, w, s, sweep=(): crd_options(c, w.dataset, w.crd, w.teacher, w.student, s, sweep),
         runtime=960,
         teacher_cache=True,
+        sweep=lambda c, w: sweep_point(c, w.crd, w.sweep, "crd"),
     ),
     "train_dml": SeededRule(
         "dml",
@@ -443,6 +454,7 @@ SEEDED_RULES: dict[str, SeededRule] = {
         runtime=1440,
     ),
 }
+SEEDED_RULES.update({f"{name}_sweep": rule.swept() for name, rule in SEEDED_RULES.items() if rule.sweep})
 
 
 def seed_inputs(config: dict, rule: str, wildcards) -> dict:

@@ -33,12 +33,4 @@ use rule train_crd as train_crd_sweep with:
     log:
         "results/logs/{dataset}/{crd}/{teacher}-{student}/{sweep}/seed{seed}.log",
     params:
-        opts=lambda w: kw.crd_options(
-            config,
-            w.dataset,
-            w.crd,
-            w.teacher,
-            w.student,
-            w.seed,
-            kw.sweep_point(config, w.crd, w.sweep, "crd"),
-        ),
+        opts=lambda w: kw.seed_options(config, "train_crd_sweep", w),

@@ -58,11 +58,4 @@ use rule train_ft as train_ft_sweep with:
     log:
         "results/logs/{dataset}/ft/{teacher}-{student}/{sweep}/seed{seed}.log",
     params:
-        opts=lambda w: kw.ft_options(
-            config,
-            w.dataset,
-            w.teacher,
-            w.student,
-            w.seed,
-            kw.sweep_point(config, "ft", w.sweep, "ft"),
-        ),
+        opts=lambda w: kw.seed_options(config, "train_ft_sweep", w),

@@ -35,12 +35,4 @@ use rule train_kd as train_kd_sweep with:
     log:
         "results/logs/{dataset}/kd-{variant}/{teacher}-{student}/{sweep}/seed{seed}.log",
     params:
-        opts=lambda w: kw.kd_options(
-            config,
-            w.dataset,
-            w.variant,
-            w.teacher,
-            w.student,
-            w.seed,
-            kw.sweep_point(config, w.variant, w.sweep),
-        ),
+        opts=lambda w: kw.seed_options(config, "train_kd_sweep", w),

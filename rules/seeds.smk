@@ -1,7 +1,7 @@
 # resources.seeds_together: for each training rule of kw.SEEDED_RULES, a rule <rule>_seeds that trains
 # every seed's run of the same other wildcards in one job and one process, their steps (CUDA graphs)
 # interleaved on one GPU, each seed on its own stream (kdpipe.runner.run_together).  The same run
-# directories, files and results as <rule>'s jobs, which it replaces (a sweep's runs stay one per job).
+# directories, files and results as <rule>'s jobs, which it replaces (a sweep's too: train_kd_sweep_seeds).
 if config["resources"]["seeds_together"]:
     for seeded in kw.SEEDED_RULES:
 

@@ -2,4 +2,4 @@
 
 from kdpipe.jobs import train_rule
 
-train_rule(snakemake, "train_dml")
+train_rule(snakemake)

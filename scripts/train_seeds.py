@@ -3,4 +3,4 @@ trained together in one process (see kdpipe.runner.run_together)."""
 
 from kdpipe.jobs import train_rule
 
-train_rule(snakemake, snakemake.rule.removesuffix("_seeds"))
+train_rule(snakemake)

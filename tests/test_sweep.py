@@ -256,6 +256,35 @@ def test_dry_run_lists_the_swept_jobs(tmp_path):
     assert "results/tables/sweeps/digits.md" in outputs
 
 
+def test_seeds_together_packs_each_sweep_points_seeds(tmp_path):
+    """resources.seeds_together: a sweep point's seeds are one job too (train_kd_sweep_seeds, ...), with the
+    point's options for every seed; the cost plan lists the same jobs."""
+    import collections
+
+    from kdpipe.costplan import dag_jobs
+
+    text = (
+        "seeds: [0, 1]\npairs: [{teacher: resnet14, student: resnet8}]\nreport: {races: false}\n"
+        "kd: {modes: [st], sweep: {st: {T: [2, 8]}}}\ncrd: {enabled: true, sweep: {lambda_kd: [0.5]}}\n"
+        "ft: {enabled: true, sweep: {lambda_kd: [100]}}\nresources: {seeds_together: true}\n"
+    )
+    counts, dry = snakemake_dry_run(tmp_path, text)
+    for rule, jobs in (("train_kd", 1), ("train_kd_sweep", 2), ("train_crd_sweep", 1), ("train_ft_sweep", 1)):
+        assert counts[f"{rule}_seeds"] == jobs and rule not in counts, counts
+    planned = collections.Counter(job.rule for job in dag_jobs(load_config(yaml.safe_load(text))))
+    assert dict(planned) == counts
+    # the point's options reach every seed's run: run the rule's params function as Snakemake does
+    from kdpipe.workflow import SEEDED_RULES, seeds_options
+
+    wildcards = collections.namedtuple("W", "dataset variant teacher student sweep")(
+        "digits", "st", "resnet14", "resnet8", "T~8"
+    )
+    opts = seeds_options(load_config(yaml.safe_load(text)), "train_kd_sweep", wildcards)
+    assert [(o["seed"], o["T"], o["kd_mode"]) for o in opts.values()] == [(0, 8, "st"), (1, 8, "st")]
+    assert SEEDED_RULES["train_kd_sweep"].entry == "kd"
+    assert "results/digits/kd-st/resnet14-resnet8/T~8/seed1/model.pt" in dry
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 # (best_val_acc, test_acc_at_best) per seed, per value of st's T: T=2 is best on validation, T=8 on test
