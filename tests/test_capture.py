@@ -182,6 +182,47 @@ def test_methods_that_draw_random_numbers_train_together_as_alone(tmp_path, teac
     assert seeds[0] != seeds[1]  # the seeds differ: the comparison has teeth
 
 
+def test_runs_killed_together_resume_as_alone(tmp_path, teacher_file, monkeypatch):
+    """A together job killed mid-way (seed 0 after 2 epochs, seed 1 after 1) resumes each run from its own
+    checkpoint, generators included: CRD's two seeds end as their uninterrupted runs alone, bit for bit."""
+    from kdpipe import engine
+    from kdpipe.runner import run_together
+
+    small = {**DIGITS, "train_subset": 96, "batch_size": 32, "cuda": 0, "epochs": 3}
+    opts = dict(t_model=teacher_file, t_name="resnet14", s_name="resnet8", nce_n=16)
+
+    def calls(root):
+        return [
+            (lambda s=s: kdpipe.train_crd(**small, **opts, seed=s, save_root=str(root), note=f"crd{s}"), None)
+            for s in (0, 1)
+        ]
+
+    for call, _ in calls(tmp_path / "alone"):
+        call()
+    end_epoch, ended = engine.Training.end_epoch, []
+
+    def killed_after_three_epochs(self):
+        end_epoch(self)
+        ended.append(self.ctx.run_dir.name)
+        if len(ended) == 3:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(engine.Training, "end_epoch", killed_after_three_epochs)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_together(calls(tmp_path / "together"), together=lambda task: True)
+    monkeypatch.undo()
+    assert ended == ["crd0", "crd1", "crd0"]
+    records = run_together(calls(tmp_path / "together"), together=lambda task: True)
+    assert [r["resumed_at_epochs"] for r in records] == [[2], [1]]
+    for s in (0, 1):
+        a, b = tmp_path / "alone" / f"crd{s}", tmp_path / "together" / f"crd{s}"
+        strip = [line.split(",")[:9] for line in (a / "metrics.csv").read_text().splitlines()]
+        assert strip == [line.split(",")[:9] for line in (b / "metrics.csv").read_text().splitlines()], s
+        wa = _tensors(torch.load(a / "model.pt", weights_only=True))
+        wb = _tensors(torch.load(b / "model.pt", weights_only=True))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), s
+
+
 def _tensors(tree, prefix="") -> dict:
     """Every tensor of a nested checkpoint, by its path of keys."""
     if isinstance(tree, torch.Tensor):
