@@ -411,6 +411,12 @@ class SeededRule:
 
 
 SEEDED_RULES: dict[str, SeededRule] = {
+    "train_base": SeededRule(
+        "base",
+        lambda c, w, s: {"data": data_manifest_path(w.dataset)},
+        lambda c, w, s: base_options(c, w.dataset, w.net, s),
+        runtime=720,
+    ),
     "train_kd": SeededRule(
         "kd",
         lambda c, w, s: student_inputs(c, "train_kd", w.dataset, split_variant(w.variant)[0], w.teacher, s),

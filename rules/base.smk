@@ -3,7 +3,7 @@
 
 rule train_base:
     input:
-        data=lambda w: kw.data_manifest_path(w.dataset),
+        unpack(lambda w: kw.seed_inputs(config, "train_base", w)),
     output:
         model="results/{dataset}/base/{net}/seed{seed}/model.pt",
         metrics="results/{dataset}/base/{net}/seed{seed}/metrics.csv",
@@ -17,9 +17,9 @@ rule train_base:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=720,
+        runtime=kw.SEEDED_RULES["train_base"].runtime,
     params:
-        opts=lambda w: kw.base_options(config, w.dataset, w.net, w.seed),
+        opts=lambda w: kw.seed_options(config, "train_base", w),
     script:
         "../scripts/train_base.py"
 

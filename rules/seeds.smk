@@ -3,6 +3,10 @@
 # interleaved on one GPU, each seed on its own stream (kdpipe.runner.run_together).  The same run
 # directories, files and results as <rule>'s jobs, which it replaces (a sweep's too: train_kd_sweep_seeds).
 if config["resources"]["seeds_together"]:
+
+    # an imported teacher's base run directories stay import_teacher's, as in base.smk
+    ruleorder: import_teacher > train_base_seeds
+
     for seeded in kw.SEEDED_RULES:
 
         rule:

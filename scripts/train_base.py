@@ -1,5 +1,5 @@
 """Rule train_base: one network trained from scratch (see kdpipe.methods.base)."""
 
-from kdpipe.jobs import run_rule
+from kdpipe.jobs import train_rule
 
-run_rule(snakemake, "base")
+train_rule(snakemake)

@@ -234,7 +234,7 @@ def _tensors(tree, prefix="") -> dict:
 
 @pytest.mark.slow
 def test_seeds_together_rules_train_every_seed_in_one_job(tmp_path):
-    """resources.seeds_together: one <rule>_seeds job per run of kd, FT, CRD, DML and per BSS generation
+    """resources.seeds_together: one <rule>_seeds job per run of base, kd, FT, CRD, DML and per BSS generation
     writes every seed's run directory, each with its own identity, inputs (teacher, paraphraser, previous
     generation), log lines and teacher line; the summary sees them as usual."""
     import csv
@@ -260,7 +260,7 @@ resources: {seeds_together: true}
     stats = run.stdout + run.stderr
     assert job_counts(stats) == {
         "data_manifest": 1,
-        "train_base": 2,
+        "train_base_seeds": 1,
         "ft_paraphraser": 2,
         "train_kd_seeds": 1,
         "train_ft_seeds": 1,

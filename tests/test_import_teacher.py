@@ -74,11 +74,21 @@ def _config(checkpoint, **extra) -> dict:
     }
 
 
-def test_plan_imports_the_teacher_and_trains_it_nowhere(trained):
+def test_plan_imports_the_teacher_and_trains_it_nowhere(trained, tmp_path):
     root, _, _ = trained
     config = load_config({**_config(root / "ckpt_epoch_240.pth"), "seeds": [0, 1], "teacher_seed": 0})
     runs = {(r.rule, r.student, r.seed) for r in plan(config) if r.method == "baseline"}
     assert runs == {("import_teacher", "resnet8", 0), ("train_base", "resnet8w4", 0), ("train_base", "resnet8w4", 1)}
+    # with resources.seeds_together the student's baselines train in one job; the teacher is still imported
+    from test_workflow import job_counts, snakemake
+
+    together = {**_config(root / "ckpt_epoch_240.pth"), "seeds": [0, 1], "teacher_seed": 0}
+    together["resources"] = {"seeds_together": True}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(together))
+    out = snakemake("results/summary.csv", "-n", "--cores", "1", "--configfile", "c.yaml", workdir=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    counts = job_counts(out.stdout)
+    assert counts["import_teacher"] == 1 and counts["train_base_seeds"] == 1 and "train_base" not in counts, counts
 
 
 @pytest.mark.parametrize(
