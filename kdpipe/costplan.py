@@ -372,10 +372,11 @@ def _eager_steps(config: dict, job: Job) -> bool:
 
 def _task(rule: str):
     """The Task class a training rule's runs train (its entry point's), None for a rule that trains nothing."""
-    from .options import ENTRIES, entry_task
+    from .options import entry_task
+    from .workflow import SEEDED_RULES
 
-    entry = base_rule(rule).removeprefix("train_")
-    return entry_task(entry) if entry in ENTRIES else None
+    spec = SEEDED_RULES.get(rule)  # every training rule of the plan, its sweep's included
+    return entry_task(spec.entry) if spec else None
 
 
 def _captured(config: dict, run) -> bool:
