@@ -395,26 +395,21 @@ def seeds(report: Report, tmp: Path, n_train: int = 2560, epochs: int = 2) -> No
     rows = []
     try:
         for label, function in (("crd", kdpipe.train_crd), ("bss", kdpipe.train_bss)):
+            roots = {where: tmp / f"seeds-{label}-{where}" for where in ("alone", "together")}
 
-            def calls(where: str, function=function, label=label):
-                save = str(tmp / f"seeds-{label}-{where}")
+            def calls(where: str, function=function, roots=roots):
+                save = str(roots[where])
                 return [(lambda s=s: function(**common, seed=s, save_root=save, note=f"seed{s}"), None) for s in (0, 1)]
 
             alone = [call() for call, _ in calls("alone")]
             joint = run_together(calls("together"))
             for s in (0, 1):
-                a, b = (
-                    torch.load(tmp / f"seeds-{label}-{w}" / f"seed{s}" / "model.pt", weights_only=True)
-                    for w in ("alone", "together")
-                )
-                wa, wb = _floats(a), _floats(b)
+                runs = [roots[w] / f"seed{s}" for w in ("alone", "together")]
+                wa, wb = (_floats(torch.load(run / "model.pt", weights_only=True)) for run in runs)
                 rel = max(float((wa[k] - wb[k]).abs().max()) for k in wa) / max(
                     float(v.abs().max()) for v in wa.values()
                 )
-                last = [
-                    (tmp / f"seeds-{label}-{w}" / f"seed{s}" / "metrics.csv").read_text().splitlines()[-1].split(",")
-                    for w in ("alone", "together")
-                ]
+                last = [(run / "metrics.csv").read_text().splitlines()[-1].split(",") for run in runs]
                 rows.append(
                     [
                         label,
