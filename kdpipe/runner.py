@@ -187,13 +187,14 @@ def run_together(
                     records[i] = finished.value
                 else:  # the generators as the run seeded them: fit would start from them alone
                     runs.append((i, collected[0], identity, job, rng_state()))
-        jointly = [together(job[0]) for _, _, _, job, _ in runs]
-        joint = [r for r, j in zip(runs, jointly) if j]
+        joint, alone = [], []
+        for r in runs:
+            (joint if together(r[3][0]) else alone).append(r)
         results = fit_together([r[3] for r in joint], [r[4] for r in joint]) if joint else []
         for (i, run, identity, _, _), result in zip(joint, results):
             with planned_identity(identity):
                 records[i] = _finish(run, result)
-        for i, run, identity, job, state in (r for r, j in zip(runs, jointly) if not j):
+        for i, run, identity, job, state in alone:
             set_rng_state(state)
             with planned_identity(identity):
                 records[i] = _finish(run, fit(*job))
