@@ -22,6 +22,7 @@ Importing this module does not import torch (the config's checks do, when a plan
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -398,20 +399,25 @@ def _cached(config: dict, run) -> bool:
 
 def cost_plan(config: dict, device: str, calibration: str | Path | None = None) -> dict:
     """The plan of a validated config: jobs and device-hours by rule, the assumptions and the estimates."""
+    from .workflow import rule_runtime
+
     cal = Calibration.load(device, calibration)
     rules: dict[str, dict] = {}
     unknown: dict[str, int] = {}
     splits = {d: dataset_split(config, d) for d in config["datasets"]}
     for job in dag_jobs(config):
-        entry = rules.setdefault(job.rule, {"jobs": 0, "hours": 0.0})
+        entry = rules.setdefault(job.rule, {"jobs": 0, "hours": 0.0, "longest_h": 0.0})
         entry["jobs"] += 1
         split = splits.get(job.dataset)
         if job.rule in ("data_manifest", *REPORT_RULES):
             continue
+        entry["runtime_min"] = rule_runtime(job.rule)
         if split is None:
             unknown[job.dataset] = unknown.get(job.dataset, 0) + 1
             continue
-        entry["hours"] += job_seconds(config, job, cal, split) / 3600
+        hours = job_seconds(config, job, cal, split) / 3600
+        entry["hours"] += hours
+        entry["longest_h"] = max(entry["longest_h"], hours)
     return {
         "device": device,
         "rules": rules,
@@ -429,14 +435,34 @@ def _hours(hours: float) -> str:
     return f"{hours:,.0f}" if hours >= 100 else f"{hours:.1f}" if hours >= 1 else f"{hours:.2f}"
 
 
+def over_time_limit(record: dict) -> dict[str, tuple[float, int]]:
+    """The rules whose longest job is estimated to run past the time limit its SLURM job asks for:
+    rule -> (its longest job's hours, the limit's minutes)."""
+    return {
+        rule: (r["longest_h"], r["runtime_min"])
+        for rule, r in record["rules"].items()
+        if r.get("runtime_min") and r["longest_h"] * 60 > r["runtime_min"]
+    }
+
+
 def format_plan(record: dict, configfile: str = "") -> str:
     unit = "CPU-hours" if record["device"] == "cpu" else "GPU-hours"
     lines = [f"kdpipe plan{' of ' + configfile if configfile else ''} on {record['device']}, today's engine"]
-    lines.append(f"{'rule':<16}{'jobs':>6}{unit:>12}")
+    lines.append(f"{'rule':<16}{'jobs':>6}{unit:>12}{'longest job':>13}{'SLURM -t':>10}")
     for rule, r in record["rules"].items():
-        hours = "local" if rule in ("data_manifest", *REPORT_RULES) else _hours(r["hours"])
-        lines.append(f"{rule:<16}{r['jobs']:>6}{hours:>12}")
+        if rule in ("data_manifest", *REPORT_RULES):
+            lines.append(f"{rule:<16}{r['jobs']:>6}{'local':>12}")
+            continue
+        limit = f"{r['runtime_min'] / 60:g} h" if r.get("runtime_min") else ""
+        lines.append(f"{rule:<16}{r['jobs']:>6}{_hours(r['hours']):>12}{_hours(r['longest_h']) + ' h':>13}{limit:>10}")
     lines.append(f"{'total':<16}{record['jobs']:>6}{_hours(record['hours']):>12}")
+    for rule, (hours, minutes) in over_time_limit(record).items():
+        enough = math.ceil(hours * 1.25) * 60  # a quarter to spare, whole hours
+        lines.append(
+            f"over its time limit: {rule}'s longest job, {_hours(hours)} h, > the {minutes / 60:g} h its SLURM job "
+            f"asks for: ask for more, --set-resources {rule}:runtime={enough} (a job killed at its limit resumes "
+            "from its last epoch checkpoint when Snakemake retries it: profiles/slurm retries)"
+        )
     images = ", ".join(
         f"{d} {s['train']:,} train + {s['val']:,} val + {s['test']:,} test images" for d, s in record["images"].items()
     )

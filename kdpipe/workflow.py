@@ -461,6 +461,15 @@ SEEDED_RULES: dict[str, SeededRule] = {
     ),
 }
 SEEDED_RULES.update({f"{name}_sweep": rule.swept() for name, rule in SEEDED_RULES.items() if rule.sweep})
+# SLURM minutes per job of the other rules that use a device (the seeded rules' are SeededRule.runtime)
+RUNTIMES = {"import_teacher": 30, "teacher_cache": 120, "ft_paraphraser": 120}
+
+
+def rule_runtime(rule: str) -> int | None:
+    """The SLURM time limit (minutes) a job of ``rule`` asks for (a ``<rule>_seeds`` job its rule's,
+    before ``--set-resources``); None for a rule that runs on the submitting node."""
+    spec = SEEDED_RULES.get(rule.removesuffix("_seeds"))
+    return spec.runtime if spec else RUNTIMES.get(rule)
 
 
 def seed_inputs(config: dict, rule: str, wildcards) -> dict:

@@ -48,7 +48,7 @@ rule import_teacher:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=16000,
-        runtime=30,
+        runtime=kw.RUNTIMES["import_teacher"],
     params:
         opts=lambda w: kw.import_options(config, w.dataset, w.net, w.seed),
     script:

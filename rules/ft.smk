@@ -18,7 +18,7 @@ rule ft_paraphraser:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=16000,
-        runtime=120,
+        runtime=kw.RUNTIMES["ft_paraphraser"],
     params:
         opts=lambda w: kw.ft_paraphraser_options(config, w.dataset, w.teacher, w.seed),
     script:

@@ -3,12 +3,13 @@ computation, estimates flagged, the shipped table complete, bad input in one lin
 checked against Snakemake's dry runs in test_workflow, test_cluster and test_benchmark_configs."""
 
 import csv
+import math
 
 import pytest
 
 import kdpipe
 from conftest import cli
-from kdpipe.costplan import CALIBRATION, FIELDS, cost_plan, dataset_split, device_label
+from kdpipe.costplan import CALIBRATION, FIELDS, cost_plan, dataset_split, device_label, format_plan, over_time_limit
 from kdpipe.data import load_data
 from kdpipe.errors import KdpipeError
 from kdpipe.workflow import load_config
@@ -71,6 +72,12 @@ def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
     assert hours["train_kd"] == pytest.approx(st + at, rel=1e-9)
     assert hours["teacher_cache"] == pytest.approx(cache, rel=1e-9)
     assert record["hours"] * 3600 == pytest.approx(base + st + at + cache, rel=1e-9)
+    longest = {rule: r["longest_h"] * 3600 for rule, r in record["rules"].items() if "runtime_min" in r}
+    resnet20 = 2 * (train * s20 + held_out * i20)
+    assert longest == pytest.approx({"train_base": resnet20, "train_kd": at, "teacher_cache": cache})
+    limits = {rule: r["runtime_min"] for rule, r in record["rules"].items() if "runtime_min" in r}
+    assert limits == {"train_base": 720, "train_kd": 960, "teacher_cache": 120}  # the rules' resources.runtime
+    assert over_time_limit(record) == {}
     jobs = {rule: r["jobs"] for rule, r in record["rules"].items()}
     assert jobs == {
         "data_manifest": 1,
@@ -86,6 +93,26 @@ def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
     assert set(record["estimated"]) == {"net resnet14", "inference of resnet8", "inference of resnet14", "method at"}
     assert "costed as st" in record["estimated"]["method at"]
     assert "cpu step ratio" in record["estimated"]["net resnet14"]
+
+
+def test_jobs_over_their_time_limit_are_named_with_the_runtime_that_would_do(tmp_path):
+    """A GPU 10,000x slower than ROWS', 30 epochs: resnet20's base run outruns train_base's 12 h limit,
+    the kd students (3.5 h) stay inside train_kd's 16 h."""
+    slow = [(d, q, s, v / 10_000 if q.endswith("img_s") else v, px) for d, q, s, v, px in ROWS]
+    config = load_config({**CONFIG, "train": {"epochs": 30}})
+    record = cost_plan(config, "gpu", write_table(tmp_path / "cal.csv", slow))
+    base = 30 * (100 * 10 + (20 + 359) * 2) / 3600  # resnet20: 10 s a training image, 2 s an inference
+    assert over_time_limit(record) == {"train_base": (pytest.approx(base), 720)}
+    at = 30 * (100 * (1.5 * 0.625 + 0.25 * 10) + 379 * 0.125) + 359 * 2  # resnet8 0.625 s, 0.125 s
+    assert record["rules"]["train_kd"]["longest_h"] == pytest.approx(at / 3600)
+    lines = format_plan(record).splitlines()
+    assert [line for line in lines if line.startswith("over its time limit")] == [
+        f"over its time limit: train_base's longest job, {base:.1f} h, > the 12 h its SLURM job asks for: "
+        f"ask for more, --set-resources train_base:runtime={math.ceil(base * 1.25) * 60} (a job killed at its "
+        "limit resumes from its last epoch checkpoint when Snakemake retries it: profiles/slurm retries)"
+    ]
+    row = next(line for line in lines if line.startswith("train_base ")).split()
+    assert row == ["train_base", "3", f"{record['rules']['train_base']['hours']:.1f}", f"{base:.1f}", "h", "12", "h"]
 
 
 def test_splits_are_the_data_modules():
@@ -112,7 +139,7 @@ def test_command_prints_the_table_and_bad_input_is_one_line(tmp_path):
     out = cli("plan", "--configfile", "config/config.yaml", "--device", "cpu")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[1].split() == ["rule", "jobs", "CPU-hours"]
+    assert lines[1].split() == ["rule", "jobs", "CPU-hours", "longest", "job", "SLURM", "-t"]
     total = next(line for line in lines if line.startswith("total")).split()
     assert total[1] == "46"  # make run's 46 jobs
     missing = cli("plan", "--configfile", str(tmp_path / "nope.yaml"))
