@@ -17,8 +17,8 @@ import math
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Callable
+from pathlib import Path
 
 import torch
 
@@ -289,56 +289,101 @@ def finished_record(run_dir: Path, fingerprint: dict) -> dict | None:
     return record
 
 
-def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_time) -> dict:
-    run_dir, opts = ctx.run_dir, ctx.opts
-    roles = list(task.roles)
-    for role in roles:
-        atomic_save(result.best[role]["state"], run_dir / task.model_file(role))
-    epochs_run = sorted({row["epoch"] for row in result.history})
-    mean_epoch = result.train_time_s / max(1, len(epochs_run))
-    role_records = {}
-    for role in roles:
-        rows = [r for r in result.history if r["role"] == role]
-        last, best = rows[-1], result.best[role]
-        role_records[role] = {
-            **task.identity(role),
-            "params": sum(p.numel() for p in task.roles[role].parameters()),
-            "best_epoch": best["epoch"],
-            "best_val_acc": _finite_or_none(best["val_acc"]),
-            "test_acc_at_best": _finite_or_none(best["test_acc"]),
-            "last_val_acc": _finite_or_none(last["val_acc"]),
-            "last_test_acc": _finite_or_none(last["test_acc"]),
-        }
+def role_record(identity: dict, model: torch.nn.Module, best: dict, last: dict) -> dict:
+    """``run.json``'s record of one role: its identity (``Task.identity``), parameter count, the epoch
+    best on validation with its accuracies, and the last epoch's (``best``/``last``: metrics rows)."""
+    return {
+        **identity,
+        "params": sum(p.numel() for p in model.parameters()),
+        "best_epoch": best["epoch"],
+        "best_val_acc": _finite_or_none(best["val_acc"]),
+        "test_acc_at_best": _finite_or_none(best["test_acc"]),
+        "last_val_acc": _finite_or_none(last["val_acc"]),
+        "last_test_acc": _finite_or_none(last["test_acc"]),
+    }
+
+
+def write_run_record(
+    entry: str,
+    method: str,
+    ctx: Context,
+    roles: dict,
+    *,
+    epochs: int,
+    train_time_s: float,
+    mean_epoch_s: float | None,
+    wall_time_s: float,
+    resumed_at_epochs: list,
+    step: str | None,
+    fingerprint: dict,
+    inputs: dict,
+    info: dict,
+    settings: dict,
+    outputs: list,
+) -> dict:
+    """Write ``run.json``, a run directory's last file (a finished run is one that has it), and return it:
+    what the run did, as given, and what the context and this process tell (device, data, versions)."""
+    opts = ctx.opts
     record = {
         "kdpipe": __version__,
         "entry": entry,
-        "method": task.method,
+        "method": method,
         "run": planned_run(),
         "dataset": opts["data_name"],
         "seed": opts["seed"],
-        "epochs": opts["epochs"],
-        "roles": role_records,
-        "train_time_s": result.train_time_s,
-        "mean_epoch_s": mean_epoch,
-        "wall_time_s": wall_time,
-        "resumed_at_epochs": result.resumed_at,
+        "epochs": epochs,
+        "roles": roles,
+        "train_time_s": train_time_s,
+        "mean_epoch_s": mean_epoch_s,
+        "wall_time_s": wall_time_s,
+        "resumed_at_epochs": resumed_at_epochs,
         "device": str(ctx.device),
         "amp_bf16": ctx.amp,
         "channels_last": ctx.channels_last,
-        "step": result.step_mode,
+        "step": step,
         "threads": torch.get_num_threads(),
         "config": opts,
         "fingerprint": fingerprint,
         "inputs": inputs,
         "data": ctx.data.describe(),
-        "info": task.info(),
-        "settings": task.settings(),
-        "outputs": [task.model_file(role) for role in roles] + ["metrics.csv"],
+        "info": info,
+        "settings": settings,
+        "outputs": outputs,
         "versions": versions(),
         "argv": sys.argv,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    atomic_write_json(run_dir / "run.json", record)
+    atomic_write_json(ctx.run_dir / "run.json", record)
+    return record
+
+
+def finalize(entry, task: Task, ctx: Context, result, fingerprint, inputs, wall_time) -> dict:
+    run_dir = ctx.run_dir
+    roles = list(task.roles)
+    for role in roles:
+        atomic_save(result.best[role]["state"], run_dir / task.model_file(role))
+    epochs_run = sorted({row["epoch"] for row in result.history})
+    role_records = {}
+    for role in roles:
+        rows = [r for r in result.history if r["role"] == role]
+        role_records[role] = role_record(task.identity(role), task.roles[role], result.best[role], rows[-1])
+    record = write_run_record(
+        entry,
+        task.method,
+        ctx,
+        role_records,
+        epochs=ctx.opts["epochs"],
+        train_time_s=result.train_time_s,
+        mean_epoch_s=result.train_time_s / max(1, len(epochs_run)),
+        wall_time_s=wall_time,
+        resumed_at_epochs=result.resumed_at,
+        step=result.step_mode,
+        fingerprint=fingerprint,
+        inputs=inputs,
+        info=task.info(),
+        settings=task.settings(),
+        outputs=[task.model_file(role) for role in roles] + ["metrics.csv"],
+    )
     log.info(
         "done: %s",
         "; ".join(

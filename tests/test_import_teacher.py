@@ -41,6 +41,9 @@ def test_import_evaluates_the_file_on_the_runs_data(trained, src, tmp_path):
     saved = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
     assert list(saved) == list(state) and all(torch.equal(saved[k], state[k]) for k in state)
     assert record["epochs"] == 0 and net["variant"] == "imported"
+    # a finished run like any other: run.json has a trained run's fields, in its order (runner.write_run_record)
+    assert list(record) == list(base) and list(net) == list(base["roles"]["net"])
+    assert record["kdpipe"] == kdpipe.__version__ and record["step"] is None and record["resumed_at_epochs"] == []
     assert record["inputs"]["src"]["sha256"] == kdpipe.checkpoint.sha256_file(root / src)
     with open(tmp_path / "t" / "metrics.csv") as f:
         (row,) = list(csv.DictReader(f))

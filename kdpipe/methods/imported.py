@@ -11,22 +11,26 @@ where it records them, are kept under ``info``.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_save, atomic_write_json, atomic_write_text, run_dir_lock, sha256_file
+from ..checkpoint import atomic_save, run_dir_lock, sha256_file
 from ..data import Normalizer, check_data_name
-from ..engine import METRIC_COLUMNS, Context, evaluate_model
+from ..engine import METRIC_COLUMNS, Context, evaluate_model, write_metrics
 from ..errors import KdpipeError
 from ..models import build_model
 from ..options import fingerprint_options, resolve
-from ..runner import check_num_class, finished_record, load_options_data, planned_run, select_device, versions
+from ..runner import (
+    check_num_class,
+    finished_record,
+    load_options_data,
+    role_record,
+    select_device,
+    write_run_record,
+)
 from .common import load_network
 
 log = logging.getLogger("kdpipe")
@@ -90,49 +94,32 @@ def import_teacher(**kwargs) -> dict:
         atomic_save(state, run_dir / "model.pt")
         row = dict.fromkeys(METRIC_COLUMNS, "")
         row.update(epoch=0, role="net", val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(row)
-        atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
-        finite = [None if math.isnan(v) else v for v in (val_acc, test_acc)]
-        record = {
-            "entry": "import_teacher",
+        write_metrics(run_dir / "metrics.csv", [row])
+        measured = {"epoch": None, "val_acc": val_acc, "test_acc": test_acc}  # best and last: the one evaluation
+        identity = {
             "method": "baseline",
-            "run": planned_run(),
-            "dataset": opts["data_name"],
-            "seed": opts["seed"],
-            "epochs": 0,
-            "roles": {
-                "net": {
-                    "method": "baseline",
-                    "variant": "imported",
-                    "teacher": "",
-                    "student": opts["net_name"],
-                    "generation": None,
-                    "params": sum(p.numel() for p in model.parameters()),
-                    "best_epoch": None,
-                    "best_val_acc": finite[0],
-                    "test_acc_at_best": finite[1],
-                    "last_val_acc": finite[0],
-                    "last_test_acc": finite[1],
-                }
-            },
-            "train_time_s": 0.0,
-            "mean_epoch_s": None,
-            "wall_time_s": time.perf_counter() - wall0,
-            "device": str(device),
-            "config": opts,
-            "fingerprint": fingerprint,
-            "inputs": {"src": {"path": str(src), "sha256": src_sha}},
-            "data": data.describe(),
-            "info": {"teacher_checkpoint": str(src), "conversion": conversion},
-            "settings": {"teacher_checkpoint": src.name},
-            "outputs": ["model.pt", "metrics.csv"],
-            "versions": versions(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "variant": "imported",
+            "teacher": "",
+            "student": opts["net_name"],
+            "generation": None,
         }
-        atomic_write_json(run_dir / "run.json", record)
+        record = write_run_record(
+            "import_teacher",
+            "baseline",
+            ctx,
+            {"net": role_record(identity, model, measured, measured)},
+            epochs=0,
+            train_time_s=0.0,
+            mean_epoch_s=None,
+            wall_time_s=time.perf_counter() - wall0,
+            resumed_at_epochs=[],
+            step=None,
+            fingerprint=fingerprint,
+            inputs={"src": {"path": str(src), "sha256": src_sha}},
+            info={"teacher_checkpoint": str(src), "conversion": conversion},
+            settings={"teacher_checkpoint": src.name},
+            outputs=["model.pt", "metrics.csv"],
+        )
     log.info(
         "%s: %s from %s: val %.2f %%, test %.2f %% -> %s",
         opts["data_name"],
