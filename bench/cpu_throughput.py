@@ -1,55 +1,119 @@
-"""CPU training throughput: the channels_last memory format against the contiguous (NCHW) one.
+"""CPU training throughput: memory format and host allocator against kdpipe's CPU default before them.
 
-One process, synthetic CIFAR-10-shaped data (random uint8 3x32x32 images through kdpipe's own batched
-augmentation and normalisation), each step exactly as ``fit`` runs it: plain training of the student,
-and st-KD from a live (untrained) teacher.  ``old`` is ``--memory_format contiguous`` -- NCHW tensors,
-kdpipe's CPU default (``auto``); ``new`` is ``--new`` (default ``channels_last``, opt-in on the CPU: its
-results differ from NCHW's in the last bits, and it is refused for the w4 ResNets).  The two are timed in
-alternation (old new, new old, ...) so that other jobs on a shared machine slow both alike; the table
-gives the median images/s over rounds, and the ratio is the median of the rounds' paired ratios.
+Synthetic CIFAR-10-shaped data (random uint8 3x32x32 images through kdpipe's own batched augmentation and
+normalisation), each step exactly as ``fit`` runs it: plain training of the student, and st-KD from a
+live (untrained) teacher.  A variant is ``<memory_format>:<allocator>``: ``contiguous`` (NCHW, kdpipe's CPU
+default) or ``channels_last`` (``--memory_format channels_last``, opt-in on the CPU: its results differ
+from NCHW's in the last bits); ``glibc`` (glibc's malloc defaults, ``KDPIPE_MALLOC_TUNING=0``) or ``kept``
+(kdpipe's default since 2026-11-27, :mod:`kdpipe.hostmem`: freed memory kept for the next step; results
+unchanged).  The first variant is the baseline.
+
+The allocator is set once per process, so each variant runs in a process of its own: every round
+starts one per variant, in a rotating order, so that other jobs on a shared machine slow all alike;
+the table gives each variant's median images/s over the rounds and the median of the rounds' paired
+ratios to the baseline.
 
     .venv/bin/python bench/cpu_throughput.py --threads 2
-    .venv/bin/python bench/cpu_throughput.py --threads 1 --teacher resnet56 --rounds 5
+    .venv/bin/python bench/cpu_throughput.py --variants contiguous:glibc,channels_last:glibc --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-import torch
+LAYOUTS = ("contiguous", "channels_last")
+ALLOCATORS = {"glibc": "0", "kept": "1"}  # -> KDPIPE_MALLOC_TUNING
 
-from kdpipe.engine import Context, seed_everything
-from kdpipe.methods.base import SupervisedTask
-from kdpipe.methods.kd import DistillTask
-from kdpipe.models import build_model
-from kdpipe.options import resolve
 
-from gpu import synthetic_cifar  # noqa: E402  (bench/ is the script's directory)
-from step_cost import time_task  # noqa: E402
+def variant(text: str) -> tuple[str, str]:
+    layout, _, allocator = text.partition(":")
+    if layout not in LAYOUTS or allocator not in ALLOCATORS:
+        raise argparse.ArgumentTypeError(
+            f"variant: got {text!r}; allowed: <{'|'.join(LAYOUTS)}>:<{'|'.join(ALLOCATORS)}>"
+        )
+    return layout, allocator
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--new", default="channels_last", help="the memory_format timed against contiguous")
+    parser.add_argument(
+        "--variants",
+        type=lambda s: [variant(v) for v in s.split(",")],
+        default="contiguous:glibc,contiguous:kept,channels_last:kept",
+        help="comma-separated <memory_format>:<allocator>, the baseline first",
+    )
     parser.add_argument("--teacher", default="resnet110")
     parser.add_argument("--student", default="resnet20")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per case, variant and round")
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--images", type=int, default=1280, help="synthetic training images")
+    parser.add_argument("--child", type=variant, help=argparse.SUPPRESS)  # one variant's process
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.child:
+        return child(args)
 
-    device = torch.device("cpu")
+    variants = args.variants
+    seconds: dict[tuple, dict[str, list[float]]] = {v: {} for v in variants}
+    common = [f"--{k}={getattr(args, k)}" for k in ("threads", "teacher", "student", "batch_size", "steps", "images")]
+    for r in range(args.rounds):
+        for i in range(len(variants)):
+            layout, allocator = variants[(i + r) % len(variants)]
+            env = {**os.environ, "KDPIPE_MALLOC_TUNING": ALLOCATORS[allocator]}
+            cmd = [sys.executable, __file__, *common, f"--child={layout}:{allocator}"]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            for label, value in json.loads(out.splitlines()[-1]).items():
+                seconds[layout, allocator].setdefault(label, []).append(value)
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    import torch
+
+    base = variants[0]
+    print(
+        f"CPU, {args.threads} threads, torch {torch.__version__}, synthetic CIFAR-10 3x32x32, batch {args.batch_size}, "
+        f"{args.rounds} rounds x {args.steps} steps, a process per variant and round; ÷: paired ratio to "
+        f"{':'.join(base)}"
+    )
+    print("| step | " + " | ".join(f"{':'.join(v)} img/s | ÷" for v in variants) + " |")
+    print("|---|" + "---:|---:|" * len(variants))
+    for label in seconds[base]:
+        cells = []
+        for v in variants:
+            rate = args.batch_size / statistics.median(seconds[v][label])
+            ratio = statistics.median(b / t for b, t in zip(seconds[base][label], seconds[v][label]))
+            cells.append(f"{rate:.0f} | {ratio:.2f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def child(args) -> None:
+    """One variant: builds both cases in this process, times them, prints {case: seconds per step}."""
+    import torch
+
+    from kdpipe.engine import Context, seed_everything
+    from kdpipe.methods.base import SupervisedTask
+    from kdpipe.methods.kd import DistillTask
+    from kdpipe.models import build_model
+    from kdpipe.options import resolve
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu import synthetic_cifar
+    from step_cost import time_task
+
+    torch.set_num_threads(args.threads)
+    layout, allocator = args.child
     data = synthetic_cifar(args.images, held_out=10)
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-bench-"))
     teacher_path = tmp / "teacher.pt"
     torch.save(build_model(args.teacher, data.num_classes).state_dict(), teacher_path)
-    common = dict(data_name="cifar10", batch_size=args.batch_size, epochs=2, cuda=0)
+    common = dict(data_name="cifar10", batch_size=args.batch_size, epochs=2, cuda=0, memory_format=layout)
     cases = {
         f"plain {args.student}": ("base", SupervisedTask, dict(net_name=args.student)),
         f"st-KD {args.teacher} -> {args.student}, live teacher": (
@@ -58,35 +122,16 @@ def main() -> None:
             dict(t_model=str(teacher_path), t_name=args.teacher, s_name=args.student, kd_mode="st"),
         ),
     }
-    layouts = {"old": "contiguous", "new": args.new}
-
-    tasks = {}
+    timed = {}
     for label, (entry, task_cls, opts) in cases.items():
-        for variant, memory_format in layouts.items():
-            seed_everything(0)
-            ctx = Context(resolve(entry, {**common, **opts, "memory_format": memory_format}), data, device, tmp)
-            tasks[label, variant] = (task_cls(ctx), ctx)
-    seconds = {key: [] for key in tasks}
-    for r in range(args.rounds):
-        for label in cases:
-            order = ("old", "new") if r % 2 == 0 else ("new", "old")
-            for variant in order:
-                task, ctx = tasks[label, variant]
-                seconds[label, variant].append(time_task(task, ctx, args.steps, warmup=1))
+        seed_everything(0)
+        ctx = Context(resolve(entry, {**common, **opts}), data, torch.device("cpu"), tmp)
+        assert ctx.channels_last == (layout == "channels_last")
+        timed[label] = time_task(task_cls(ctx), ctx, args.steps, warmup=1)
+    from kdpipe.hostmem import KEPT, keep_freed_memory
 
-    print(
-        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, synthetic CIFAR-10 3x32x32, "
-        f"batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps; "
-        f"old: memory_format {layouts['old']}, new: memory_format {layouts['new']}"
-    )
-    print("| step | old img/s | new img/s | new ÷ old | new trained in |")
-    print("|---|---:|---:|---:|---|")
-    for label in cases:
-        old, new = seconds[label, "old"], seconds[label, "new"]
-        ratio = statistics.median(o / n for o, n in zip(old, new))
-        rates = " | ".join(f"{args.batch_size / statistics.median(t):.0f}" for t in (old, new))
-        layout = "channels_last" if tasks[label, "new"][1].channels_last else "contiguous"
-        print(f"| {label} | {rates} | {ratio:.2f} | {layout} |")
+    assert (keep_freed_memory() == KEPT) == (allocator == "kept"), keep_freed_memory()
+    print(json.dumps(timed))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from .capture import StepRunner
 from .checkpoint import atomic_save, atomic_write_text, safe_load
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
+from .hostmem import keep_freed_memory
 from .options import differing_keys, fingerprint_value
 
 log = logging.getLogger("kdpipe")
@@ -72,6 +73,8 @@ class Context:
             self.cuda_graphs = cuda and self.opts.get("cuda_graphs") != 0
         layout = self.opts.get("memory_format") or "auto"
         self.channels_last = layout == "channels_last" or (layout == "auto" and cuda)
+        if not cuda:  # a CPU step frees and allocates the same buffers each time: keep them (kdpipe.hostmem)
+            keep_freed_memory()
 
     def autocast(self):
         if self.amp:

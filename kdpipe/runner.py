@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, hostmem
 from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import (
@@ -247,13 +247,15 @@ def _run(entry, kwargs, build_task, default_note, input_files):
         try:
             with running_in(run_dir):
                 layout = "channels_last" if ctx.channels_last else "contiguous"
+                malloc = f", malloc {hostmem.current()}" if hostmem.current() else ""
                 log.info(
-                    "%s: %s on %s, device %s (%s), run dir %s",
+                    "%s: %s on %s, device %s (%s)%s, run dir %s",
                     entry,
                     task.method,
                     opts["data_name"],
                     device,
                     layout,
+                    malloc,
                     run_dir,
                 )
             result = yield task, ctx, fingerprint
@@ -342,6 +344,7 @@ def write_run_record(
         "channels_last": ctx.channels_last,
         "step": step,
         "threads": torch.get_num_threads(),
+        "malloc": hostmem.current(),
         "config": opts,
         "fingerprint": fingerprint,
         "inputs": inputs,
