@@ -17,8 +17,8 @@ import math
 import platform
 import sys
 import time
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 

@@ -17,7 +17,7 @@ rule train_base:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_base"].runtime,
+        runtime=kw.rule_runtime("train_base"),
     params:
         opts=lambda w: kw.seed_options(config, "train_base", w),
     script:
@@ -48,7 +48,7 @@ rule import_teacher:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=16000,
-        runtime=kw.RUNTIMES["import_teacher"],
+        runtime=kw.rule_runtime("import_teacher"),
     params:
         opts=lambda w: kw.import_options(config, w.dataset, w.net, w.seed),
     script:

@@ -19,7 +19,7 @@ rule train_bss:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_bss"].runtime,
+        runtime=kw.rule_runtime("train_bss"),
     params:
         opts=lambda w: kw.seed_options(config, "train_bss", w),
     script:

@@ -18,7 +18,7 @@ rule teacher_cache:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=64000,
-        runtime=kw.RUNTIMES["teacher_cache"],
+        runtime=kw.rule_runtime("teacher_cache"),
     params:
         opts=lambda w: kw.cache_options(config, w.dataset, w.teacher, w.seed),
     script:

@@ -17,7 +17,7 @@ rule train_crd:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_crd"].runtime,
+        runtime=kw.rule_runtime("train_crd"),
     params:
         opts=lambda w: kw.seed_options(config, "train_crd", w),
     script:

@@ -17,7 +17,7 @@ rule train_dml:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_dml"].runtime,
+        runtime=kw.rule_runtime("train_dml"),
     params:
         opts=lambda w: kw.seed_options(config, "train_dml", w),
     script:

@@ -18,7 +18,7 @@ rule ft_paraphraser:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=16000,
-        runtime=kw.RUNTIMES["ft_paraphraser"],
+        runtime=kw.rule_runtime("ft_paraphraser"),
     params:
         opts=lambda w: kw.ft_paraphraser_options(config, w.dataset, w.teacher, w.seed),
     script:
@@ -41,7 +41,7 @@ rule train_ft:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_ft"].runtime,
+        runtime=kw.rule_runtime("train_ft"),
     params:
         opts=lambda w: kw.seed_options(config, "train_ft", w),
     script:

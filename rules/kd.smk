@@ -18,7 +18,7 @@ rule train_kd:
         gpu=TRAIN_GPUS,
         gres=TRAIN_GRES,
         mem_mb=32000,
-        runtime=kw.SEEDED_RULES["train_kd"].runtime,
+        runtime=kw.rule_runtime("train_kd"),
     params:
         opts=lambda w: kw.seed_options(config, "train_kd", w),
     script:

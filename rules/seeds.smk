@@ -25,7 +25,7 @@ if config["resources"]["seeds_together"]:
                 gpu=TRAIN_GPUS,
                 gres=TRAIN_GRES,
                 mem_mb=32000,
-                runtime=kw.SEEDED_RULES[seeded].runtime,
+                runtime=kw.rule_runtime(f"{seeded}_seeds"),
             params:
                 seeds=config["seeds"],
                 opts=lambda w, seeded=seeded: kw.seeds_options(config, seeded, w),
