@@ -398,7 +398,6 @@ class SeededRule:
     entry: str  # the kdpipe entry point (kdpipe.options.ENTRIES)
     inputs: Callable[..., dict]
     options: Callable[..., dict]
-    runtime: int  # SLURM minutes per job, sized for config/paper.yaml's 200 epochs
     teacher_cache: bool = False  # its teacher may be read from a teacher cache (the job logs which and why)
     # (config, wildcards) -> the sweep point of the rule's ``<name>_sweep`` node (a run of kd.sweep, ft.sweep,
     # crd.sweep: its wildcard ``sweep``); None: the rule has no sweep
@@ -415,13 +414,11 @@ SEEDED_RULES: dict[str, SeededRule] = {
         "base",
         lambda c, w, s: {"data": data_manifest_path(w.dataset)},
         lambda c, w, s: base_options(c, w.dataset, w.net, s),
-        runtime=720,
     ),
     "train_kd": SeededRule(
         "kd",
         lambda c, w, s: student_inputs(c, "train_kd", w.dataset, split_variant(w.variant)[0], w.teacher, s),
         lambda c, w, s, sweep=(): kd_options(c, w.dataset, w.variant, w.teacher, w.student, s, sweep),
-        runtime=960,
         teacher_cache=True,
         sweep=lambda c, w: sweep_point(c, w.variant, w.sweep),
     ),
@@ -433,14 +430,12 @@ SEEDED_RULES: dict[str, SeededRule] = {
             "paraphraser": paraphraser_path(c, w.dataset, w.teacher, s),
         },
         lambda c, w, s, sweep=(): ft_options(c, w.dataset, w.teacher, w.student, s, sweep),
-        runtime=960,
         sweep=lambda c, w: sweep_point(c, "ft", w.sweep, "ft"),
     ),
     "train_crd": SeededRule(
         "crd",
         lambda c, w, s: student_inputs(c, "train_crd", w.dataset, "crd", w.teacher, s),
         lambda c, w, s, sweep=(): crd_options(c, w.dataset, w.crd, w.teacher, w.student, s, sweep),
-        runtime=960,
         teacher_cache=True,
         sweep=lambda c, w: sweep_point(c, w.crd, w.sweep, "crd"),
     ),
@@ -448,7 +443,6 @@ SEEDED_RULES: dict[str, SeededRule] = {
         "dml",
         lambda c, w, s: {"data": data_manifest_path(w.dataset)},
         lambda c, w, s: dml_options(c, w.dataset, w.cohort, s),
-        runtime=1440,
     ),
     "train_bss": SeededRule(
         "bss",
@@ -457,19 +451,28 @@ SEEDED_RULES: dict[str, SeededRule] = {
             "teacher": bss_teacher(c, w.dataset, w.chain, s, w.gen),
         },
         lambda c, w, s: bss_options(c, w.dataset, w.chain, s, w.gen),
-        runtime=1440,
     ),
 }
 SEEDED_RULES.update({f"{name}_sweep": rule.swept() for name, rule in SEEDED_RULES.items() if rule.sweep})
-# SLURM minutes per job of the other rules that use a device (the seeded rules' are SeededRule.runtime)
-RUNTIMES = {"import_teacher": 30, "teacher_cache": 120, "ft_paraphraser": 120}
+# SLURM minutes per job of every rule that uses a device, sized for config/paper.yaml's 200 epochs (a
+# rule's <rule>_sweep and <rule>_seeds jobs ask for its own)
+RUNTIMES = {
+    "train_base": 720,
+    "train_kd": 960,
+    "train_ft": 960,
+    "train_crd": 960,
+    "train_dml": 1440,
+    "train_bss": 1440,
+    "import_teacher": 30,
+    "teacher_cache": 120,
+    "ft_paraphraser": 120,
+}
 
 
 def rule_runtime(rule: str) -> int | None:
-    """The SLURM time limit (minutes) a job of ``rule`` asks for (a ``<rule>_seeds`` job its rule's,
-    before ``--set-resources``); None for a rule that runs on the submitting node."""
-    spec = SEEDED_RULES.get(rule.removesuffix("_seeds"))
-    return spec.runtime if spec else RUNTIMES.get(rule)
+    """The SLURM time limit (minutes) a job of ``rule`` asks for before ``--set-resources`` (a
+    ``<rule>_sweep`` or ``<rule>_seeds`` job its rule's); None for a rule that runs on the submitting node."""
+    return RUNTIMES.get(rule.removesuffix("_seeds").removesuffix("_sweep"))
 
 
 def seed_inputs(config: dict, rule: str, wildcards) -> dict:

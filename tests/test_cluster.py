@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from kdpipe import cluster as kc
 from kdpipe.costplan import dag_jobs
-from kdpipe.workflow import load_config, report_groups, run_targets
+from kdpipe.workflow import load_config, report_groups, rule_runtime, run_targets
 
 pytest.importorskip("snakemake_executor_plugin_slurm")
 
@@ -110,6 +110,9 @@ def test_slurm_resources_per_rule(slurm_dry_run):
     assert by_rule["train_kd"]["resources"]["runtime"] == "600"  # the override ...
     assert by_rule["train_kd"]["resources"]["mem_mb"] == "32000"  # ... kept the rest of train_kd
     assert by_rule["train_base"]["resources"]["runtime"] == "720"  # ... and of every other rule
+    for rule, block in by_rule.items():  # each job asks for its rule's entry of workflow.RUNTIMES
+        if rule != "train_kd" and "gpu" in block["resources"]:
+            assert block["resources"]["runtime"] == str(rule_runtime(rule)), rule
     assert by_rule["train_base"]["resources"]["mem_mb"] == "32000"
     assert by_rule["teacher_cache"]["resources"]["mem_mb"] == "64000"
     # local settings do not leak into cluster runs: no global gpu cap, no --cores of the login node
