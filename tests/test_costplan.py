@@ -6,10 +6,20 @@ import csv
 import math
 
 import pytest
+import yaml
 
 import kdpipe
-from conftest import cli
-from kdpipe.costplan import CALIBRATION, FIELDS, cost_plan, dataset_split, device_label, format_plan, over_time_limit
+from conftest import ROOT, cli
+from kdpipe.costplan import (
+    CALIBRATION,
+    FIELDS,
+    _hours,
+    cost_plan,
+    dataset_split,
+    device_label,
+    format_plan,
+    over_time_limit,
+)
 from kdpipe.data import load_data
 from kdpipe.errors import KdpipeError
 from kdpipe.workflow import load_config
@@ -238,3 +248,53 @@ def test_every_training_rule_replays_unless_cuda_graphs_is_off(tmp_path):
     kdsvd_only = cost_plan(load_config({**grid, "kd": {"modes": ["kdsvd"]}}), "gpu", table)["rules"]["train_kd"]
     kdsvd_eager = cost_plan(load_config({**grid, "kd": {"modes": ["kdsvd"]}}), "gpu-eager", table)["rules"]["train_kd"]
     assert kdsvd_only["hours"] == pytest.approx(kdsvd_eager["hours"], rel=1e-12)  # kdsvd: eager with graphs on too
+
+
+# README's plan table, its columns: (header, device, resources.seeds_together)
+README_COLUMNS = (
+    ("H100, eager (2026-11-26)", "h100", False),
+    ("H200, eager", "h200-eager", False),
+    ("H200, CUDA graphs (default)", "h200", False),
+    ("H200, + `seeds_together`", "h200", True),
+)
+
+
+def _plan(name: str, device: str, together: bool) -> dict:
+    raw = yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+    raw.setdefault("resources", {})["seeds_together"] = together
+    return cost_plan(load_config(raw, check_pairs=False), device)
+
+
+def test_readme_plan_figures_are_the_plans_of_the_shipped_table():
+    """README's cost table and its printed plan are what ``kdpipe plan`` computes from the shipped
+    calibration table: refreshing step_costs.csv (bench/calibrate.py, bench/gpu_methods.sh) fails here
+    until README says the new figures."""
+    readme = (ROOT / "README.md").read_text()
+    header = "| config | jobs | " + " | ".join(h for h, _, _ in README_COLUMNS) + " |"
+    assert header in readme, "README's plan table changed its columns: update README_COLUMNS"
+    rows = {}
+    for line in readme[readme.index(header) :].splitlines()[2:]:
+        if not line.startswith("| `config/"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    assert sorted(rows) == ["config/mdistiller.yaml", "config/paper.yaml", "config/repdistiller.yaml"]
+    expected = {}
+    for path in rows:
+        name = path.removeprefix("config/").removesuffix(".yaml")
+        plans = [_plan(name, device, together) for _, device, together in README_COLUMNS]
+        cells = [str(plans[0]["jobs"])]
+        for (_, _, together), record in zip(README_COLUMNS, plans):
+            cells.append(_hours(record["hours"]) + (f" ({record['jobs']} jobs)" if together else ""))
+        expected[path] = cells
+        if name == "paper":
+            together_plan = plans[-1]
+    written = {path: [c.replace("*", "") for c in cells] for path, cells in rows.items()}  # * marks estimates
+    assert written == expected, "README's plan table; the plans give:\n" + "\n".join(
+        f"| `{path}` | " + " | ".join(cells) + " |" for path, cells in expected.items()
+    )
+    # the plan README prints: its table lines as format_plan writes them today
+    printed = format_plan(together_plan, "config/paper.yaml + resources.seeds_together").splitlines()
+    table = printed[: printed.index(next(line for line in printed if line.startswith("total"))) + 1]
+    missing = [line for line in table if line not in readme.splitlines()]
+    assert not missing, "README's printed plan differs from today's:\n" + "\n".join(table)
