@@ -6,6 +6,7 @@
 # together section's ratios, then bench/calibrate.py's step costs of every net and method as kdpipe trains
 # (CUDA graphs) and again eagerly (label <gpu>-eager): kdpipe/reference/step_costs.csv, or
 # $OUT/step_costs.csv when OUT is set. Skip calibrate.py with KDPIPE_NO_CALIBRATE=1.
+# A refreshed table changes README's plan figures: `pytest tests/test_costplan.py -k readme` prints them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

@@ -6,6 +6,8 @@
 # them against each alone (gpu.py's seeds section: each run's own generators on a shared GPU).
 # One GPU, from the repository root, about 6 minutes on an H200; writes gpu.md,
 # gpu.json and step_costs.csv under $OUT when set (else prints, and updates kdpipe/reference/step_costs.csv).
+# With the new rows in kdpipe/reference/step_costs.csv, `pytest tests/test_costplan.py -k readme` prints the
+# plan table README must then show (it fails until README does).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
