@@ -433,9 +433,10 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             str,
             "shared",
             "two-stage modes: shared = one SGD optimizer through both phases, momentum carried over (KD-Zoo); "
-            "separate = a fresh optimizer for the CE phase; features = as separate, and the init phase updates "
-            "only what the distillation loss reaches (no 0 x CE term: the classifier keeps its initial weights, "
-            "as RepDistiller's init over get_feat_modules() and the connector)",
+            "separate = a fresh optimizer for the CE phase; features = as separate, and the init phase trains "
+            "only the student's stem, stages and the connector (no 0 x CE term; the head after the last stage, "
+            "classifier and WRN's last BatchNorm, keeps its initial weights in eval mode: RepDistiller's init "
+            "over get_feat_modules() and the connector)",
             choices=("shared", "separate", "features"),
         ),
         Option(

@@ -263,6 +263,36 @@ def test_two_stage_repdistiller_init_features_constant_lr(tmp_path, teacher, mod
     assert task.method_settings()["init_schedule"] == "constant"
 
 
+def test_init_features_leaves_wrns_head_alone_in_eval_mode(tmp_path, teacher):
+    """RepDistiller's init phase (helper/pretrain.py): model_s.eval(), then train() and SGD over
+    get_feat_modules() (WRN's conv1 and block1-3) and the connector: WRN's final BatchNorm, outside
+    them, stays in eval mode at its initial statistics -- AB's last term reads block 3's output divided
+    by sqrt(1 + eps) -- and is not trained; the CE phase trains it as usual."""
+    task, batch = two_stage_task(tmp_path, teacher, "ab", s_name="wrn_16_1", init_optimizer="features")
+    student = task.roles["student"]
+    head = {"bn1": student.bn1, "fc": student.fc}
+    before = {k: v.detach().clone() for name, m in head.items() for k, v in m.state_dict(prefix=name).items()}
+    task.train(True)
+    task.on_epoch_start(0)
+    assert not student.bn1.training and student.stages[0].blocks[0].bn1.training
+    x = batch[0]
+    with torch.no_grad():
+        taps = student(x)
+        block3 = taps.stages[-1]  # the last stage's output, before the final BatchNorm
+    torch.testing.assert_close(taps.stages_pre[-1], block3 / math.sqrt(1 + student.bn1.eps))
+    held = {id(p) for m in head.values() for p in m.parameters()}
+    init_params = [p for group in task.optimizers["init"].param_groups for p in group["params"]]
+    assert not held & {id(p) for p in init_params} and len(init_params) > 0
+    task.train_step(*batch, 0)
+    task.on_epoch_end(0)
+    after = {k: v for name, m in head.items() for k, v in m.state_dict(prefix=name).items()}
+    assert [k for k in before if not torch.equal(after[k], before[k])] == []
+    step(task, batch, 1)  # the CE phase: the head trains, in train mode
+    assert student.bn1.training
+    assert not torch.equal(student.bn1.weight, before["bn1weight"])
+    assert not torch.equal(student.bn1.running_mean, before["bn1running_mean"])
+
+
 def test_init_phase_factor_forms():
     from kdpipe.methods.kd import init_phase_factor
 

@@ -54,3 +54,23 @@ def test_registry_covers_cifar_depths_and_rejects_unknown():
     assert {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)} <= set(MODELS)
     with pytest.raises(KdpipeError, match="resnet21.*resnet20"):
         build_model("resnet21", 10)
+
+
+def test_head_is_what_repdistillers_get_feat_modules_leaves_out():
+    """models/*.py get_feat_modules() in RepDistiller: the stem and the stages; the rest is the head
+    (init_optimizer features leaves it alone in a two-stage init phase)."""
+    from kdpipe.models import head_modules
+
+    expected = {
+        "resnet8": ["fc"],
+        "resnet50": ["fc"],
+        "wrn_16_1": ["bn1", "fc"],  # WRN: conv1, block1-3 only
+        "vgg8": ["fc"],
+        "mobilenet_v2": ["conv2", "bn2", "fc"],  # MobileNetV2: conv1 and blocks only
+        "shufflenet_v1": ["fc"],
+        "shufflenet_v2": ["conv2", "bn2", "fc"],  # ShuffleV2: conv1, bn1, layer1-3 only
+    }
+    for net, names in expected.items():
+        model = build_model(net, 100)
+        by_id = {id(m): name for name, m in model.named_children()}
+        assert [by_id[id(m)] for m in head_modules(model)] == names, net

@@ -12,9 +12,10 @@ built up, and the initialisation phase adds ``0 x CE`` so that, like there, the 
 (untouched by the FSP/AB loss) gets zero gradients -- hence weight decay and a momentum
 buffer -- rather than none.  ``init_optimizer separate`` gives the CE phase a fresh
 optimizer; ``features`` too, and drops the ``0 x CE`` term, so that the initialisation
-updates only what the distillation loss reaches (RepDistiller's init optimizer holds the
-student's ``get_feat_modules()`` and the connector: the classifier keeps its initial
-weights).  The student is built first after seeding, so it starts from the same
+trains only the student's stem and stages and the connector, what RepDistiller's init optimizer
+holds (``get_feat_modules()``): the head after the last stage (classifier; WRN's final
+BatchNorm, which AB's last term reads) keeps its initial weights and stays in eval mode, as
+there.  The student is built first after seeding, so it starts from the same
 weights as the baseline of the same seed.
 """
 
@@ -25,7 +26,7 @@ import torch
 from ..engine import Context, default_milestones, lr_factor, make_optimizer, make_scheduler
 from ..losses import LOSSES, DistillBatch
 from ..options import MODE_SETTINGS
-from ..models import FeatureTaps
+from ..models import FeatureTaps, head_modules
 from ..runner import run_entry
 from .common import cache_input
 from .student import StudentTask, Term
@@ -94,6 +95,10 @@ class DistillTask(StudentTask):
         self.extra_modules["loss"] = self.loss
         params = list(self.roles["student"].parameters()) + list(self.loss.parameters())
         self.optimizers["student"] = make_optimizer(params, opts)
+        # init_optimizer features: the init phase leaves the student's head alone -- out of its optimizer and
+        # in eval mode (RepDistiller's helper/pretrain.py: model_s.eval(), then train() and SGD over
+        # get_feat_modules() and the connector only); on WRN the AB loss reads the head's BatchNorm
+        self.frozen_head = head_modules(self.roles["student"]) if opts["init_optimizer"] == "features" else []
         self.init_epochs = 0
         self.init_optimizer = opts["init_optimizer"]
         self.init_schedule = opts["init_schedule"]
@@ -113,7 +118,8 @@ class DistillTask(StudentTask):
         else:
             self.schedulers["student"] = make_scheduler(self.optimizers["student"], opts)
         if n and self.init_optimizer in ("separate", "features"):
-            init_opt = make_optimizer(params, opts)
+            held = {id(p) for module in self.frozen_head for p in module.parameters()}
+            init_opt = make_optimizer([p for p in params if id(p) not in held], opts)
             self.optimizers["init"] = init_opt
             self.schedulers["init"] = torch.optim.lr_scheduler.LambdaLR(
                 init_opt, lambda e: init_phase_factor(e, n, schedule)
@@ -131,6 +137,9 @@ class DistillTask(StudentTask):
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
+        if self.roles["student"].training and self.in_init_phase(epoch):  # after train(True), which starts an epoch
+            for module in self.frozen_head:
+                module.train(False)
 
     def step_optimizer(self, epoch: int) -> str:
         return "init" if self.in_init_phase(epoch) and "init" in self.optimizers else "student"

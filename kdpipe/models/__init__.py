@@ -69,6 +69,17 @@ def build_model(name: str, num_classes: int) -> "nn.Module":
     return MODELS[name](num_classes)
 
 
+def head_modules(model: "nn.Module") -> list:
+    """The modules after a network's last stage: its classifier, and WRN's final BatchNorm, MobileNetV2's
+    and ShuffleNetV2's last 1x1 convolution with its BatchNorm.  The others (the stem and the stages) are
+    what RepDistiller's ``get_feat_modules()`` returns for the same net."""
+    children = list(model.named_children())
+    names = [name for name, _ in children]
+    if "stages" not in names:
+        raise KdpipeError(f"{type(model).__name__} has no 'stages': its head is not known")
+    return [module for _, module in children[names.index("stages") + 1 :]]
+
+
 def count_parameters(model: "nn.Module") -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -79,4 +90,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MODELS", "FeatureTaps", "build_model", "count_parameters", "register"]
+__all__ = ["MODELS", "FeatureTaps", "build_model", "count_parameters", "head_modules", "register"]
