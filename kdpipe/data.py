@@ -17,7 +17,7 @@ import importlib.util
 import json
 import logging
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import KdpipeError
+from .options import CROP_PADDINGS
 
 log = logging.getLogger(__name__)
 
@@ -439,18 +440,26 @@ def check_data_name(data_name: str) -> None:
     raise KdpipeError(f"data_name: unknown dataset {data_name!r}; choose one of {', '.join(DATASET_NAMES)}")
 
 
-def augmentation_of(data_name: str, image_size: int | None = None) -> Augmentation:
+def augmentation_of(data_name: str, image_size: int | None = None, crop_padding: str = "auto") -> Augmentation:
     """The training augmentation of a dataset, known without reading any file.
 
     Image folders are resized to ``image_size`` (default 32) and padded by an eighth of it, as
-    CIFAR's 4 of 32: 162 views at 32 pixels, 578 at 64.
+    CIFAR's 4 of 32: 162 views at 32 pixels, 578 at 64.  ``crop_padding``: what the padding
+    holds, ``reflect`` or ``zeros``; ``auto``, the dataset's own (reflect, KD-Zoo's CIFAR
+    recipe; zeros for digits, whose background is black).
     """
     check_data_name(data_name)
+    if crop_padding not in CROP_PADDINGS:
+        raise KdpipeError(f"crop_padding: got {crop_padding!r}; allowed: {', '.join(CROP_PADDINGS)}")
     if data_name in ("cifar10", "cifar100"):
-        return Augmentation(pad=4, pad_mode="reflect", flip=True)
-    if data_name == "digits":
-        return Augmentation(pad=2, pad_mode="constant", flip=False)
-    return Augmentation(pad=(image_size or IMAGEFOLDER_SIZE) // 8, pad_mode="reflect", flip=True)
+        aug = Augmentation(pad=4, pad_mode="reflect", flip=True)
+    elif data_name == "digits":
+        aug = Augmentation(pad=2, pad_mode="constant", flip=False)
+    else:
+        aug = Augmentation(pad=(image_size or IMAGEFOLDER_SIZE) // 8, pad_mode="reflect", flip=True)
+    if crop_padding == "auto":
+        return aug
+    return replace(aug, pad_mode="constant" if crop_padding == "zeros" else "reflect")
 
 
 def num_classes_of(data_name: str) -> int | None:
@@ -466,8 +475,10 @@ def load_data(
     split_seed: int = 0,
     image_size: int | None = None,
     train_subset: int | None = None,
+    crop_padding: str = "auto",
 ) -> ImageData:
-    """Load a dataset with its fixed train/val/test split; ``train_subset`` keeps the first N training images."""
+    """Load a dataset with its fixed train/val/test split; ``train_subset`` keeps the first N training images;
+    ``crop_padding`` as :func:`augmentation_of`."""
     check_data_name(data_name)
     if image_size is not None and not data_name.startswith("imagefolder:"):
         raise KdpipeError(f"image_size: applies to imagefolder datasets only; {data_name} has a fixed size")
@@ -489,4 +500,6 @@ def load_data(
         mean, std = channel_stats(train_x)
     if train_subset:
         train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+    if crop_padding != "auto":
+        aug = augmentation_of(data_name, image_size, crop_padding)
     return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes)

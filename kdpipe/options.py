@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from .errors import KdpipeError
 
+CROP_PADDINGS = ("auto", "reflect", "zeros")  # option crop_padding (kdpipe.data.augmentation_of)
+
 
 @dataclass(frozen=True)
 class Option:
@@ -228,6 +230,15 @@ COMMON = [
     Option("split_seed", int, 0, "seed of the fixed train/val/test split", minimum=0),
     Option("train_subset", int, None, "train on the first N training images only (smoke tests)", minimum=2),
     Option("image_size", int, None, "imagefolder datasets: resize to this many pixels (default 32)", minimum=8),
+    Option(
+        "crop_padding",
+        str,
+        "auto",
+        "what the random crop's padding fills with: reflect (KD-Zoo's CIFAR recipe), zeros (torchvision's "
+        "RandomCrop(32, padding=4): RepDistiller's and mdistiller's), or auto: the dataset's own (reflect for "
+        "CIFAR and image folders, zeros for digits)",
+        choices=CROP_PADDINGS,
+    ),
 ]
 
 
@@ -759,7 +770,7 @@ RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "th
 # Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
 # or a checkpoint's, written by an older kdpipe) reads as having that default, so that such runs still stand for
 # runs at the default; any other absent key reads as None, an option left unset.
-ADDED_WITH_A_DEFAULT = {"memory_format"}
+ADDED_WITH_A_DEFAULT = {"memory_format", "crop_padding"}
 assert ADDED_WITH_A_DEFAULT <= {opt.name for opt in COMMON}, "a common option"
 
 
@@ -788,7 +799,10 @@ def fingerprint_value(fingerprint: dict, key: str) -> Any:
 # groups: entry points that do not train, FT's in-run paraphraser, the workflow's data node.
 COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("save_root", "note"),
-    "data": ("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
+    "data": (
+        *("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
+        "crop_padding",
+    ),
     "device": ("cuda", "cuda_graphs", "memory_format", "threads"),
     "log": ("print_freq",),
     "seed": ("seed",),

@@ -103,6 +103,7 @@ def load_options_data(opts: dict) -> ImageData:
         opts["split_seed"],
         opts["image_size"],
         opts["train_subset"],
+        opts["crop_padding"],
     )
 
 

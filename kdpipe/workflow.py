@@ -233,7 +233,9 @@ def training_gpu_request(config: dict, slurm: bool = False) -> tuple[int, str | 
 
 
 def data_options(config: dict, dataset: str) -> dict:
-    """The options that say which images a run of ``dataset`` sees (the data node's params)."""
+    """The options that say which images a run of ``dataset`` sees (the data node's params); ``crop_padding``
+    only where it is not ``auto``, so that the runs planned before it existed keep their params (no re-run)."""
+    padding = config["data"]["crop_padding"]
     return {
         "data_name": data_name(config, dataset),
         "img_root": config["data"]["img_root"],
@@ -242,6 +244,7 @@ def data_options(config: dict, dataset: str) -> dict:
         "split_seed": config["data"]["split_seed"],
         "train_subset": config["data"]["train_subset"],
         "image_size": image_size(config, dataset),
+        **({"crop_padding": padding} if padding != "auto" else {}),
     }
 
 

@@ -228,6 +228,16 @@ def test_network_lr_reaches_the_runs_that_train_it():
     assert len(changed(opts, params(other))) == 3 + 2 * 2 * 3  # (no DOT student is a mobilenet_v2)
 
 
+def test_cifar100_benchmarks_crop_with_zero_padding_as_their_references():
+    """RepDistiller's and mdistiller's CIFAR-100 loaders: RandomCrop(32, padding=4), zeros; the seed's
+    KD-Zoo grid keeps its reflect padding (the dataset's own: auto, which a run's params leave out, so that
+    runs planned before the setting existed are not re-run)."""
+    for name in ("repdistiller", "mdistiller", "paper"):
+        config = load_config(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()), check_pairs=False)
+        opts = params(config)
+        assert opts and {o.get("crop_padding") for o in opts.values()} == {None if name == "paper" else "zeros"}, name
+
+
 def test_dot_students_get_mdistillers_delta_and_kd_recipe():
     opts = params(mdistiller())
     dot = {run: o for run, o in opts.items() if "dot_delta" in o}

@@ -156,6 +156,29 @@ def test_cifar100_loader(tmp_path):
     assert data.std == (0.2673, 0.2564, 0.2762)
 
 
+def test_crop_padding_zeros_pads_with_black_as_torchvisions_random_crop(tmp_path):
+    """RepDistiller's and mdistiller's RandomCrop(32, padding=4) pads the uint8 image with 0 before
+    normalising; KD-Zoo's Pad(4, padding_mode="reflect") mirrors it (kdpipe's CIFAR default)."""
+    write_cifar(tmp_path, "cifar100", n_train=12, n_test=4)
+    reflect = load_data("cifar100", tmp_path, val_size=0)
+    zeros = load_data("cifar100", tmp_path, val_size=0, crop_padding="zeros")
+    assert (
+        reflect.augmentation == CIFAR_AUG
+        and load_data("cifar100", tmp_path, crop_padding="reflect").augmentation == CIFAR_AUG
+    )
+    assert zeros.augmentation.pad_mode == "constant" and zeros.augmentation.num_views == 162
+    image = zeros.train_x[:1]
+    padded = zeros.augmentation.pad_images(image)[0]
+    assert padded.shape == (3, 40, 40) and torch.equal(padded[:, 4:36, 4:36], image[0])
+    border = torch.ones(40, 40, dtype=torch.bool)
+    border[4:36, 4:36] = False
+    assert int(padded[:, border].max()) == 0
+    mirrored = reflect.augmentation.pad_images(image)[0]
+    assert torch.equal(mirrored[:, 4, 0:4], image[0, :, 0, 1:5].flip(-1))  # reflect: columns 4, 3, 2, 1
+    with pytest.raises(KdpipeError, match="crop_padding: got 'black'; allowed: auto, reflect, zeros"):
+        load_data("cifar100", tmp_path, crop_padding="black")
+
+
 def test_missing_cifar_names_path_and_download(tmp_path):
     with pytest.raises(KdpipeError) as err:
         load_data("cifar10", tmp_path / "nowhere")

@@ -423,6 +423,7 @@ def test_ft_in_run_paraphraser_takes_every_data_option(tmp_path):
         for i in range(6):
             Image.new("RGB", (40, 40), (i * 40, 80 if cls == "a" else 10, 0)).save(folder / cls / f"{i}.png")
     data = {"data_name": f"imagefolder:{folder}", "image_size": 16, "val_size": 2, "cuda": 0, "batch_size": 4}
+    data["crop_padding"] = "zeros"  # an image folder's own is reflect
     kdpipe.train_base(net_name="resnet8", epochs=1, save_root=str(tmp_path), note="t", **data)
     record = kdpipe.train_ft(
         t_model=str(tmp_path / "t" / "model.pt"), t_name="resnet8", s_name="resnet8", epochs=1, para_epochs=1,
@@ -431,7 +432,11 @@ def test_ft_in_run_paraphraser_takes_every_data_option(tmp_path):
     para = json.loads((tmp_path / "ft" / "paraphraser" / "run.json").read_text())
     assert para["data"]["image_shape"] == record["data"]["image_shape"] == [3, 16, 16]
     assert para["data"]["sha256"] == record["data"]["sha256"]
-    # the workflow's data node passes exactly the data group (num_class follows from the data)
-    config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}})
+    assert para["data"]["augmentation"]["pad_mode"] == record["data"]["augmentation"]["pad_mode"] == "constant"
+    # the workflow's data node passes exactly the data group (num_class follows from the data; crop_padding
+    # only where it is not auto, so that runs planned before it keep their params)
+    config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}, "data": {"crop_padding": "zeros"}})
     assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class"}
+    config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}})
+    assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class", "crop_padding"}
     assert "image_size" in COMMON_GROUPS["data"]
