@@ -390,8 +390,9 @@ MODE_OPTIONS = [
     _form(
         "regressor",
         "fitnet: adapter = 1x1 conv + BN only where the shapes differ (KD-Zoo), convreg = RepDistiller's ConvReg "
-        "always (conv with bias + BN + ReLU); vid: bias = 1x1 convs with biases (kdpipe), plain = without "
-        "(KD-Zoo and RepDistiller)",
+        "always (conv with bias + BN + ReLU); vid: kdzoo = 1x1 convs without biases, Kaiming-normal (fan_out) "
+        "weights (KD-Zoo), plain = without biases, torch's default init (RepDistiller), bias = with biases "
+        "(kdpipe's default before 2026-11-27)",
     ),
     _form(
         "correlation",

@@ -23,10 +23,10 @@ from kdpipe.plan import RunId
 from kdpipe.summary import summary_rows
 from kdpipe.workflow import kd_options, load_config
 
-# mode -> {setting: (the default = KD-Zoo's form (kdpipe's for vid's regressor), RepDistiller's form)}
+# mode -> {setting: (the default = KD-Zoo's form, RepDistiller's form)}
 FORMS = {
     "at": {"stage_reduce": ("mean", "sum")},
-    "vid": {"stage_reduce": ("mean", "sum"), "regressor": ("bias", "plain")},
+    "vid": {"stage_reduce": ("mean", "sum"), "regressor": ("kdzoo", "plain")},
     "nst": {"stages": ("stage3", "all"), "stage_reduce": ("mean", "sum")},
     "sp": {"stages": ("all", "last"), "stage_reduce": ("mean", "sum")},
     "ab": {"reduction": ("mean", "weighted_sum"), "stage_reduce": ("mean", "sum")},
@@ -212,7 +212,7 @@ def test_nst_stages_and_reduce(stages, how):
     assert got == pytest.approx(want, rel=1e-12)
 
 
-@pytest.mark.parametrize("regressor, how", [("bias", "mean"), ("plain", "sum"), ("plain", "mean")])
+@pytest.mark.parametrize("regressor, how", [("bias", "mean"), ("plain", "sum"), ("plain", "mean"), ("kdzoo", "mean")])
 def test_vid_regressor_and_reduce(regressor, how):
     """RepDistiller (and KD-Zoo): conv1x1 with bias=False; RepDistiller sums the stages' VIDLoss terms."""
     s, t = taps(STUDENT, 1), taps(TEACHER, 2)
@@ -221,7 +221,7 @@ def test_vid_regressor_and_reduce(regressor, how):
     terms = []
     for i, reg in enumerate(loss.regressors):
         convs = [(conv.weight, conv.bias) for conv in reg.mean if isinstance(conv, torch.nn.Conv2d)]
-        assert all((bias is None) == (regressor == "plain") for _, bias in convs)
+        assert all((bias is None) == (regressor != "bias") for _, bias in convs)
         if regressor == "bias":  # give the biases values, so that a dropped bias would show
             for _, bias in convs:
                 torch.nn.init.uniform_(bias.data, -0.5, 0.5)
@@ -232,10 +232,12 @@ def test_vid_regressor_and_reduce(regressor, how):
 
 
 def test_vid_plain_regressor_has_no_bias_parameters():
-    full = LOSSES["vid"](STUDENT, TEACHER)
+    full = LOSSES["vid"](STUDENT, TEACHER, regressor="bias")
     plain = LOSSES["vid"](STUDENT, TEACHER, regressor="plain")
+    kdzoo = LOSSES["vid"](STUDENT, TEACHER)
     biases = sum(t[0] for t in TEACHER.stages) + 2 * sum(t[0] for t in TEACHER.stages)  # mid = sf x C_t = C_t
     assert plain.describe()["learned_parameters"] == full.describe()["learned_parameters"] - biases
+    assert kdzoo.describe()["learned_parameters"] == plain.describe()["learned_parameters"]
 
 
 @pytest.mark.parametrize("how", ["mean", "sum"])
@@ -371,7 +373,7 @@ def test_forms_declared_on_the_losses_options_and_schema():
     for mode, forms in FORMS.items():
         cls = LOSSES[mode]
         for key, (default, repdistiller) in forms.items():
-            assert cls.defaults[key] == default and cls.setting_choices[key] == (default, repdistiller)
+            assert cls.defaults[key] == default and cls.setting_choices[key][:2] == (default, repdistiller)
             assert key in MODE_SETTINGS and options[key].default is None
             assert {default, repdistiller} <= set(options[key]._choices()) <= set(kd_settings[key]["enum"])
     assert LOSSES["fitnet"].defaults["hint_stage"] == 3 and kd_settings["hint_stage"]["minimum"] == 1
@@ -386,7 +388,7 @@ def test_forms_declared_on_the_losses_options_and_schema():
         ("sp", {"stages": "stage3"}, "kd_mode sp: stages: got 'stage3'; allowed: one of all, last"),
         ("nst", {"stages": "last"}, "kd_mode nst: stages: got 'last'; allowed: one of stage3, all"),
         ("at", {"stage_reduce": "total"}, "kd_mode at: stage_reduce: got 'total'; allowed: one of mean, sum"),
-        ("vid", {"regressor": "convreg"}, "kd_mode vid: regressor: got 'convreg'; allowed: one of bias, plain"),
+        ("vid", {"regressor": "convreg"}, "kd_mode vid: regressor: got 'convreg'; allowed: one of kdzoo, plain, bias"),
         ("cc", {"correlation": "crd"}, "kd_mode cc: correlation: got 'crd'; allowed: one of taylor, embed_pairs"),
         (
             "ab",

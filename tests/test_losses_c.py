@@ -151,7 +151,7 @@ def test_mode_settings_defaults():
         "sf": 1.0,
         "init_var": 5.0,
         "stage_reduce": "mean",
-        "regressor": "bias",
+        "regressor": "kdzoo",
     }
     assert OFDLoss.defaults == {"lambda_kd": 0.5, "margin": "batch", "reduction": "mean"}
     assert AFDLoss.defaults == {"lambda_kd": 500.0, "att_f": 1.0}
@@ -229,7 +229,7 @@ def vid_golden(loss: VIDLoss, s_taps: FeatureTaps, t_taps: FeatureTaps) -> float
 def test_vid_golden_with_channel_and_spatial_mismatch():
     student = ((2, 2, 2), (3, 2, 4), (2, 1, 1))
     teacher = ((3, 2, 2), (2, 1, 2), (4, 2, 2))  # stage 2: student pooled; stage 3: teacher pooled
-    loss = VIDLoss(shapes(student), shapes(teacher), sf=1.5, init_var=2.0).double()
+    loss = VIDLoss(shapes(student), shapes(teacher), sf=1.5, init_var=2.0, regressor="bias").double()
     with torch.no_grad():
         for reg in loss.regressors:
             reg.alpha.copy_(torch.linspace(-1.0, 2.0, reg.alpha.numel()))
@@ -240,7 +240,7 @@ def test_vid_golden_with_channel_and_spatial_mismatch():
 def test_vid_golden_with_hand_set_regressor():
     """Regressor set to pass channel 0 through (weights by hand), so mu is known in closed form."""
     stages = ((2, 1, 2), (2, 1, 1), (2, 1, 1))
-    loss = VIDLoss(shapes(stages), shapes(stages), init_var=1.0).double()
+    loss = VIDLoss(shapes(stages), shapes(stages), init_var=1.0, regressor="bias").double()
     with torch.no_grad():
         for reg in loss.regressors:
             for conv in (reg.mean[0], reg.mean[2], reg.mean[4]):
@@ -472,6 +472,30 @@ def test_afd_golden_learned_attention():
     assert [a.net[0].out_channels for a in loss.attention] == [2, 2, 1]
     s, t = make_taps(stages, seed=6), make_taps(stages, seed=7)
     assert loss(s, t, batch_of()).item() == pytest.approx(afd_golden(loss, s, t), rel=1e-10)
+
+
+def _kaiming_fan_out_std(conv) -> float:
+    return math.sqrt(2.0 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]))
+
+
+def test_helpers_start_as_kd_zoos():
+    """KD-Zoo's kd_losses/afd.py and vid.py: every 1x1 conv kaiming_normal_(fan_out, relu), biases 0 (AFD) or
+    none (VID); RepDistiller's VID (regressor plain) keeps torch's default, kaiming_uniform(a=sqrt 5): std
+    1/sqrt(3 fan_in)."""
+    torch.manual_seed(0)
+    wide = ((256, 4, 4), (256, 2, 2), (256, 1, 1))
+    afd = AFDLoss(shapes(wide), shapes(wide))
+    vid = VIDLoss(shapes(wide), shapes(wide))
+    plain = VIDLoss(shapes(wide), shapes(wide), regressor="plain")
+    convs = [c for a in afd.attention for c in a.net[::2]] + [c for r in vid.regressors for c in r.mean[::2]]
+    assert len(convs) == 15
+    for conv in convs:
+        assert float(conv.weight.detach().std()) == pytest.approx(_kaiming_fan_out_std(conv), rel=0.05)
+        assert float(conv.weight.detach().mean()) == pytest.approx(0.0, abs=0.01)
+        assert conv.bias is None or not conv.bias.any()
+    for conv in (c for r in plain.regressors for c in r.mean[::2]):
+        assert conv.bias is None
+        assert float(conv.weight.detach().std()) == pytest.approx(1 / math.sqrt(3 * conv.in_channels), rel=0.05)
 
 
 def test_afd_hand_set_attention_is_uniform():

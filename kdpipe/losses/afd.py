@@ -29,11 +29,16 @@ NORM_EPS = 1e-6
 
 
 class ChannelAttention(nn.Module):
-    """rho = sigmoid(Conv1x1(C->M) -> ReLU -> Conv1x1(M->C) of the spatial mean), normalised to sum 1."""
+    """rho = sigmoid(Conv1x1(C->M) -> ReLU -> Conv1x1(M->C) of the spatial mean), normalised to sum 1.
+    Initialised as Knowledge-Distillation-Zoo's ``AFD``: weights Kaiming-normal (fan_out, ReLU gain),
+    biases zero."""
 
     def __init__(self, channels: int, mid: int):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, mid, 1), nn.ReLU(), nn.Conv2d(mid, channels, 1))
+        for conv in self.net[::2]:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, teacher_map: Tensor) -> Tensor:
         pooled = teacher_map.mean(dim=(2, 3), keepdim=True)

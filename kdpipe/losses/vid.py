@@ -12,9 +12,11 @@ variance ``sigma_c^2 = softplus(alpha_c) + eps``)::
 Here, per post-ReLU stage, the element-wise term ``0.5 * (log sigma_c^2 + (t - mu)^2 / sigma_c^2)``
 is averaged over all elements (batch, channel, position); the stages, stage i with stage i
 (both networks need as many), are averaged (``stage_reduce mean``, KD-Zoo's ``/ 3``) or summed
-(``stage_reduce sum``, RepDistiller's ``sum(loss_group)``).  ``regressor``: ``bias`` = the 1x1
-convolutions of ``mu`` have biases (kdpipe's form since the first version), ``plain`` = they have
-none (``bias=False`` in both Knowledge-Distillation-Zoo's and RepDistiller's ``VID``).
+(``stage_reduce sum``, RepDistiller's ``sum(loss_group)``).  ``regressor``, the 1x1 convolutions
+of ``mu``: ``kdzoo`` = no biases, weights Kaiming-normal (fan_out, ReLU gain), as
+Knowledge-Distillation-Zoo's ``VID``; ``plain`` = no biases, torch's default initialisation, as
+RepDistiller's ``VID`` (``conv1x1(..., bias=False)``, not re-initialised); ``bias`` = biases and
+torch's default initialisation (kdpipe's default before 2026-11-27).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def inverse_softplus(y: float) -> float:
 class VIDRegressor(nn.Module):
     """mu(s) = Conv1x1(C_s->M) -> ReLU -> Conv1x1(M->M) -> ReLU -> Conv1x1(M->C_t), plus the variance."""
 
-    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, bias: bool = True):
+    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, form: str = "kdzoo"):
         super().__init__()
+        bias = form == "bias"
         self.mean = nn.Sequential(
             nn.Conv2d(c_student, mid, 1, bias=bias),
             nn.ReLU(),
@@ -53,6 +56,9 @@ class VIDRegressor(nn.Module):
             nn.ReLU(),
             nn.Conv2d(mid, c_teacher, 1, bias=bias),
         )
+        if form == "kdzoo":
+            for conv in self.mean[::2]:
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         self.alpha = nn.Parameter(torch.full((c_teacher,), inverse_softplus(init_var - EPS)))
 
     def variance(self) -> Tensor:
@@ -68,11 +74,11 @@ class VIDLoss(DistillLoss):
         "sf": 1.0,
         "init_var": 5.0,
         "stage_reduce": "mean",
-        "regressor": "bias",
+        "regressor": "kdzoo",
     }
     setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "stage_reduce": STAGE_REDUCE_CHOICES,
-        "regressor": ("bias", "plain"),
+        "regressor": ("kdzoo", "plain", "bias"),
     }
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
     stagewise: ClassVar[bool] = True
@@ -82,11 +88,11 @@ class VIDLoss(DistillLoss):
         sf, init_var = float(self.settings["sf"]), float(self.settings["init_var"])
         if init_var <= EPS:
             raise ValueError(f"vid init_var must exceed {EPS}, got {init_var}")
-        bias = self.settings["regressor"] == "bias"
         self.regressors = nn.ModuleList()
+        form = self.settings["regressor"]
         for i, (s_shape, t_shape) in enumerate(zip(self.student_shapes.stages, self.teacher_shapes.stages)):
             c_s, c_t = s_shape[0], t_shape[0]
-            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var, bias))
+            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var, form))
             # The regressor maps channels; a spatial mismatch is bridged by pooling the larger
             # map (a pooling-only adapter).
             self.adapter(f"stage{i + 1}", tuple(s_shape), tuple(t_shape), pool_only=True)
