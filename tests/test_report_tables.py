@@ -214,7 +214,11 @@ def test_repdistiller_kd_joins_st_on_cifar100(tmp_path, reference):
     r56 = table["resnet56-resnet20"]
     assert r56.at["st", "published"] == pytest.approx(70.66)
     assert r56.at["st", "published_source"] == "RepDistiller README"
-    assert r56.at["st", "diff"] == pytest.approx(70.90 - 70.66)
+    # RepDistiller reports its last epoch: our last-epoch mean beside it, not our best-on-val one
+    assert r56.at["st", "published_epoch"] == "last"
+    assert r56.at["st", "diff"] == pytest.approx(70.80 - 70.66)
+    assert table[PAIR].at["st", "published_epoch"] == "best"  # KD-Zoo's: its best test epoch
+    assert table[PAIR].at["st", "diff"] == pytest.approx(table[PAIR].at["st", "best"] - 70.06)
     assert r56.at["teacher", "published"] == pytest.approx(72.34)  # RepDistiller's teacher row
     assert table[PAIR].at["st", "published"] == pytest.approx(70.06)  # both report it: KD-Zoo's
     assert table[PAIR].at["teacher", "published"] == pytest.approx(73.15)
@@ -262,7 +266,7 @@ def test_write_tables_cifar10(tmp_path, reference):
     st_mean = f"{_mean(ST):.2f} \u00b1 {_stdev(ST):.2f}"
     assert f"| {st_mean} (1 run failed) |" in st
     assert f"| {_mean(ST) - _mean(BASE20):+.2f} |" in st
-    assert "| 92.82 (KD-Zoo) |" in st
+    assert "| 92.82 (KD-Zoo, best) |" in st
     base = next(line for line in lines if line.startswith("| baseline |"))
     assert "| \u2014 | 3 |" in base  # no delta for the baseline itself
     assert next(line for line in lines if line.startswith("| ft |")).startswith("| ft | missing |")
@@ -274,13 +278,14 @@ def test_write_tables_cifar10(tmp_path, reference):
     assert "| ft | resnet110 \u2192 resnet20 | 0 | missing |" in section
     assert "All runs finished." not in md
 
-    assert {"published", "published_source", "diff_vs_published", "not_ok"} <= set(csv.columns)
+    assert {"published", "published_source", "published_epoch", "diff_vs_published", "not_ok"} <= set(csv.columns)
     row = csv[(csv["group"] == PAIR) & (csv["label"] == "st")].iloc[0]
     assert row["n"] == 3 and row["not_ok"] == 1 and row["teacher"] == "resnet110" and row["student"] == "resnet20"
     assert row["best_mean"] == pytest.approx(_mean(ST), abs=1e-4)
     assert row["best_std"] == pytest.approx(_stdev(ST), abs=1e-4)
     assert row["delta_vs_baseline"] == pytest.approx(_mean(ST) - _mean(BASE20), abs=1e-4)
     assert row["published"] == pytest.approx(92.82) and row["published_source"] == "KD-Zoo README"
+    assert row["published_epoch"] == "best"
     assert row["diff_vs_published"] == pytest.approx(_mean(ST) - 92.82, abs=1e-4)
     ft = csv[(csv["group"] == PAIR) & (csv["label"] == "ft")].iloc[0]
     assert ft["n"] == 0 and ft["not_ok"] == 1

@@ -3,7 +3,9 @@
 The reference CSVs ship inside the package (``kdpipe/reference/*.csv``; columns ``source,
 dataset, method, teacher, student, role, top1``).  Method names are mapped to kdpipe's:
 RepDistiller and mdistiller call Hinton's soft targets ``kd``, kdpipe calls them ``st`` (and
-mdistiller's ``kd+dot``, soft targets trained with the DOT optimizer, ``st+dot``).
+mdistiller's ``kd+dot``, soft targets trained with the DOT optimizer, ``st+dot``).  Each source's
+numbers are from one epoch of its runs (column ``epoch``): ``last``, the final epoch, or ``best``,
+the epoch with the best test accuracy.
 """
 
 from __future__ import annotations
@@ -17,24 +19,26 @@ COLUMNS = ["source", "dataset", "method", "teacher", "student", "role", "top1"]
 CIFAR = ("cifar10", "cifar100")
 PREFERRED_SOURCE = "KD-Zoo README"
 
-# file -> {their method name: kdpipe's}
+# file -> ({their method name: kdpipe's}, the epoch its numbers are from)
 _FILES = {
-    "kdzoo_cifar.csv": {},
-    "repdistiller_cifar100.csv": {"kd": "st"},
-    "mdistiller_cifar100.csv": {"kd": "st", "kd+dot": "st+dot"},
+    "kdzoo_cifar.csv": ({}, "best"),  # train_kd.py keeps the best test top-1 over the epochs (is_best)
+    # train_student.py: "The results reported in the paper/README is from the last epoch"
+    "repdistiller_cifar100.csv": ({"kd": "st"}, "last"),
+    "mdistiller_cifar100.csv": ({"kd": "st", "kd+dot": "st+dot"}, "best"),  # engine/trainer.py's best_acc
 }
 _DML_ROLE = re.compile(r"net\d+")
 
 
 def load_reference() -> pd.DataFrame:
-    """Every published cell of both sources, method names in kdpipe's terms, ``top1`` as float."""
+    """Every published cell of the sources, method names in kdpipe's terms, ``top1`` as float, and the
+    ``epoch`` each source's numbers are from."""
     folder = files("kdpipe") / "reference"
     parts = []
-    for name, rename in _FILES.items():
+    for name, (rename, epoch) in _FILES.items():
         with (folder / name).open("r", encoding="utf-8") as fh:
             part = pd.read_csv(fh, dtype=str, keep_default_na=False)
         part["method"] = part["method"].map(lambda m, rename=rename: rename.get(m, m))
-        parts.append(part[COLUMNS])
+        parts.append(part[COLUMNS].assign(epoch=epoch))
     reference = pd.concat(parts, ignore_index=True)
     reference["top1"] = pd.to_numeric(reference["top1"], errors="coerce").astype(float)
     return reference
@@ -81,6 +85,14 @@ def published_for(
             (ref["method"] == name) & (ref["teacher"] == teacher) & (ref["student"] == student) & (ref["role"] == role)
         ]
     return [(str(source), float(top1)) for source, top1 in zip(rows["source"], rows["top1"])]
+
+
+def reported_epoch(reference: pd.DataFrame, source: str) -> str:
+    """The epoch ``source``'s numbers are from: ``best`` (its best test epoch) or ``last``."""
+    epochs = set(reference.loc[reference["source"] == source, "epoch"])
+    if len(epochs) != 1:
+        raise ValueError(f"reference source {source!r}: epochs {sorted(epochs)}, need exactly one")
+    return epochs.pop()
 
 
 def preferred(matches: list[tuple[str, float]]) -> tuple[str, float] | None:

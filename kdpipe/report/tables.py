@@ -16,10 +16,10 @@ import pandas as pd
 
 from ..checkpoint import atomic_write_text
 from .frame import group_rows, groups
-from .reference import is_cifar, preferred, published_for
+from .reference import is_cifar, preferred, published_for, reported_epoch
 
 STATS = ["n", "best", "best_std", "last", "last_std", "delta"]
-PUBLISHED_STATS = ["published", "published_source", "diff"]
+PUBLISHED_STATS = ["published", "published_source", "published_epoch", "diff"]
 FIRST_LABELS = ("teacher", "baseline")
 MINUS = "\u2212"
 ARROW = "\u2192"
@@ -39,9 +39,11 @@ CSV_COLUMNS = [
     "delta_vs_baseline",
     "published",
     "published_source",
+    "published_epoch",
     "diff_vs_published",
     "not_ok",
 ]
+PUBLISHED_COLUMNS = ("published", "published_source", "published_epoch", "diff_vs_published")
 
 
 # ----------------------------------------------------------------------------------------------- computing
@@ -86,8 +88,9 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
     Stats per group: ``n`` (finished seeds), ``best``/``best_std`` (test accuracy at the best-on-val
     epoch, mean and sample std), ``last``/``last_std`` (last epoch), ``delta`` (best minus the group's
     baseline best), ``not_ok`` (runs of the cell that failed, are incomplete or missing) and -- on
-    CIFAR with a ``reference`` -- ``published``, ``published_source`` (KD-Zoo preferred) and ``diff``
-    (best minus published).
+    CIFAR with a ``reference`` -- ``published``, ``published_source`` (KD-Zoo preferred),
+    ``published_epoch`` (the source's: ``best`` or ``last``) and ``diff`` (ours minus published, ours the
+    mean of the same epoch: ``last`` for a last-epoch source, else ``best``, our best-on-val).
     """
     labels, pairs, cells = _cells(frame, dataset)
     with_published = reference is not None and is_cifar(dataset)
@@ -111,9 +114,13 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
             columns["not_ok"].append(len(rows) - len(ok))
             if with_published:
                 match = preferred(published_for(reference, dataset, label, teacher, student))
+                epoch = reported_epoch(reference, match[0]) if match else None
+                # like with like: our last-epoch mean beside a last-epoch number, else our best-on-val mean
+                ours = columns["last"][-1] if epoch == "last" else best
                 columns["published"].append(match[1] if match else math.nan)
                 columns["published_source"].append(match[0] if match else None)
-                columns["diff"].append(best - match[1] if match else math.nan)
+                columns["published_epoch"].append(epoch)
+                columns["diff"].append(ours - match[1] if match else math.nan)
         for stat in stats:
             data[(group, stat)] = columns[stat]
     index = pd.Index(labels, name="label")
@@ -132,7 +139,7 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
 def _dtype(stat: str):
     if stat in ("n", "not_ok"):
         return "int64"
-    if stat == "published_source":
+    if stat in ("published_source", "published_epoch"):
         return object
     return "float64"
 
@@ -216,8 +223,10 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
             else "the KD-Zoo and RepDistiller READMEs (none reports these pairs)"
         )
         intro += (
-            f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell); "
-            "'ours \u2212 published' is our best-on-val mean minus it."
+            f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell), "
+            "from the epoch that source reports: 'last' its final epoch, 'best' its best test epoch; "
+            "'ours \u2212 published' compares like with like: our last-epoch mean minus a 'last' number, "
+            "our best-on-val mean minus a 'best' one (ours chosen on validation, theirs on the test set)."
         )
     lines += [intro, ""]
     pairs = list(table.columns.get_level_values("group").unique())
@@ -247,7 +256,8 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
                 row.append(
                     DASH
                     if _isnan(published)
-                    else f"{published:.2f} ({_short_source(cell.at[label, 'published_source'])})"
+                    else f"{published:.2f} ({_short_source(cell.at[label, 'published_source'])}, "
+                    f"{cell.at[label, 'published_epoch']})"
                 )
                 row.append(_signed(cell.at[label, "diff"]) if n else DASH)
             lines.append("| " + " | ".join(row) + " |")
@@ -307,12 +317,11 @@ def _csv(table: pd.DataFrame, dataset: str) -> str:
                 record.update(
                     published=cell.at[label, "published"],
                     published_source=cell.at[label, "published_source"],
+                    published_epoch=cell.at[label, "published_epoch"],
                     diff_vs_published=cell.at[label, "diff"],
                 )
             records.append(record)
-    columns = [
-        c for c in CSV_COLUMNS if with_published or c not in ("published", "published_source", "diff_vs_published")
-    ]
+    columns = [c for c in CSV_COLUMNS if with_published or c not in PUBLISHED_COLUMNS]
     out = pd.DataFrame(records, columns=columns)
     for column in (
         "best_mean",
