@@ -131,7 +131,7 @@ def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
     cache_dir = tmp / "cache32"
     teacher = frozen(build_model("resnet32", 10)).cuda().to(memory_format=torch.channels_last)
     teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
-    build_cache(teacher, teacher_path, data, cache_dir, torch.device("cuda"), channels_last=True)
+    build_cache(teacher, teacher_path, data, cache_dir, torch.device("cuda"), channels_last=True, amp=True)
     pair = dict(t_model=str(teacher_path), t_name="resnet32", s_name="resnet20")
     cases = [("baseline", "base", SupervisedTask, dict(net_name="resnet20"))]
     cases += [(mode, "kd", DistillTask, dict(pair, kd_mode=mode)) for mode in LOSSES]
@@ -471,7 +471,9 @@ def stkd(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
     teacher = teacher.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     data = synthetic_cifar(4096)  # the cache is built for every (image, view): kept small
-    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", torch.device("cuda"), channels_last=True)
+    manifest = build_cache(
+        teacher, teacher_path, data, tmp / "cache", torch.device("cuda"), channels_last=True, amp=True
+    )
     build = time.perf_counter() - t0
     pair = dict(t_model=str(teacher_path), t_name="resnet110", s_name="resnet20", kd_mode="st")
     best, modes = {}, {}

@@ -62,7 +62,9 @@ def main() -> None:
     cache_ctx = Context(resolve("teacher_cache", cache_opts), data, device, tmp)  # as the teacher_cache node's
     teacher = frozen(cache_ctx.prepare(teacher))
     t0 = time.perf_counter()
-    manifest = build_cache(teacher, teacher_path, data, tmp / "cache", device, channels_last=cache_ctx.channels_last)
+    manifest = build_cache(
+        teacher, teacher_path, data, tmp / "cache", device, channels_last=cache_ctx.channels_last, amp=cache_ctx.amp
+    )
     build_seconds = time.perf_counter() - t0
 
     base_ctx = context("base", net_name=args.student)

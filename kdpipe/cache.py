@@ -112,17 +112,18 @@ def build_cache(
     batch_size: int = 1024,
     *,
     channels_last: bool,
+    amp: bool,
 ) -> dict:
     """Compute and write ``cache.pt`` and ``manifest.json`` (written last) into ``out_dir``.
 
-    ``teacher`` is on ``device``, in channels_last when ``channels_last`` (``Context.channels_last``)."""
+    ``teacher`` is on ``device``, in channels_last when ``channels_last`` (``Context.channels_last``), its
+    forward under bf16 autocast when ``amp`` (``Context.amp``)."""
     check_cache_request(data, dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cuda = device.type == "cuda"
     table = compute_table(
-        teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=channels_last, autocast=cuda
+        teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=channels_last, autocast=amp
     )
     seconds = time.perf_counter() - t0
     atomic_save(table, out_dir / "cache.pt")
@@ -137,7 +138,7 @@ def build_cache(
         "bytes": (out_dir / "cache.pt").stat().st_size,
         "build_seconds": seconds,
         "device": str(device),
-        "amp_bf16": cuda,
+        "amp_bf16": amp,
         "channels_last": channels_last,
     }
     atomic_write_json(out_dir / "manifest.json", manifest)

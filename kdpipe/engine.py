@@ -61,14 +61,14 @@ class Context:
     data: ImageData
     device: torch.device
     run_dir: Path
-    amp: bool | None = None  # bf16 autocast; default: on CUDA
+    amp: bool | None = None  # bf16 autocast; default: on CUDA unless --amp off
     cuda_graphs: bool | None = None  # replay the training step as a CUDA graph (kdpipe.capture); default: on CUDA
     # models and input batches in channels_last (NHWC), else contiguous (NCHW): from --memory_format, see prepare
     channels_last: bool = field(init=False)
 
     def __post_init__(self):
         cuda = self.device.type == "cuda"
-        self.amp = cuda if self.amp is None else self.amp
+        self.amp = cuda and self.opts.get("amp") != "off" if self.amp is None else self.amp
         if self.cuda_graphs is None:
             self.cuda_graphs = cuda and self.opts.get("cuda_graphs") != 0
         layout = self.opts.get("memory_format") or "auto"

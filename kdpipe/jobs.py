@@ -60,6 +60,7 @@ def rule_run(snakemake, entry: str, out_dir: Path, opts: dict, runs: dict, messa
         cuda=resources.get("cuda"),
         cuda_graphs=resources.get("cuda_graphs"),
         memory_format=resources.get("memory_format"),
+        amp=resources.get("amp"),
     )
     function = entry_function(entry)
     run = runs.get(str(out_dir))  # helper nodes (caches, paraphrasers) are not runs of the plan

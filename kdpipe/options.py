@@ -223,6 +223,14 @@ COMMON = [
         "only in its own",
         choices=("auto", "channels_last", "contiguous"),
     ),
+    Option(
+        "amp",
+        str,
+        "auto",
+        "bf16 autocast of the forward passes: auto = on CUDA (not on the CPU), off = float32 throughout, as the "
+        "reference implementations train; a run resumes only with its own",
+        choices=("auto", "off"),
+    ),
     Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
     Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
@@ -771,7 +779,7 @@ RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "th
 # Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
 # or a checkpoint's, written by an older kdpipe) reads as having that default, so that such runs still stand for
 # runs at the default; any other absent key reads as None, an option left unset.
-ADDED_WITH_A_DEFAULT = {"memory_format", "crop_padding"}
+ADDED_WITH_A_DEFAULT = {"memory_format", "crop_padding", "amp"}
 assert ADDED_WITH_A_DEFAULT <= {opt.name for opt in COMMON}, "a common option"
 
 
@@ -804,7 +812,7 @@ COMMON_GROUPS: dict[str, tuple[str, ...]] = {
         *("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
         "crop_padding",
     ),
-    "device": ("cuda", "cuda_graphs", "memory_format", "threads"),
+    "device": ("cuda", "cuda_graphs", "memory_format", "amp", "threads"),
     "log": ("print_freq",),
     "seed": ("seed",),
     "schedule": ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "warmup_epochs"),

@@ -112,3 +112,32 @@ def test_a_run_is_finished_and_resumed_only_in_its_own_layout(runs, tmp_path):
     with pytest.raises(KdpipeError, match="checkpoint was made with memory_format='auto', this run has "):
         kdpipe.train_base(**again, memory_format="channels_last")
     assert kdpipe.train_base(**again)["roles"] == r["c"]["roles"]  # the final checkpoint rewrites the same outputs
+
+
+def test_amp_off_keeps_cuda_runs_in_float32(tmp_path, monkeypatch):
+    """--amp (config resources.amp): bf16 autocast on CUDA unless off; never on the CPU; a stored fingerprint
+    without the key stands for auto; the workflow passes resources.amp to every job."""
+    from types import SimpleNamespace
+
+    import kdpipe.options
+    from kdpipe.jobs import rule_run
+    from kdpipe.options import fingerprint_value
+
+    opts = {"data_name": "digits", "net_name": "resnet8"}
+
+    def context(device: str, **over) -> Context:
+        return Context(resolve("base", {**opts, **over}), None, torch.device(device), tmp_path)
+
+    assert context("cuda").amp and not context("cpu").amp and not context("cpu", amp="auto").amp
+    off = context("cuda", amp="off")
+    assert not off.amp and type(off.autocast()).__name__ == "nullcontext"
+    with pytest.raises(KdpipeError) as err:
+        resolve("base", {**opts, "amp": "fp16"})
+    assert str(err.value) == "amp: got 'fp16'; allowed: one of auto, off"
+    assert fingerprint_value({}, "amp") == "auto"
+    calls = []
+    monkeypatch.setattr(kdpipe.options, "entry_function", lambda entry: lambda **kw: calls.append(kw))
+    job = SimpleNamespace(config={"resources": {"amp": "off"}}, threads=1)
+    call, _ = rule_run(job, "base", tmp_path / "r", opts, {})
+    call()
+    assert calls[0]["amp"] == "off" and calls[0]["net_name"] == "resnet8"

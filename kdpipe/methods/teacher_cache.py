@@ -35,14 +35,14 @@ def build_teacher_cache(**kwargs) -> dict:
     device = select_device(opts["cuda"])
     data = load_options_data(opts)
     check_num_class(opts, data)
-    manifest = _up_to_date(out_dir, opts, data)
+    ctx = Context(opts, data, device, out_dir)  # the teacher placed, and its batches laid out, as a live one's
+    manifest = _up_to_date(out_dir, opts, data, ctx.amp)
     if manifest is not None:
         return manifest
     check_cache_request(data, opts["cache_dtype"])
-    ctx = Context(opts, data, device, out_dir)  # the teacher placed, and its batches laid out, as a live one's
     teacher = frozen(ctx.prepare(load_network(opts["t_model"], opts["t_name"], data.num_classes, "t_model")))
     with run_dir_lock(out_dir):  # a duplicate job on the same cache is refused
-        manifest = _up_to_date(out_dir, opts, data)
+        manifest = _up_to_date(out_dir, opts, data, ctx.amp)
         if manifest is not None:
             return manifest
         return build_cache(
@@ -55,11 +55,13 @@ def build_teacher_cache(**kwargs) -> dict:
             dtype=opts["cache_dtype"],
             batch_size=opts["batch_size"],
             channels_last=ctx.channels_last,
+            amp=ctx.amp,
         )
 
 
-def _up_to_date(out_dir: Path, opts: dict, data) -> dict | None:
-    """The manifest of a cache in ``out_dir`` built from this teacher and data, if both files are there."""
+def _up_to_date(out_dir: Path, opts: dict, data, amp: bool) -> dict | None:
+    """The manifest of a cache in ``out_dir`` built from this teacher and data (and with bf16 autocast or
+    without, as ``amp``), if both files are there."""
     manifest_path = out_dir / "manifest.json"
     if not (manifest_path.is_file() and (out_dir / "cache.pt").is_file()):
         return None
@@ -68,6 +70,7 @@ def _up_to_date(out_dir: Path, opts: dict, data) -> dict | None:
         manifest.get("teacher", {}).get("sha256") == sha256_file(opts["t_model"])
         and manifest.get("data") == data_fingerprint(data)
         and manifest.get("dtype") == opts["cache_dtype"]
+        and manifest.get("amp_bf16", amp) == amp
         and ("embedding" in manifest.get("entries", [])) >= opts["embeddings"]
     ):
         log.info("%s is up to date; nothing to do", out_dir)
