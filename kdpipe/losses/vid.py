@@ -46,7 +46,7 @@ def inverse_softplus(y: float) -> float:
 class VIDRegressor(nn.Module):
     """mu(s) = Conv1x1(C_s->M) -> ReLU -> Conv1x1(M->M) -> ReLU -> Conv1x1(M->C_t), plus the variance."""
 
-    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, form: str = "kdzoo"):
+    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, form: str):
         super().__init__()
         bias = form == "bias"
         self.mean = nn.Sequential(

@@ -95,12 +95,12 @@ class DistillTask(StudentTask):
         self.extra_modules["loss"] = self.loss
         params = list(self.roles["student"].parameters()) + list(self.loss.parameters())
         self.optimizers["student"] = make_optimizer(params, opts)
+        self.init_epochs = 0
+        self.init_optimizer = opts["init_optimizer"]
         # init_optimizer features: the init phase leaves the student's head alone -- out of its optimizer and
         # in eval mode (RepDistiller's helper/pretrain.py: model_s.eval(), then train() and SGD over
         # get_feat_modules() and the connector only); on WRN the AB loss reads the head's BatchNorm
-        self.frozen_head = head_modules(self.roles["student"]) if opts["init_optimizer"] == "features" else []
-        self.init_epochs = 0
-        self.init_optimizer = opts["init_optimizer"]
+        self.frozen_head = head_modules(self.roles["student"]) if self.init_optimizer == "features" else []
         self.init_schedule = opts["init_schedule"]
         schedule = self.init_schedule
         if loss_cls.two_stage:

@@ -104,11 +104,11 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
         for label in labels:
             rows = cells.get((label, group), frame.iloc[0:0])
             ok = rows[rows["status"] == "ok"]
-            best = _mean(ok["test_acc_at_best"])
+            best, last = _mean(ok["test_acc_at_best"]), _mean(ok["last_test_acc"])
             columns["n"].append(len(ok))
             columns["best"].append(best)
             columns["best_std"].append(_std(ok["test_acc_at_best"]))
-            columns["last"].append(_mean(ok["last_test_acc"]))
+            columns["last"].append(last)
             columns["last_std"].append(_std(ok["last_test_acc"]))
             columns["delta"].append(best - base_best)
             columns["not_ok"].append(len(rows) - len(ok))
@@ -116,7 +116,7 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
                 match = preferred(published_for(reference, dataset, label, teacher, student))
                 epoch = reported_epoch(reference, match[0]) if match else None
                 # like with like: our last-epoch mean beside a last-epoch number, else our best-on-val mean
-                ours = columns["last"][-1] if epoch == "last" else best
+                ours = last if epoch == "last" else best
                 columns["published"].append(match[1] if match else math.nan)
                 columns["published_source"].append(match[0] if match else None)
                 columns["published_epoch"].append(epoch)
