@@ -501,7 +501,7 @@ class Training:
         if self.ckpt_path.exists():
             state = safe_load(self.ckpt_path, "checkpoint")
             _check_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
-            task.load_state_dict(state["task"])
+            _load_task_state(self.ckpt_path, task, state["task"])
             self.history, self.best = state["history"], state["best"]
             self.train_time, self.resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
             self.epoch = state["epoch"]
@@ -638,6 +638,22 @@ class Training:
 
     def result(self) -> FitResult:
         return FitResult(self.history, self.best, self.train_time, self.resumed_at, self.step_runner.mode)
+
+
+def _load_task_state(path: Path, task: Task, state: dict) -> None:
+    """``task`` resumed from a checkpoint's state; a state whose modules or optimizers do not fit the task (written
+    by a kdpipe whose form of the method had other parameters, e.g. an init phase that trained more of the
+    student) is refused in one line, the checkpoint left as it is."""
+    try:
+        task.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise KdpipeError(
+            f"{path}: checkpoint does not fit this run's modules or optimizers ({type(exc).__name__}: {reason}); "
+            "it was written by another version of kdpipe's form of this method: resume it with that kdpipe, or "
+            "move it away to train the run from epoch 0"
+        ) from exc
 
 
 def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:

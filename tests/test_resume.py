@@ -127,6 +127,34 @@ def test_final_checkpoint_rewrites_every_output(tmp_path):
     assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
 
 
+@pytest.mark.parametrize("change", ["optimizer", "module"])
+def test_checkpoint_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path, change):
+    """A checkpoint written by a form of the method with other parameters (an older kdpipe's init phase trained
+    more of the student) is refused with its path and what does not fit; the checkpoint stays as it was."""
+    flags = ["base", *tiny_cli_flags(tmp_path, "old"), "--net_name", "resnet8"]
+    assert cli_in_process(*flags).returncode == 0
+    run = tmp_path / "old"
+    for name in ("model.pt", "metrics.csv", "run.json"):  # as a job killed after its checkpoint
+        (run / name).unlink()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    task = state["task"]
+    if change == "optimizer":  # one parameter fewer in the optimizer's group
+        (opt,) = task["optimizers"].values()
+        opt["param_groups"][0]["params"].pop()
+    else:  # a module with a parameter this run's model has not
+        (role,) = task["roles"].values()
+        role["extra.weight"] = torch.zeros(3)
+    torch.save(state, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    again = cli_in_process(*flags)
+    assert again.returncode != 0
+    (line,) = [ln for ln in again.stderr.splitlines() if "does not fit" in ln]
+    assert str(run / "checkpoint.pt") in line and "move it away to train the run from epoch 0" in line
+    assert ("ValueError" if change == "optimizer" else "extra.weight") in line
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not (run / "model.pt").exists() and not (run / "run.json").exists()
+
+
 def test_second_process_on_a_run_dir_is_refused(tmp_path):
     run = tmp_path / "busy"
     with run_dir_lock(run):
