@@ -22,7 +22,7 @@ import tempfile
 
 import kdpipe
 
-# name -> (teacher, student, train_subset (None: all 1,293 training images), epochs)
+# name -> (teacher, student, train_subset (None: all 1,294 training images), epochs)
 CANDIDATES = {
     "w8-all-12": ("resnet20", "resnet8w8", None, 12),
     "r8-300-40": ("resnet20", "resnet8", 300, 40),
@@ -58,7 +58,7 @@ def run(name: str, seeds: list[int], root: str, show_test: bool) -> None:
         if show_test:
             cell += f" (test {statistics.mean(t for _, t in values):.2f})"
         cells.append(cell)
-    images = subset or 1293
+    images = subset or 1294
     print(f"{name}: {teacher} -> {student}, {images} images, {epochs} epochs | " + " | ".join(cells), flush=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from .errors import KdpipeError
@@ -21,5 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdpipe {entry}: error: {exc}", file=sys.stderr)
         return 2
     if ENTRIES[entry].prints:
-        print(record[ENTRIES[entry].prints])
+        try:
+            print(record[ENTRIES[entry].prints], flush=True)
+        except BrokenPipeError:  # the reader stopped early (| head): not an error; nothing more to write
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

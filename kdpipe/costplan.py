@@ -1,6 +1,6 @@
 """What a config's DAG will cost before it runs: every job, by rule, with estimated device-hours.
 
-``python -m kdpipe plan --configfile config/paper.yaml [--device h100|cpu]`` (``kdpipe.plan_cost``).
+``python -m kdpipe plan --configfile config/paper.yaml [more.yaml ...] [--device h100|cpu]`` (``kdpipe.plan_cost``).
 
 The jobs are the Snakefile's: the runs of :func:`kdpipe.plan.plan`, the nodes their rules take as
 inputs (data manifests, teacher caches, FT paraphrasers: the same ``kdpipe.workflow`` functions the
@@ -492,14 +492,26 @@ def plan_cost(**kwargs) -> dict:
         raise KdpipeError(f"plan: unknown option {unknown[0]!r}; allowed: {', '.join(allowed)}")
     opts = resolve("plan", kwargs)
     Calibration.load(opts["device"], opts["calibration"])  # an unknown device stops before the config's checks
-    path = Path(opts["configfile"])
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise KdpipeError(f"configfile {path}: a config is a mapping of keys, got {type(config).__name__}")
+    config: dict = {}
+    for path in map(Path, opts["configfile"]):
+        try:
+            part = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(part, dict):
+            raise KdpipeError(f"configfile {path}: a config is a mapping of keys, got {type(part).__name__}")
+        config = merge_config(config, part)
     load_config(config)
     record = cost_plan(config, opts["device"], opts["calibration"])
-    record["table"] = format_plan(record, str(path))
+    record["table"] = format_plan(record, " + ".join(opts["configfile"]))
     return record
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """``over``'s keys on top of ``base``'s, as Snakemake merges its --configfile files: a mapping in both is merged
+    key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge_config(base[key], value) if both else value
+    return out

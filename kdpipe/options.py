@@ -901,11 +901,13 @@ NON_TRAINING["import_teacher"] = set(common_options("run", "data", "device", "se
 ENTRY_OPTIONS["plan"] = [
     Option(
         "configfile",
-        str,
+        list,
         None,
-        "the workflow config to plan (as snakemake --configfile takes it)",
+        "the workflow config file(s) to plan, as snakemake --configfile takes them: a later file's keys override "
+        "an earlier one's, nested mappings merged key by key",
         required=True,
-        validate=lambda path: None if Path(path).is_file() else "no such file",
+        item_type=str,
+        validate=lambda paths: next((f"no such file: {p}" for p in paths if not Path(p).is_file()), None),
     ),
     Option(
         "device",
@@ -947,6 +949,13 @@ def resolve(entry: str, kwargs: dict) -> dict:
     return {name: opt.check(kwargs.get(name), "") for name, opt in table.items()}
 
 
+class _JoinWords(argparse.Action):
+    """A list flag's words as one string, which :meth:`Option.check` splits as it splits the API's string."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, " ".join(values))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -967,6 +976,8 @@ def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
             required=opt.required,
             metavar=metavar,
             help=(opt.help + default_note).replace("%", "%%"),
+            # a list takes its items as separate words or one comma/space separated word: --milestones 100 150
+            **({"nargs": "+", "action": _JoinWords} if opt.type is list else {}),
         )
 
 

@@ -105,3 +105,37 @@ def test_cli_trains_and_writes_artefacts(tmp_path):
     assert sum("epoch" in line and "test acc" in line for line in out.stderr.splitlines()) == 2
     state = torch.load(run / "model.pt", weights_only=True)
     assert "fc.weight" in state
+
+
+@pytest.mark.parametrize("words", [["100", "150"], ["100,150"], ["100, 150"]])
+def test_list_flags_take_separate_words_or_one_comma_list(words):
+    from kdpipe.cli import make_parser
+    from kdpipe.options import resolve
+
+    flags = ["base", "--data_name", "digits", "--net_name", "resnet8", "--milestones", *words, "--epochs", "200"]
+    args = vars(make_parser("kdpipe").parse_args(flags))
+    given = {k: v for k, v in args.items() if k != "entry" and v is not None}
+    assert resolve("base", given)["milestones"] == [100, 150]
+
+
+def test_printed_table_to_a_closed_pipe_is_not_an_error():
+    """``python -m kdpipe plan ... | head -1``: the reader goes away; no traceback, exit status 0."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    read, write = os.pipe()
+    os.close(read)  # as head after its first line
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kdpipe", "plan", "--configfile", "config/config.yaml", "--device", "cpu"],
+            cwd=ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import kdpipe
-from conftest import ROOT, cli
+from conftest import ROOT, cli, cli_in_process
 from kdpipe.costplan import (
     CALIBRATION,
     FIELDS,
@@ -155,7 +155,7 @@ def test_command_prints_the_table_and_bad_input_is_one_line(tmp_path):
     missing = cli("plan", "--configfile", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [
-        f"kdpipe plan: error: configfile: got '{tmp_path / 'nope.yaml'}'; no such file"
+        f"kdpipe plan: error: configfile: got ['{tmp_path / 'nope.yaml'}']; no such file: {tmp_path / 'nope.yaml'}"
     ]
     shipped = ", ".join(kdpipe.costplan.calibration_devices())
     assert shipped == "h100, cpu, h200, h200-eager"
@@ -294,7 +294,36 @@ def test_readme_plan_figures_are_the_plans_of_the_shipped_table():
         f"| `{path}` | " + " | ".join(cells) + " |" for path, cells in expected.items()
     )
     # the plan README prints: its table lines as format_plan writes them today
-    printed = format_plan(together_plan, "config/paper.yaml + resources.seeds_together").splitlines()
+    printed = format_plan(together_plan, "config/paper.yaml + config/seeds_together.yaml").splitlines()
     table = printed[: printed.index(next(line for line in printed if line.startswith("total"))) + 1]
     missing = [line for line in table if line not in readme.splitlines()]
     assert not missing, "README's printed plan differs from today's:\n" + "\n".join(table)
+
+
+def test_plan_merges_several_config_files_as_snakemake_does(tmp_path):
+    """``--configfile a.yaml b.yaml``: b's keys over a's, nested mappings key by key (Snakemake's update_config);
+    the shipped overlay plans the paper grid with its seeds together, as README prints it."""
+    from kdpipe.costplan import merge_config
+
+    base = {"train": {"epochs": 5, "milestones": [2, 4]}, "seeds": [0, 1], "kd": {"modes": ["st"]}}
+    over = {"train": {"milestones": [3]}, "seeds": [2], "kd": None}
+    assert merge_config(base, over) == {"train": {"epochs": 5, "milestones": [3]}, "seeds": [2], "kd": None}
+    assert base["train"] == {"epochs": 5, "milestones": [2, 4]}  # the inputs are left as they were
+
+    files = ["config/paper.yaml", "config/seeds_together.yaml"]
+    record = kdpipe.plan_cost(configfile=files, device="h200")
+    assert record["seeds_together"] and record["table"] == format_plan(_plan("paper", "h200", True), " + ".join(files))
+    (tmp_path / "short.yaml").write_text("train: {epochs: 100}\n")  # half the paper grid's epochs
+    out = cli_in_process("plan", "--configfile", "config/paper.yaml", tmp_path / "short.yaml", "--device", "h100")
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.splitlines()[0]
+        == f"kdpipe plan of config/paper.yaml + {tmp_path / 'short.yaml'} on h100, today's engine"
+    )
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["train"]["epochs"] = 100  # the rest of paper.yaml's train group stays
+    expected = format_plan(
+        cost_plan(load_config(raw, check_pairs=False), "h100"), f"config/paper.yaml + {tmp_path / 'short.yaml'}"
+    )
+    assert out.stdout.strip() == expected
+    assert expected != format_plan(_plan("paper", "h100", False), f"config/paper.yaml + {tmp_path / 'short.yaml'}")
