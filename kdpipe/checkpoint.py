@@ -24,6 +24,7 @@ from .errors import KdpipeError
 log = logging.getLogger("kdpipe")
 
 LOCK_FILE = "run.lock"
+CHECKPOINT = "checkpoint.pt"  # a training run's state, written every epoch (kdpipe.engine), in its run directory
 
 
 def _fsync_dir(path: Path) -> None:

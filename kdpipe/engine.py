@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import StepRunner
-from .checkpoint import atomic_save, atomic_write_text, safe_load
+from .checkpoint import CHECKPOINT, atomic_save, atomic_write_text, safe_load
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
 from .hostmem import keep_freed_memory
@@ -492,7 +492,7 @@ class Training:
         self.task, self.ctx, self.fingerprint = task, ctx, fingerprint
         opts, data, device = ctx.opts, ctx.data, ctx.device
         self.epochs = epochs or task.total_epochs()
-        self.ckpt_path = ctx.run_dir / "checkpoint.pt"
+        self.ckpt_path = ctx.run_dir / CHECKPOINT
         self.history: list[dict] = []
         self.best: dict[str, dict] = {}
         self.train_time = 0.0

@@ -48,7 +48,7 @@ def rule_logging(snakemake):
 def rule_run(snakemake, entry: str, out_dir: Path, opts: dict, runs: dict, message: str | None = None, **inputs):
     """(a call that runs ``entry`` into ``out_dir`` with the rule's ``opts`` and ``inputs``, the run's
     planned identity or None); ``runs``: the plan's runs by directory."""
-    from .options import entry_function
+    from .options import entry_function, options_for
 
     opts = dict(opts)
     opts.update(inputs)
@@ -56,6 +56,8 @@ def rule_run(snakemake, entry: str, out_dir: Path, opts: dict, runs: dict, messa
     opts.update(
         save_root=str(out_dir.parent),
         note=out_dir.name,
+        # Snakemake runs a training job again when its settings or inputs changed: the run there is replaced
+        **({"other_settings": "replace"} if any(o.name == "other_settings" for o in options_for(entry)) else {}),
         threads=snakemake.threads,
         cuda=resources.get("cuda"),
         cuda_graphs=resources.get("cuda_graphs"),

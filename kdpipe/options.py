@@ -170,6 +170,16 @@ COMMON = [
         "run directory name under --save_root (default: derived from method, data, nets, seed)",
         validate=_inside_save_root,
     ),
+    Option(
+        "other_settings",
+        str,
+        "refuse",
+        "a run directory holding a run (finished or checkpointed) made with other settings, inputs or data: "
+        "refuse = stop with one line, nothing touched; replace = move that run's files into "
+        "<run dir>/replaced/<time>/ and train anew (the workflow's jobs: Snakemake re-runs a job whose settings "
+        "or inputs changed)",
+        choices=("refuse", "replace"),
+    ),
     Option("img_root", str, "data", "where CIFAR files live (torchvision layout)"),
     Option("download", bool, False, "download CIFAR into --img_root if it is missing"),
     Option("print_freq", int, 50, "log every N batches", minimum=1),
@@ -774,7 +784,9 @@ def find_option(entry: str, name: str) -> Option:
 
 
 # Options that may differ between a checkpoint and its resumption without changing results.
-RESUME_NEUTRAL = {"save_root", "note", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs"}
+RESUME_NEUTRAL = {
+    *("save_root", "note", "other_settings", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs")
+}
 
 # Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
 # or a checkpoint's, written by an older kdpipe) reads as having that default, so that such runs still stand for
@@ -808,6 +820,7 @@ def fingerprint_value(fingerprint: dict, key: str) -> Any:
 # groups: entry points that do not train, FT's in-run paraphraser, the workflow's data node.
 COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("save_root", "note"),
+    "rerun": ("other_settings",),  # training runs only: what a directory holding another run gets
     "data": (
         *("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
         "crop_padding",

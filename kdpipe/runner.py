@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from . import __version__, hostmem
-from .checkpoint import atomic_save, atomic_write_json, run_dir_lock, sha256_file
+from .checkpoint import CHECKPOINT, LOCK_FILE, atomic_save, atomic_write_json, run_dir_lock, safe_load, sha256_file
 from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import (
     Context,
@@ -228,7 +228,8 @@ def _run(entry, kwargs, build_task, default_note, input_files):
     fingerprint["inputs"] = {name: item["sha256"] for name, item in inputs.items()}
     fingerprint["data_sha256"] = data.sha256  # the files' content, wherever --img_root points
 
-    record = finished_record(run_dir, fingerprint)
+    replace = opts["other_settings"] == "replace"
+    record = finished_record(run_dir, fingerprint, replace)
     if record is not None:
         return record
 
@@ -238,6 +239,7 @@ def _run(entry, kwargs, build_task, default_note, input_files):
     task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
+        replaced = set_aside_other_run(run_dir, fingerprint) if replace else None
         record = finished_record(run_dir, fingerprint)  # finished by the lock's last holder?
         if record is not None:
             return record
@@ -259,6 +261,8 @@ def _run(entry, kwargs, build_task, default_note, input_files):
                     malloc,
                     run_dir,
                 )
+                if replaced:
+                    log.info("%s held a run with other %s; its files are in %s; training anew", run_dir, *replaced)
             result = yield task, ctx, fingerprint
             with running_in(run_dir):
                 record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)
@@ -268,18 +272,21 @@ def _run(entry, kwargs, build_task, default_note, input_files):
     return record
 
 
-def finished_record(run_dir: Path, fingerprint: dict) -> dict | None:
+def finished_record(run_dir: Path, fingerprint: dict, replace: bool = False) -> dict | None:
     """``run.json`` of a finished run with these settings whose outputs are all there; else None.
 
-    A finished run with other settings is refused.  One with an output missing (deleted by hand,
-    or by Snakemake after a job was killed between its outputs) is finished again from its
-    checkpoint, which rewrites every output.
+    A finished run with other settings is refused, or with ``replace`` (``--other_settings replace``) not
+    this run's: None (:func:`set_aside_other_run` moves it away under the run's lock).  One with an output
+    missing (deleted by hand, or by Snakemake after a job was killed between its outputs) is finished again
+    from its checkpoint, which rewrites every output.
     """
     finished = run_dir / "run.json"
     if not finished.is_file():
         return None
     record = json.loads(finished.read_text())
     if differing_keys(record.get("fingerprint", {}), fingerprint):
+        if replace:
+            return None
         raise KdpipeError(
             f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
             "choose another --note/--save_root or delete it"
@@ -290,6 +297,33 @@ def finished_record(run_dir: Path, fingerprint: dict) -> dict | None:
         return None
     log.info("%s is already complete; nothing to do", run_dir)
     return record
+
+
+REPLACED_DIR = "replaced"
+
+
+def set_aside_other_run(run_dir: Path, fingerprint: dict) -> tuple[str, Path] | None:
+    """Where ``run_dir`` holds a run made with other settings, inputs or data (its ``run.json`` or, for a run
+    not finished, its ``checkpoint.pt`` says so), move that run's files into ``run_dir/replaced/<UTC time>/``
+    (the directories inside, e.g. FT's own paraphraser run, stay: they are runs of their own) so that this run
+    trains anew; returns (what differed, where the files went), or None when there was nothing to set aside.
+    The caller holds the run directory's lock."""
+    stored = None
+    if (run_dir / "run.json").is_file():
+        stored = json.loads((run_dir / "run.json").read_text()).get("fingerprint", {})
+    elif (run_dir / CHECKPOINT).is_file():
+        stored = safe_load(run_dir / CHECKPOINT, "checkpoint").get("fingerprint", {})
+    if stored is None or not differing_keys(stored, fingerprint):
+        return None
+    what = differing(stored, fingerprint)
+    dest = run_dir / REPLACED_DIR / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    while dest.exists():  # two replacements within a second
+        dest = dest.with_name(dest.name + "+")
+    dest.mkdir(parents=True)
+    for path in sorted(run_dir.iterdir()):
+        if path.is_file() and path.name != LOCK_FILE:
+            path.rename(dest / path.name)
+    return what, dest
 
 
 def role_record(identity: dict, model: torch.nn.Module, best: dict, last: dict) -> dict:

@@ -112,6 +112,28 @@ def test_finished_run_is_not_retrained_and_other_settings_refused(trained):
         kdpipe.train_base(data_name="digits", net_name="resnet8", epochs=5, save_root=str(run.parent), note="r8")
 
 
+def test_other_settings_replace_moves_a_finished_run_of_other_settings_aside(trained, tmp_path):
+    """--other_settings replace (the workflow's jobs): a directory holding a finished run of other settings
+    gets its files moved into replaced/<time>/ and the run trains anew; a run of the same settings is
+    still finished; the default refuses, touching nothing."""
+    run, record = trained
+    shutil.copytree(run, tmp_path / "r8")
+    run = tmp_path / "r8"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "run.lock"}
+    kwargs = dict(data_name="digits", net_name="resnet8", epochs=4, batch_size=32, save_root=str(tmp_path), note="r8")
+    again = kdpipe.train_base(lr=0.05, other_settings="replace", **kwargs)
+    assert again["finished_at"] == record["finished_at"] and not (run / "replaced").exists()
+    with pytest.raises(KdpipeError, match=r"holds a finished run with other settings \(lr\)"):
+        kdpipe.train_base(lr=0.02, **kwargs)
+    new = kdpipe.train_base(lr=0.02, other_settings="replace", **kwargs)
+    assert new["fingerprint"]["lr"] == 0.02 and new["resumed_at_epochs"] == []
+    (kept,) = (run / "replaced").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before  # the old run, whole
+    assert "held a run with other settings (lr)" in (run / "train.log").read_text()
+    with pytest.raises(KdpipeError, match=r"other_settings: got 'overwrite'; allowed: one of refuse, replace"):
+        kdpipe.train_base(lr=0.02, other_settings="overwrite", **kwargs)
+
+
 def test_finished_run_of_an_older_kdpipe_without_a_later_unset_option_is_still_finished(trained, tmp_path):
     run, record = trained
     older = tmp_path / "r8"

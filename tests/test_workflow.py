@@ -213,6 +213,25 @@ def test_tiny_real_snakemake_run(tmp_path):
         "results/summary.csv", "-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path
     )
     assert job_counts(changed.stdout + changed.stderr)["train_base"] == 2
+    # ... and they train anew (their directories' final checkpoints were made with the old lr); Snakemake
+    # deleted the old outputs, the replaced run's checkpoint (its best weights, history) and log are kept
+    run = tmp_path / "results" / "digits" / "base" / "resnet8" / "seed0"
+    old_model = torch.load(run / "model.pt", weights_only=True)
+    rerun = snakemake("results/summary.csv", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["fingerprint"]["lr"] == 0.04
+    (kept,) = (run / "replaced").iterdir()
+    assert {p.name for p in kept.iterdir()} == {"checkpoint.pt", "train.log"}
+    state = torch.load(kept / "checkpoint.pt", weights_only=True)
+    assert state["fingerprint"]["lr"] == 0.05 and state["epoch"] == 2
+    new_model = torch.load(run / "model.pt", weights_only=True)
+    (best,) = state["best"].values()  # the one role's best-on-val epoch: the old model.pt
+    assert all(torch.equal(old_model[k], v) for k, v in best["state"].items())
+    assert not all(torch.equal(old_model[k], new_model[k]) for k in old_model)
+    log = (run / "train.log").read_text()
+    where = f"results/digits/base/resnet8/seed0/replaced/{kept.name}"
+    assert f"held a run with other settings (lr); its files are in {where}; training anew" in log
+    assert "resuming" not in log and log.count("test acc") == 2
 
 
 @pytest.mark.slow

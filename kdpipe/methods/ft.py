@@ -215,8 +215,8 @@ def train_ft(**kwargs) -> dict:
     kwargs = {**kwargs, "note": note}
     if not opts["paraphraser"]:
         run_dir = Path(opts["save_root"]) / note
-        # the student's data, device, log and seed options, and its batch and SGD settings
-        names = common_options("data", "device", "log", "seed") + ("batch_size", "momentum", "weight_decay")
+        # the student's data, device, log and seed options, what a stale run there gets, its batch and SGD settings
+        names = common_options("rerun", "data", "device", "log", "seed") + ("batch_size", "momentum", "weight_decay")
         shared = {k: kwargs[k] for k in names if k in kwargs}
         train_ft_paraphraser(
             **shared,
