@@ -354,6 +354,11 @@ MODE_OPTIONS = [
         nullable=True,
     ),
     _positive("tau", "DIST softmax temperature"),
+    _positive(
+        "eps",
+        "pkt: the guard added to the embeddings' norms and inside the log, 1e-6 (KD-Zoo) or 1e-7 (RepDistiller); "
+        "vid: the variance floor, 1e-6 (KD-Zoo) or 1e-5 (RepDistiller)",
+    ),
     Option(
         "k",
         int,

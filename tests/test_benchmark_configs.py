@@ -238,6 +238,19 @@ def test_cifar100_benchmarks_crop_with_zero_padding_as_their_references():
         assert opts and {o.get("crop_padding") for o in opts.values()} == {None if name == "paper" else "zeros"}, name
 
 
+def test_repdistiller_pkt_and_vid_get_its_eps_and_the_paper_grid_kd_zoos():
+    """PKT's guard and VID's variance floor: RepDistiller's 1e-7 and 1e-5 in its config's jobs; the seed's grid
+    leaves them unset (KD-Zoo's 1e-6, the losses' defaults)."""
+    from kdpipe.losses import LOSSES
+
+    assert LOSSES["pkt"].defaults["eps"] == LOSSES["vid"].defaults["eps"] == 1e-6
+    for name, expected in (("repdistiller", {"pkt": 1e-7, "vid": 1e-5}), ("paper", {"pkt": None, "vid": None})):
+        config = load_config(yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text()), check_pairs=False)
+        for mode, eps in expected.items():
+            got = {o.get("eps") for o in params(config).values() if o.get("kd_mode") == mode}
+            assert got == {eps}, (name, mode, got)
+
+
 def test_dot_students_get_mdistillers_delta_and_kd_recipe():
     opts = params(mdistiller())
     dot = {run: o for run, o in opts.items() if "dot_delta" in o}

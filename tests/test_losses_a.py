@@ -198,7 +198,7 @@ def pkt_probs(emb, eps):
     return [[k[i][j] / sum(k[i]) for j in range(n)] for i in range(n)]
 
 
-def ref_pkt(es, et, eps=1e-7):
+def ref_pkt(es, et, eps):
     ps, pt = pkt_probs(es, eps), pkt_probs(et, eps)
     n = len(ps)
     total = 0.0
@@ -252,7 +252,7 @@ REFERENCES = {
     "at": lambda s, t, st: ref_at(s.stages, t.stages, st["p"]),
     "fitnet": lambda s, t, st: ref_fitnet(s.stages[2], t.stages[2]),
     "nst": lambda s, t, st: ref_nst(s.stages[2], t.stages[2]),
-    "pkt": lambda s, t, st: ref_pkt(s.embedding, t.embedding),
+    "pkt": lambda s, t, st: ref_pkt(s.embedding, t.embedding, st["eps"]),
     "sp": lambda s, t, st: ref_sp(s.stages, t.stages),
     "cc": lambda s, t, st: ref_cc(s.embedding, t.embedding, st["gamma"], st["P_order"]),
 }
@@ -269,6 +269,7 @@ REFERENCES = {
         ("fitnet", True, {}),
         ("nst", False, {}),
         ("pkt", False, {}),
+        ("pkt", False, {"eps": 1e-7}),  # RepDistiller's
         ("sp", False, {}),
         ("cc", False, {}),
         ("cc", False, {"gamma": 0.7, "P_order": 3}),

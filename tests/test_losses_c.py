@@ -152,6 +152,7 @@ def test_mode_settings_defaults():
         "init_var": 5.0,
         "stage_reduce": "mean",
         "regressor": "kdzoo",
+        "eps": 1e-6,
     }
     assert OFDLoss.defaults == {"lambda_kd": 0.5, "margin": "batch", "reduction": "mean"}
     assert AFDLoss.defaults == {"lambda_kd": 500.0, "att_f": 1.0}
@@ -168,6 +169,19 @@ def test_vid_initial_variance_equals_init_var(init_var):
             assert abs(softplus_py(a) + 1e-6 - init_var) < 1e-6 * max(1.0, init_var)
         var = reg.variance().double()
         assert torch.allclose(var, torch.full_like(var, init_var), atol=1e-6 * max(1.0, init_var))
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-5])  # KD-Zoo's variance floor, RepDistiller's
+def test_vid_variance_floor_is_eps(eps):
+    loss = VIDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), eps=eps).double()
+    assert loss.settings["eps"] == eps
+    for reg in loss.regressors:
+        assert torch.allclose(reg.variance(), torch.full_like(reg.variance(), 5.0), rtol=0, atol=1e-6)
+        with torch.no_grad():
+            reg.alpha.fill_(-200.0)  # softplus underflows to 0: the floor is what remains
+        assert torch.equal(reg.variance(), torch.full_like(reg.variance(), eps))
+    with pytest.raises(KdpipeError, match=r"^kd_mode vid: init_var: got 1e-05; must exceed eps \(1e-05\)$"):
+        VIDLoss(shapes(NARROW_STAGES), shapes(RESNET_STAGES), eps=1e-5, init_var=1e-5)
 
 
 def test_vid_middle_width_follows_sf():

@@ -4,8 +4,9 @@ Passalis & Tefas, "Learning deep representations with probabilistic knowledge
 transfer", ECCV 2018.  Conditional probabilities from the cosine-similarity kernel
 (Eq. 11): ``p_{i|j} = K(x_i, x_j) / sum_k K(x_k, x_j)`` with ``K = (cos + 1) / 2``,
 computed for teacher and student embeddings; the loss is the KL divergence of Eq. (9),
-``sum p_t log(p_t / p_s)``, here averaged over all ``B*B`` entries with ``eps = 1e-7``
-guards (Knowledge-Distillation-Zoo scale, ``lambda_kd`` = 1e4).  Embedding
+``sum p_t log(p_t / p_s)``, here averaged over all ``B*B`` entries (Knowledge-Distillation-Zoo scale,
+``lambda_kd`` = 1e4).  ``eps`` guards the embeddings' norms and both probabilities inside the log:
+1e-6 as Knowledge-Distillation-Zoo's ``PKTCosSim``, 1e-7 as RepDistiller's ``PKT``.  Embedding
 dimensions may differ.
 """
 
@@ -18,10 +19,8 @@ from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss
 
-EPS = 1e-7
 
-
-def conditional_probabilities(f: Tensor, eps: float = EPS) -> Tensor:
+def conditional_probabilities(f: Tensor, eps: float) -> Tensor:
     """Row-normalised ``(cos + 1) / 2`` similarity matrix of the rows of ``f`` (B, D)."""
     f = f / (f.norm(p=2, dim=1, keepdim=True) + eps)
     sim = (f @ f.t() + 1.0) / 2.0
@@ -32,10 +31,11 @@ def conditional_probabilities(f: Tensor, eps: float = EPS) -> Tensor:
 class PKTLoss(DistillLoss):
     name = "pkt"
     paper = "Passalis & Tefas, ECCV 2018: Learning deep representations with probabilistic knowledge transfer"
-    defaults = {"lambda_kd": 10000.0}
+    defaults = {"lambda_kd": 10000.0, "eps": 1e-6}
     teacher_taps = frozenset({"embedding"})
 
     def forward(self, student: FeatureTaps, teacher: FeatureTaps, batch: DistillBatch) -> Tensor:
-        p_s = conditional_probabilities(student.embedding)
-        p_t = conditional_probabilities(teacher.embedding.detach())
-        return torch.mean(p_t * torch.log((p_t + EPS) / (p_s + EPS)))
+        eps = self.settings["eps"]
+        p_s = conditional_probabilities(student.embedding, eps)
+        p_t = conditional_probabilities(teacher.embedding.detach(), eps)
+        return torch.mean(p_t * torch.log((p_t + eps) / (p_s + eps)))

@@ -5,7 +5,8 @@ Transfer", CVPR 2019.  Maximising a variational lower bound on the mutual inform
 between teacher and student features reduces to minimising the negative log-likelihood
 of the teacher feature under a Gaussian whose mean is regressed from the student
 (the paper's variational bound, Sec. 3, with the heteroscedastic mean ``mu(s)`` and a per-channel
-variance ``sigma_c^2 = softplus(alpha_c) + eps``)::
+variance ``sigma_c^2 = softplus(alpha_c) + eps``, ``eps`` 1e-6 as Knowledge-Distillation-Zoo, 1e-5 as
+RepDistiller)::
 
     -log q(t | s) = sum_{c,h,w}  log sigma_c + (t_{c,h,w} - mu_{c,h,w}(s))^2 / (2 sigma_c^2)  + const
 
@@ -28,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import KdpipeError
 from ..models import FeatureTaps
 from . import register
 from .base import DistillBatch, DistillLoss, TapShapes
 from .stages import STAGE_REDUCE_CHOICES, reduce_stages
-
-EPS = 1e-6
 
 
 def inverse_softplus(y: float) -> float:
@@ -46,8 +46,9 @@ def inverse_softplus(y: float) -> float:
 class VIDRegressor(nn.Module):
     """mu(s) = Conv1x1(C_s->M) -> ReLU -> Conv1x1(M->M) -> ReLU -> Conv1x1(M->C_t), plus the variance."""
 
-    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, form: str):
+    def __init__(self, c_student: int, c_teacher: int, mid: int, init_var: float, form: str, eps: float):
         super().__init__()
+        self.eps = eps
         bias = form == "bias"
         self.mean = nn.Sequential(
             nn.Conv2d(c_student, mid, 1, bias=bias),
@@ -59,10 +60,10 @@ class VIDRegressor(nn.Module):
         if form == "kdzoo":
             for conv in self.mean[::2]:
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        self.alpha = nn.Parameter(torch.full((c_teacher,), inverse_softplus(init_var - EPS)))
+        self.alpha = nn.Parameter(torch.full((c_teacher,), inverse_softplus(init_var - eps)))
 
     def variance(self) -> Tensor:
-        return F.softplus(self.alpha) + EPS
+        return F.softplus(self.alpha) + self.eps
 
 
 @register
@@ -75,6 +76,7 @@ class VIDLoss(DistillLoss):
         "init_var": 5.0,
         "stage_reduce": "mean",
         "regressor": "kdzoo",
+        "eps": 1e-6,
     }
     setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "stage_reduce": STAGE_REDUCE_CHOICES,
@@ -85,14 +87,14 @@ class VIDLoss(DistillLoss):
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         super().__init__(student, teacher, teacher_model, **settings)
-        sf, init_var = float(self.settings["sf"]), float(self.settings["init_var"])
-        if init_var <= EPS:
-            raise ValueError(f"vid init_var must exceed {EPS}, got {init_var}")
+        sf, init_var, eps = float(self.settings["sf"]), float(self.settings["init_var"]), float(self.settings["eps"])
+        if init_var <= eps:
+            raise KdpipeError(f"kd_mode vid: init_var: got {init_var}; must exceed eps ({eps:g})")
         self.regressors = nn.ModuleList()
         form = self.settings["regressor"]
         for i, (s_shape, t_shape) in enumerate(zip(self.student_shapes.stages, self.teacher_shapes.stages)):
             c_s, c_t = s_shape[0], t_shape[0]
-            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var, form))
+            self.regressors.append(VIDRegressor(c_s, c_t, max(1, round(sf * c_t)), init_var, form, eps))
             # The regressor maps channels; a spatial mismatch is bridged by pooling the larger
             # map (a pooling-only adapter).
             self.adapter(f"stage{i + 1}", tuple(s_shape), tuple(t_shape), pool_only=True)
