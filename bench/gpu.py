@@ -15,6 +15,8 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
    relative to plain student training (both as kdpipe runs them).
 6. ``seeds`` (not in the default list; bench/gpu_methods.sh runs it): CRD and BSS, whose steps draw random
    numbers, two seeds trained together (resources.seeds_together's path) and each alone: the same results.
+7. ``amp`` (not in the default list; bench/gpu_amp.sh runs it): images/s of one run with bf16 autocast (kdpipe's
+   CUDA default) and in float32 (``--amp off``, as the references train), eager and as CUDA graphs.
 """
 
 from __future__ import annotations
@@ -115,6 +117,28 @@ def single(report: Report, data: ImageData, tmp: Path, steps: int) -> dict:
         rows.append([net, f"{eager:,.0f}", f"{graph:,.0f}", f"{graph / eager:.2f}"])
     report.table("single", ["net", "eager img/s", "CUDA graph img/s", "x"], rows, f"one run, batch {BATCH}")
     return rates
+
+
+def amp(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
+    """Section ``amp``: what float32 (``--amp off``) costs against bf16 autocast, per net and step kind."""
+    rows = []
+    for net in ("resnet20", "resnet110"):
+        n = steps if net == "resnet20" else max(20, steps // 3)
+        for graphs in (False, True):
+            best = {}
+            for _ in range(2):
+                for setting in ("auto", "off"):
+                    ctx = context("base", data, tmp, graphs, net_name=net, amp=setting)
+                    seconds = time_task(SupervisedTask(ctx), ctx, n, graphs=graphs)
+                    best[setting] = min(best.get(setting, float("inf")), seconds)
+            bf16, fp32 = BATCH / best["auto"], BATCH / best["off"]
+            rows.append([net, "graph" if graphs else "eager", f"{bf16:,.0f}", f"{fp32:,.0f}", f"{fp32 / bf16:.2f}"])
+    report.table(
+        "amp",
+        ["net", "step", "bf16 autocast img/s", "float32 img/s", "float32 / bf16"],
+        rows,
+        f"one run, batch {BATCH}, channels_last; TF32 as torch's defaults leave it",
+    )
 
 
 # ---------------------------------------------------------------- 2. fidelity
@@ -542,6 +566,7 @@ def main() -> None:
         "stkd": lambda: stkd(report, data, tmp, args.steps // 2),
         "together": lambda: together(report, tmp, table=Path(args.calibration)),
         "seeds": lambda: seeds(report, tmp),
+        "amp": lambda: amp(report, data, tmp, args.steps),
     }
     for name in args.only.split(","):
         t0 = time.perf_counter()
