@@ -19,19 +19,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-import kdpipe
-from kdpipe.data import Normalizer, epoch_plan, load_data
-from kdpipe.engine import Context, batch_bounds, seed_everything
-from kdpipe.losses import LOSSES
-from kdpipe.methods.kd import DistillTask
-from kdpipe.methods.student import weighted_sum
-from kdpipe.options import resolve
-from kdpipe.runner import select_device
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # kdpipe from this checkout (a GPU machine: no install)
+
+import kdpipe  # noqa: E402
+from kdpipe.data import Normalizer, epoch_plan, load_data  # noqa: E402
+from kdpipe.engine import Context, batch_bounds, seed_everything  # noqa: E402
+from kdpipe.losses import LOSSES  # noqa: E402
+from kdpipe.methods.kd import DistillTask  # noqa: E402
+from kdpipe.methods.student import weighted_sum  # noqa: E402
+from kdpipe.options import resolve  # noqa: E402
+from kdpipe.runner import select_device  # noqa: E402
 
 
 def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

@@ -500,7 +500,7 @@ class Training:
         self.epoch = 0
         if self.ckpt_path.exists():
             state = safe_load(self.ckpt_path, "checkpoint")
-            _check_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
+            check_checkpoint_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
             _load_task_state(self.ckpt_path, task, state["task"])
             self.history, self.best = state["history"], state["best"]
             self.train_time, self.resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
@@ -646,6 +646,8 @@ def _load_task_state(path: Path, task: Task, state: dict) -> None:
     student) is refused in one line, the checkpoint left as it is."""
     try:
         task.load_state_dict(state)
+    except torch.cuda.OutOfMemoryError:  # the device, not the checkpoint
+        raise
     except (KeyError, RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
@@ -656,7 +658,7 @@ def _load_task_state(path: Path, task: Task, state: dict) -> None:
         ) from exc
 
 
-def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
+def check_checkpoint_fingerprint(path: Path, stored: dict, current: dict) -> None:
     keys = differing_keys(stored, current)
     if keys:  # the first, by name
         key = keys[0]

@@ -117,8 +117,10 @@ class Option:
                     raise bad from None
             raise bad
         if self.type is list:
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
+            if isinstance(value, str):  # "100,150" or "100 150"; names and paths (which may hold spaces): "a,b"
+                value = value.split(",") if self.item_type is str else value.replace(",", " ").split()
+            if self.item_type is str and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                value = [v.strip() for v in value if v.strip()]
             if not isinstance(value, (list, tuple)):
                 raise bad
             out = []
@@ -968,10 +970,19 @@ def resolve(entry: str, kwargs: dict) -> dict:
 
 
 class _JoinWords(argparse.Action):
-    """A list flag's words as one string, which :meth:`Option.check` splits as it splits the API's string."""
+    """A list of numbers' words as one string, which :meth:`Option.check` splits on commas and spaces as it
+    splits the API's string (``--milestones 100 150``, ``100,150``, ``"100 150"``)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, " ".join(values))
+
+
+class _ListWords(argparse.Action):
+    """A list of names' or paths' words: each word one item, or several separated by commas (``--peers a,b``);
+    a path with spaces is one quoted word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [item for word in values for item in word.split(",")])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -995,7 +1006,9 @@ def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
             metavar=metavar,
             help=(opt.help + default_note).replace("%", "%%"),
             # a list takes its items as separate words or one comma/space separated word: --milestones 100 150
-            **({"nargs": "+", "action": _JoinWords} if opt.type is list else {}),
+            **(
+                {"nargs": "+", "action": _ListWords if opt.item_type is str else _JoinWords} if opt.type is list else {}
+            ),
         )
 
 

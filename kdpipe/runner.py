@@ -28,6 +28,7 @@ from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import (
     Context,
     Task,
+    check_checkpoint_fingerprint,
     current_run_dir,
     fit,
     fit_together,
@@ -239,7 +240,7 @@ def _run(entry, kwargs, build_task, default_note, input_files):
     task = build_task(ctx)  # loads teachers etc.; may raise before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
-        replaced = set_aside_other_run(run_dir, fingerprint) if replace else None
+        replaced = set_aside_other_run(run_dir, fingerprint, replace)  # refused here unless replace
         record = finished_record(run_dir, fingerprint)  # finished by the lock's last holder?
         if record is not None:
             return record
@@ -302,27 +303,35 @@ def finished_record(run_dir: Path, fingerprint: dict, replace: bool = False) -> 
 REPLACED_DIR = "replaced"
 
 
-def set_aside_other_run(run_dir: Path, fingerprint: dict) -> tuple[str, Path] | None:
-    """Where ``run_dir`` holds a run made with other settings, inputs or data (its ``run.json`` or, for a run
-    not finished, its ``checkpoint.pt`` says so), move that run's files into ``run_dir/replaced/<UTC time>/``
+def set_aside_other_run(run_dir: Path, fingerprint: dict, replace: bool) -> tuple[str, Path] | None:
+    """Where ``run_dir`` holds a run made with other settings, inputs or data (its ``run.json`` or its
+    ``checkpoint.pt`` says so): with ``replace``, move that run's files into ``run_dir/replaced/<UTC time>/``
     (the directories inside, e.g. FT's own paraphraser run, stay: they are runs of their own) so that this run
-    trains anew; returns (what differed, where the files went), or None when there was nothing to set aside.
-    The caller holds the run directory's lock."""
-    stored = None
-    if (run_dir / "run.json").is_file():
-        stored = json.loads((run_dir / "run.json").read_text()).get("fingerprint", {})
-    elif (run_dir / CHECKPOINT).is_file():
-        stored = safe_load(run_dir / CHECKPOINT, "checkpoint").get("fingerprint", {})
-    if stored is None or not differing_keys(stored, fingerprint):
+    trains anew, and return (what differed, where the files went); else refuse it in one line, before this
+    run writes anything there.  None when the directory holds nothing of another run.  The caller holds the
+    run directory's lock."""
+    record, checkpoint = run_dir / "run.json", run_dir / CHECKPOINT
+    stored = []
+    if record.is_file():
+        stored.append((record, json.loads(record.read_text()).get("fingerprint", {})))
+    if checkpoint.is_file():
+        stored.append((checkpoint, safe_load(checkpoint, "checkpoint").get("fingerprint", {})))
+    other = next(((path, s) for path, s in stored if differing_keys(s, fingerprint)), None)
+    if other is None:
         return None
-    what = differing(stored, fingerprint)
+    path, previous = other
+    if not replace:
+        if path == record:
+            finished_record(run_dir, fingerprint)  # raises: a finished run with other settings
+        check_checkpoint_fingerprint(path, previous, fingerprint)  # raises
+    what = differing(previous, fingerprint)
     dest = run_dir / REPLACED_DIR / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     while dest.exists():  # two replacements within a second
         dest = dest.with_name(dest.name + "+")
     dest.mkdir(parents=True)
-    for path in sorted(run_dir.iterdir()):
-        if path.is_file() and path.name != LOCK_FILE:
-            path.rename(dest / path.name)
+    for item in sorted(run_dir.iterdir()):
+        if item.is_file() and item.name != LOCK_FILE:
+            item.rename(dest / item.name)
     return what, dest
 
 

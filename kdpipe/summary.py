@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import CHECKPOINT, atomic_write_text
 from .plan import RunId, sweep_value_text
 
 SUMMARY_COLUMNS = [
@@ -61,7 +61,7 @@ def run_status(run_dir: str | Path, log_path: str | Path | None = None) -> tuple
         error = errors[-1].split("error:", 1)[-1].strip() if errors else ""
     if error:
         return "failed", error
-    if (run_dir / "checkpoint.pt").is_file():
+    if (run_dir / CHECKPOINT).is_file():
         return "incomplete", "interrupted; running the workflow again resumes it"
     return "missing", "not run (yet)"
 

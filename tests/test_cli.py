@@ -118,6 +118,23 @@ def test_list_flags_take_separate_words_or_one_comma_list(words):
     assert resolve("base", given)["milestones"] == [100, 150]
 
 
+def test_list_flags_of_names_and_paths_keep_spaces_and_split_commas(tmp_path):
+    """A path with a space is one item (plan --configfile, as Snakemake's); names split on commas."""
+    from kdpipe.cli import make_parser
+
+    spaced = tmp_path / "my configs" / "c.yaml"
+    spaced.parent.mkdir()
+    spaced.write_text("seeds: [0]\nbase: {nets: [resnet8]}\n")
+    args = vars(make_parser("kdpipe").parse_args(["plan", "--configfile", str(spaced), "config/config.yaml"]))
+    assert args["configfile"] == [str(spaced), "config/config.yaml"]
+    assert kdpipe.plan_cost(configfile=str(spaced), device="cpu")["table"].startswith(f"kdpipe plan of {spaced} ")
+    for words in (["resnet8,resnet20"], ["resnet8", "resnet20"], ["resnet8, resnet20"]):
+        args = vars(make_parser("kdpipe").parse_args(["dml", "--data_name", "digits", "--peers", *words]))
+        from kdpipe.options import resolve
+
+        assert resolve("dml", {"data_name": "digits", "peers": args["peers"]})["peers"] == ["resnet8", "resnet20"]
+
+
 def test_printed_table_to_a_closed_pipe_is_not_an_error():
     """``python -m kdpipe plan ... | head -1``: the reader goes away; no traceback, exit status 0."""
     import os

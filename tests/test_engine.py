@@ -132,6 +132,13 @@ def test_other_settings_replace_moves_a_finished_run_of_other_settings_aside(tra
     assert "held a run with other settings (lr)" in (run / "train.log").read_text()
     with pytest.raises(KdpipeError, match=r"other_settings: got 'overwrite'; allowed: one of refuse, replace"):
         kdpipe.train_base(lr=0.02, other_settings="overwrite", **kwargs)
+    # a run of other settings that left only its checkpoint (a killed job): refused before anything is written
+    for name in ("run.json", "model.pt", "metrics.csv"):
+        (run / name).unlink()
+    log = (run / "train.log").read_bytes()
+    with pytest.raises(KdpipeError, match=r"checkpoint.pt: checkpoint was made with lr=0.02, this run has lr=0.05"):
+        kdpipe.train_base(lr=0.05, **kwargs)
+    assert (run / "train.log").read_bytes() == log and not (run / "model.pt").exists()
 
 
 def test_finished_run_of_an_older_kdpipe_without_a_later_unset_option_is_still_finished(trained, tmp_path):
