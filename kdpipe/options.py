@@ -454,6 +454,16 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
     "kd": TEACHER_STUDENT
     + [
         Option("kd_mode", str, None, "distillation method", required=True, choices=_modes),
+        Option(
+            "form",
+            int,
+            None,
+            "the revision of the mode's default computation the run is of (kdpipe.losses: each mode's dated "
+            "revisions); unset = today's, the only one that trains; recorded where above 1, so that a finished "
+            "run or checkpoint of an earlier revision is another run",
+            minimum=1,
+            nullable=True,
+        ),
         _nonnegative("lambda_kd", "weight of the distillation term"),
         *MODE_OPTIONS,
         Option("st_weight", float, 0.0, "weight of an added soft-target (Hinton) term, for 'X + KD' runs", minimum=0),

@@ -133,13 +133,15 @@ def run_entry(
     build_task: Callable[[Context], Task],
     default_note: Callable[[dict], str],
     input_files: Callable[[dict], dict[str, str]] = lambda opts: {},
+    settle: Callable[[dict], None] = lambda opts: None,
 ) -> dict:
     """Validate, load data, build the task, train (resuming if possible), write artefacts.
 
-    Every check that can fail on bad input runs before the run directory is created.
+    Every check that can fail on bad input runs before the run directory is created.  ``settle`` fills in
+    place the options whose value follows from others, before the run's fingerprint is taken (kd: ``form``).
     Returns the content of ``run.json``.
     """
-    run = _run(entry, kwargs, build_task, default_note, input_files)
+    run = _run(entry, kwargs, build_task, default_note, input_files, settle)
     collected = _COLLECT.get()
     if collected is not None:
         collected.append(run)
@@ -206,11 +208,12 @@ def run_together(
     return records
 
 
-def _run(entry, kwargs, build_task, default_note, input_files):
+def _run(entry, kwargs, build_task, default_note, input_files, settle):
     """One run as a generator: prepares (checks, data, task, lock, log) and yields ``(task, ctx,
     fingerprint)`` for the caller to fit; is sent the FitResult and returns the run record.  A run
     already complete returns its record without yielding."""
     opts = resolve(entry, kwargs)
+    settle(opts)
     check_data_name(opts["data_name"])
     check_num_class(opts)
     opts["note"] = opts["note"] or default_note(opts)

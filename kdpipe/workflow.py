@@ -345,8 +345,12 @@ def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: 
     """Options of one kd student: the student's schedule plus only this mode's settings (``kd.settings``,
     then the pair's own ``settings``), then the values of its ``sweep`` point (a run of ``kd.sweep``):
     a sweep's runs differ from the mode's own run, and from each other, by their point alone."""
+    from .losses import LOSSES
+
     mode, with_st = split_variant(variant)
     opts = {**_common(config, dataset, seed, "kd", student), "kd_mode": mode, "t_name": teacher, "s_name": student}
+    if LOSSES[mode].revision() > 1:  # a revised mode's runs of an earlier revision are re-planned
+        opts["form"] = LOSSES[mode].revision()
     opts.update(config["kd"]["settings"].get(mode, {}))
     opts.update(pair_of(config, teacher, student).get("settings", {}).get(mode, {}))
     if with_st:

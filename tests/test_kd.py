@@ -442,3 +442,32 @@ def test_cli_kd_help_lists_seed_flags():
         "--att_f",
     ):
         assert flag in out.stdout, flag
+
+
+def test_a_revised_modes_runs_record_its_form_and_an_earlier_forms_run_is_another_run(tmp_path, teacher):
+    """pkt's default changed (revision 2): its runs carry form 2; a finished run without it (an earlier kdpipe's)
+    is refused as another run, or replaced (the workflow); an unrevised mode's runs carry no form; --form 1 is
+    refused in one line; the workflow plans the form into a revised mode's params (so its runs are re-planned)."""
+    from kdpipe.workflow import kd_options, load_config
+
+    assert LOSSES["pkt"].revision() == 2 and LOSSES["st"].revision() == 1
+    args = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", save_root=str(tmp_path), **TINY)
+    record = kdpipe.train_kd(kd_mode="pkt", note="pkt", **args)
+    assert record["fingerprint"]["form"] == 2
+    assert kdpipe.train_kd(kd_mode="st", note="st", **args)["fingerprint"]["form"] is None
+    stored = json.loads((tmp_path / "pkt" / "run.json").read_text())
+    del stored["fingerprint"]["form"]  # as an earlier kdpipe wrote it
+    (tmp_path / "pkt" / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(KdpipeError, match=r"holds a finished run with other settings \(form\)"):
+        kdpipe.train_kd(kd_mode="pkt", note="pkt", **args)
+    again = kdpipe.train_kd(kd_mode="pkt", note="pkt", other_settings="replace", **args)
+    (kept,) = (tmp_path / "pkt" / "replaced").iterdir()
+    assert (
+        "form" not in json.loads((kept / "run.json").read_text())["fingerprint"] and again["fingerprint"]["form"] == 2
+    )
+    with pytest.raises(KdpipeError, match=r"^form: got 1; kd_mode pkt computes revision 2 \(2026-11-28: eps 1e-6"):
+        kdpipe.train_kd(kd_mode="pkt", note="old", form=1, **args)
+    assert not (tmp_path / "old").exists()
+    config = load_config({"pairs": [{"teacher": "resnet14", "student": "resnet8"}], "kd": {"modes": ["pkt", "st"]}})
+    assert kd_options(config, "digits", "pkt", "resnet14", "resnet8", 0)["form"] == 2
+    assert "form" not in kd_options(config, "digits", "st", "resnet14", "resnet8", 0)

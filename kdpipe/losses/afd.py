@@ -55,6 +55,10 @@ def channel_normalise(x: Tensor) -> Tensor:
 class AFDLoss(DistillLoss):
     name: ClassVar[str] = "afd"
     paper: ClassVar[str] = "Wang et al., Pay Attention to Features, Transfer Learn Faster CNNs, ICLR 2020"
+    revisions = (
+        "2026-11-27: the attention network starts as KD-Zoo's (Kaiming-normal weights, fan_out; biases 0),"
+        " was torch's default initialisation",
+    )
     defaults: ClassVar[dict[str, Any]] = {"lambda_kd": 500.0, "att_f": 1.0}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
     stagewise: ClassVar[bool] = True

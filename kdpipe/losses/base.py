@@ -135,10 +135,14 @@ class DistillLoss(nn.Module):
       stage, so the two networks must have as many stages (:func:`require_same_stages`, checked
       here once for every such mode, and at config load for every planned pair).  A
       ``(setting, value)`` pair: only in that form (sp with ``stages all``); see :meth:`stagewise_for`.
+    * ``revisions``: each change kdpipe made to what the mode computes with its defaults, dated; a run
+      records the mode's revision (:meth:`revision`, option ``form``), so that a run of an earlier one is
+      not taken for a run of today's (the workflow re-plans it).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    revisions: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict[str, Any]] = {}
     setting_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     teacher_taps: ClassVar[frozenset[str]] = frozenset({"stages"})
@@ -147,6 +151,11 @@ class DistillLoss(nn.Module):
     two_stage: ClassVar[bool] = False
     capturable: ClassVar[bool] = True
     stagewise: ClassVar[bool | tuple[str, str]] = False
+
+    @classmethod
+    def revision(cls) -> int:
+        """The revision of the mode's default computation: 1 + the changes listed in ``revisions``."""
+        return 1 + len(cls.revisions)
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         """``teacher_model`` is given for losses that read teacher parameters at construction (OFD)."""

@@ -31,6 +31,7 @@ def conditional_probabilities(f: Tensor, eps: float) -> Tensor:
 class PKTLoss(DistillLoss):
     name = "pkt"
     paper = "Passalis & Tefas, ECCV 2018: Learning deep representations with probabilistic knowledge transfer"
+    revisions = ("2026-11-28: eps 1e-6 by default (KD-Zoo's), was 1e-7 (RepDistiller's)",)
     defaults = {"lambda_kd": 10000.0, "eps": 1e-6}
     teacher_taps = frozenset({"embedding"})
 

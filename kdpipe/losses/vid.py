@@ -70,6 +70,10 @@ class VIDRegressor(nn.Module):
 class VIDLoss(DistillLoss):
     name: ClassVar[str] = "vid"
     paper: ClassVar[str] = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
+    revisions = (
+        "2026-11-27: regressor kdzoo by default (no biases, Kaiming-normal fan_out weights, as KD-Zoo),"
+        " was bias (biases, torch's default initialisation)",
+    )
     defaults: ClassVar[dict[str, Any]] = {
         "lambda_kd": 1.0,
         "sf": 1.0,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import Context, default_milestones, lr_factor, make_optimizer, make_scheduler
+from ..errors import KdpipeError
 from ..losses import LOSSES, DistillBatch
 from ..options import MODE_SETTINGS
 from ..models import FeatureTaps, head_modules
@@ -221,6 +222,20 @@ def _slug(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
 
+def settle_form(opts: dict) -> None:
+    """``form``: the mode's revision where it has been revised (else unset, as before revisions existed); any
+    other value is refused -- kdpipe trains only today's form."""
+    mode = LOSSES[opts["kd_mode"]]
+    current = mode.revision()
+    if opts["form"] is None:
+        opts["form"] = current if current > 1 else None
+    elif opts["form"] != current:
+        raise KdpipeError(
+            f"form: got {opts['form']}; kd_mode {mode.name} computes revision {current} "
+            f"({mode.revisions[-1] if mode.revisions else 'never revised'}); only that one trains"
+        )
+
+
 def train_kd(**kwargs) -> dict:
     """Distil ``t_model`` (a ``t_name`` network) into an ``s_name`` student with ``kd_mode``.
 
@@ -232,4 +247,5 @@ def train_kd(**kwargs) -> dict:
         DistillTask,
         default_note=lambda o: f"kd-{o['kd_mode']}-{_slug(o['data_name'])}-{o['t_name']}-{o['s_name']}-seed{o['seed']}",
         input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
+        settle=settle_form,
     )
