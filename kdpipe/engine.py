@@ -665,5 +665,6 @@ def check_checkpoint_fingerprint(path: Path, stored: dict, current: dict) -> Non
         was, now = fingerprint_value(stored, key), fingerprint_value(current, key)
         raise KdpipeError(
             f"{path}: checkpoint was made with {key}={was!r}, this run has {key}={now!r}; "
-            "use the original settings to resume, or another --note / save_root for a new run"
+            "use the original settings to resume, another --note / save_root for a new run, or --other_settings "
+            "replace to set it aside"
         )

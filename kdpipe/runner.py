@@ -293,7 +293,7 @@ def finished_record(run_dir: Path, fingerprint: dict, replace: bool = False) -> 
             return None
         raise KdpipeError(
             f"{run_dir} holds a finished run with other {differing(record.get('fingerprint', {}), fingerprint)}; "
-            "choose another --note/--save_root or delete it"
+            "choose another --note/--save_root, delete it, or set it aside with --other_settings replace"
         )
     missing = [name for name in record.get("outputs", []) if not (run_dir / name).is_file()]
     if missing:
