@@ -67,7 +67,10 @@ onstart:
         print(line, file=sys.stderr)
 
 
+# every run's run.json too, so that a job that failed after an earlier complete run is retried (Snakemake
+# does not rebuild a missing file for a summary it holds up to date); with report.partial only those present
 rule all:
     default_target: True
     input:
         kw.report_targets(config),
+        kw.summary_inputs(config),

@@ -231,6 +231,12 @@ def test_tiny_real_snakemake_run(tmp_path):
     log = (run / "train.log").read_text()
     where = f"results/digits/base/resnet8/seed0/replaced/{kept.name}"
     assert f"held a run with other settings (lr); its files are in {where}; training anew" in log
+    # a job that failed after a complete run (its outputs gone, the summary still there) is retried by the default
+    # target, which names every run's run.json
+    for name in ("model.pt", "metrics.csv", "run.json"):
+        (run / name).unlink()
+    retry = snakemake("-n", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    assert job_counts(retry.stdout + retry.stderr)["train_base"] == 1, retry.stdout[-2000:]
     assert "resuming" not in log and log.count("test acc") == 2
 
 
