@@ -16,7 +16,8 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
 6. ``seeds`` (not in the default list; bench/gpu_methods.sh runs it): CRD and BSS, whose steps draw random
    numbers, two seeds trained together (resources.seeds_together's path) and each alone: the same results.
 7. ``amp`` (not in the default list; bench/gpu_amp.sh runs it): images/s of one run with bf16 autocast (kdpipe's
-   CUDA default) and in float32 (``--amp off``, as the references train), eager and as CUDA graphs.
+   CUDA default) and in float32 (``--amp off``, as the references train), eager and as CUDA graphs; and with
+   ``cudnn.benchmark`` off, as kdpipe's training leaves it (every other section here turns it on).
 """
 
 from __future__ import annotations
@@ -120,24 +121,34 @@ def single(report: Report, data: ImageData, tmp: Path, steps: int) -> dict:
 
 
 def amp(report: Report, data: ImageData, tmp: Path, steps: int) -> None:
-    """Section ``amp``: what float32 (``--amp off``) costs against bf16 autocast, per net and step kind."""
+    """Section ``amp``: what float32 (``--amp off``) costs against bf16 autocast, per net and step kind; and bf16
+    with ``cudnn.benchmark`` off, as kdpipe's training leaves it (this script and calibrate.py turn it on)."""
     rows = []
-    for net in ("resnet20", "resnet110"):
-        n = steps if net == "resnet20" else max(20, steps // 3)
-        for graphs in (False, True):
-            best = {}
-            for _ in range(2):
-                for setting in ("auto", "off"):
-                    ctx = context("base", data, tmp, graphs, net_name=net, amp=setting)
-                    seconds = time_task(SupervisedTask(ctx), ctx, n, graphs=graphs)
-                    best[setting] = min(best.get(setting, float("inf")), seconds)
-            bf16, fp32 = BATCH / best["auto"], BATCH / best["off"]
-            rows.append([net, "graph" if graphs else "eager", f"{bf16:,.0f}", f"{fp32:,.0f}", f"{fp32 / bf16:.2f}"])
+    variants = (("auto", True), ("off", True), ("auto", False))  # (--amp, torch.backends.cudnn.benchmark)
+    saved = torch.backends.cudnn.benchmark
+    try:
+        for net in ("resnet20", "resnet110"):
+            n = steps if net == "resnet20" else max(20, steps // 3)
+            for graphs in (False, True):
+                best = {}
+                for _ in range(2):
+                    for setting, autotune in variants:
+                        torch.backends.cudnn.benchmark = autotune
+                        ctx = context("base", data, tmp, graphs, net_name=net, amp=setting)
+                        seconds = time_task(SupervisedTask(ctx), ctx, n, graphs=graphs)
+                        best[setting, autotune] = min(best.get((setting, autotune), float("inf")), seconds)
+                bf16, fp32, plain = (BATCH / best[v] for v in variants)
+                rows.append(
+                    [net, "graph" if graphs else "eager", f"{bf16:,.0f}", f"{fp32:,.0f}", f"{fp32 / bf16:.2f}"]
+                    + [f"{plain:,.0f}", f"{plain / bf16:.2f}"]
+                )
+    finally:
+        torch.backends.cudnn.benchmark = saved
     report.table(
         "amp",
-        ["net", "step", "bf16 autocast img/s", "float32 img/s", "float32 / bf16"],
+        ["net", "step", "bf16 img/s", "float32 img/s", "float32 / bf16", "bf16, no cudnn autotune img/s", "/ bf16"],
         rows,
-        f"one run, batch {BATCH}, channels_last; TF32 as torch's defaults leave it",
+        f"one run, batch {BATCH}, channels_last, cudnn.benchmark on unless said; TF32 as torch's defaults leave it",
     )
 
 

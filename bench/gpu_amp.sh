@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Whether kdpipe's CUDA default, bf16 autocast, should stay (the references train in float32): what float32
-# (--amp off) costs per step (bench/gpu.py's amp section: ResNet-20 and ResNet-110, eager and as CUDA graphs)
+# (--amp off) costs per step (bench/gpu.py's amp section: ResNet-20 and ResNet-110, eager and as CUDA graphs;
+# also bf16 with cudnn.benchmark off, as kdpipe's training leaves it while the benchmarks turn it on)
 # and how far bf16 moves each kd mode's gradient from its float32 one (bench/amp_gradients.py: a ResNet-32
 # teacher trained on digits, ResNet-20 students at init and after 60 float32 steps; the ce row is the yardstick).
 # One GPU, from the repository root, about 3 minutes; writes amp/gpu.md, amp/gpu.json and amp/amp_gradients.md
