@@ -346,8 +346,7 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     if int(train_y.max()) >= num_classes or int(train_y.min()) < 0:
         raise KdpipeError(f"data_name {name}: labels outside 0..{num_classes - 1} in {base}")
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    aug = augmentation_of(name)
-    return train_x, train_y, test_x, test_y, num_classes, classes, mean, std, aug
+    return train_x, train_y, test_x, test_y, num_classes, classes, mean, std
 
 
 def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -379,9 +378,8 @@ def load_digits_arrays(split_seed: int):
     perm = torch.randperm(len(labels), generator=generator("digits-test-split", split_seed))
     n_test = len(labels) // 5
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
-    aug = augmentation_of("digits")  # no flip: a mirrored digit is another symbol
     classes = [str(i) for i in range(10)]
-    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10, classes, aug
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10, classes
 
 
 def _read_folder(root: Path, classes: list[str] | None, size: int):
@@ -428,8 +426,7 @@ def load_imagefolder(path: str, split_seed: int, image_size: int = IMAGEFOLDER_S
         train_x, train_y = x[perm[n_test:].sort().values], y[perm[n_test:].sort().values]
     if len(classes) < 2 or test_x is None or len(train_y) < 2:
         raise KdpipeError(f"data_name imagefolder:{path}: need at least 2 classes with images in train and test")
-    aug = augmentation_of(f"imagefolder:{path}", image_size)
-    return train_x, train_y.long(), test_x, test_y.long(), len(classes), classes, aug
+    return train_x, train_y.long(), test_x, test_y.long(), len(classes), classes
 
 
 def check_data_name(data_name: str) -> None:
@@ -454,7 +451,7 @@ def augmentation_of(data_name: str, image_size: int | None = None, crop_padding:
     if data_name in ("cifar10", "cifar100"):
         aug = Augmentation(pad=4, pad_mode="reflect", flip=True)
     elif data_name == "digits":
-        aug = Augmentation(pad=2, pad_mode="constant", flip=False)
+        aug = Augmentation(pad=2, pad_mode="constant", flip=False)  # no flip: a mirrored digit is another symbol
     else:
         aug = Augmentation(pad=(image_size or IMAGEFOLDER_SIZE) // 8, pad_mode="reflect", flip=True)
     if crop_padding == "auto":
@@ -483,12 +480,12 @@ def load_data(
     if image_size is not None and not data_name.startswith("imagefolder:"):
         raise KdpipeError(f"image_size: applies to imagefolder datasets only; {data_name} has a fixed size")
     if data_name in ("cifar10", "cifar100"):
-        train_x, train_y, test_x, test_y, k, classes, mean, std, aug = load_cifar(data_name, img_root, download)
+        train_x, train_y, test_x, test_y, k, classes, mean, std = load_cifar(data_name, img_root, download)
     elif data_name == "digits":
-        train_x, train_y, test_x, test_y, k, classes, aug = load_digits_arrays(split_seed)
+        train_x, train_y, test_x, test_y, k, classes = load_digits_arrays(split_seed)
         mean = std = None
     else:
-        train_x, train_y, test_x, test_y, k, classes, aug = load_imagefolder(
+        train_x, train_y, test_x, test_y, k, classes = load_imagefolder(
             data_name.split(":", 1)[1], split_seed, image_size or IMAGEFOLDER_SIZE
         )
         mean = std = None
@@ -500,6 +497,5 @@ def load_data(
         mean, std = channel_stats(train_x)
     if train_subset:
         train_x, train_y = train_x[:train_subset], train_y[:train_subset]
-    if crop_padding != "auto":
-        aug = augmentation_of(data_name, image_size, crop_padding)
+    aug = augmentation_of(data_name, image_size, crop_padding)
     return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes)
