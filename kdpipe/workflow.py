@@ -349,8 +349,9 @@ def kd_options(config: dict, dataset: str, variant: str, teacher: str, student: 
 
     mode, with_st = split_variant(variant)
     opts = {**_common(config, dataset, seed, "kd", student), "kd_mode": mode, "t_name": teacher, "s_name": student}
-    if LOSSES[mode].revision() > 1:  # a revised mode's runs of an earlier revision are re-planned
-        opts["form"] = LOSSES[mode].revision()
+    form = LOSSES[mode].recorded_form()
+    if form is not None:  # a revised mode's runs of an earlier revision are re-planned
+        opts["form"] = form
     opts.update(config["kd"]["settings"].get(mode, {}))
     opts.update(pair_of(config, teacher, student).get("settings", {}).get(mode, {}))
     if with_st:

@@ -228,7 +228,7 @@ def settle_form(opts: dict) -> None:
     mode = LOSSES[opts["kd_mode"]]
     current = mode.revision()
     if opts["form"] is None:
-        opts["form"] = current if current > 1 else None
+        opts["form"] = mode.recorded_form()
     elif opts["form"] != current:
         raise KdpipeError(
             f"form: got {opts['form']}; kd_mode {mode.name} computes revision {current} "
