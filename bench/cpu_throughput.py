@@ -1,12 +1,15 @@
-"""CPU training throughput: memory format and host allocator against kdpipe's CPU default before them.
+"""CPU training throughput: memory format, host allocator and in-place activations against kdpipe's CPU default
+before them.
 
 Synthetic CIFAR-10-shaped data (random uint8 3x32x32 images through kdpipe's own batched augmentation and
 normalisation), each step exactly as ``fit`` runs it: plain training of the student, and st-KD from a
-live (untrained) teacher.  A variant is ``<memory_format>:<allocator>``: ``contiguous`` (NCHW, kdpipe's CPU
-default) or ``channels_last`` (``--memory_format channels_last``, opt-in on the CPU: its results differ
-from NCHW's in the last bits); ``glibc`` (glibc's malloc defaults, ``KDPIPE_MALLOC_TUNING=0``) or ``kept``
-(kdpipe's default since 2026-11-27, :mod:`kdpipe.hostmem`: freed memory kept for the next step; results
-unchanged).  The first variant is the baseline.
+live (untrained) teacher.  A variant is ``<memory_format>:<allocator>[:<activations>]``: ``contiguous`` (NCHW,
+kdpipe's CPU default) or ``channels_last`` (``--memory_format channels_last``, opt-in on the CPU: its results
+differ from NCHW's in the last bits); ``glibc`` (glibc's malloc defaults, ``KDPIPE_MALLOC_TUNING=0``) or
+``kept`` (kdpipe's default since 2026-11-27, :mod:`kdpipe.hostmem`: freed memory kept for the next step;
+results unchanged); ``in_place`` (the default since 2026-11-28, :mod:`kdpipe.models.inplace`: the networks'
+ReLUs and residual sums written into fresh outputs; results unchanged) or ``copied`` (as before, each
+allocated anew).  The first variant is the baseline.
 
 The allocator is set once per process, so each variant runs in a process of its own: every round
 starts one per variant, in a rotating order, so that other jobs on a shared machine slow all alike;
@@ -14,12 +17,13 @@ the table gives each variant's median images/s over the rounds and the median of
 ratios to the baseline.
 
     .venv/bin/python bench/cpu_throughput.py --threads 2
-    .venv/bin/python bench/cpu_throughput.py --variants contiguous:glibc,channels_last:glibc --rounds 5
+    .venv/bin/python bench/cpu_throughput.py --variants contiguous:glibc:copied,channels_last:glibc:copied --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,15 +34,19 @@ from pathlib import Path
 
 LAYOUTS = ("contiguous", "channels_last")
 ALLOCATORS = {"glibc": "0", "kept": "1"}  # -> KDPIPE_MALLOC_TUNING
+ACTIVATIONS = ("in_place", "copied")
 
 
-def variant(text: str) -> tuple[str, str]:
-    layout, _, allocator = text.partition(":")
-    if layout not in LAYOUTS or allocator not in ALLOCATORS:
+def variant(text: str) -> tuple[str, str, str]:
+    parts = text.split(":")
+    if len(parts) == 2:
+        parts.append("in_place")
+    if len(parts) != 3 or parts[0] not in LAYOUTS or parts[1] not in ALLOCATORS or parts[2] not in ACTIVATIONS:
         raise argparse.ArgumentTypeError(
             f"variant: got {text!r}; allowed: <{'|'.join(LAYOUTS)}>:<{'|'.join(ALLOCATORS)}>"
+            f"[:<{'|'.join(ACTIVATIONS)}>]"
         )
-    return layout, allocator
+    return tuple(parts)
 
 
 def main() -> None:
@@ -47,8 +55,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         type=lambda s: [variant(v) for v in s.split(",")],
-        default="contiguous:glibc,contiguous:kept,channels_last:kept",
-        help="comma-separated <memory_format>:<allocator>, the baseline first",
+        default="contiguous:glibc:copied,contiguous:kept,channels_last:kept",
+        help="comma-separated <memory_format>:<allocator>[:<activations>], the baseline first",
     )
     parser.add_argument("--teacher", default="resnet110")
     parser.add_argument("--student", default="resnet20")
@@ -66,12 +74,12 @@ def main() -> None:
     common = [f"--{k}={getattr(args, k)}" for k in ("threads", "teacher", "student", "batch_size", "steps", "images")]
     for r in range(args.rounds):
         for i in range(len(variants)):
-            layout, allocator = variants[(i + r) % len(variants)]
-            env = {**os.environ, "KDPIPE_MALLOC_TUNING": ALLOCATORS[allocator]}
-            cmd = [sys.executable, __file__, *common, f"--child={layout}:{allocator}"]
+            v = variants[(i + r) % len(variants)]
+            env = {**os.environ, "KDPIPE_MALLOC_TUNING": ALLOCATORS[v[1]]}
+            cmd = [sys.executable, __file__, *common, f"--child={':'.join(v)}"]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             for label, value in json.loads(out.splitlines()[-1]).items():
-                seconds[layout, allocator].setdefault(label, []).append(value)
+                seconds[v].setdefault(label, []).append(value)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     import torch
@@ -101,6 +109,7 @@ def child(args) -> None:
     from kdpipe.methods.base import SupervisedTask
     from kdpipe.methods.kd import DistillTask
     from kdpipe.models import build_model
+    from kdpipe.models.inplace import out_of_place
     from kdpipe.options import resolve
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,7 +117,7 @@ def child(args) -> None:
     from step_cost import time_task
 
     torch.set_num_threads(args.threads)
-    layout, allocator = args.child
+    layout, allocator, activations = args.child
     data = synthetic_cifar(args.images, held_out=10)
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-bench-"))
     teacher_path = tmp / "teacher.pt"
@@ -127,7 +136,8 @@ def child(args) -> None:
         seed_everything(0)
         ctx = Context(resolve(entry, {**common, **opts}), data, torch.device("cpu"), tmp)
         assert ctx.channels_last == (layout == "channels_last")
-        timed[label] = time_task(task_cls(ctx), ctx, args.steps, warmup=1)
+        with out_of_place() if activations == "copied" else contextlib.nullcontext():
+            timed[label] = time_task(task_cls(ctx), ctx, args.steps, warmup=1)
     from kdpipe.hostmem import KEPT, keep_freed_memory
 
     assert (keep_freed_memory() == KEPT) == (allocator == "kept"), keep_freed_memory()

@@ -1,9 +1,12 @@
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kdpipe.errors import KdpipeError
-from kdpipe.models import MODELS, FeatureTaps, build_model, count_parameters
+from kdpipe.models import MODELS, FeatureTaps, build_model, count_parameters, inplace
+from kdpipe.models.inplace import out_of_place
 
 
 @pytest.mark.parametrize(
@@ -74,3 +77,38 @@ def test_head_is_what_repdistillers_get_feat_modules_leaves_out():
         model = build_model(net, 100)
         by_id = {id(m): name for name, m in model.named_children()}
         assert [by_id[id(m)] for m in head_modules(model)] == names, net
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet20", "resnet8x4", "resnet50", "wrn_16_2", "mobilenet_v2", "shufflenet_v1", "shufflenet_v2", "vgg8"]
+)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_in_place_relus_and_sums_train_as_the_out_of_place_ones_bit_for_bit(name, memory_format):
+    """Each family's in-place ReLUs and residual sums (kdpipe.models.inplace) give the taps, logits, gradients,
+    weights and batch-norm statistics of out-of-place ones over two SGD steps, bit for bit: a write into a tap or
+    into a tensor a backward reads would change them (or autograd would raise)."""
+
+    def train(in_place: bool):
+        torch.manual_seed(0)
+        model = build_model(name, 10).to(memory_format=memory_format)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        gen = torch.Generator().manual_seed(1)
+        seen = []
+        with contextlib.nullcontext() if in_place else out_of_place():
+            for _ in range(2):
+                x = torch.randn(8, 3, 32, 32, generator=gen).contiguous(memory_format=memory_format)
+                taps = model(x)
+                feats = [taps.stem, *taps.stages_pre, *taps.stages, taps.embedding]
+                # every tap reaches the loss, as the distillation losses read them
+                loss = F.cross_entropy(taps.logits, torch.arange(8) % 10) + sum(f.square().mean() for f in feats)
+                opt.zero_grad()
+                loss.backward()
+                seen += [t.detach().clone() for t in (*feats, taps.logits)]
+                seen += [p.grad.clone() for p in model.parameters()]
+                opt.step()
+        return seen + list(model.state_dict().values())
+
+    assert inplace._in_place  # the default
+    in_place, copied = train(True), train(False)
+    assert len(in_place) == len(copied)
+    assert all(a.equal(b) for a, b in zip(in_place, copied))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import he_init
+from .inplace import add_into, relu_
 from .taps import FeatureTaps
 
 # (channels at width 1, blocks, stride of the first block), as the MobileNetV2 paper's Table 2 but with strides
@@ -57,7 +58,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(x)
-        return x + out if self.residual else out
+        return add_into(out, x) if self.residual else out
 
 
 class CifarMobileNetV2(nn.Module):
@@ -99,12 +100,12 @@ class CifarMobileNetV2(nn.Module):
         return [stage[-1].conv[-1] for stage in self.stages]
 
     def forward(self, x: Tensor) -> FeatureTaps:
-        stem = F.relu(self.bn1(self.conv1(x)))
+        stem = relu_(self.bn1(self.conv1(x)))
         outs = []
         out = stem
         for stage in self.stages:
             out = stage(out)
             outs.append(out)
-        head = F.relu(self.bn2(self.conv2(out)))
+        head = relu_(self.bn2(self.conv2(out)))
         embedding = F.adaptive_avg_pool2d(head, 1).flatten(1)
         return FeatureTaps(stem, tuple(outs), tuple(outs), embedding, self.fc(embedding))

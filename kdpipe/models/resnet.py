@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import he_init
+from .inplace import add_into, relu_
 from .taps import FeatureTaps
 
 
@@ -36,11 +37,11 @@ class BasicBlock(nn.Module):
 
     def forward_pre_relu(self, x: Tensor) -> Tensor:
         """The block's output before its final ReLU."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out)) + self.shortcut(x)
+        out = relu_(self.bn1(self.conv1(x)))
+        return add_into(self.bn2(self.conv2(out)), self.shortcut(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.forward_pre_relu(x))
+        return relu_(self.forward_pre_relu(x))
 
 
 class Stage(nn.Module):
@@ -97,7 +98,7 @@ class CifarResNet(nn.Module):
         return [stage.blocks[-1].bn2 for stage in self.stages]
 
     def forward(self, x: Tensor) -> FeatureTaps:
-        stem = F.relu(self.bn1(self.conv1(x)))
+        stem = relu_(self.bn1(self.conv1(x)))
         pres, posts = [], []
         out = stem
         for stage in self.stages:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import he_init
+from .inplace import add_into, relu_
 from .taps import FeatureTaps
 
 EXPANSION = 4
@@ -46,12 +47,12 @@ class Bottleneck(nn.Module):
 
     def forward_pre_relu(self, x: Tensor) -> Tensor:
         """The block's output before its final ReLU."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out)) + self.shortcut(x)
+        out = relu_(self.bn1(self.conv1(x)))
+        out = relu_(self.bn2(self.conv2(out)))
+        return add_into(self.bn3(self.conv3(out)), self.shortcut(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.forward_pre_relu(x))
+        return relu_(self.forward_pre_relu(x))
 
 
 class BottleneckStage(nn.Module):
@@ -105,7 +106,7 @@ class BottleneckResNet(nn.Module):
         return [stage.blocks[-1].bn3 for stage in self.stages]
 
     def forward(self, x: Tensor) -> FeatureTaps:
-        stem = F.relu(self.bn1(self.conv1(x)))
+        stem = relu_(self.bn1(self.conv1(x)))
         pres, posts = [], []
         out = stem
         for stage in self.stages:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import KdpipeError
+from .inplace import add_into, relu_
 from .taps import FeatureTaps
 
 STEM_CHANNELS = 24
@@ -64,14 +65,14 @@ class ShuffleUnitV1(nn.Module):
 
     def forward_pre_relu(self, x: Tensor) -> Tensor:
         """The unit's output before its final ReLU: branch + input, or [branch, avg-pooled input] when it strides."""
-        out = channel_shuffle(F.relu(self.conv1(x)), self.first_groups)
-        out = self.conv3(F.relu(self.conv2(out)))
+        out = channel_shuffle(relu_(self.conv1(x)), self.first_groups)
+        out = self.conv3(relu_(self.conv2(out)))
         if self.stride == 2:
             return torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1)
-        return out + x
+        return add_into(out, x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.forward_pre_relu(x))
+        return relu_(self.forward_pre_relu(x))
 
 
 class DownUnitV2(nn.Module):
@@ -90,7 +91,7 @@ class DownUnitV2(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.cat([F.relu(self.left(x)), F.relu(self.right(x))], 1)
+        out = torch.cat([relu_(self.left(x)), relu_(self.right(x))], 1)
         return channel_shuffle(out, 2)
 
 
@@ -109,7 +110,7 @@ class BasicUnitV2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         kept, transformed = x[:, : self.half], x[:, self.half :]
-        return channel_shuffle(torch.cat([kept, F.relu(self.branch(transformed))], 1), 2)
+        return channel_shuffle(torch.cat([kept, relu_(self.branch(transformed))], 1), 2)
 
 
 class Stage(nn.Module):
@@ -147,7 +148,7 @@ class _CifarShuffleNet(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> FeatureTaps:
-        stem = F.relu(self.bn1(self.conv1(x)))
+        stem = relu_(self.bn1(self.conv1(x)))
         pres, posts = [], []
         out = stem
         for stage in self.stages:
@@ -203,7 +204,7 @@ class CifarShuffleNetV2(_CifarShuffleNet):
         self.fc = nn.Linear(head_channels, num_classes)
 
     def head(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn2(self.conv2(x)))
+        return relu_(self.bn2(self.conv2(x)))
 
     def pre_relu_bns(self) -> list[nn.BatchNorm2d]:
         """None: half of each stage's pre-ReLU output passes its last unit without a batch norm.

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import he_init
+from .inplace import relu_
 from .taps import FeatureTaps
 
 # convolutions per group, by depth (the number of conv layers plus the classifier)
@@ -78,7 +79,7 @@ class CifarVGG(nn.Module):
 
     def forward(self, x: Tensor) -> FeatureTaps:
         pool_last = x.shape[-2] == 64  # RepDistiller: the 4th max pool only for 64x64 (Tiny-ImageNet) inputs
-        stem = F.relu(self.stem(x))
+        stem = relu_(self.stem(x))
         pres, posts = [], []
         out = stem
         for i, stage in enumerate(self.stages):

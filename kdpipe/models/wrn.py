@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import he_init
+from .inplace import add_into, relu_
 from .taps import FeatureTaps
 
 
@@ -56,9 +57,9 @@ class WideBlock(nn.Module):
 
     def forward(self, x: Tensor, activated: Tensor | None = None) -> Tensor:
         """``activated``: ``relu(bn1(x))`` where the caller has computed it already."""
-        a = F.relu(self.bn1(x)) if activated is None else activated
-        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
-        return out + (x if self.shortcut is None else self.shortcut(a))
+        a = relu_(self.bn1(x)) if activated is None else activated
+        out = self.conv2(relu_(self.bn2(self.conv1(a))))
+        return add_into(out, x if self.shortcut is None else self.shortcut(a))
 
 
 class WideStage(nn.Module):
