@@ -14,10 +14,14 @@ allocated anew).  The first variant is the baseline.
 The allocator is set once per process, so each variant runs in a process of its own: every round
 starts one per variant, in a rotating order, so that other jobs on a shared machine slow all alike;
 the table gives each variant's median images/s over the rounds and the median of the rounds' paired
-ratios to the baseline.
+ratios to the baseline.  ``--in_process``: variants of one allocator (layouts, activations) all train
+in a single process instead, every round timing each in a rotating order, so the ratios are those of
+steps one process runs side by side.
 
     .venv/bin/python bench/cpu_throughput.py --threads 2
     .venv/bin/python bench/cpu_throughput.py --variants contiguous:glibc:copied,channels_last:glibc:copied --rounds 5
+    .venv/bin/python bench/cpu_throughput.py --in_process \
+        --variants contiguous:kept:copied,contiguous:kept,channels_last:kept:copied,channels_last:kept
 """
 
 from __future__ import annotations
@@ -64,30 +68,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case, variant and round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--images", type=int, default=1280, help="synthetic training images")
-    parser.add_argument("--child", type=variant, help=argparse.SUPPRESS)  # one variant's process
+    parser.add_argument(
+        "--in_process", action="store_true", help="all variants (one allocator) in one process, interleaved"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # a process's variants, comma-separated
     args = parser.parse_args()
     if args.child:
-        return child(args)
+        return child(args, [variant(v) for v in args.child.split(",")])
 
     variants = args.variants
+    if args.in_process and len({v[1] for v in variants}) > 1:
+        parser.error("--in_process: the allocator is set once per process; give every variant the same one")
     seconds: dict[tuple, dict[str, list[float]]] = {v: {} for v in variants}
     common = [f"--{k}={getattr(args, k)}" for k in ("threads", "teacher", "student", "batch_size", "steps", "images")]
-    for r in range(args.rounds):
-        for i in range(len(variants)):
-            v = variants[(i + r) % len(variants)]
-            env = {**os.environ, "KDPIPE_MALLOC_TUNING": ALLOCATORS[v[1]]}
-            cmd = [sys.executable, __file__, *common, f"--child={':'.join(v)}"]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            for label, value in json.loads(out.splitlines()[-1]).items():
-                seconds[v].setdefault(label, []).append(value)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+    def run(group: list[tuple], rounds: int) -> None:
+        env = {**os.environ, "KDPIPE_MALLOC_TUNING": ALLOCATORS[group[0][1]]}
+        child_args = [*common, f"--rounds={rounds}", f"--child={','.join(':'.join(v) for v in group)}"]
+        out = subprocess.run([sys.executable, __file__, *child_args], env=env, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(out.stderr)
+        for v, timed in zip(group, json.loads(out.stdout.splitlines()[-1])):
+            for label, values in timed.items():
+                seconds[v].setdefault(label, []).extend(values)
+
+    if args.in_process:
+        run(variants, args.rounds)
+    else:
+        for r in range(args.rounds):
+            for i in range(len(variants)):
+                run([variants[(i + r) % len(variants)]], 1)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     import torch
 
     base = variants[0]
     print(
         f"CPU, {args.threads} threads, torch {torch.__version__}, synthetic CIFAR-10 3x32x32, batch {args.batch_size}, "
-        f"{args.rounds} rounds x {args.steps} steps, a process per variant and round; ÷: paired ratio to "
+        f"{args.rounds} rounds x {args.steps} steps, "
+        f"{'all in one process' if args.in_process else 'a process per variant and round'}; ÷: paired ratio to "
         f"{':'.join(base)}"
     )
     print("| step | " + " | ".join(f"{':'.join(v)} img/s | ÷" for v in variants) + " |")
@@ -101,11 +120,13 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def child(args) -> None:
-    """One variant: builds both cases in this process, times them, prints {case: seconds per step}."""
+def child(args, variants: list[tuple]) -> None:
+    """A process's variants (one allocator): builds both cases of each, then times every case of every variant
+    once per round, the variants in a rotating order; prints [{case: [seconds per step, a round each]}, ...]."""
     import torch
 
     from kdpipe.engine import Context, seed_everything
+    from kdpipe.hostmem import KEPT, keep_freed_memory
     from kdpipe.methods.base import SupervisedTask
     from kdpipe.methods.kd import DistillTask
     from kdpipe.models import build_model
@@ -117,12 +138,10 @@ def child(args) -> None:
     from step_cost import time_task
 
     torch.set_num_threads(args.threads)
-    layout, allocator, activations = args.child
     data = synthetic_cifar(args.images, held_out=10)
     tmp = Path(tempfile.mkdtemp(prefix="kdpipe-bench-"))
     teacher_path = tmp / "teacher.pt"
     torch.save(build_model(args.teacher, data.num_classes).state_dict(), teacher_path)
-    common = dict(data_name="cifar10", batch_size=args.batch_size, epochs=2, cuda=0, memory_format=layout)
     cases = {
         f"plain {args.student}": ("base", SupervisedTask, dict(net_name=args.student)),
         f"st-KD {args.teacher} -> {args.student}, live teacher": (
@@ -131,16 +150,24 @@ def child(args) -> None:
             dict(t_model=str(teacher_path), t_name=args.teacher, s_name=args.student, kd_mode="st"),
         ),
     }
-    timed = {}
-    for label, (entry, task_cls, opts) in cases.items():
-        seed_everything(0)
-        ctx = Context(resolve(entry, {**common, **opts}), data, torch.device("cpu"), tmp)
-        assert ctx.channels_last == (layout == "channels_last")
-        with out_of_place() if activations == "copied" else contextlib.nullcontext():
-            timed[label] = time_task(task_cls(ctx), ctx, args.steps, warmup=1)
-    from kdpipe.hostmem import KEPT, keep_freed_memory
-
-    assert (keep_freed_memory() == KEPT) == (allocator == "kept"), keep_freed_memory()
+    built = []  # per variant: {case: (task, ctx)}
+    for layout, allocator, _ in variants:
+        common = dict(data_name="cifar10", batch_size=args.batch_size, epochs=2, cuda=0, memory_format=layout)
+        tasks = {}
+        for label, (entry, task_cls, opts) in cases.items():
+            seed_everything(0)
+            ctx = Context(resolve(entry, {**common, **opts}), data, torch.device("cpu"), tmp)
+            assert ctx.channels_last == (layout == "channels_last")
+            tasks[label] = task_cls(ctx), ctx
+        built.append(tasks)
+        assert (keep_freed_memory() == KEPT) == (allocator == "kept"), keep_freed_memory()
+    timed = [{label: [] for label in cases} for _ in variants]
+    for r in range(args.rounds):
+        for i in range(len(variants)):
+            k = (i + r) % len(variants)
+            with out_of_place() if variants[k][2] == "copied" else contextlib.nullcontext():
+                for label, (task, ctx) in built[k].items():
+                    timed[k][label].append(time_task(task, ctx, args.steps, warmup=1))
     print(json.dumps(timed))
 
 
