@@ -140,7 +140,8 @@ def test_pre_relu_bns_one_per_stage(name):
     assert len(bns) == len(model.stage_channels)
     modules = {id(m) for m in model.modules()}
     outputs = []
-    hooks = [bn.register_forward_hook(lambda m, i, o: outputs.append(o)) for bn in bns]
+    # a copy: the network writes its ReLU or residual sum into a norm's output (kdpipe.models.inplace)
+    hooks = [bn.register_forward_hook(lambda m, i, o: outputs.append(o.clone())) for bn in bns]
     try:
         with torch.no_grad():
             taps = model(torch.randn(2, 3, 32, 32))

@@ -5,6 +5,8 @@ output -- of a convolution, a batch norm, a sum or a concatenation -- that nothi
 producer's backward does not read it (a convolution's and a batch norm's read their inputs).  A tensor a
 network exposes as a tap (:class:`~kdpipe.models.taps.FeatureTaps`) or passes on to a shortcut is never
 written into; autograd refuses (it does not silently miscompute) a write into a tensor a backward needs.
+A forward hook on a batch norm or convolution whose output is written into must copy it (``o.clone()``)
+to keep the value it had; nothing in kdpipe hooks a module.
 
 Each such step saves an allocation and a pass over the activation's memory (README, CPU throughput).
 :func:`out_of_place` computes them as before, for the tests that hold the two equal and for the benchmark
