@@ -8,8 +8,13 @@ One process, one device, the same data: the rows it measures replace theirs, eve
 * ``student_step`` (method): the method's step, less one teacher forward, / the plain student step.
 * ``teacher_passes`` (method): the teacher's cost per step, in the teacher's plain training steps: its
   forward measured alone (0 after a two-stage mode's init phase; BSS: all its extra cost).
-  The plan costs a step as student_step * S(student) + teacher_passes * S(teacher), S = a plain step.
-  Each method is timed round-robin beside plain steps of student and teacher and the teacher's forward.
+* ``student_share`` (method; CPU): how much of the method's own extra cost, ``student_step - 1`` plain steps
+  of resnet20, grows with the student: the method timed again with a second student (``--share_student``,
+  resnet56), 0 = a fixed cost (CRD's contrast memory), 1 = in proportion to the student's step (a second
+  backward through it). Other devices use the CPU's.
+  The plan costs a step as S(student) + (student_step - 1) * (share * S(student) + (1 - share) * S(resnet20))
+  + teacher_passes * S(teacher), S = a plain step; for a resnet20 student: student_step * S(resnet20) + ....
+  Each method is timed round-robin beside plain steps of the students and the teacher and the teacher's forward.
 * ``dml``: a cohort's step / the sum of its peers' plain steps; ``ft_paraphraser``: a paraphraser step /
   the teacher's plain step; ``<mode>:init``: a two-stage mode's initialisation phase; ``bss``: an epoch
   that attacks; ``born-again``: ``attack_size 0`` (the teacher's soft targets only); ``+dot``: DOT's
@@ -17,6 +22,8 @@ One process, one device, the same data: the rows it measures replace theirs, eve
 
     .venv/bin/python bench/calibrate.py --device cpu                       # digits 16x16, batch 32
     python bench/calibrate.py --device cuda                                # synthetic CIFAR, batch 128
+
+The students are resnet20 (REFERENCE_NET, the net the plan scales a method's fixed cost from).
 
 Nets are untrained (random weights); the ratios are what the plan uses, on one machine in one process.
 """
@@ -38,7 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from kdpipe.costplan import CALIBRATION, FIELDS, device_label  # noqa: E402
+from kdpipe.costplan import (  # noqa: E402
+    CALIBRATION,
+    CALIBRATION_TEACHER,
+    FIELDS,
+    REFERENCE_NET,
+    device_label,
+    student_share,
+)
 from kdpipe.data import Normalizer, load_data  # noqa: E402
 from kdpipe.engine import Context, evaluate_model, seed_everything  # noqa: E402
 from kdpipe.losses import LOSSES  # noqa: E402
@@ -116,8 +130,13 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
     parser.add_argument("--label", default=None, help="device name in the table (default: cpu, or the GPU's model)")
     parser.add_argument("--data", choices=("digits", "cifar"), default=None, help="default: digits (cpu), cifar (cuda)")
-    parser.add_argument("--student", default="resnet20")
-    parser.add_argument("--teacher", default="resnet110")
+    parser.add_argument(
+        "--share_student",
+        default=None,
+        help="a second student each method is timed with, for its student_share (default: resnet56 on cpu, "
+        "none on cuda, where the plan uses the CPU's shares)",
+    )
+    parser.add_argument("--teacher", default=CALIBRATION_TEACHER)
     parser.add_argument("--nets", default="resnet20,resnet110", help="nets to measure; all, none")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 32 on cpu, 128 on cuda")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 4 cpu, 20 cuda)")
@@ -133,6 +152,10 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         sys.exit("calibrate: --device cuda, but torch sees no GPU")
     device = torch.device(args.device)
+    share_name = args.share_student or ("none" if cuda else "resnet56")
+    share_name = None if share_name == "none" else share_name
+    if share_name == REFERENCE_NET:
+        sys.exit(f"calibrate: --share_student must be another net than {REFERENCE_NET}, the students' net")
     label = args.label or device_label(torch.cuda.get_device_name() if cuda else "cpu")
     data_kind = args.data or ("cifar" if cuda else "digits")
     batch = args.batch_size or (128 if cuda else 32)
@@ -196,7 +219,7 @@ def main() -> None:
         row("infer_img_s", net, 1 / infer_seconds(net, ctx, 4000 if cuda else 1000))
 
     wanted = {w for w in args.only.split(",") if w}
-    s_name, t_name = args.student, args.teacher
+    s_name, t_name = REFERENCE_NET, args.teacher
     t_path = tmp / "teacher.pt"
     torch.save(build_model(t_name, data.num_classes).state_dict(), t_path)
     channels = build_model(t_name, data.num_classes).stage_channels[-1]
@@ -218,7 +241,9 @@ def main() -> None:
     # each case is timed round-robin beside a plain step of the student, of the teacher, and the teacher's
     # forward alone, so that a shared machine's changing load falls on all four timings alike
     plain_tasks = {}
-    for net in (s_name, t_name):
+    for net in (s_name, t_name, share_name):
+        if net is None:
+            continue
         ctx = context("base", net_name=net)
         plain_tasks[net] = (SupervisedTask(ctx), ctx, 0)
     forward = (TeacherForward(plain_tasks[t_name][1], t_name), plain_tasks[t_name][1], 0)
@@ -226,23 +251,34 @@ def main() -> None:
     for name, (entry, task_cls, opts, epoch) in cases.items():
         if wanted and name.split(":")[0] not in wanted:
             continue
-        ctx = context(entry, **opts)
-        task = task_cls(ctx)
-        at = getattr(task, "init_epochs", 0) if epoch == "main" else epoch
         runs = {"student": plain_tasks[s_name], "teacher": plain_tasks[t_name], "forward": forward}
-        runs["method"] = (task, ctx, at)
+        students = {"method": s_name}
+        if share_name and name not in ("bss", "st+dot"):  # BSS: its own cost is a plain step by definition
+            runs["other student"], students["method, other student"] = plain_tasks[share_name], share_name
+        for key, student in students.items():
+            ctx = context(entry, **dict(opts, s_name=student))
+            task = task_cls(ctx)
+            at = getattr(task, "init_epochs", 0) if epoch == "main" else epoch
+            runs[key] = (task, ctx, at)
         best = {key: float("inf") for key in runs}
         for _ in range(args.repeats):
             for key, (timed_task, timed_ctx, timed_epoch) in runs.items():
                 seconds = time_task(timed_task, timed_ctx, steps, timed_epoch, warmup=warmup)
                 best[key] = min(best[key], seconds)
-        if name == "bss":  # the attack's teacher passes are the whole extra cost
-            own, passes = 1.0, (best["method"] - best["student"]) / best["teacher"]
-        elif epoch == "main" and getattr(task, "init_epochs", 0):  # after a two-stage mode's init: no teacher
-            own, passes = best["method"] / best["student"], 0.0
-        else:  # one teacher forward per step; the rest scales with the student
-            own, passes = (best["method"] - best["forward"]) / best["student"], best["forward"] / best["teacher"]
-        own, passes = max(0.0, own), max(0.0, passes)
+        teacher_free = epoch == "main" and getattr(task, "init_epochs", 0)  # after a two-stage mode's init
+
+        def own_cost(method: str, student: str) -> float:
+            """The method's step less one teacher forward, in plain steps of its student."""
+            if name == "bss":  # the attack's teacher passes are the whole extra cost
+                return 1.0
+            return max(0.0, (best[method] - (0.0 if teacher_free else best["forward"])) / best[student])
+
+        own = own_cost("method", "student")
+        if name == "bss":
+            passes = (best["method"] - best["student"]) / best["teacher"]
+        else:
+            passes = 0.0 if teacher_free else best["forward"] / best["teacher"]
+        passes = max(0.0, passes)
         measured[name] = own
         if name == "st+dot":
             if measured.get("st"):
@@ -250,6 +286,12 @@ def main() -> None:
             continue
         row("student_step", name, own, f"{t_name} -> {s_name}")
         row("teacher_passes", name, passes, f"{t_name} -> {s_name}")
+        if "method, other student" in runs:
+            other = own_cost("method, other student", "other student")
+            ratio = best["other student"] / best["student"]
+            share = student_share(own, other, ratio)
+            note = f"{s_name}: {own:.3g}; {share_name}: {other:.3g} of its plain steps ({ratio:.3g} x {s_name}'s)"
+            row("student_share", name, share, note)
 
     def beside(task_cls, ctx, net) -> float:
         """The task's step / a plain step of ``net``, timed round-robin."""

@@ -10,11 +10,15 @@ A training job's seconds are epochs x (train images x a step's seconds per image
 test images x an inference forward's), where a step's seconds per image come from the measured
 calibration table ``kdpipe/reference/step_costs.csv`` (written by ``bench/calibrate.py``):
 
-    step = student_step(method) x S(student) + teacher_passes(method) x S(teacher)
+    step = S(student) + (student_step(method) - 1) x E + teacher_passes(method) x S(teacher)
+    E = student_share(method) x S(student) + (1 - student_share(method)) x S(resnet20)
 
 with S(net) = 1 / ``train_img_s`` of the net on the device, scaled by pixel count from the
 calibration's image size to the dataset's; a student that reads the teacher cache pays no teacher
-passes. Values the device lacks are estimated from the CPU rows and flagged: a net's throughput as
+passes. ``student_step`` is measured with resnet20 students (for them, step = student_step x S(resnet20)
++ ...); ``student_share`` says how much of the method's cost beyond a plain step grows with the student
+(measured on the CPU with a second student; a contrast memory's cost does not, a second backward through
+the student does). Values the device lacks are estimated from the CPU rows and flagged: a net's throughput as
 resnet20's on the device x the net's CPU step ratio, a method's ratios as measured on the CPU.
 Importing this module does not import torch (the config's checks do, when a plan is made).
 """
@@ -31,10 +35,11 @@ from .errors import KdpipeError
 
 CALIBRATION = Path(__file__).resolve().parent / "reference" / "step_costs.csv"
 FIELDS = ("device", "quantity", "subject", "value", "image_size", "batch", "source", "date")
-QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes", "together_x<k>")
+QUANTITIES = ("train_img_s", "infer_img_s", "student_step", "teacher_passes", "student_share", "together_x<k>")
 EAGER = "-eager"  # a GPU's rows measured with --cuda_graphs 0 (bench/calibrate.py --graphs 0)
 TOGETHER = re.compile(r"together_x([2-9]|[1-9]\d+)")  # k runs of a net trained together / one alone
-REFERENCE_NET = "resnet20"  # the net every device measures; other nets scale from it by their CPU step ratio
+REFERENCE_NET = "resnet20"  # the net every device measures, and the students of its method rows
+CALIBRATION_TEACHER = "resnet110"  # the teacher of the method rows (bench/calibrate.py's default)
 ESTIMATE_FROM = "cpu"  # the device whose rows cover every net and method
 
 # Built-in datasets: (training images before the validation split, test images), known without files.
@@ -49,6 +54,17 @@ def device_label(name: str) -> str:
     """A device's short name in the table: ``NVIDIA H100 80GB HBM3`` -> ``h100``; ``cpu`` -> ``cpu``."""
     model = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]?)\b", name)
     return model.group(1).lower() if model else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def student_share(own: float, other: float, ratio: float) -> float:
+    """A method's ``student_share`` from its own cost (its step less the teacher's passes) measured with two
+    students: ``own`` plain steps of REFERENCE_NET, ``other`` plain steps of a net whose plain step is ``ratio``
+    times REFERENCE_NET's. The inverse of :meth:`Calibration.own_seconds`, clipped to [0, 1]; 1 (the extra
+    cost scales with the student) where there is no extra cost to split."""
+    extra = own - 1.0
+    if extra <= 0 or ratio == 1.0:
+        return 1.0
+    return min(1.0, max(0.0, ((other - 1.0) * ratio / extra - 1.0) / (ratio - 1.0)))
 
 
 def calibration_devices(path: str | Path | None = None) -> tuple[str, ...]:
@@ -162,6 +178,33 @@ class Calibration:
                 f", teacher share x {scale:.2g} (st's {self.device} / {ESTIMATE_FROM})" if values[1] else ""
             )
         return values[0] or 0.0, values[1] or 0.0
+
+    def own_seconds(self, name: str, own: float, net: str, pixels: int) -> float:
+        """Seconds per image of method ``name``'s step less its teacher passes, for student ``net``, given the
+        method's ``student_step`` ``own``: a plain step of ``net`` plus ``own - 1`` plain steps of REFERENCE_NET
+        (the students it was measured with), of which the method's ``student_share`` scales with ``net``."""
+        step = self.train_seconds(net, pixels)
+        if net == REFERENCE_NET or own == 1.0:
+            return own * step
+        found = [  # this device's, then the CPU's; a method calibrated nowhere is costed as st
+            (subject, device, row["value"])
+            for subject in dict.fromkeys((name, "st"))
+            for device in dict.fromkeys((self.device, ESTIMATE_FROM))
+            if (row := self._row(device, "student_share", subject)) is not None
+        ]
+        if not found:
+            share = 1.0
+            how = "calibrated nowhere: its cost beyond a plain step scales with the student"
+            self.estimates[f"student_share {name}"] = how
+        else:
+            subject, device, share = found[0]
+            if subject != name:
+                self.estimates[f"student_share {name}"] = f"st's ({device})"
+            elif device != self.device:
+                what = "how much of a method's cost beyond a plain step grows with the student"
+                self.estimates["student_share"] = f"{ESTIMATE_FROM}'s: {what}"
+        fixed = self.train_seconds(REFERENCE_NET, pixels)
+        return step + (own - 1.0) * (share * step + (1.0 - share) * fixed)
 
     def together(self, net: str, runs: int) -> float:
         """How much faster ``runs`` runs of ``net`` train together in one process than one alone (images/s
@@ -332,7 +375,7 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
         own, passes = cal.method(kind)
         epochs = opts["epochs"]
         on = sum(bss_lambda(e, epochs, opts["lambda_kd"]) > 0 for e in range(1, epochs + 1))
-        step = on * (own * S(s) + passes * S(teacher)) + (epochs - on) * S(s)
+        step = on * (cal.own_seconds(kind, own, s, px) + passes * S(teacher)) + (epochs - on) * S(s)
         return split.train * step + epochs * held_out * I(s) + split.test * I(teacher)
     rule = base_rule(run.rule)
     if rule == "train_ft":
@@ -352,7 +395,7 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
     total = split.test * I(teacher)  # the teacher's accuracy, measured once
     for epochs, method, cached in phases:
         own, passes = cal.method(method)
-        step = own * dot * S(s) + (0.0 if cached else passes * S(teacher))
+        step = cal.own_seconds(method, own, s, px) * dot + (0.0 if cached else passes * S(teacher))
         total += epochs * (split.train * step + held_out * I(s))
     return total
 
@@ -475,6 +518,40 @@ def format_plan(record: dict, configfile: str = "") -> str:
         lines += [f"  {what}: {how}" for what, how in record["estimated"].items()]
     for dataset, n in record["unknown"].items():
         lines.append(f"not costed: {n} jobs of {dataset} (an image folder: its size is known once its manifest is)")
+    return "\n".join(lines)
+
+
+def method_table(device: str = ESTIMATE_FROM, calibration: str | Path | None = None, columns: int = 3) -> str:
+    """Each method's training step with a live teacher as a multiple of a plain step of the same student, for
+    the calibration's nets (CALIBRATION_TEACHER -> REFERENCE_NET) on ``device``: a markdown table (README's
+    "Cost of each method"), derived from the table's student_step and teacher_passes rows."""
+    rows = [r for r in _read(Path(calibration or CALIBRATION)) if r["device"] == device]
+    value = {(r["quantity"], r["subject"]): r["value"] for r in rows}
+    if ("train_img_s", CALIBRATION_TEACHER) not in value or ("student_step", "st") not in value:
+        raise KdpipeError(f"calibration: no step costs of {CALIBRATION_TEACHER} and st on {device}")
+    teacher = value[("train_img_s", REFERENCE_NET)] / value[("train_img_s", CALIBRATION_TEACHER)]  # S(t) / S(s)
+
+    def live(name: str) -> float:
+        return value[("student_step", name)] + value.get(("teacher_passes", name), 0.0) * teacher
+
+    cells = []
+    for name in dict.fromkeys(r["subject"] for r in rows if r["quantity"] == "student_step"):
+        if name == "dml":
+            cells.append((f"dml (2 × {REFERENCE_NET})", f"{2 * value[('student_step', name)]:.2f}"))
+        elif name == "+dot":  # DOT's factor on a variant's own step: st's
+            dot = value[("student_step", "st")] * (value[("student_step", name)] - 1)
+            cells.append(("st+dot", f"{live('st') + dot:.2f}"))
+        elif name == "bss":
+            cells.append(("bss (attack epochs)", f"{live(name):.0f}"))
+        elif ("student_step", f"{name}:init") in value:
+            cells.append((name, f"{live(name):.2f} (init phase {live(name + ':init'):.2f})"))
+        elif not name.endswith(":init"):
+            cells.append((name, f"{live(name):.2f}"))
+    cells.append(("st with the teacher cache", f"{value[('student_step', 'st')]:.2f}"))
+    cells += [("", "")] * (-len(cells) % columns)
+    lines = ["| " + " | ".join(["method | × plain"] * columns) + " |", "|" + "---|---:|" * columns]
+    for i in range(0, len(cells), columns):
+        lines.append("| " + " | ".join(f"{name} | {ratio}".strip() for name, ratio in cells[i : i + columns]) + " |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ checked against Snakemake's dry runs in test_workflow, test_cluster and test_ben
 
 import csv
 import math
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -18,7 +20,9 @@ from kdpipe.costplan import (
     dataset_split,
     device_label,
     format_plan,
+    method_table,
     over_time_limit,
+    student_share,
 )
 from kdpipe.data import load_data
 from kdpipe.errors import KdpipeError
@@ -100,9 +104,82 @@ def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
         "group_plots": 1,
         "all": 1,
     }
-    assert set(record["estimated"]) == {"net resnet14", "inference of resnet8", "inference of resnet14", "method at"}
+    assert set(record["estimated"]) == {
+        "net resnet14",
+        "inference of resnet8",
+        "inference of resnet14",
+        "method at",
+        "student_share st",  # no shares in this table: a method's extra cost scales with the student
+        "student_share at",
+    }
     assert "costed as st" in record["estimated"]["method at"]
+    assert "calibrated nowhere" in record["estimated"]["student_share at"]
     assert "cpu step ratio" in record["estimated"]["net resnet14"]
+
+
+@pytest.mark.parametrize(
+    "other, share",
+    [
+        (1 + 0.5 / 3, 0.0),  # the same extra seconds with a student 3x slower: a fixed cost
+        (1.5, 1.0),  # the same extra share of the student's step: it scales with the student
+        (1 + 0.5 * (0.5 * 3 + 0.5) / 3, 0.5),
+        (3.0, 1.0),  # clipped
+        (0.9, 0.0),
+    ],
+)
+def test_student_share_splits_a_methods_extra_cost_into_fixed_and_proportional(other, share):
+    # own 1.5 plain steps of resnet20; `other` plain steps of a student whose step is 3x resnet20's
+    assert student_share(1.5, other, 3.0) == pytest.approx(share)
+    assert student_share(1.0, 2.0, 3.0) == 1.0  # nothing beyond a plain step to split
+
+
+def test_methods_beyond_resnet20_students_cost_their_fixed_and_proportional_parts(tmp_path):
+    """student_step is measured with resnet20 students: for another student, the cost beyond a plain step
+    is student_share x that student's step + the rest x resnet20's (the GPU takes the CPU's share)."""
+    rows = ROWS + [("cpu", "student_share", "st", 0.25, 16), ("gpu", "train_img_s", "resnet56", 250, 16)]
+    table = write_table(tmp_path / "cal.csv", rows)
+    config = {**CONFIG, "base": {"nets": []}, "kd": {"modes": ["st"]}, "report": {"races": False}}
+    train, held_out = 100, 20 + 359
+    s20, s56, i20 = 1 / 1000, 1 / 250, 1 / 5000
+    for student, expected in (("resnet20", 1.5 * s20), ("resnet56", s56 + 0.5 * (0.25 * s56 + 0.75 * s20))):
+        pairs = [{"teacher": "resnet20", "student": student}]
+        record = cost_plan(load_config({**config, "pairs": pairs}), "gpu", table)
+        inference = held_out * i20 * (s56 / s20 if student == "resnet56" else 1)
+        kd = 2 * (train * expected + inference) + 359 * i20
+        assert record["rules"]["train_kd"]["hours"] * 3600 == pytest.approx(kd, rel=1e-9)
+        assert ("student_share" in record["estimated"]) == (student == "resnet56")
+    assert "cpu's" in record["estimated"]["student_share"]
+
+
+def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
+    """bench/calibrate.py on the CPU (one step per timing): a net's rows, a method's student_step,
+    teacher_passes and student_share, written into a copy of the shipped table that keeps every other row."""
+    table = tmp_path / "step_costs.csv"
+    table.write_bytes(CALIBRATION.read_bytes())
+    argv = ["--device", "cpu", "--nets", "resnet8w4", "--only", "st", "--teacher", "resnet14"]
+    argv += ["--share_student", "resnet8w4", "--steps", "1", "--repeats", "1", "--out", str(table)]
+    done = subprocess.run(
+        [sys.executable, "bench/calibrate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    with CALIBRATION.open() as f:
+        before = list(csv.DictReader(f))
+    with table.open() as f:
+        after = list(csv.DictReader(f))
+    measured = {("train_img_s", "resnet8w4"), ("infer_img_s", "resnet8w4")}
+    measured |= {(q, "st") for q in ("student_step", "teacher_passes", "student_share")}
+
+    def remeasured(r):
+        return r["device"] == "cpu" and (r["quantity"], r["subject"]) in measured
+
+    new = {(r["quantity"], r["subject"]): r for r in after if remeasured(r)}
+    assert len(new) == len(measured) == sum(map(remeasured, after))
+    assert all(r["batch"] == "32" and r["image_size"] == "16" for r in new.values())
+    assert [r for r in after if not remeasured(r)] == [r for r in before if not remeasured(r)]
+    assert float(new[("train_img_s", "resnet8w4")]["value"]) > 0 < float(new[("teacher_passes", "st")]["value"])
+    assert 0 <= float(new[("student_share", "st")]["value"]) <= 1
+    assert "--only st" in new[("student_step", "st")]["source"]
+    assert cost_plan(load_config(CONFIG), "cpu", table)["hours"] > 0
 
 
 def test_jobs_over_their_time_limit_are_named_with_the_runtime_that_would_do(tmp_path):
@@ -298,6 +375,24 @@ def test_readme_plan_figures_are_the_plans_of_the_shipped_table():
     table = printed[: printed.index(next(line for line in printed if line.startswith("total"))) + 1]
     missing = [line for line in table if line not in readme.splitlines()]
     assert not missing, "README's printed plan differs from today's:\n" + "\n".join(table)
+
+
+def test_readme_cost_of_each_method_is_the_shipped_cpu_rows(tmp_path):
+    """README's "Cost of each method" table is derived from the shipped CPU rows (method_table), and its
+    cells are live-teacher steps over plain ones: student_step + teacher_passes x S(resnet110) / S(resnet20)."""
+    table = method_table()
+    assert table in (ROOT / "README.md").read_text(), "README's 'Cost of each method' table; the rows give:\n" + table
+    rows = {
+        (r["quantity"], r["subject"]): float(r["value"])
+        for r in csv.DictReader(CALIBRATION.open())
+        if r["device"] == "cpu"
+    }
+    ratio = rows[("train_img_s", "resnet20")] / rows[("train_img_s", "resnet110")]
+    crd = rows[("student_step", "crd")] + rows[("teacher_passes", "crd")] * ratio
+    assert f"| crd | {crd:.2f} |" in table
+    assert f"| st with the teacher cache | {rows[('student_step', 'st')]:.2f} |" in table
+    with pytest.raises(KdpipeError, match="no step costs of resnet110 and st on gpu"):
+        method_table("gpu", write_table(tmp_path / "cal.csv"))
 
 
 def test_plan_merges_several_config_files_as_snakemake_does(tmp_path):
