@@ -50,6 +50,7 @@ from kdpipe.costplan import (  # noqa: E402
     CALIBRATION_TEACHER,
     FIELDS,
     REFERENCE_NET,
+    SHARE_FLOOR,
     device_label,
     student_share,
 )
@@ -112,11 +113,12 @@ class TeacherForward:
             self.model(x)
 
 
-def write(out: Path, rows: list[dict]) -> None:
-    """The calibration table with ``rows`` in place of the rows they measure again; every other row kept."""
+def write(out: Path, rows: list[dict], stale: set = frozenset()) -> None:
+    """The calibration table with ``rows`` in place of the rows they measure again, without the ``stale`` ones
+    ((device, quantity, subject): a share of a method whose step was measured again without it); others kept."""
     kept = []
     if out.is_file():
-        done = {(r["device"], r["quantity"], r["subject"]) for r in rows}
+        done = {(r["device"], r["quantity"], r["subject"]) for r in rows} | stale
         with out.open() as f:
             kept = [r for r in csv.DictReader(f) if (r["device"], r["quantity"], r["subject"]) not in done]
     with out.open("w", newline="") as f:
@@ -185,7 +187,7 @@ def main() -> None:
     def timed(task_cls, ctx, epoch=0) -> float:
         return fastest(task_cls(ctx), ctx, epoch)
 
-    rows = []
+    rows, stale = [], set()
     argv = sys.argv[1:]
     if "--out" in argv:  # where the table was written is not how it was measured
         del argv[argv.index("--out") : argv.index("--out") + 2]
@@ -208,7 +210,7 @@ def main() -> None:
             )
         )
         print(f"{quantity:<15}{subject:<18}{value:>10.4g}  {note}", flush=True)
-        write(Path(args.out), rows)  # row by row: a run stopped early keeps what it measured
+        write(Path(args.out), rows, stale)  # row by row: a run stopped early keeps what it measured
 
     nets = list(MODELS) if args.nets == "all" else [n for n in args.nets.split(",") if n and n != "none"]
     plain = {}
@@ -253,7 +255,8 @@ def main() -> None:
             continue
         runs = {"student": plain_tasks[s_name], "teacher": plain_tasks[t_name], "forward": forward}
         students = {"method": s_name}
-        if share_name and name not in ("bss", "st+dot"):  # BSS: its own cost is a plain step by definition
+        # no share for BSS (its own cost is a plain step by definition) nor DOT (a factor on a variant's own cost)
+        if share_name and name not in ("bss", "st+dot"):
             runs["other student"], students["method, other student"] = plain_tasks[share_name], share_name
         for key, student in students.items():
             ctx = context(entry, **dict(opts, s_name=student))
@@ -284,13 +287,18 @@ def main() -> None:
             if measured.get("st"):
                 row("student_step", "+dot", own / measured["st"], "DOT's factor on a variant's student_step")
             continue
+        if "method, other student" not in runs:  # an earlier share belongs to an earlier student_step
+            stale.add((label, "student_share", name))
         row("student_step", name, own, f"{t_name} -> {s_name}")
         row("teacher_passes", name, passes, f"{t_name} -> {s_name}")
         if "method, other student" in runs:
             other = own_cost("method, other student", "other student")
             ratio = best["other student"] / best["student"]
             share = student_share(own, other, ratio)
-            note = f"{s_name}: {own:.3g}; {share_name}: {other:.3g} of its plain steps ({ratio:.3g} x {s_name}'s)"
+            note = f"{s_name}: {own:.3g}; {share_name}: {other:.3g} of its plain steps"
+            if own - 1 < SHARE_FLOOR:
+                note += f"; under the {SHARE_FLOOR:g} floor: not split"
+            note += f" ({ratio:.3g} x {s_name}'s)"
             row("student_share", name, share, note)
 
     def beside(task_cls, ctx, net) -> float:
@@ -309,7 +317,7 @@ def main() -> None:
         ctx = context("ft_paraphraser", t_model=str(t_path), t_name=t_name)
         row("teacher_passes", "ft_paraphraser", beside(ParaphraserTask, ctx, t_name), t_name)
 
-    write(Path(args.out), rows)
+    write(Path(args.out), rows, stale)
     print(f"wrote {len(rows)} rows for {label} to {args.out}")
 
 

@@ -40,6 +40,7 @@ EAGER = "-eager"  # a GPU's rows measured with --cuda_graphs 0 (bench/calibrate.
 TOGETHER = re.compile(r"together_x([2-9]|[1-9]\d+)")  # k runs of a net trained together / one alone
 REFERENCE_NET = "resnet20"  # the net every device measures, and the students of its method rows
 CALIBRATION_TEACHER = "resnet110"  # the teacher of the method rows (bench/calibrate.py's default)
+SHARE_FLOOR = 0.1  # a cost beyond a plain step under this many plain steps is not split: within a step's timing noise
 ESTIMATE_FROM = "cpu"  # the device whose rows cover every net and method
 
 # Built-in datasets: (training images before the validation split, test images), known without files.
@@ -60,9 +61,10 @@ def student_share(own: float, other: float, ratio: float) -> float:
     """A method's ``student_share`` from its own cost (its step less the teacher's passes) measured with two
     students: ``own`` plain steps of REFERENCE_NET, ``other`` plain steps of a net whose plain step is ``ratio``
     times REFERENCE_NET's. The inverse of :meth:`Calibration.own_seconds`, clipped to [0, 1]; 1 (the extra
-    cost scales with the student) where there is no extra cost to split."""
+    cost scales with the student, as before the split) where it is under SHARE_FLOOR plain steps: a method's
+    student_step varies by about 6 % between runs, so a smaller extra cost cannot be split."""
     extra = own - 1.0
-    if extra <= 0 or ratio == 1.0:
+    if extra < SHARE_FLOOR or ratio == 1.0:
         return 1.0
     return min(1.0, max(0.0, ((other - 1.0) * ratio / extra - 1.0) / (ratio - 1.0)))
 
@@ -527,7 +529,8 @@ def method_table(device: str = ESTIMATE_FROM, calibration: str | Path | None = N
     "Cost of each method"), derived from the table's student_step and teacher_passes rows."""
     rows = [r for r in _read(Path(calibration or CALIBRATION)) if r["device"] == device]
     value = {(r["quantity"], r["subject"]): r["value"] for r in rows}
-    if ("train_img_s", CALIBRATION_TEACHER) not in value or ("student_step", "st") not in value:
+    needed = [("train_img_s", REFERENCE_NET), ("train_img_s", CALIBRATION_TEACHER), ("student_step", "st")]
+    if any(key not in value for key in needed):
         raise KdpipeError(f"calibration: no step costs of {CALIBRATION_TEACHER} and st on {device}")
     teacher = value[("train_img_s", REFERENCE_NET)] / value[("train_img_s", CALIBRATION_TEACHER)]  # S(t) / S(s)
 

@@ -4,6 +4,7 @@ checked against Snakemake's dry runs in test_workflow, test_cluster and test_ben
 
 import csv
 import math
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import kdpipe
 from conftest import ROOT, cli, cli_in_process
 from kdpipe.costplan import (
     CALIBRATION,
+    Calibration,
     FIELDS,
     _hours,
     cost_plan,
@@ -131,24 +133,48 @@ def test_student_share_splits_a_methods_extra_cost_into_fixed_and_proportional(o
     # own 1.5 plain steps of resnet20; `other` plain steps of a student whose step is 3x resnet20's
     assert student_share(1.5, other, 3.0) == pytest.approx(share)
     assert student_share(1.0, 2.0, 3.0) == 1.0  # nothing beyond a plain step to split
+    assert student_share(1.09, 1.0, 3.0) == 1.0  # under SHARE_FLOOR: within the timing noise, not split
 
 
 def test_methods_beyond_resnet20_students_cost_their_fixed_and_proportional_parts(tmp_path):
     """student_step is measured with resnet20 students: for another student, the cost beyond a plain step
-    is student_share x that student's step + the rest x resnet20's (the GPU takes the CPU's share)."""
-    rows = ROWS + [("cpu", "student_share", "st", 0.25, 16), ("gpu", "train_img_s", "resnet56", 250, 16)]
+    is student_share x that student's step + the rest x resnet20's, each method with its own share (the GPU
+    takes the CPU's); the teacher's passes stay in the teacher's steps."""
+    rows = ROWS + [
+        ("gpu", "train_img_s", "resnet56", 250, 16),
+        ("gpu", "student_step", "at", 1.2, 16),
+        ("gpu", "teacher_passes", "at", 0.5, 16),
+        ("cpu", "student_share", "st", 0.25, 16),
+        ("cpu", "student_share", "at", 0.6, 16),
+    ]
     table = write_table(tmp_path / "cal.csv", rows)
-    config = {**CONFIG, "base": {"nets": []}, "kd": {"modes": ["st"]}, "report": {"races": False}}
-    train, held_out = 100, 20 + 359
-    s20, s56, i20 = 1 / 1000, 1 / 250, 1 / 5000
-    for student, expected in (("resnet20", 1.5 * s20), ("resnet56", s56 + 0.5 * (0.25 * s56 + 0.75 * s20))):
-        pairs = [{"teacher": "resnet20", "student": student}]
+    config = {**CONFIG, "base": {"nets": []}, "kd": {"modes": ["st", "at"]}}  # st reads the cache, at does not
+    train, held_out, test = 100, 20 + 359, 359
+    s20, s56, s8, i20 = 1 / 1000, 1 / 250, 1 / 4000 / 4, 1 / 5000
+    teacher = 0.5 * s8 * train  # at's teacher passes: resnet8's steps, whatever the student
+    steps = {
+        "resnet20": (1.5 * s20, 1.2 * s20),
+        "resnet56": (s56 + 0.5 * (0.25 * s56 + 0.75 * s20), s56 + 0.2 * (0.6 * s56 + 0.4 * s20)),
+    }
+    for student, (st, at) in steps.items():
+        pairs = [{"teacher": "resnet8", "student": student}]
         record = cost_plan(load_config({**config, "pairs": pairs}), "gpu", table)
         inference = held_out * i20 * (s56 / s20 if student == "resnet56" else 1)
-        kd = 2 * (train * expected + inference) + 359 * i20
+        teacher_test = test * s8 * (i20 / s20)  # the teacher's accuracy: resnet8's inference, as estimated
+        kd = 2 * (train * st + inference) + 2 * (train * at + teacher + inference) + 2 * teacher_test
         assert record["rules"]["train_kd"]["hours"] * 3600 == pytest.approx(kd, rel=1e-9)
         assert ("student_share" in record["estimated"]) == (student == "resnet56")
     assert "cpu's" in record["estimated"]["student_share"]
+
+
+def test_student_share_is_the_inverse_of_the_plans_step(tmp_path):
+    rows = [("cpu", "train_img_s", "resnet20", 1000, 16), ("cpu", "train_img_s", "resnet56", 400, 16)]
+    rows += [("cpu", "student_share", "crd", 0.3, 16)]
+    cal = Calibration.load("cpu", write_table(tmp_path / "cal.csv", rows))
+    ratio = cal.train_seconds("resnet56", 16) / cal.train_seconds("resnet20", 16)
+    other = cal.own_seconds("crd", 1.7, "resnet56", 16) / cal.train_seconds("resnet56", 16)
+    assert ratio == pytest.approx(2.5) and student_share(1.7, other, ratio) == pytest.approx(0.3)
+    assert cal.own_seconds("crd", 1.7, "resnet20", 16) == pytest.approx(1.7 / 1000)
 
 
 def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
@@ -177,9 +203,22 @@ def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
     assert all(r["batch"] == "32" and r["image_size"] == "16" for r in new.values())
     assert [r for r in after if not remeasured(r)] == [r for r in before if not remeasured(r)]
     assert float(new[("train_img_s", "resnet8w4")]["value"]) > 0 < float(new[("teacher_passes", "st")]["value"])
-    assert 0 <= float(new[("student_share", "st")]["value"]) <= 1
+    share = new[("student_share", "st")]
+    assert 0 <= float(share["value"]) <= 1
+    ratio = float(re.search(r"\(([0-9.e+-]+) x resnet20's\)", share["source"]).group(1))
+    assert "resnet8w4: " in share["source"] and ratio < 1  # timed with the second student, a smaller net
     assert "--only st" in new[("student_step", "st")]["source"]
     assert cost_plan(load_config(CONFIG), "cpu", table)["hours"] > 0
+    # st measured again without a second student: its share, of the step measured before, goes
+    argv[argv.index("--share_student") + 1] = "none"
+    done = subprocess.run(
+        [sys.executable, "bench/calibrate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    with table.open() as f:
+        again = {(r["device"], r["quantity"], r["subject"]): r for r in csv.DictReader(f)}
+    assert ("cpu", "student_share", "st") not in again and ("cpu", "student_share", "at") in again
+    assert "--share_student none" in again[("cpu", "student_step", "st")]["source"]
 
 
 def test_jobs_over_their_time_limit_are_named_with_the_runtime_that_would_do(tmp_path):
