@@ -171,27 +171,27 @@ def test_unswept_runs_keep_their_identities_params_and_inputs():
     after = {run.run_dir: run.record() for run in plan(swept)}
     assert {k: after[k] for k in before} == before  # every record as it was (no 'sweep' key added)
     assert len(after) - len(before) == (2 + 2 + 1 + 2) * 3
-    assert before["results/digits/kd-st/resnet20-resnet8w4/seed0"] == {
+    assert before["results/digits/kd-st/resnet20-resnet8w8/seed0"] == {
         "rule": "train_kd",
         "dataset": "digits",
         "method": "st",
         "variant": "",
         "teacher": "resnet20",
-        "student": "resnet8w4",
+        "student": "resnet8w8",
         "seed": 0,
-        "run_dir": "results/digits/kd-st/resnet20-resnet8w4/seed0",
+        "run_dir": "results/digits/kd-st/resnet20-resnet8w8/seed0",
         "generation": None,
         "peers": [],
-        "log": "results/logs/digits/kd-st/resnet20-resnet8w4/seed0.log",
-        "group": "resnet20-resnet8w4",
+        "log": "results/logs/digits/kd-st/resnet20-resnet8w8/seed0.log",
+        "group": "resnet20-resnet8w8",
     }
     old, new = all_params(plain), all_params(swept)
-    ft_dir = "results/digits/ft/resnet20-resnet8w4/seed2"
+    ft_dir = "results/digits/ft/resnet20-resnet8w8/seed2"
     assert {k: new[k] for k in old} == old
     assert {k for k in old if "/crd/" in k or "/ft/" in k} and len(new) - len(old) == (2 + 2 + 1 + 2) * 3
-    ft, plain_ft = new["results/digits/ft/resnet20-resnet8w4/lambda_kd~400/seed2"][0], old[ft_dir][0]
+    ft, plain_ft = new["results/digits/ft/resnet20-resnet8w8/lambda_kd~400/seed2"][0], old[ft_dir][0]
     assert ft["lambda_kd"] == 400 and {k for k in ft if ft[k] != plain_ft[k]} == {"lambda_kd"}
-    crd, crd_inputs = new["results/digits/crd/resnet20-resnet8w4/lambda_kd~0.8/seed0"]
+    crd, crd_inputs = new["results/digits/crd/resnet20-resnet8w8/lambda_kd~0.8/seed0"]
     assert crd["lambda_kd"] == 0.8 and "cache" in crd_inputs  # the sweep's students read the teacher cache too
     # the report gains the sweeps' tables and plots, nothing else changes
     added = set(report_targets(swept)) - set(report_targets(plain))
@@ -199,11 +199,11 @@ def test_unswept_runs_keep_their_identities_params_and_inputs():
     assert added == {
         "results/tables/sweeps/digits.md",
         "results/tables/sweeps/digits.csv",
-        "results/plots/digits/resnet20-resnet8w4/sweep-st-T.png",
-        "results/plots/digits/resnet20-resnet8w4/sweep-rkd-lambda_kd.png",
-        "results/plots/digits/resnet20-resnet8w4/sweep-rkd-lr.png",
-        "results/plots/digits/resnet20-resnet8w4/sweep-crd-lambda_kd.png",
-        "results/plots/digits/resnet20-resnet8w4/sweep-ft-lambda_kd.png",
+        "results/plots/digits/resnet20-resnet8w8/sweep-st-T.png",
+        "results/plots/digits/resnet20-resnet8w8/sweep-rkd-lambda_kd.png",
+        "results/plots/digits/resnet20-resnet8w8/sweep-rkd-lr.png",
+        "results/plots/digits/resnet20-resnet8w8/sweep-crd-lambda_kd.png",
+        "results/plots/digits/resnet20-resnet8w8/sweep-ft-lambda_kd.png",
     }
 
 
@@ -398,7 +398,7 @@ def test_worked_example_merges_onto_the_default():
     config = load_config(config)
     assert config["kd"]["modes"] == ["st", "rkd"] and config["ft"]["enabled"] and config["dml"]["cohorts"]
     swept = [run.run_dir for run in plan(config) if run.sweep]
-    assert len(swept) == 4 * 3 and swept[0] == "results/digits/kd-st/resnet20-resnet8w4/T~1/seed0"
+    assert len(swept) == 4 * 3 and swept[0] == "results/digits/kd-st/resnet20-resnet8w8/T~1/seed0"
 
 
 @pytest.mark.slow

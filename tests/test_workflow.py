@@ -31,9 +31,9 @@ def job_counts(output: str) -> dict:
 def test_default_config_is_valid_and_names_teacher_and_student():
     config = load_config(yaml.safe_load(open(ROOT / "config" / "config.yaml")))
     assert config["datasets"] == ["digits"] and config["seeds"] == [0, 1, 2]  # mean ± std over 3 seeds
-    assert config["pairs"] == [{"teacher": "resnet20", "student": "resnet8w4"}]
+    assert config["pairs"] == [{"teacher": "resnet20", "student": "resnet8w8"}]
     assert base_runs(config) == [
-        f"results/digits/base/{net}/seed{s}" for net in ("resnet20", "resnet8w4") for s in (0, 1, 2)
+        f"results/digits/base/{net}/seed{s}" for net in ("resnet20", "resnet8w8") for s in (0, 1, 2)
     ]
 
 
