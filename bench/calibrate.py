@@ -256,7 +256,8 @@ def main() -> None:
         runs = {"student": plain_tasks[s_name], "teacher": plain_tasks[t_name], "forward": forward}
         students = {"method": s_name}
         # no share for BSS (its own cost is a plain step by definition) nor DOT (a factor on a variant's own cost)
-        if share_name and name not in ("bss", "st+dot"):
+        shared = share_name is not None and name not in ("bss", "st+dot")
+        if shared:
             runs["other student"], students["method, other student"] = plain_tasks[share_name], share_name
         for key, student in students.items():
             ctx = context(entry, **dict(opts, s_name=student))
@@ -287,11 +288,11 @@ def main() -> None:
             if measured.get("st"):
                 row("student_step", "+dot", own / measured["st"], "DOT's factor on a variant's student_step")
             continue
-        if "method, other student" not in runs:  # an earlier share belongs to an earlier student_step
+        if not shared:  # an earlier share belongs to an earlier student_step
             stale.add((label, "student_share", name))
         row("student_step", name, own, f"{t_name} -> {s_name}")
         row("teacher_passes", name, passes, f"{t_name} -> {s_name}")
-        if "method, other student" in runs:
+        if shared:
             other = own_cost("method, other student", "other student")
             ratio = best["other student"] / best["student"]
             share = student_share(own, other, ratio)

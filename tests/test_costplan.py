@@ -177,6 +177,13 @@ def test_student_share_is_the_inverse_of_the_plans_step(tmp_path):
     assert cal.own_seconds("crd", 1.7, "resnet20", 16) == pytest.approx(1.7 / 1000)
 
 
+def calibrate(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/calibrate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
     """bench/calibrate.py on the CPU (one step per timing): a net's rows, a method's student_step,
     teacher_passes and student_share, written into a copy of the shipped table that keeps every other row."""
@@ -184,10 +191,7 @@ def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
     table.write_bytes(CALIBRATION.read_bytes())
     argv = ["--device", "cpu", "--nets", "resnet8w4", "--only", "st", "--teacher", "resnet14"]
     argv += ["--share_student", "resnet8w4", "--steps", "1", "--repeats", "1", "--out", str(table)]
-    done = subprocess.run(
-        [sys.executable, "bench/calibrate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
+    calibrate(argv)
     with CALIBRATION.open() as f:
         before = list(csv.DictReader(f))
     with table.open() as f:
@@ -211,10 +215,7 @@ def test_calibrate_replaces_the_rows_it_measures_and_keeps_the_others(tmp_path):
     assert cost_plan(load_config(CONFIG), "cpu", table)["hours"] > 0
     # st measured again without a second student: its share, of the step measured before, goes
     argv[argv.index("--share_student") + 1] = "none"
-    done = subprocess.run(
-        [sys.executable, "bench/calibrate.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
+    calibrate(argv)
     with table.open() as f:
         again = {(r["device"], r["quantity"], r["subject"]): r for r in csv.DictReader(f)}
     assert ("cpu", "student_share", "st") not in again and ("cpu", "student_share", "at") in again
