@@ -1,22 +1,20 @@
 #!/usr/bin/env bash
-# The methods whose steps became CUDA graphs after bench/gpu.sh last ran in full (FT and its paraphraser, CRD,
-# DML, BSS with its fixed-size step, born-again; DKD, whose one-hot no longer syncs the host): fidelity (each
-# trained 2 epochs eagerly and with graphs from the same seed), their step costs with graphs and eagerly,
-# for `python -m kdpipe plan`, and CRD's and BSS's seeds trained together as resources.seeds_together trains
-# them against each alone (gpu.py's seeds section: each run's own generators on a shared GPU).
-# One GPU, from the repository root, about 6 minutes on an H200; writes gpu.md,
-# gpu.json and step_costs.csv under $OUT when set (else prints, and updates kdpipe/reference/step_costs.csv).
-# With the new rows in kdpipe/reference/step_costs.csv, `pytest tests/test_costplan.py -k readme` prints the
-# plan table README must then show (it fails until README does).
+# What the 2026-11-28 run of this script left unchecked (its gpu.py ran the seeds section first and was
+# stopped at its time limit before the fidelity section; the step costs it timed are in
+# kdpipe/reference/step_costs.csv):
+# 1. fidelity: FT and its paraphraser, CRD, DML, BSS (its fixed-size step), born-again and DKD, whose steps
+#    became CUDA graphs after bench/gpu.sh last ran in full, each trained 2 epochs eagerly and with graphs
+#    from the same seed (README, "GPU throughput");
+# 2. seeds: CRD's and BSS's seeds trained together, as resources.seeds_together trains them, against each
+#    alone -- since each run has a CUDA generator state of its own (kdpipe.engine.OwnCudaGenerators; on that
+#    run CRD's second seed trained together differed from its run alone).
+# One GPU, from the repository root, each section stopped at 4 minutes (its table is written as it ends);
+# writes gpu.md and gpu.json under $OUT when set (else prints). The step costs again, with every other
+# method and net: bash bench/gpu.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-table=kdpipe/reference/step_costs.csv
-if [ -n "${OUT:-}" ]; then cp "$table" "$OUT/step_costs.csv"; table="$OUT/step_costs.csv"; fi
-methods=ft,crd,bss,born-again,dml,ft_paraphraser,dkd
-timeout 330 python3 bench/gpu.py --only seeds,fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd --calibration "$table"
-label=$(python3 -c 'import sys, torch; sys.path.insert(0, "."); from kdpipe.costplan import device_label; print(device_label(torch.cuda.get_device_name()))')
-common=(--device cuda --nets none --only "$methods" --repeats 1 --out "$table")
-timeout 60 python3 bench/calibrate.py "${common[@]}" --graphs 1
-timeout 60 python3 bench/calibrate.py "${common[@]}" --graphs 0 --label "$label-eager"
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/fidelity" "$OUT/seeds"; fi
+timeout 240 python3 bench/gpu.py --only fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd ${OUT:+--out "$OUT/fidelity"}
+timeout 240 python3 bench/gpu.py --only seeds ${OUT:+--out "$OUT/seeds"}

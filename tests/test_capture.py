@@ -108,6 +108,66 @@ def test_runs_trained_together_equal_runs_trained_alone(data, tmp_path, teacher_
     assert alone[0][1].history != alone[1][1].history  # the seeds differ: the comparison has teeth
 
 
+class StandInGenerator:
+    """A CUDA default generator's graph-safe state handling as torch.Generator has it: graphsafe_get_state
+    and graphsafe_set_state share a state by reference, clone_state copies it."""
+
+    clones = 0
+
+    def __init__(self, state=None):
+        self.state = state if state is not None else {"name": "default"}
+
+    def graphsafe_get_state(self):
+        return StandInGenerator(self.state)
+
+    def graphsafe_set_state(self, other):
+        self.state = other.state
+
+    def clone_state(self):
+        StandInGenerator.clones += 1
+        return StandInGenerator(dict(self.state, name=f"own{StandInGenerator.clones}"))
+
+
+def test_fit_together_gives_each_run_a_generator_state_of_its_own(data, tmp_path, monkeypatch):
+    """On CUDA a graph replays its random ops from the generator state current at its capture: every
+    turn of a run (epoch begin, steps, epoch end) runs with the run's own state current, another run's
+    state never, and fit_together leaves the generator with the state it found.  The CPU has no CUDA
+    generator; a stand-in takes its place (the GPU side: bench/gpu.py's seeds section)."""
+    import kdpipe.engine as engine
+
+    generator = StandInGenerator()
+    original = generator.state
+    monkeypatch.setattr(engine, "_default_cuda_generator", lambda device: generator)
+    monkeypatch.setattr(engine.OwnCudaGenerators, "graph_safe", True)
+    seen = []
+    for name in ("begin_epoch", "step", "end_epoch"):
+        method = getattr(engine.Training, name)
+
+        def spy(self, *args, method=method, name=name):
+            seen.append((self.ctx.run_dir.name, name, generator.state["name"]))
+            return method(self, *args)
+
+        monkeypatch.setattr(engine.Training, name, spy)
+    runs = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        ctx = Context(
+            resolve("base", {**DIGITS, "net_name": "resnet8", "seed": seed, "epochs": 1}),
+            data,
+            torch.device("cpu"),
+            tmp_path / f"s{seed}",
+        )
+        ctx.run_dir.mkdir()
+        runs.append((SupervisedTask(ctx), ctx, {}))
+    fit_together(runs)
+    states = {run: {state for r, _, state in seen if r == run} for run in ("s0", "s1")}
+    assert [len(v) for v in states.values()] == [1, 1] and states["s0"] != states["s1"], states
+    assert "default" not in states["s0"] | states["s1"]
+    assert {name for _, name, _ in seen} == {"begin_epoch", "step", "end_epoch"}
+    assert sum(name == "step" for _, name, _ in seen) == 2 * 5  # 300 images, 64 a batch, a tenth held out
+    assert generator.state is original
+
+
 def test_run_record_says_how_steps_ran(tmp_path):
     opts = {**DIGITS, "epochs": 1}
     record = kdpipe.train_base(**opts, net_name="resnet8", save_root=str(tmp_path), note="r", cuda=0)

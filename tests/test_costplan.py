@@ -384,7 +384,7 @@ def _plan(name: str, device: str, together: bool) -> dict:
 
 def test_readme_plan_figures_are_the_plans_of_the_shipped_table():
     """README's cost table and its printed plan are what ``kdpipe plan`` computes from the shipped
-    calibration table: refreshing step_costs.csv (bench/calibrate.py, bench/gpu_methods.sh) fails here
+    calibration table: refreshing step_costs.csv (bench/calibrate.py, bench/gpu.sh) fails here
     until README says the new figures."""
     readme = (ROOT / "README.md").read_text()
     header = "| config | jobs | " + " | ".join(h for h, _, _ in README_COLUMNS) + " |"
