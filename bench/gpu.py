@@ -14,7 +14,8 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
 5. ``stkd``: st-KD ResNet-110 -> ResNet-20 with the exact teacher cache and with the live teacher,
    relative to plain student training (both as kdpipe runs them).
 6. ``seeds`` (not in the default list; bench/gpu_methods.sh runs it): CRD and BSS, whose steps draw random
-   numbers, two seeds trained together (resources.seeds_together's path) and each alone: the same results.
+   numbers, two seeds trained together (resources.seeds_together's path) and each alone: the same results
+   (``--methods crd`` or ``bss`` for one).
 7. ``amp`` (not in the default list; bench/gpu_amp.sh runs it): images/s of one run with bf16 autocast (kdpipe's
    CUDA default) and in float32 (``--amp off``, as the references train), eager and as CUDA graphs; and with
    ``cudnn.benchmark`` off, as kdpipe's training leaves it (every other section here turns it on).
@@ -405,7 +406,7 @@ def together(report: Report, tmp: Path, n_train: int = 10240, sizes=None, table:
     )
 
 
-def seeds(report: Report, tmp: Path, n_train: int = 1280, epochs: int = 2) -> None:
+def seeds(report: Report, tmp: Path, n_train: int = 1280, epochs: int = 2, methods: str = "") -> None:
     """CRD (negatives) and BSS (attack targets) draw random numbers in their steps: two seeds through
     kdpipe.runner.run_together (each on its own stream, with a CUDA generator state of its own,
     engine.OwnCudaGenerators) and each run alone, from the same seeds: the last epoch's loss and accuracy
@@ -433,6 +434,8 @@ def seeds(report: Report, tmp: Path, n_train: int = 1280, epochs: int = 2) -> No
     rows = []
     try:
         for label, function in (("crd", kdpipe.train_crd), ("bss", kdpipe.train_bss)):
+            if methods and label not in methods.split(","):
+                continue
             roots = {where: tmp / f"seeds-{label}-{where}" for where in ("alone", "together")}
 
             def calls(where: str, function=function, roots=roots):
@@ -557,7 +560,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--job_seconds", type=float, default=3.0)
     parser.add_argument("--only", default="fidelity,single,together,jobs,stkd,streams")
-    parser.add_argument("--methods", default="", help="fidelity: a comma list of its cases (default: all)")
+    parser.add_argument("--methods", default="", help="fidelity, seeds: a comma list of their cases (default: all)")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument(
         "--calibration",
@@ -583,7 +586,7 @@ def main() -> None:
         "streams": lambda: streams(report, data, tmp, args.steps // 2),
         "stkd": lambda: stkd(report, data, tmp, args.steps // 2),
         "together": lambda: together(report, tmp, table=Path(args.calibration)),
-        "seeds": lambda: seeds(report, tmp),
+        "seeds": lambda: seeds(report, tmp, methods=args.methods),
         "amp": lambda: amp(report, data, tmp, args.steps),
     }
     for name in args.only.split(","):

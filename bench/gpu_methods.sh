@@ -8,13 +8,14 @@
 # 2. seeds: CRD's and BSS's seeds trained together, as resources.seeds_together trains them, against each
 #    alone -- since each run has a CUDA generator state of its own (kdpipe.engine.OwnCudaGenerators; on that
 #    run CRD's second seed trained together differed from its run alone).
-# One GPU, from the repository root, each section stopped at 4 minutes (its table is written as it ends);
-# writes gpu.md and gpu.json under $OUT when set (else prints). The step costs again, with every other
-# method and net: bash bench/gpu.sh.
+# One GPU, from the repository root, at most 9 minutes: each part stopped at its limit (a table is written
+# as it ends); writes gpu.md and gpu.json under $OUT/fidelity, $OUT/seeds-crd and $OUT/seeds-bss when OUT
+# is set (else prints). The step costs again, with every other method and net: bash bench/gpu.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/fidelity" "$OUT/seeds"; fi
 timeout 240 python3 bench/gpu.py --only fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd ${OUT:+--out "$OUT/fidelity"}
-timeout 240 python3 bench/gpu.py --only seeds ${OUT:+--out "$OUT/seeds"}
+for method in crd bss; do
+    timeout 140 python3 bench/gpu.py --only seeds --methods $method ${OUT:+--out "$OUT/seeds-$method"}
+done
