@@ -122,8 +122,9 @@ class StepRunner:
         for opt in self.task.optimizers.values():
             opt.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
         graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()  # on the run's device (torch.cuda.graph's own is one per process)
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=side):
                 x, y = self.batch(*static)
                 results = self.task.train_step(x, y, static[0], static[1], epoch)
         except Exception as exc:  # a host sync or CPU work inside the step: this method runs eagerly
@@ -132,6 +133,9 @@ class StepRunner:
             log.warning("training step not captured as a CUDA graph, running eagerly: %s", exc)
             torch.cuda.synchronize()
             return False
+        # what capture_begin queued on the side stream (the generator state's seed and offset fills,
+        # before per-capture states) comes before the first replay's own fills on this stream
+        torch.cuda.current_stream().wait_stream(side)
         self.graph, self.key, self.static, self.results = graph, key, static, results
         self.captures += 1
         log.debug("captured the training step as a CUDA graph (key %r)", key)

@@ -428,8 +428,7 @@ def fit_together(runs: list[tuple[Task, Context, dict]], rng_states: list[dict] 
             trainings.append(Training(task, ctx, fingerprint))  # may resume a checkpoint's generators
         state.update(rng_state())
         own.add(i, ctx.device)  # a copy of the CUDA generator's state just saved
-    overlap = own.graph_safe
-    streams = [torch.cuda.Stream(t.ctx.device) if overlap and t.ctx.device.type == "cuda" else None for t in trainings]
+    streams = [torch.cuda.Stream(t.ctx.device) if t.ctx.device.type == "cuda" else None for t in trainings]
     try:
         _train_in_turn(trainings, states, streams, own)
     finally:
@@ -446,9 +445,9 @@ class OwnCudaGenerators:
     share one state share those tensors, so on streams of their own one run's fill can land before
     another's graph has read them: on an H200 (torch 2.11) CRD's second seed, trained beside its first,
     ended 0.15 of its largest weight away from its run alone, the first seed identical.  With states of
-    their own, each run's graphs read only their own.  Where torch has no graph-safe states
-    (``graph_safe`` False), fit_together runs every turn on the current stream, in order: the same
-    results, without the overlap."""
+    their own, each run's graphs read only their own.  A torch without graph-safe states (``graph_safe``
+    False: before 2.4) keeps those tensors per graph, and recent ones (2.14 here) per capture: there
+    the swap changes nothing."""
 
     graph_safe = hasattr(torch.Generator, "graphsafe_set_state")
 

@@ -128,17 +128,37 @@ class StandInGenerator:
         return StandInGenerator(dict(self.state, name=f"own{StandInGenerator.clones}"))
 
 
-def test_fit_together_gives_each_run_a_generator_state_of_its_own(data, tmp_path, monkeypatch):
-    """On CUDA a graph replays its random ops from the generator state current at its capture: every
-    turn of a run (epoch begin, steps, epoch end) runs with the run's own state current, another run's
-    state never, and fit_together leaves the generator with the state it found.  The CPU has no CUDA
-    generator; a stand-in takes its place (the GPU side: bench/gpu.py's seeds section)."""
+def two_base_runs(data, root):
+    runs = []
+    for seed in (0, 1):
+        seed_everything(seed)
+        opts = resolve("base", {**DIGITS, "net_name": "resnet8", "seed": seed, "epochs": 1})
+        ctx = Context(opts, data, torch.device("cpu"), root / f"s{seed}")
+        ctx.run_dir.mkdir(parents=True)
+        runs.append((SupervisedTask(ctx), ctx, {}))
+    return runs
+
+
+@pytest.fixture
+def stand_in_generator(monkeypatch):
+    """The CPU has no CUDA generator: a stand-in takes the default generator's place for every device."""
     import kdpipe.engine as engine
 
     generator = StandInGenerator()
-    original = generator.state
     monkeypatch.setattr(engine, "_default_cuda_generator", lambda device: generator)
     monkeypatch.setattr(engine.OwnCudaGenerators, "graph_safe", True)
+    return generator
+
+
+def test_fit_together_gives_each_run_a_generator_state_of_its_own(data, tmp_path, monkeypatch, stand_in_generator):
+    """On CUDA a graph replays its random ops from the generator state current at its capture: every
+    turn of a run (epoch begin, steps, epoch end) runs with the run's own state current -- made current
+    before the run's saved generator states are set, which go into whatever state is current -- another
+    run's state never, and fit_together leaves the generator with the state it found (the GPU side:
+    bench/gpu.py's seeds section)."""
+    import kdpipe.engine as engine
+
+    generator, original = stand_in_generator, stand_in_generator.state
     seen = []
     for name in ("begin_epoch", "step", "end_epoch"):
         method = getattr(engine.Training, name)
@@ -148,24 +168,42 @@ def test_fit_together_gives_each_run_a_generator_state_of_its_own(data, tmp_path
             return method(self, *args)
 
         monkeypatch.setattr(engine.Training, name, spy)
-    runs = []
-    for seed in (0, 1):
-        seed_everything(seed)
-        ctx = Context(
-            resolve("base", {**DIGITS, "net_name": "resnet8", "seed": seed, "epochs": 1}),
-            data,
-            torch.device("cpu"),
-            tmp_path / f"s{seed}",
-        )
-        ctx.run_dir.mkdir()
-        runs.append((SupervisedTask(ctx), ctx, {}))
-    fit_together(runs)
+    restored = []  # the state current whenever a run's saved states are set
+    for name in ("set_rng_state", "_set_torch_rng"):
+        function = getattr(engine, name)
+
+        def spy(*args, function=function):
+            restored.append(generator.state["name"])
+            return function(*args)
+
+        monkeypatch.setattr(engine, name, spy)
+    fit_together(two_base_runs(data, tmp_path))
     states = {run: {state for r, _, state in seen if r == run} for run in ("s0", "s1")}
     assert [len(v) for v in states.values()] == [1, 1] and states["s0"] != states["s1"], states
     assert "default" not in states["s0"] | states["s1"]
     assert {name for _, name, _ in seen} == {"begin_epoch", "step", "end_epoch"}
     assert sum(name == "step" for _, name, _ in seen) == 2 * 5  # 300 images, 64 a batch, a tenth held out
+    # the first two: each run's start, set before its own state is made (a copy of what they set)
+    assert restored[:2] == ["default", "default"] and len(restored) > 2 + 10
+    assert set(restored[2:]) == states["s0"] | states["s1"]
     assert generator.state is original
+
+
+def test_fit_together_restores_the_generator_when_a_run_fails(data, tmp_path, monkeypatch, stand_in_generator):
+    import kdpipe.engine as engine
+
+    original = stand_in_generator.state
+    step = engine.Training.step
+
+    def failing(self, i):
+        if self.ctx.run_dir.name == "s1" and i == 2:
+            raise RuntimeError("out of memory")
+        return step(self, i)
+
+    monkeypatch.setattr(engine.Training, "step", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fit_together(two_base_runs(data, tmp_path))
+    assert stand_in_generator.state is original
 
 
 def test_run_record_says_how_steps_ran(tmp_path):
