@@ -122,7 +122,7 @@ class StepRunner:
         for opt in self.task.optimizers.values():
             opt.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
         graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()  # on the run's device (torch.cuda.graph's own is one per process)
+        side = torch.cuda.Stream(self.task.ctx.device)  # the run's device's (torch.cuda.graph's: the current one's)
         try:
             with torch.cuda.graph(graph, stream=side):
                 x, y = self.batch(*static)
