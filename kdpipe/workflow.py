@@ -373,24 +373,46 @@ def sweep_point(config: dict, variant: str, segment: str, section: str = "kd") -
 
 
 def run_options(config: dict, run: RunId) -> dict:
-    """A planned run's options, as its rule's ``params:`` give them (the cost plan's view of a job)."""
-    d, t, s, seed = run.dataset, run.teacher, run.student, run.seed
-    rule = run.rule.removesuffix("_sweep")
-    if rule == "train_base":
-        return base_options(config, d, s, seed)
-    if rule == "import_teacher":
-        return import_options(config, d, s, seed)
-    if rule == "train_kd":
-        return kd_options(config, d, run.method + run.variant, t, s, seed, run.sweep)
-    if rule == "train_ft":
-        return ft_options(config, d, t, s, seed, run.sweep)
-    if rule == "train_crd":
-        return crd_options(config, d, run.method + run.variant, t, s, seed, run.sweep)
-    if rule == "train_dml":
-        return dml_options(config, d, cohort_name(list(run.peers)), seed)
-    if rule == "train_bss":
-        return bss_options(config, d, Path(run.run_dir).parts[-3], seed, run.generation)  # .../{chain}/seed/gen
-    raise KdpipeError(f"{run.rule} has no options here")
+    """A planned run's options, as its rule's ``params:`` give them (the cost plan's view of a job): the
+    rule's own options (:data:`SEEDED_RULES`) of the wildcards its run directory has."""
+    if run.rule == "import_teacher":
+        return import_options(config, run.dataset, run.student, run.seed)
+    if run.rule not in SEEDED_RULES:
+        raise KdpipeError(f"{run.rule} has no options here")
+    return SEEDED_RULES[run.rule].options(config, run_wildcards(run), run.seed)
+
+
+@dataclass(frozen=True)
+class RunWildcards:
+    """The wildcards of a planned run's directory (those of every training rule's output patterns;
+    a rule reads its own): what Snakemake would hand the rule's job."""
+
+    dataset: str
+    net: str  # train_base
+    variant: str  # train_kd: the mode and its variant (``at+st``)
+    crd: str  # train_crd: ``crd`` or ``crd+st``
+    teacher: str
+    student: str
+    cohort: str  # train_dml: the peers, '-'-joined
+    chain: str  # train_bss: the chain's directory name
+    gen: int | None
+    sweep: str  # a sweep node's segment (``T~8``)
+
+
+def run_wildcards(run: RunId) -> RunWildcards:
+    variant = run.method + run.variant
+    return RunWildcards(
+        dataset=run.dataset,
+        net=run.student,
+        variant=variant,
+        crd=variant,
+        teacher=run.teacher,
+        student=run.student,
+        cohort=cohort_name(list(run.peers)),
+        chain=Path(run.run_dir).parts[-3] if run.generation is not None else "",  # .../{chain}/seed<s>/gen<g>
+        gen=run.generation,
+        sweep=sweep_dir(run.sweep),
+    )
 
 
 # ---------------------------------------------------------------- training jobs: one seed, or every seed together
