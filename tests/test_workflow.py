@@ -660,3 +660,43 @@ def test_bss_chains_of_two_pairs_stay_in_their_own_cells(tmp_path):
         ("ok", "resnet14", "resnet8", "resnet14-resnet8", 2),
         ("missing", "resnet14", "resnet8", "resnet14-resnet8", 3),
     ]
+
+
+def test_run_options_are_each_rules_own_options():
+    """The cost plan's options of a planned run (run_options, through the run directory's wildcards) are
+    those its rule's options function gives for that run's dataset, nets, variant, cohort, chain,
+    generation, seed and sweep point."""
+    from kdpipe.plan import bss_chains, plan
+    from kdpipe.workflow import (
+        base_options,
+        bss_options,
+        crd_options,
+        dml_options,
+        ft_options,
+        kd_options,
+        run_options,
+    )
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["kd"]["sweep"] = {"st": {"T": [2, 8]}}
+    raw["crd"]["with_st"] = True
+    config = load_config(raw)
+    chains = {chain for chain, _, _ in bss_chains(config)}
+    seen = Counter()
+    for run in plan(config):
+        d, t, s, seed, variant = run.dataset, run.teacher, run.student, run.seed, run.method + run.variant
+        expected = {
+            "train_base": lambda: base_options(config, d, s, seed),
+            "train_kd": lambda: kd_options(config, d, variant, t, s, seed),
+            "train_kd_sweep": lambda: kd_options(config, d, variant, t, s, seed, run.sweep),
+            "train_ft": lambda: ft_options(config, d, t, s, seed),
+            "train_crd": lambda: crd_options(config, d, variant, t, s, seed),
+            "train_dml": lambda: dml_options(config, d, "-".join(run.peers), seed),
+            "train_bss": lambda: bss_options(
+                config, d, next(c for c in chains if f"/bss/{c}/" in run.run_dir), seed, run.generation
+            ),
+        }[run.rule]()
+        assert run_options(config, run) == expected, run.run_dir
+        seen[run.rule] += 1
+    assert set(seen) == {"train_base", "train_kd", "train_kd_sweep", "train_ft", "train_crd", "train_dml", "train_bss"}
+    assert seen["train_kd_sweep"] == 2 * len(config["seeds"])
