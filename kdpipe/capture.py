@@ -17,8 +17,11 @@ What it keys a graph on (a new key captures a new graph; the old one is freed):
 
 The first :data:`WARMUP_STEPS` steps of a process run eagerly on a side stream (cuDNN's
 algorithm search, lazy initialisation, the optimizer's momentum buffers), as PyTorch requires
-before capture.  A step that cannot be captured after all (an error while recording) is run
-eagerly, the run goes on eagerly, and why is logged and returned in :attr:`StepRunner.mode`.
+before capture, and the graphs are captured there: the run's own stream where
+:func:`kdpipe.engine.fit_together` gives it one, else a side stream of the runner's own
+(:meth:`StepRunner.capture_stream`).  A step that cannot be captured after all (an error while
+recording) is run eagerly, the run goes on eagerly, and why is logged and returned in
+:attr:`StepRunner.mode`.
 On the CPU every step is the eager step, unchanged.
 
 Which methods replay their step each task declares (:meth:`~kdpipe.engine.Task.replays`);
@@ -64,6 +67,7 @@ class StepRunner:
         self.eager_steps = 0
         self.warmup_steps = WARMUP_STEPS
         self.captures = 0
+        self._side: torch.cuda.Stream | None = None
 
     @property
     def mode(self) -> str:
@@ -105,9 +109,24 @@ class StepRunner:
         x, y = self.batch(index_dev, views)
         return self.task.train_step(x, y, index, views, epoch)
 
+    def capture_stream(self) -> torch.cuda.Stream:
+        """Where warm-ups and captures run: the current stream unless it is the device's default (a run
+        of :func:`kdpipe.engine.fit_together` steps on a stream of its own), else one side stream of this
+        runner's, the same for all its captures.  Never a stream of another run: a graph keeps the cuBLAS
+        workspace of the stream it was captured on, and torch.cuda.Stream() hands out a pool's streams in
+        turn, so a new side stream per capture could be another run's, whose steps would then share the
+        graph's workspace."""
+        device = self.task.ctx.device
+        current = torch.cuda.current_stream(device)
+        if current != torch.cuda.default_stream(device):
+            return current
+        if self._side is None:
+            self._side = torch.cuda.Stream(device)
+        return self._side
+
     def warmup(self, index: Tensor, views: Tensor, index_dev: Tensor, epoch: int) -> dict:
-        """An eager step on a side stream (PyTorch's warm-up before capture); a real training step."""
-        side = torch.cuda.Stream()
+        """An eager step on the capture stream (PyTorch's warm-up before capture); a real training step."""
+        side = self.capture_stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             results = self.eager(index, views, index_dev, epoch)
@@ -122,7 +141,7 @@ class StepRunner:
         for opt in self.task.optimizers.values():
             opt.zero_grad(set_to_none=True)  # the graph's backward allocates the gradients in its pool
         graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream(self.task.ctx.device)  # the run's device's (torch.cuda.graph's: the current one's)
+        side = self.capture_stream()
         try:
             with torch.cuda.graph(graph, stream=side):
                 x, y = self.batch(*static)
@@ -133,8 +152,8 @@ class StepRunner:
             log.warning("training step not captured as a CUDA graph, running eagerly: %s", exc)
             torch.cuda.synchronize()
             return False
-        # what capture_begin queued on the side stream (the generator state's seed and offset fills,
-        # before per-capture states) comes before the first replay's own fills on this stream
+        # what capture_begin queued on a side stream (the generator state's seed and offset fills, before
+        # per-capture states) comes before the first replay's own fills on this stream
         torch.cuda.current_stream().wait_stream(side)
         self.graph, self.key, self.static, self.results = graph, key, static, results
         self.captures += 1

@@ -429,6 +429,7 @@ def fit_together(runs: list[tuple[Task, Context, dict]], rng_states: list[dict] 
         state.update(rng_state())
         own.add(i, ctx.device)  # a copy of the CUDA generator's state just saved
     streams = [torch.cuda.Stream(t.ctx.device) if t.ctx.device.type == "cuda" else None for t in trainings]
+    _check_distinct(streams)
     try:
         _train_in_turn(trainings, states, streams, own)
     finally:
@@ -471,6 +472,18 @@ class OwnCudaGenerators:
     def close(self) -> None:
         for generator, state in self.originals.values():
             generator.graphsafe_set_state(state)
+
+
+def _check_distinct(streams: list) -> None:
+    """Each run's stream its own: its graphs are captured on it and keep its cuBLAS workspace
+    (kdpipe.capture.StepRunner.capture_stream).  torch.cuda.Stream() hands out a pool's streams in turn
+    (32 a device in torch 2.x), so more runs than that on one device would share some."""
+    handles = [s.cuda_stream for s in streams if s is not None]
+    if len(set(handles)) < len(handles):
+        raise KdpipeError(
+            f"resources.seeds_together: {len(handles)} runs on one GPU need as many CUDA streams; torch gave "
+            f"{len(set(handles))} distinct ones (train fewer seeds together)"
+        )
 
 
 def _default_cuda_generator(device: torch.device):

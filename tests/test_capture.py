@@ -391,3 +391,39 @@ resources: {seeds_together: true}
     logs = tmp_path / "results/logs/digits"
     assert len(re.findall(r"seed\d: teacher: live", (logs / "kd-st/resnet8-resnet8/seeds.log").read_text())) == 2
     assert (logs / "bss/resnet8/seeds/gen2.log").is_file() and (logs / "dml/resnet8-resnet8/seeds.log").is_file()
+
+
+def test_capture_stream_is_the_runs_own_or_one_side_stream(data, tmp_path, monkeypatch):
+    """Warm-ups and captures run on the run's own stream in fit_together (never a new pool stream,
+    which could be another run's: a graph keeps its capture stream's cuBLAS workspace), and alone on one
+    side stream of the runner's, the same for every capture.  CUDA's streams are stand-ins here."""
+    ctx = Context(resolve("base", {**DIGITS, "net_name": "resnet8"}), data, torch.device("cpu"), tmp_path)
+    runner = StepRunner(SupervisedTask(ctx), lambda i, v: None, 64)
+    default, own, made = object(), object(), []
+    current = [default]
+
+    def new_stream(device=None):
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: default)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    side = runner.capture_stream()
+    assert side is not default and runner.capture_stream() is side and made == [side]
+    current[0] = own  # fit_together's stream for this run
+    assert runner.capture_stream() is own and made == [side]
+
+
+def test_fit_together_refuses_runs_that_would_share_a_stream():
+    from types import SimpleNamespace
+
+    from kdpipe.engine import _check_distinct
+
+    _check_distinct([SimpleNamespace(cuda_stream=1), SimpleNamespace(cuda_stream=2), None])
+    with pytest.raises(KdpipeError) as err:
+        _check_distinct([SimpleNamespace(cuda_stream=h) for h in (1, 2, 1)])
+    assert str(err.value) == (
+        "resources.seeds_together: 3 runs on one GPU need as many CUDA streams; torch gave 2 distinct ones "
+        "(train fewer seeds together)"
+    )
