@@ -6,8 +6,9 @@
 #    became CUDA graphs after bench/gpu.sh last ran in full, each trained 2 epochs eagerly and with graphs
 #    from the same seed (README, "GPU throughput");
 # 2. seeds: CRD's and BSS's seeds trained together, as resources.seeds_together trains them, against each
-#    alone -- since each run has a CUDA generator state of its own (kdpipe.engine.OwnCudaGenerators; on that
-#    run CRD's second seed trained together differed from its run alone).
+#    alone -- since each run has a CUDA generator state of its own (kdpipe.engine.OwnCudaGenerators) and
+#    captures its graphs on its own stream (StepRunner.capture_stream); on that run CRD's second seed trained
+#    together differed from its run alone.
 # One GPU, from the repository root, at most 9 minutes: each part stopped at its limit (a table is written
 # as it ends); writes gpu.md and gpu.json under $OUT/fidelity, $OUT/seeds-crd and $OUT/seeds-bss when OUT
 # is set (else prints). The step costs again, with every other method and net: bash bench/gpu.sh.
