@@ -452,14 +452,12 @@ class OwnCudaGenerators:
 
     graph_safe = hasattr(torch.Generator, "graphsafe_set_state")
 
-    def __init__(self, default_of=None):
-        # default_of(device): the default generator a run on that device draws from, None off CUDA
-        self.default_of = default_of or _default_cuda_generator
+    def __init__(self):
         self.own: dict[int, tuple] = {}  # run -> (its device's default generator, the run's own state)
         self.originals: dict[int, tuple] = {}  # id(generator) -> (generator, the state it had)
 
     def add(self, run: int, device: torch.device) -> None:
-        generator = self.default_of(device) if self.graph_safe else None
+        generator = _default_cuda_generator(device) if self.graph_safe else None
         if generator is not None:
             self.originals.setdefault(id(generator), (generator, generator.graphsafe_get_state()))
             self.own[run] = (generator, generator.clone_state())
@@ -487,6 +485,7 @@ def _check_distinct(streams: list) -> None:
 
 
 def _default_cuda_generator(device: torch.device):
+    """The default generator a run on ``device`` draws from; None off CUDA."""
     return torch.cuda.default_generators[_cuda_index(device)] if device.type == "cuda" else None
 
 
