@@ -18,5 +18,5 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 timeout 240 python3 bench/gpu.py --only fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd ${OUT:+--out "$OUT/fidelity"}
 for method in crd bss; do
-    timeout 140 python3 bench/gpu.py --only seeds --methods $method ${OUT:+--out "$OUT/seeds-$method"}
+    timeout 150 python3 bench/gpu.py --only seeds --methods $method ${OUT:+--out "$OUT/seeds-$method"}
 done
