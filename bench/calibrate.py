@@ -273,15 +273,12 @@ def main() -> None:
 
         def own_cost(method: str, student: str) -> float:
             """The method's step less one teacher forward, in plain steps of its student."""
-            if name == "bss":  # the attack's teacher passes are the whole extra cost
-                return 1.0
             return max(0.0, (best[method] - (0.0 if teacher_free else best["forward"])) / best[student])
 
-        own = own_cost("method", "student")
-        if name == "bss":
-            passes = (best["method"] - best["student"]) / best["teacher"]
+        if name == "bss":  # the attack's teacher passes are the whole extra cost
+            own, passes = 1.0, (best["method"] - best["student"]) / best["teacher"]
         else:
-            passes = 0.0 if teacher_free else best["forward"] / best["teacher"]
+            own, passes = own_cost("method", "student"), 0.0 if teacher_free else best["forward"] / best["teacher"]
         passes = max(0.0, passes)
         measured[name] = own
         if name == "st+dot":
