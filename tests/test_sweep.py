@@ -20,12 +20,11 @@ from kdpipe.report import frame as rf
 from kdpipe.report import sweeps
 from kdpipe.summary import summary_rows, write_summary
 from kdpipe.workflow import (
-    crd_options,
-    ft_options,
     kd_options,
     load_config,
     plan,
     report_targets,
+    run_options,
     student_inputs,
     sweep_point,
 )
@@ -144,18 +143,13 @@ def all_params(config: dict) -> dict:
     """run dir -> (params, inputs) of every kd, crd and ft student node (what Snakemake compares to re-run one)."""
     out = {}
     for run in plan(config):
-        nets, variant = (run.teacher, run.student, run.seed, run.sweep), run.method + run.variant
-        if run.rule.startswith("train_kd"):
-            opts = kd_options(config, run.dataset, variant, *nets)
-            out[run.run_dir] = (
-                opts,
-                student_inputs(config, "train_kd", run.dataset, run.method, run.teacher, run.seed),
-            )
-        elif run.rule.startswith("train_crd"):
-            opts = crd_options(config, run.dataset, variant, *nets)
-            out[run.run_dir] = (opts, student_inputs(config, "train_crd", run.dataset, "crd", run.teacher, run.seed))
-        elif run.rule.startswith("train_ft"):
-            out[run.run_dir] = (ft_options(config, run.dataset, *nets), None)
+        rule = run.rule.removesuffix("_sweep")
+        if rule in ("train_kd", "train_crd"):
+            method = run.method if rule == "train_kd" else "crd"
+            inputs = student_inputs(config, rule, run.dataset, method, run.teacher, run.seed)
+            out[run.run_dir] = (run_options(config, run), inputs)
+        elif rule == "train_ft":
+            out[run.run_dir] = (run_options(config, run), None)
     return out
 
 
