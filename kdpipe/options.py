@@ -373,7 +373,8 @@ MODE_OPTIONS = [
     _form(
         "logit_stand",
         "st, dkd, dist: on = z-score each sample's logits (teacher and student separately) before the "
-        "temperature (Sun et al. 2024), off = raw logits; with on, its authors use T 2 and a KD weight of 9",
+        "temperature (Sun et al. 2024), off = raw logits; with on, its authors use T 2 and a KD weight of 9 "
+        "(st: with --ce_weight 0.1)",
     ),
     _form(
         "svd_layout",

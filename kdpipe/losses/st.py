@@ -13,8 +13,8 @@ CVPR 2024; see :mod:`kdpipe.losses.common`).  The official code's recommended KD
 with it is a base temperature ``T 2`` and a KD weight of 9 -- next to a cross-entropy weight
 of 0.1 (``mdistiller/engine/cfg.py`` of sunshangquan/logit-standardization-KD:
 ``KD.TEMPERATURE 2``, ``CE_WEIGHT 0.1``, ``KD_WEIGHT 9``; README: ``--logit-stand
---base-temp 2 --kd-weight 9``).  kdpipe's cross-entropy weight is 1, so ``lambda_kd 9``
-reproduces the distillation weight but not the 0.1 on cross-entropy.
+--base-temp 2 --kd-weight 9``, which leaves ``CE_WEIGHT`` at 0.1): in kdpipe ``--logit_stand on
+--T 2 --lambda_kd 9 --ce_weight 0.1``.
 """
 
 from __future__ import annotations
