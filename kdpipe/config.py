@@ -149,6 +149,11 @@ def _check_semantics(config: dict) -> None:
 
     if len(set(config["seeds"])) != len(config["seeds"]):
         raise KdpipeError(f"config seeds: {config['seeds']} repeats a seed")
+    repeated = [name for i, name in enumerate(config["datasets"]) if name in config["datasets"][:i]]
+    if repeated:  # each dataset's runs would be planned twice and counted twice in its table
+        raise KdpipeError(
+            f"config datasets: [{', '.join(config['datasets'])}] repeats {repeated[0]}; list each dataset once"
+        )
     for name in config["datasets"]:
         if name not in BUILTIN_DATASETS and name not in config["imagefolders"]:
             raise KdpipeError(
@@ -199,10 +204,19 @@ def _check_semantics(config: dict) -> None:
     for net in config["train"]["by_net"]:
         if net not in MODELS:
             raise KdpipeError(f"config train.by_net: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    cohorts: dict[tuple[str, ...], int] = {}
     for i, cohort in enumerate(config["dml"]["cohorts"]):
         for net in cohort:
             if net not in MODELS:
                 raise KdpipeError(f"config dml.cohorts.{i}: unknown network {net!r}; choose from {', '.join(MODELS)}")
+        # a cohort is its peers in role order (net1, net2, ...): its run directory and report group;
+        # the same peers in another order are another cohort, the same order its runs twice
+        earlier = cohorts.setdefault(tuple(cohort), i)
+        if earlier != i:
+            raise KdpipeError(
+                f"config dml.cohorts.{i}: [{', '.join(cohort)}] repeats dml.cohorts.{earlier}; list each cohort once "
+                "(the same peers in another order are another cohort)"
+            )
         first = training(config, "dml", cohort[0])
         for net in cohort[1:]:
             other = training(config, "dml", net)
@@ -216,6 +230,7 @@ def _check_semantics(config: dict) -> None:
     for net in config["bss"]["nets"]:
         if net not in MODELS:
             raise KdpipeError(f"config bss.nets: unknown network {net!r}; choose from {', '.join(MODELS)}")
+    _check_bss_chains(config)
     for section in ("ft", "crd"):
         if config[section]["enabled"] and not config["pairs"]:
             raise KdpipeError(f"config {section}.enabled: true, but there are no teacher/student pairs")
@@ -225,6 +240,21 @@ def _check_semantics(config: dict) -> None:
         raise KdpipeError("config pairs: kd modes are listed but no teacher/student pairs")
     if not base_nets(config):
         raise KdpipeError("config base.nets: nothing to train; list networks in base.nets or pairs")
+
+
+def _check_bss_chains(config: dict) -> None:
+    """With ``bss.pairs``, a pair of a network with itself plans that network's born-again chain (gen1
+    learns from its base model, as the ``bss.nets`` chain's does, with the same options): listing the
+    network in ``bss.nets`` too would train the same generations twice and report them in one cell."""
+    if not config["bss"]["pairs"]:
+        return
+    for i, pair in enumerate(config["pairs"]):
+        net = pair["teacher"]
+        if pair["student"] == net and net in config["bss"]["nets"]:
+            raise KdpipeError(
+                f"config bss.nets: {net} is also the born-again chain that bss.pairs plans for pairs.{i} "
+                f"({net} -> {net}), the same runs twice; drop {net} from bss.nets, the pair's chain already trains it"
+            )
 
 
 def _check_teacher_checkpoints(config: dict) -> None:

@@ -63,7 +63,7 @@ class RunId:
         return out
 
     @classmethod
-    def from_record(cls, record: dict) -> "RunId":
+    def from_record(cls, record: dict) -> RunId:
         names = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in record.items() if k in names}
         values["peers"] = tuple(values.get("peers", ()))
@@ -164,7 +164,9 @@ def crd_variants(config: dict) -> list[str]:
 
 def bss_chains(config: dict) -> list[tuple[str, str, str]]:
     """Born-again chains as (name, generation-0 teacher, student): ``<net>`` chains start from that
-    net's base model, ``<teacher>-<student>`` chains (``bss.pairs``) from the pair's teacher."""
+    net's base model, ``<teacher>-<student>`` chains (``bss.pairs``) from the pair's teacher.  A pair
+    of a net with itself is that net's born-again chain, so the config refuses the net in ``bss.nets``
+    too (the same runs under two directories, one report cell)."""
     chains = [(net, net, net) for net in config["bss"]["nets"]]
     if config["bss"]["pairs"]:
         chains += [(pair_name(p), p["teacher"], p["student"]) for p in config["pairs"]]
@@ -284,6 +286,8 @@ def _crd(config: dict) -> list[RunId]:
 
 
 def cohort_name(cohort: list[str]) -> str:
+    """A cohort's directory name: its peers in role order (the config refuses a repeated cohort; the
+    same peers in another order are another cohort, with its own roles and group)."""
     return "-".join(cohort)
 
 
