@@ -382,3 +382,142 @@ def test_cost_plot_labels_overlap_nothing():
     # the checker itself sees an overlap when there is one
     texts[1].set_position(texts[0].get_position())
     assert any("overlaps" in p for p in plots.label_overlaps(fig, ax, texts, scatters))
+
+
+def with_runs_left_out(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reviewer's case: st has 1 of 3 seeds finished (seed 1 failed, seed 2 missing), and the
+    student's baseline 2 of 3 (seed 2 failed); rows of runs not ok, as the summary writes them."""
+    frame = frame.copy()
+    st = frame.index[frame["label"] == "st"]
+    frame.loc[st[1], "status"] = "failed"
+    base = frame.index[(frame["label"] == "baseline") & (frame["net"] == "snet")]
+    empty = {"test_acc_at_best": float("nan"), "last_test_acc": float("nan"), "cost_vs_baseline": float("nan")}
+    extra = [
+        frame.loc[[st[0]]].assign(seed=2, status="missing", run_dir=f"results/{DATASET}/kd-st/{PAIR}/seed2", **empty),
+        frame.loc[[base[0]]].assign(seed=2, status="failed", run_dir=f"results/{DATASET}/base/snet/seed2", **empty),
+    ]
+    return pd.concat([frame, *extra], ignore_index=True)
+
+
+@pytest.fixture
+def short(results):
+    """``results`` with runs left out of two cells: (frame, curves of its finished runs)."""
+    _, frame, _ = results
+    frame = with_runs_left_out(frame)
+    return frame, F.load_curves(frame)
+
+
+def test_final_stats_count_runs_left_out_as_the_tables_do(short):
+    from kdpipe.report.tables import comparison_table
+
+    frame, _ = short
+    stats = plots.final_stats(frame, DATASET, PAIR)
+    assert stats.loc["st", "mean"] == pytest.approx(accuracy(64.0, EPOCHS))  # seed 0 only
+    assert (stats.loc["st", "count"], stats.loc["st", "runs"], stats.loc["st", "not_ok"]) == (1, 3, 2)
+    assert stats.loc["st", "statuses"] == "1 run failed, 1 run missing"
+    assert (stats.loc["baseline", "count"], stats.loc["baseline", "runs"]) == (2, 3)
+    assert (stats.loc["teacher", "count"], stats.loc["teacher", "runs"], stats.loc["teacher", "not_ok"]) == (1, 1, 0)
+    table = comparison_table(frame, DATASET)[PAIR]
+    for label, row in stats.iterrows():
+        assert (row["count"], row["not_ok"]) == (table.at[label, "n"], table.at[label, "not_ok"]), label
+
+
+def drawn_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_final_png_says_which_means_leave_runs_out(short, results, tmp_path):
+    frame, _ = short
+    fig, ax = plots.final_figure(frame, DATASET, PAIR)
+    texts = drawn_texts(ax)
+    assert f"{accuracy(64.0, EPOCHS):.2f}  (n=1 of 3)" in texts  # not a bare '90.00'
+    base = pd.Series([accuracy(60.0, EPOCHS), accuracy(62.0, EPOCHS)])
+    assert f"{base.mean():.2f} ± {base.std():.2f}  (n=2 of 3)" in texts
+    assert f"{accuracy(70.0, EPOCHS):.2f}" in texts  # the teacher's one run is all its cell has
+    note = texts[-1].split("\n")
+    assert note == [
+        "no finished run: sp",
+        "st: mean of 1 of 3 runs (1 run failed, 1 run missing)",
+        "baseline: mean of 2 of 3 runs (1 run failed)",
+    ]
+    assert_png(plots.plot_final(frame, DATASET, PAIR, tmp_path / "final.png"), tmp_path / "final.png")
+    # every run finished: no 'of', and only the existing note
+    _, complete, _ = results
+    texts = drawn_texts(plots.final_figure(complete, DATASET, PAIR)[1])
+    assert not [t for t in texts if " of " in t] and texts[-1] == "no finished run: sp"
+    st = pd.Series([accuracy(64.0, EPOCHS), accuracy(67.0, EPOCHS)])
+    assert f"{st.mean():.2f} ± {st.std():.2f}  (n=2)" in texts
+
+
+def test_curves_legend_and_cost_labels_say_which_means_leave_runs_out(short):
+    frame, curves = short
+    data = plots.group_curves(curves, frame, DATASET, PAIR)
+    assert plots.legend_names(data, frame, DATASET, PAIR) == {
+        "at": "at",
+        "baseline": "baseline (n=2 of 3)",
+        "st": "st (n=1 of 3)",
+        "teacher": "teacher",
+    }
+    _, _, texts, _ = plots.cost_figure(frame, DATASET)
+    labels = {t.get_text() for t in texts}
+    assert {"st (n=1 of 3)", "baseline (snet, n=2 of 3)", "teacher (tnet)", "at"} <= labels
+
+
+def test_race_names_and_note_say_which_means_leave_runs_out(short, results):
+    frame, curves = short
+    table = race.race_frame(curves, frame, DATASET, PAIR)
+    assert table.loc[EPOCHS, "st"] == pytest.approx(accuracy(64.0, EPOCHS))  # a mean over seed 0 alone
+    seeds = race.race_seeds(curves, frame, DATASET, PAIR)
+    assert seeds.loc["st", ["count", "runs", "not_ok"]].tolist() == [1, 3, 2]
+    assert seeds.loc["sp", "count"] == 0
+    names = race.race_names(table.columns, seeds)
+    assert dict(zip(table.columns, names)) == {
+        "teacher": "teacher",
+        "st": "st (n=1 of 3)",
+        "baseline": "baseline (n=2 of 3)",
+        "at": "at",
+    }
+    assert race.race_footnote(seeds) == [
+        "no finished run: sp",
+        "st: mean of 1 of 3 runs (1 run failed, 1 run missing)",
+        "baseline: mean of 2 of 3 runs (1 run failed)",
+    ]
+    _, complete, complete_curves = results
+    seeds = race.race_seeds(complete_curves, complete, DATASET, PAIR, "train_time")
+    table = race.race_frame(complete_curves, complete, DATASET, PAIR, "train_time")
+    assert race.race_names(table.columns, seeds) == list(table.columns)
+    assert race.race_footnote(seeds) == ["no finished run: sp"]
+
+
+def test_race_gif_names_means_that_leave_runs_out(short, tmp_path, monkeypatch):
+    """render_group_race (what the workflow runs) draws 'st (n=1 of 3)' beside st's bar in every frame
+    and the note under the bars, and still writes every frame."""
+    pytest.importorskip("bar_chart_race")
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    frame, _ = short
+    summary = tmp_path / "short.csv"
+    frame.to_csv(summary, index=False)
+    ticks, notes = [], []
+    barh, text = Axes.barh, Figure.text
+
+    def spy_barh(self, y, width, *args, tick_label=None, **kwargs):
+        ticks.append(list(tick_label))
+        return barh(self, y, width, *args, tick_label=tick_label, **kwargs)
+
+    def spy_text(self, x, y, s, *args, **kwargs):
+        notes.append(s)
+        return text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "barh", spy_barh)
+    monkeypatch.setattr(Figure, "text", spy_text)
+    out = tmp_path / "race.gif"
+    frames = race.render_group_race(summary, DATASET, PAIR, out, steps_per_period=1, dpi=40)
+    assert frames == race.expected_frames(EPOCHS, 1) == gif_frames(out)
+    assert ticks and all("st (n=1 of 3)" in t and "baseline (n=2 of 3)" in t and "st" not in t for t in ticks)
+    assert (
+        "no finished run: sp\n"
+        "st: mean of 1 of 3 runs (1 run failed, 1 run missing)\n"
+        "baseline: mean of 2 of 3 runs (1 run failed)"
+    ) in notes

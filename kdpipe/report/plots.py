@@ -8,6 +8,11 @@ atomically (a temporary name in the target folder, then ``os.replace``) and retu
 Colours are fixed per dataset by :func:`label_colors`: ``baseline`` black, ``teacher`` grey (drawn
 dashed in line plots), every other method label a tab20 colour assigned in sorted-label order, so
 one method has the same colour in every figure (and race) of a dataset.
+
+A mean over a cell's seeds that leaves some of the cell's runs out (failed, interrupted or missing:
+summary rows whose status is not ``ok``, counted per cell as the tables count ``not_ok``) never
+looks complete: its value label, legend entry or point label says ``n=1 of 3`` (:func:`seeds_note`),
+and ``final.png`` and the races list such cells under the figure (:func:`short_cell_lines`).
 """
 
 from __future__ import annotations
@@ -108,10 +113,52 @@ def group_curves(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group:
     return out.drop_duplicates(subset=["label", "seed", "epoch"], keep="first").reset_index(drop=True)
 
 
+def run_counts(rows: pd.DataFrame, by) -> pd.DataFrame:
+    """Per cell (the rows' ``by`` columns): ``runs`` (its summary rows, finished or not), ``not_ok``
+    (those whose status is not 'ok', as the tables count them) and ``statuses`` ('1 run failed, 1 run
+    missing'), so that a figure showing a mean over the cell's seeds can say which runs it leaves out."""
+
+    def statuses(status: pd.Series) -> str:
+        bad = status[status != "ok"].value_counts(sort=False)
+        return ", ".join(f"{count} run{'s' if count > 1 else ''} {name}" for name, count in bad.items())
+
+    grouped = rows.groupby(by, sort=False)["status"]
+    return pd.DataFrame(
+        {
+            "runs": grouped.size(),
+            "not_ok": grouped.agg(lambda status: int((status != "ok").sum())),
+            "statuses": grouped.agg(statuses),
+        }
+    )
+
+
+def seeds_note(count, runs) -> str:
+    """'n=1 of 3' for a mean over fewer seeds than its cell has runs; '' when every run is in it."""
+    count, runs = int(count), int(runs)
+    return f"n={count} of {runs}" if count < runs else ""
+
+
+def short_cell_lines(counts: pd.DataFrame) -> list[str]:
+    """One footnote line per label whose mean leaves runs out, e.g. 'st: mean of 1 of 3 runs (1 run failed,
+    1 run missing)'. ``counts``: per label ``count`` (seeds in the mean), ``runs`` and ``statuses``
+    (:func:`run_counts`); labels with no seed in the mean are left to the caller's own note."""
+    lines = []
+    for label, row in counts.iterrows():
+        if 0 < row["count"] < row["runs"]:
+            why = f" ({row['statuses']})" if row["statuses"] else ""
+            lines.append(f"{label}: mean of {int(row['count'])} of {int(row['runs'])} runs{why}")
+    return lines
+
+
 def final_stats(frame: pd.DataFrame, dataset: str, group: str) -> pd.DataFrame:
-    """Per label: mean, std (NaN for one seed) and count of best-on-val test accuracy, best first."""
-    rows = finished(dataset_group_rows(frame, dataset, group))
-    stats = rows.groupby("label")["test_acc_at_best"].agg(["mean", "std", "count"])
+    """Per label: mean, std (NaN for one seed) and count of best-on-val test accuracy, best first.
+
+    Also the cell's ``runs``, ``not_ok`` and ``statuses`` (:func:`run_counts`): ``count`` below ``runs``
+    means the mean leaves out runs that failed or are missing, which the figures must show.
+    """
+    shown = dataset_group_rows(frame, dataset, group)
+    stats = finished(shown).groupby("label")["test_acc_at_best"].agg(["mean", "std", "count"])
+    stats = stats.join(run_counts(shown, "label"), how="left")
     return stats.sort_values("mean", ascending=False)
 
 
@@ -199,7 +246,10 @@ def _percent_axis(axis) -> None:
 def plot_curves(
     curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, out_png, metric: str = "test_acc"
 ) -> Path:
-    """One line per method label of ``group``: ``metric`` per epoch, mean over seeds, ±std band."""
+    """One line per method label of ``group``: ``metric`` per epoch, mean over seeds, ±std band.
+
+    A label whose curves average fewer seeds than its cell has runs is 'st (n=1 of 3)' in the legend.
+    """
     return _plot_metric(curves, frame, dataset, group, out_png, metric)
 
 
@@ -219,6 +269,7 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
     is_loss = metric.endswith("loss")
     colors = label_colors(frame, dataset)
     stats = data.groupby(["label", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
+    names = legend_names(data, frame, dataset, group)
 
     zoomed = not is_loss
     with matplotlib.rc_context(STYLE):
@@ -233,7 +284,7 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
         for label in _order(frame, dataset, group, stats["label"].unique()):
             s = stats[stats["label"] == label].sort_values("epoch")
             style = _line_style(label, colors)
-            ax.plot(s["epoch"], s["mean"], label=label, **style)
+            ax.plot(s["epoch"], s["mean"], label=names[label], **style)
             if overview is not None:
                 overview.plot(s["epoch"], s["mean"], **{**style, "linewidth": style["linewidth"] * 0.7})
             if (s["count"] > 1).any():
@@ -289,15 +340,59 @@ def _plot_metric(curves, frame, dataset, group, out_png, metric) -> Path:
         return _save(fig, out_png)
 
 
-def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
-    """Horizontal bars: best-on-val test accuracy per label (mean over seeds, ±std), best on top."""
-    stats = final_stats(frame, dataset, group)
-    teacher, student = _pair(group)
-    title = f"{dataset}: {teacher} → {student}, final test accuracy"
-    if stats.empty:
-        return placeholder(out_png, title, "no finished run in this group yet")
-    shown = dataset_group_rows(frame, dataset, group)
+def legend_names(data: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str) -> dict:
+    """Label -> legend entry of a curves plot: 'st (n=1 of 3)' where the curves average fewer seeds
+    than the cell has runs (:func:`seeds_note`), else the label itself."""
+    counts = run_counts(dataset_group_rows(frame, dataset, group), "label")
+    names = {}
+    for label, seeds in data.groupby("label")["seed"].nunique().items():
+        note = seeds_note(seeds, counts.at[label, "runs"]) if label in counts.index else ""
+        names[label] = f"{label} ({note})" if note else label
+    return names
+
+
+def final_label(row) -> str:
+    """The value label of one bar of ``final.png``: '81.00 ± 1.00  (n=3)', '90.00', and with runs
+    left out of the mean '81.00 ± 1.00  (n=2 of 3)' or '90.00  (n=1 of 3)'."""
+    count = int(row["count"])
+    note = seeds_note(count, row["runs"])
+    if count > 1 and np.isfinite(row["std"]):
+        return f"{row['mean']:.2f} ± {row['std']:.2f}  ({note or f'n={count}'})"
+    return f"{row['mean']:.2f}" + (f"  ({note})" if note else "")
+
+
+def final_notes(stats: pd.DataFrame, shown: pd.DataFrame) -> list[str]:
+    """The lines under ``final.png``: labels with no finished run, then one line per label whose mean
+    leaves runs out (:func:`short_cell_lines`). ``shown``: the group's summary rows."""
     missing = sorted(set(shown["label"]) - set(stats.index))
+    lines = ["no finished run: " + ", ".join(missing)] if missing else []
+    return lines + short_cell_lines(stats)
+
+
+def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
+    """Horizontal bars: best-on-val test accuracy per label (mean over seeds, ±std), best on top.
+
+    A mean that leaves runs of its cell out says so beside its bar ('n=1 of 3') and in a note under
+    the figure with how many runs failed or are missing, as the tables count them.
+    """
+    drawn = final_figure(frame, dataset, group)
+    if drawn is None:
+        return placeholder(out_png, _final_title(dataset, group), "no finished run in this group yet")
+    return _save(drawn[0], out_png)
+
+
+def _final_title(dataset: str, group: str) -> str:
+    teacher, student = _pair(group)
+    return f"{dataset}: {teacher} → {student}, final test accuracy"
+
+
+def final_figure(frame: pd.DataFrame, dataset: str, group: str):
+    """The figure of :func:`plot_final` as ``(fig, ax)``, or None without finished runs."""
+    stats = final_stats(frame, dataset, group)
+    if stats.empty:
+        return None
+    title = _final_title(dataset, group)
+    notes = final_notes(stats, dataset_group_rows(frame, dataset, group))
     colors = label_colors(frame, dataset)
     stats = stats.iloc[::-1]  # barh draws bottom-up: best ends on top
     std = stats["std"].fillna(0.0)
@@ -322,10 +417,7 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
         ax.grid(False, axis="y")
         for yi, (label, row) in zip(y, stats.iterrows()):
             end = row["mean"] + (row["std"] if row["count"] > 1 and np.isfinite(row["std"]) else 0.0)
-            text = f"{row['mean']:.2f}"
-            if row["count"] > 1 and np.isfinite(row["std"]):
-                text += f" ± {row['std']:.2f}  (n={int(row['count'])})"
-            ax.text(max(end, lo) + 0.012 * span, yi, text, va="center", ha="left", fontsize=10)
+            ax.text(max(end, lo) + 0.012 * span, yi, final_label(row), va="center", ha="left", fontsize=10)
         if "baseline" in stats.index:
             base = stats.loc["baseline", "mean"]
             ax.axvline(base, color="black", linestyle=(0, (4, 3)), linewidth=1.2, zorder=5)
@@ -336,9 +428,9 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
         _percent_axis(ax.xaxis)
         ax.set_xlabel("test accuracy at the best validation epoch (%)" + (", mean ± std over seeds" if multi else ""))
         ax.set_title(title, loc="left")
-        if missing:
+        if notes:
             ax.annotate(
-                "no finished run: " + ", ".join(missing),
+                "\n".join(notes),
                 xy=(0, 0),
                 xycoords="axes fraction",
                 xytext=(0, -46),
@@ -348,7 +440,7 @@ def plot_final(frame: pd.DataFrame, dataset: str, group: str, out_png) -> Path:
                 fontsize=9,
                 color="0.35",
             )
-        return _save(fig, out_png)
+        return fig, ax
 
 
 def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
@@ -357,7 +449,8 @@ def plot_cost(frame: pd.DataFrame, dataset: str, out_png) -> Path:
     One point per (group, label); cost is ``cost_vs_baseline`` (mean epoch time over that of the
     baseline of the same network), so base runs sit at 1. Base runs are drawn as stars and named
     after their network; each group gets its own marker. Labels are placed by ``adjustText`` so
-    that none overlaps another label, a point or the title (:func:`label_overlaps` checks it).
+    that none overlaps another label, a point or the title (:func:`label_overlaps` checks it). A
+    point whose means leave runs of its cell out is labelled so ('st (n=1 of 3)', :func:`cost_label`).
     """
     drawn = cost_figure(frame, dataset)
     if drawn is None:
@@ -376,11 +469,7 @@ def cost_figure(frame: pd.DataFrame, dataset: str):
     rows = rows[rows["test_acc_at_best"].notna() & rows["cost_vs_baseline"].notna()]
     if rows.empty:
         return None
-    points = (
-        rows.groupby(["group", "label", "net"], sort=False)
-        .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"))
-        .reset_index()
-    )
+    points = cost_points(frame, dataset, rows)
     colors = label_colors(frame, dataset)
     group_names = [g for g in dict.fromkeys(points["group"]) if g]
     markers = {g: _MARKERS[i % len(_MARKERS)] for i, g in enumerate(group_names)}
@@ -410,8 +499,7 @@ def cost_figure(frame: pd.DataFrame, dataset: str):
                 )
             )
             for _, p in part.iterrows():
-                text = f"{p['label']} ({p['net']})" if not group else p["label"]
-                texts.append(ax.text(p["cost"], p["acc"], text, fontsize=9.5, zorder=4))
+                texts.append(ax.text(p["cost"], p["acc"], cost_label(p), fontsize=9.5, zorder=4))
         if cmax / max(cmin, 1e-12) > 10:
             ax.set_xscale("log")
         pad = 0.08 * (cmax - cmin) if cmax > cmin else 0.1 * cmax
@@ -452,6 +540,27 @@ def cost_figure(frame: pd.DataFrame, dataset: str):
             for leader in leaders:
                 leader.remove()
         return fig, ax, texts, scatters
+
+
+def cost_points(frame: pd.DataFrame, dataset: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """One point per (group, label, net) of the finished ``rows``: mean accuracy and cost over seeds,
+    ``count`` (seeds in the means) and ``runs`` (the cell's summary rows in ``frame``, finished or not)."""
+    points = (
+        rows.groupby(["group", "label", "net"], sort=False)
+        .agg(acc=("test_acc_at_best", "mean"), cost=("cost_vs_baseline", "mean"), count=("test_acc_at_best", "size"))
+        .reset_index()
+    )
+    runs = run_counts(frame[frame["dataset"] == dataset], ["group", "label", "net"])["runs"]
+    return points.join(runs, on=["group", "label", "net"])
+
+
+def cost_label(point) -> str:
+    """A point's label in the cost plot: 'st', 'baseline (resnet20)' for a base run, and with runs of
+    the cell left out of its means 'st (n=1 of 3)', 'baseline (resnet20, n=1 of 3)'."""
+    note = seeds_note(point["count"], point["runs"])
+    if not point["group"]:
+        return f"{point['label']} ({point['net']}{', ' + note if note else ''})"
+    return f"{point['label']} ({note})" if note else point["label"]
 
 
 def label_overlaps(fig: Figure, ax, texts, scatters) -> list[str]:

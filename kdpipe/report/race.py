@@ -22,6 +22,11 @@ interpolated index of a frame is its exact position (period + step / steps_per_p
 the hook draws the epoch label (the period's own epoch, as before) and the progress line. Every
 other pandas call the package makes with these arguments (``reset_index``, ``reindex``,
 ``rank(method="first")``, ``clip``, ``interpolate``, ``iloc``) is unchanged in pandas 3.
+
+A method whose mean leaves out runs of its cell (failed or missing, counted as the tables count
+them) is named 'st (n=1 of 3)' beside its bar, and a note under the bars says how many runs failed
+or are missing (:func:`race_seeds`, passed to :func:`render_race` as ``seeds``), so a mean over one
+seed of three never passes for a complete one.
 """
 
 from __future__ import annotations
@@ -51,7 +56,22 @@ def race_frame(
     Epochs before a run's first reported epoch are 0 (no bar). Columns: method labels, best value
     at the last epoch first. Note the accuracy race shows last-epoch test accuracy, not the
     best-on-validation number of ``plot_final`` and the tables, so its final standings can differ.
+    How many seeds each mean has, against the runs of its cell, is :func:`race_seeds`.
     """
+    spec = race_metric(metric)
+    race = seed_series(curves, frame, dataset, group, metric).T.groupby(level="label").mean().T
+    order = race.iloc[-1].sort_values(ascending=not spec.higher_is_better, kind="stable").index.tolist()
+    race = race[order].fillna(0.0)
+    race.index.name = "epoch"
+    race.columns.name = None
+    return race
+
+
+def seed_series(
+    curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, metric: str = "test_acc"
+) -> pd.DataFrame:
+    """Epoch x (label, seed): each run's race values on the union of epochs, forward-filled (summed
+    over epochs first for a cumulative metric) -- what :func:`race_frame` averages per label."""
     from .plots import group_curves
 
     spec = race_metric(metric)
@@ -67,13 +87,44 @@ def race_frame(
     wide = wide.sort_index()
     if spec.cumulative:
         wide = wide.cumsum()  # NaN epochs (before a run starts or after it ends) are skipped
-    wide = wide.ffill()
-    race = wide.T.groupby(level="label").mean().T
-    order = race.iloc[-1].sort_values(ascending=not spec.higher_is_better, kind="stable").index.tolist()
-    race = race[order].fillna(0.0)
-    race.index.name = "epoch"
-    race.columns.name = None
-    return race
+    return wide.ffill()
+
+
+def race_seeds(
+    curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, metric: str = "test_acc"
+) -> pd.DataFrame:
+    """Per label of the group: ``count`` (seeds in its race mean; 0 for a label not in the race) and
+    its cell's ``runs``, ``not_ok`` and ``statuses`` (:func:`kdpipe.report.plots.run_counts`: summary
+    rows whose status is not 'ok', as the tables count them). ``count`` below ``runs``: runs missing."""
+    from .plots import dataset_group_rows, run_counts
+
+    seeds = seed_series(curves, frame, dataset, group, metric).columns.to_frame(index=False)
+    counts = run_counts(dataset_group_rows(frame, dataset, group), "label")
+    return counts.assign(count=seeds.groupby("label").size().reindex(counts.index, fill_value=0).astype(int))
+
+
+def race_names(labels, seeds: pd.DataFrame | None) -> list[str]:
+    """The names beside the bars: the labels, 'st (n=1 of 3)' for a mean that leaves runs out."""
+    from .plots import seeds_note
+
+    names = []
+    for label in labels:
+        known = seeds is not None and label in seeds.index
+        note = seeds_note(seeds.at[label, "count"], seeds.at[label, "runs"]) if known else ""
+        names.append(f"{label} ({note})" if note else label)
+    return names
+
+
+def race_footnote(seeds: pd.DataFrame | None) -> list[str]:
+    """The lines under the bars: labels with no finished run (so not in the race), then one line per
+    label whose mean leaves runs out, with how many failed or are missing (as under ``final.png``)."""
+    from .plots import short_cell_lines
+
+    if seeds is None:
+        return []
+    absent = seeds[(seeds["count"] == 0) & (seeds["not_ok"] == seeds["runs"])].index
+    lines = ["no finished run: " + ", ".join(sorted(absent))] if len(absent) else []
+    return lines + short_cell_lines(seeds)
 
 
 def expected_frames(n_epochs: int, steps_per_period: int) -> int:
@@ -140,6 +191,7 @@ def render_race(
     colors: dict | None = None,
     hold_periods: int = 2,
     metric: str = "test_acc",
+    seeds: pd.DataFrame | None = None,
 ) -> int:
     """Write an animated GIF of ``race_df`` (rows = epochs, columns = methods); returns its frame count.
 
@@ -150,6 +202,8 @@ def render_race(
     of a bar. Each epoch lasts ``period_length_ms`` over ``steps_per_period`` frames, and the last
     frame is held for ``hold_periods`` more periods (the GIF loops). ``colors`` maps labels to
     colours: pass ``plots.label_colors(frame, dataset)`` to match the dataset's static figures.
+    ``seeds`` (:func:`race_seeds`) names a mean that leaves runs of its cell out 'st (n=1 of 3)' and
+    lists such labels under the bars (:func:`race_footnote`), which then get the room for it.
     The file is written under a temporary name in the same folder and moved into place.
     """
     import bar_chart_race as bcr
@@ -169,6 +223,9 @@ def render_race(
     if colors is None:
         colors = label_colors(pd.DataFrame({"dataset": "", "label": labels}), "")
     bar_colors = [colors.get(label, (0.2, 0.2, 0.6, 1.0)) for label in labels]
+    footnote = race_footnote(seeds)
+    labels = race_names(labels, seeds)
+    race_df = race_df.set_axis(labels, axis=1)
     animated_periods = len(race_df) - 1  # periods the bars move through; the hold follows
     if hold_periods > 0:
         last = race_df.iloc[[-1] * hold_periods]
@@ -183,13 +240,15 @@ def render_race(
     span = hi - lo
     right = hi + 0.2 * span  # room for the value labels
     n = len(labels)
-    height = 1.35 + 0.42 * n
+    foot = 0.2 * len(footnote) + 0.12 if footnote else 0.0  # inches under the tick labels for the note
+    height = 1.35 + 0.42 * n + foot
     fig = Figure(figsize=(8.0, height), dpi=dpi)
     FigureCanvasAgg(fig)
     longest = max(len(label) for label in labels)
     left = min(0.35, (0.25 + 0.085 * longest) / 8.0)
     top = 1 - 0.95 / height
-    ax = fig.add_axes([left, 0.42 / height, 0.97 - left, top - 0.42 / height])
+    bottom = (0.42 + foot) / height
+    ax = fig.add_axes([left, bottom, 0.97 - left, top - bottom])
     ax.set_xlim(lo, right)
     ax.set_ylim(0.4, n + 0.6)
     ax.set_xticks([t for t in ax.get_xticks() if lo - 1e-9 <= t <= hi + 1e-9])
@@ -202,6 +261,8 @@ def render_race(
         spine.set_visible(False)
     fig.text(left, 1 - 0.12 / height, title, ha="left", va="top", fontsize=14, weight="bold")
     fig.text(left, 1 - 0.5 / height, spec.subtitle, ha="left", va="top", fontsize=10.5, color="0.35")
+    if footnote:
+        fig.text(left, 0.1 / height, "\n".join(footnote), ha="left", va="bottom", fontsize=10, color="0.35")
 
     # a thin progress line along the top of the bars: it makes every animated frame distinct (so the
     # GIF has exactly expected_frames() frames even when no bar moves) and stops during the hold
@@ -298,6 +359,7 @@ def render_group_race(
         dpi=dpi,
         colors=label_colors(frame, dataset),
         metric=metric,
+        seeds=race_seeds(curves, frame, dataset, group, metric),
     )
 
 
