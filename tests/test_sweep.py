@@ -355,6 +355,18 @@ def test_best_is_chosen_on_validation_and_every_test_number_stays(swept_frame, t
     assert table[0] == sweeps.CSV_COLUMNS and [row[-1] for row in table[1:]] == ["False", "True", "False", "False"]
 
 
+def test_without_a_validation_split_no_point_is_best(swept_frame, tmp_path):
+    # data.val_size 0 (config/repdistiller.yaml): every validation accuracy is empty, so nothing is chosen
+    frame = swept_frame.assign(best_val_acc=float("nan"))
+    stats = sweeps.sweep_stats(frame, "digits")
+    assert stats["n"].tolist() == [3, 3, 3, 3] and not stats["best"].any()
+    md, csv = tmp_path / "sweeps.md", tmp_path / "sweeps.csv"
+    sweeps.write_sweep_tables(frame, "digits", md, csv)
+    text = md.read_text()
+    assert "**best**" not in text.split("### ", 1)[1] and "hold out no validation split" in text
+    assert [row.split(",")[-1] for row in csv.read_text().splitlines()[1:]] == ["False"] * 4
+
+
 def test_ties_on_validation_go_to_more_seeds_then_the_lower_std_then_the_first_listed():
     import pandas as pd
 

@@ -71,9 +71,11 @@ def sweep_stats(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
 def best_points(stats: pd.DataFrame) -> pd.Series:
     """Per (group, method): True for the point chosen on validation -- the highest mean best-epoch
     validation accuracy over seeds; ties go to more finished seeds, then the lower validation std, then
-    the point listed first in the config.  Test accuracy plays no part."""
+    the point listed first in the config.  Test accuracy plays no part: runs without a validation split
+    (``data.val_size: 0``) have no point chosen."""
     best = pd.Series(False, index=stats.index)
-    for _, sweep in stats[stats["n"] > 0].groupby(["group", "method"], sort=False):
+    chosen = stats[(stats["n"] > 0) & np.isfinite(stats["val_mean"].astype(float))]
+    for _, sweep in chosen.groupby(["group", "method"], sort=False):
         order = sorted(
             range(len(sweep)),
             key=lambda i: (
@@ -140,6 +142,8 @@ def _markdown(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str) -> str:
             ref = reference(frame, dataset, group, method, label)
             if ref["n"] or ref["not_ok"]:
                 lines.append("| " + " | ".join([name, *[DASH] * (len(keys) - 1), *_numbers(ref), ""]) + " |")
+        if sweep["n"].any() and not sweep["best"].any():
+            lines += ["", "No value is marked best: these runs hold out no validation split (`data.val_size: 0`)."]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
