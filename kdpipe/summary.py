@@ -38,6 +38,7 @@ SUMMARY_COLUMNS = [
     "mean_epoch_s",
     "cost_vs_baseline",
     "settings",
+    "follows",
     "status",
     "note",
     "run_dir",
@@ -109,6 +110,16 @@ def _settings_of_older_record(record: dict) -> dict:
     return pairs
 
 
+def _follows(run: RunId, record: dict) -> list[str]:
+    """The ``follows`` column: the shipped configs whose published numbers' recipe the run trained with
+    (:func:`kdpipe.report.reference.follows`); only CIFAR has published numbers."""
+    from .report.reference import follows, is_cifar
+
+    if not is_cifar(run.dataset) or "config" not in record:
+        return []
+    return follows(run, record["config"], record["entry"])
+
+
 def sweep_text(point) -> str:
     """The ``sweep`` column: a kd.sweep run's values as 'key=value; ...' ('lambda_kd=500; p=2'), '' otherwise
     (read back by :func:`kdpipe.report.frame.sweep_items`)."""
@@ -158,6 +169,7 @@ def summary_rows(runs, teachers=()) -> list[dict]:
             rows[-1]["note"] = note
             continue
         record = json.loads((Path(run.run_dir) / "run.json").read_text())
+        recipes = "; ".join(_follows(run, record))
         for role, info in record["roles"].items():
             row = _identity_columns(run, teachers)
             if run.method != "baseline":
@@ -174,6 +186,7 @@ def summary_rows(runs, teachers=()) -> list[dict]:
                     "mean_epoch_s": _fmt(record["mean_epoch_s"], 3),
                     "cost_vs_baseline": "",
                     "settings": _settings(record),
+                    "follows": recipes,
                     "status": "ok",
                     "note": "",
                 }

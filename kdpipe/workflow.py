@@ -44,6 +44,7 @@ from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `
     SWEEP_SEGMENT,
 )
 from .report import RACES
+from .report.reference import recipe_paths  # noqa: F401 (the summary rule's inputs)
 
 ROOT = Path(__file__).resolve().parent.parent
 

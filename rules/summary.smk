@@ -15,6 +15,7 @@ localrules:
 rule summary:
     input:
         records=kw.summary_inputs(config),
+        recipes=kw.recipe_paths(),
     output:
         report(
             "results/summary.csv",

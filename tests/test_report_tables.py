@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 
 from kdpipe.report import frame as rf
-from kdpipe.report.reference import load_reference, preferred, published_for
+from kdpipe.options import resolve
+from kdpipe.report.reference import RECIPE_CONFIGS, follows, load_reference, preferred, published_for, recipe_config
 from kdpipe.report.tables import comparison_table, write_tables
 from kdpipe.plan import RunId
 from kdpipe.summary import write_summary
+from kdpipe.workflow import SEEDED_RULES, plan, run_options
 
 # (test_acc_at_best, last_test_acc) per seed
 BASE20 = {0: (92.10, 92.00), 1: (92.50, 92.30), 2: (92.30, 92.45)}
@@ -46,7 +48,29 @@ def _role(method, teacher, student, best, last, variant="", generation=None):
     }
 
 
-def _write_run(run_dir: Path, dataset: str, seed: int, entry: str, roles: dict, info: dict | None = None) -> None:
+# The recipe each fabricated cell trained with: RepDistiller's for its own pairs, KD-Zoo's (paper.yaml) otherwise.
+REPDISTILLER_NETS = {"resnet56", "wrn_40_2", "wrn_16_2"}
+
+
+def trained_as(run: RunId, entry: str, recipe: str | None = None, **changed) -> dict:
+    """The resolved options (``run.json``'s ``config``) of ``run`` trained as ``config/<recipe>`` plans it,
+    with ``changed`` on top: what kdpipe.runner records of a workflow run."""
+    if recipe is None:
+        recipe = "repdistiller.yaml" if {run.teacher, run.student} & REPDISTILLER_NETS else "paper.yaml"
+    planned = run_options(recipe_config(recipe), run)
+    inputs = {"t_model": "results/teacher.pt"} if entry != "base" and entry != "dml" else {}
+    return resolve(entry, {**inputs, **planned, **changed})
+
+
+def _write_run(
+    run_dir: Path,
+    dataset: str,
+    seed: int,
+    entry: str,
+    roles: dict,
+    info: dict | None = None,
+    config: dict | None = None,
+) -> None:
     """A run directory as kdpipe.runner.finalize leaves it: run.json (the fields the summary reads) + metrics.csv."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -64,6 +88,8 @@ def _write_run(run_dir: Path, dataset: str, seed: int, entry: str, roles: dict, 
         "device": "cpu",
         "info": info or {},
     }
+    if config is not None:
+        record["config"] = config
     (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     lines = ["epoch,role,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,epoch_time_s,images_per_s"]
     for role, r in roles.items():
@@ -74,17 +100,26 @@ def _write_run(run_dir: Path, dataset: str, seed: int, entry: str, roles: dict, 
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
-def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
-    """Runs of one dataset under tmp_path/results, their summary.csv, loaded as the report frame."""
+def fabricate(tmp_path: Path, dataset: str, bad: bool = True, recipes: dict | None = None) -> pd.DataFrame:
+    """Runs of one dataset under tmp_path/results, their summary.csv, loaded as the report frame.  Each run
+    trained as :func:`trained_as` says, or as ``recipes[(method label, teacher, student)]`` = (recipe, changed
+    options); a baseline's teacher is ''."""
     results = tmp_path / "results"
     data = results / dataset
     dirs = []
+    recipes = recipes or {}
+
+    def config(run, entry, label):
+        recipe, changed = recipes.get((label, run.teacher, run.student), (None, {}))
+        return trained_as(run, entry, recipe, **changed)
 
     def base(net, accs):
         for seed, (best, last) in accs.items():
             d = data / "base" / net / f"seed{seed}"
-            _write_run(d, dataset, seed, "base", {"net": _role("baseline", "", net, best, last)})
-            dirs.append(RunId("train_base", dataset, "baseline", "", "", net, seed, str(d)))
+            run = RunId("train_base", dataset, "baseline", "", "", net, seed, str(d))
+            roles = {"net": _role("baseline", "", net, best, last)}
+            _write_run(d, dataset, seed, "base", roles, config=config(run, "base", "baseline"))
+            dirs.append(run)
 
     def kd(mode, teacher, student, accs, variant=""):
         for seed, (best, last) in accs.items():
@@ -93,8 +128,10 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
                 "loss": {"mode": mode, "settings": {"lambda_kd": 0.1, "T": 4.0}},
                 "st_weight": 1.0 if variant else 0.0,
             }
-            _write_run(d, dataset, seed, "kd", {"student": _role(mode, teacher, student, best, last, variant)}, info)
-            dirs.append(RunId("train_kd", dataset, mode, variant, teacher, student, seed, str(d)))
+            run = RunId("train_kd", dataset, mode, variant, teacher, student, seed, str(d))
+            roles = {"student": _role(mode, teacher, student, best, last, variant)}
+            _write_run(d, dataset, seed, "kd", roles, info, config(run, "kd", mode + variant))
+            dirs.append(run)
 
     base("resnet110", BASE110)
     base("resnet20", BASE20)
@@ -105,6 +142,8 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
     for seed, peers in DML.items():
         d = data / "dml" / PAIR / f"seed{seed}"
         roles = {role: _role("dml", "resnet110", "resnet20", best, last) for role, (_, best, last) in peers.items()}
+        nets = tuple(net for net, _, _ in peers.values())
+        run = RunId("train_dml", dataset, "dml", "", nets[0], "+".join(nets[1:]), seed, str(d), peers=nets)
         _write_run(
             d,
             dataset,
@@ -112,9 +151,9 @@ def fabricate(tmp_path: Path, dataset: str, bad: bool = True) -> pd.DataFrame:
             "dml",
             roles,
             {"peers": {role: net for role, (net, _, _) in peers.items()}, "lambda_kd": 1.0},
+            config(run, "dml", "dml"),
         )
-        nets = tuple(net for net, _, _ in peers.values())
-        dirs.append(RunId("train_dml", dataset, "dml", "", nets[0], "+".join(nets[1:]), seed, str(d), peers=nets))
+        dirs.append(run)
     kd("st", "resnet56", "resnet20", ST56)
     kd("st", "wrn_40_2", "wrn_16_2", ST_WRN)
     if bad:
@@ -159,6 +198,9 @@ def test_means_stds_and_delta_vs_baseline(tmp_path):
         assert cell.at[label, "delta"] == pytest.approx(_mean(accs, 0) - _mean(BASE20, 0))
     assert cell.at["baseline", "delta"] == pytest.approx(0.0)
     assert cell.at["dml net1", "best"] == pytest.approx(94.20) and cell.at["dml net2", "last"] == pytest.approx(92.90)
+    # each peer against its own network's baseline: net1 is a resnet110
+    assert cell.at["dml net1", "delta"] == pytest.approx(94.20 - _mean(BASE110, 0))
+    assert cell.at["dml net2", "delta"] == pytest.approx(93.00 - _mean(BASE20, 0))
     assert math.isnan(cell.at["dml net1", "best_std"])  # one seed: no std
     # the failed seed is counted, not averaged; the missing run is a row of its own
     assert cell.at["st", "not_ok"] == 1 and cell.at["baseline", "not_ok"] == 0
@@ -340,3 +382,85 @@ def test_settings_column_reads_what_the_run_declared_and_older_records_still_rea
     declared = {**older, "settings": {"lambda_kd": 0.1, "T": 4.0, "ce_weight": 0.1, "dot_delta": 0.075}}
     assert _settings(declared) == "lambda_kd=0.1; T=4; ce_weight=0.1; dot_delta=0.075"
     assert _settings({"method": "baseline", "info": {}, "settings": {}}) == ""
+
+
+def test_published_only_beside_runs_trained_as_its_source(tmp_path, reference):
+    # st at T 2 and the student's baseline for 4 epochs are not the runs KD-Zoo reported; the teacher's are
+    changed = {("st", PAIR.split("-")[0], "resnet20"): ("paper.yaml", {"T": 2.0})}
+    changed[("baseline", "", "resnet20")] = ("paper.yaml", {"epochs": 4})
+    frame = fabricate(tmp_path, "cifar10", recipes=changed)
+    assert set(frame.loc[frame["label"] == "st", "follows"]) == {""}
+    table, md, csv, tex = _write(tmp_path, frame, "cifar10", reference)
+    cell = table[PAIR]
+    for label in ("st", "baseline"):
+        assert math.isnan(cell.at[label, "published"]) and math.isnan(cell.at[label, "diff"])
+        assert cell.at[label, "published_source"] is None and cell.at[label, "published_recipe"] == "paper.yaml"
+    assert cell.at["teacher", "published"] == pytest.approx(93.86)
+    assert cell.at["dml net1", "published"] == pytest.approx(94.45)
+    st = next(line for line in md.splitlines() if line.startswith("| st |"))
+    assert "| \u2014 (other recipe than config/paper.yaml's) | \u2014 |" in st and "92.82" not in md
+    row = csv[(csv["group"] == PAIR) & (csv["label"] == "st")].iloc[0]
+    assert math.isnan(row["published"]) and row["published_recipe"] == "paper.yaml"
+    assert "(92.82)" not in tex and "(93.86)" in tex
+    # a cell no source reports says nothing of recipes
+    assert "other recipe" not in next(line for line in md.splitlines() if line.startswith("| at+st |"))
+
+
+def test_a_pair_both_report_gets_the_number_of_the_recipe_it_followed(tmp_path, reference):
+    # resnet110 -> resnet20 on CIFAR-100 trained as config/repdistiller.yaml plans it: RepDistiller's cells
+    # (its last epoch), not KD-Zoo's, which the same cells get with paper.yaml's recipe
+    rep = ("repdistiller.yaml", {})
+    changed = {
+        ("st", "resnet110", "resnet20"): rep,
+        ("baseline", "", "resnet20"): rep,
+        ("baseline", "", "resnet110"): rep,
+    }
+    table, _, _, tex = _write(tmp_path, fabricate(tmp_path, "cifar100", recipes=changed), "cifar100", reference)
+    cell = table[PAIR]
+    assert cell.at["st", "published"] == pytest.approx(70.67)
+    assert (cell.at["st", "published_source"], cell.at["st", "published_epoch"]) == ("RepDistiller README", "last")
+    assert cell.at["st", "diff"] == pytest.approx(cell.at["st", "last"] - 70.67)
+    assert cell.at["baseline", "published"] == pytest.approx(69.06)
+    assert cell.at["teacher", "published"] == pytest.approx(74.31)
+    assert "(70.67)" in tex and "(70.06)" not in tex
+
+
+def test_latex_caption_names_the_sources_shown(tmp_path, reference):
+    _, _, _, tex = _write(tmp_path, fabricate(tmp_path, "cifar100"), "cifar100", reference)
+    assert "published top-1 (KD-Zoo, RepDistiller) in parentheses" in tex
+    _, _, _, tex = _write(tmp_path / "c10", fabricate(tmp_path / "c10", "cifar10"), "cifar10", reference)
+    assert "published top-1 (KD-Zoo) in parentheses" in tex
+
+
+def test_follows_names_the_configs_whose_runs_train_alike(tmp_path):
+    run = RunId("train_kd", "cifar100", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "st"))
+    repdistiller = trained_as(run, "kd", "repdistiller.yaml")
+    assert follows(run, repdistiller, "kd") == ["repdistiller.yaml"]
+    # devices, precision, seeds and input paths aside
+    neutral = {**repdistiller, "amp": "off", "cuda": 0, "threads": 8, "split_seed": 3, "t_model": "elsewhere.pt"}
+    assert follows(run, neutral, "kd") == ["repdistiller.yaml"]
+    for key, value in (("lambda_kd", 1.0), ("epochs", 200), ("ce_weight", 1.0), ("crop_padding", "reflect")):
+        assert follows(run, {**repdistiller, key: value}, "kd") == [], key
+    assert follows(run, trained_as(run, "kd", "mdistiller.yaml"), "kd") == ["mdistiller.yaml"]
+    # KD-Zoo's grid has no resnet56 (above: not paper.yaml); a sweep point is nobody's cell; nor a dataset
+    # no recipe trains on
+    swept = RunId(
+        "train_kd_sweep", "cifar100", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "T"), sweep=(("T", 8.0),)
+    )
+    assert follows(swept, repdistiller, "kd") == []
+    digits = RunId("train_kd", "digits", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "d"))
+    assert follows(digits, {**repdistiller, "data_name": "digits"}, "kd") == []
+
+
+@pytest.mark.parametrize("recipe", RECIPE_CONFIGS)
+def test_every_run_a_recipe_config_plans_follows_it_alone(recipe):
+    """Each shipped recipe config's planned runs, trained as planned, follow that config and no other (the
+    three differ in schedule or data): their cells get that source's numbers and only those."""
+    config = recipe_config(recipe)
+    runs = plan(config)
+    assert {run.rule for run in runs} >= {"train_base", "train_kd"}
+    for run in runs:
+        entry = SEEDED_RULES[run.rule].entry
+        inputs = {} if entry in ("base", "dml") else {"t_model": "teacher.pt"}
+        options = resolve(entry, {**inputs, **run_options(config, run)})
+        assert follows(run, options, entry) == [recipe], run

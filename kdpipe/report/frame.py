@@ -32,6 +32,8 @@ def load_summary(path: str | Path) -> pd.DataFrame:
     frame["generation"] = pd.to_numeric(frame["generation"], errors="coerce")
     if "sweep" not in frame.columns:  # a summary written before kd.sweep
         frame["sweep"] = ""
+    if "follows" not in frame.columns:  # a summary written before it said whose recipe a run follows
+        frame["follows"] = ""
     frame["label"] = frame.apply(method_label, axis=1)
     if "group" not in frame.columns:  # a summary written before the plan recorded groups
         frame["group"] = frame.apply(group_of, axis=1)

@@ -11,6 +11,8 @@ the epoch with the best test accuracy.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from functools import cache
 from importlib.resources import files
 
 import pandas as pd
@@ -19,26 +21,28 @@ COLUMNS = ["source", "dataset", "method", "teacher", "student", "role", "top1"]
 CIFAR = ("cifar10", "cifar100")
 PREFERRED_SOURCE = "KD-Zoo README"
 
-# file -> ({their method name: kdpipe's}, the epoch its numbers are from)
+# file -> ({their method name: kdpipe's}, the epoch its numbers are from, the shipped config that plans its recipe)
 _FILES = {
-    "kdzoo_cifar.csv": ({}, "best"),  # train_kd.py keeps the best test top-1 over the epochs (is_best)
+    "kdzoo_cifar.csv": ({}, "best", "paper.yaml"),  # train_kd.py keeps the best test top-1 over the epochs (is_best)
     # train_student.py: "The results reported in the paper/README is from the last epoch"
-    "repdistiller_cifar100.csv": ({"kd": "st"}, "last"),
-    "mdistiller_cifar100.csv": ({"kd": "st", "kd+dot": "st+dot"}, "best"),  # engine/trainer.py's best_acc
+    "repdistiller_cifar100.csv": ({"kd": "st"}, "last", "repdistiller.yaml"),
+    "mdistiller_cifar100.csv": ({"kd": "st", "kd+dot": "st+dot"}, "best", "mdistiller.yaml"),  # trainer.py's best_acc
 }
+RECIPE_CONFIGS = tuple(dict.fromkeys(config for _, _, config in _FILES.values()))
 _DML_ROLE = re.compile(r"net\d+")
 
 
 def load_reference() -> pd.DataFrame:
-    """Every published cell of the sources, method names in kdpipe's terms, ``top1`` as float, and the
-    ``epoch`` each source's numbers are from."""
+    """Every published cell of the sources, method names in kdpipe's terms, ``top1`` as float, the
+    ``epoch`` each source's numbers are from and the ``recipe``: the shipped config (``config/<recipe>``)
+    whose runs train as that source's did."""
     folder = files("kdpipe") / "reference"
     parts = []
-    for name, (rename, epoch) in _FILES.items():
+    for name, (rename, epoch, recipe) in _FILES.items():
         with (folder / name).open("r", encoding="utf-8") as fh:
             part = pd.read_csv(fh, dtype=str, keep_default_na=False)
         part["method"] = part["method"].map(lambda m, rename=rename: rename.get(m, m))
-        parts.append(part[COLUMNS].assign(epoch=epoch))
+        parts.append(part[COLUMNS].assign(epoch=epoch, recipe=recipe))
     reference = pd.concat(parts, ignore_index=True)
     reference["top1"] = pd.to_numeric(reference["top1"], errors="coerce").astype(float)
     return reference
@@ -49,9 +53,16 @@ def is_cifar(dataset: str) -> bool:
 
 
 def published_for(
-    reference: pd.DataFrame | None, dataset: str, method_label: str, teacher: str, student: str
+    reference: pd.DataFrame | None,
+    dataset: str,
+    method_label: str,
+    teacher: str,
+    student: str,
+    recipes: Iterable[str] | None = None,
 ) -> list[tuple[str, float]]:
-    """The published ``(source, top1)`` cells for one table cell, in the reference's order (KD-Zoo first).
+    """The published ``(source, top1)`` cells for one table cell, in the reference's order (KD-Zoo first);
+    with ``recipes`` (the shipped configs whose planned options the cell's runs trained with: the summary's
+    ``follows``), only those of sources with one of those recipes.
 
     ``method_label`` is a row label of :func:`kdpipe.report.frame.method_label`; ``teacher`` and
     ``student`` are the group's pair.  'baseline' is the student's own baseline, 'teacher' the
@@ -63,6 +74,8 @@ def published_for(
     if reference is None or not is_cifar(dataset):
         return []
     ref = reference[reference["dataset"].str.lower() == str(dataset).lower()]
+    if recipes is not None:
+        ref = ref[ref["recipe"].isin(list(recipes))]
     label = str(method_label).strip()
     is_base = ref["method"] == "baseline"
     if label == "baseline":
@@ -89,10 +102,19 @@ def published_for(
 
 def reported_epoch(reference: pd.DataFrame, source: str) -> str:
     """The epoch ``source``'s numbers are from: ``best`` (its best test epoch) or ``last``."""
-    epochs = set(reference.loc[reference["source"] == source, "epoch"])
-    if len(epochs) != 1:
-        raise ValueError(f"reference source {source!r}: epochs {sorted(epochs)}, need exactly one")
-    return epochs.pop()
+    return _of_source(reference, source, "epoch")
+
+
+def source_recipe(reference: pd.DataFrame, source: str) -> str:
+    """The shipped config whose runs train as ``source``'s did (``paper.yaml`` for KD-Zoo's)."""
+    return _of_source(reference, source, "recipe")
+
+
+def _of_source(reference: pd.DataFrame, source: str, column: str) -> str:
+    values = set(reference.loc[reference["source"] == source, column])
+    if len(values) != 1:
+        raise ValueError(f"reference source {source!r}: {column} {sorted(values)}, need exactly one")
+    return values.pop()
 
 
 def preferred(matches: list[tuple[str, float]]) -> tuple[str, float] | None:
@@ -103,3 +125,59 @@ def preferred(matches: list[tuple[str, float]]) -> tuple[str, float] | None:
         if source == PREFERRED_SOURCE:
             return source, top1
     return matches[0]
+
+
+# Options that do not make a run's recipe another: where and how fast it ran (the device group: the tables
+# stand bf16 beside float32, README "Data and protocol"), which seeded draw it is, and the paths of its
+# inputs (a teacher, a paraphraser, a teacher cache), which each config's DAG places where it will.
+RECIPE_NEUTRAL = frozenset({"seed", "split_seed", "t_model", "paraphraser", "teacher_cache"})
+
+
+def follows(run, options: dict, entry: str) -> list[str]:
+    """The shipped configs of :data:`RECIPE_CONFIGS` whose runs train as this one did: each plans ``run``
+    (a :class:`kdpipe.plan.RunId`; its dataset among the config's) with ``options`` (its ``run.json``
+    ``config``, an ``entry``'s resolved options) on every key but the neutral ones.  A published number
+    stands beside a run only if its source's config is among these: a run with another temperature,
+    weight, form, schedule or training set is not the run the source reported."""
+    from ..errors import KdpipeError
+    from ..options import COMMON_GROUPS, differing_keys, fingerprint_options, resolve
+    from ..workflow import run_options
+
+    neutral = RECIPE_NEUTRAL | set(COMMON_GROUPS["device"])
+    out = []
+    for name in RECIPE_CONFIGS:
+        config = recipe_config(name)
+        if config is None or run.dataset not in config["datasets"]:
+            continue
+        try:
+            planned = resolve(
+                entry, {**{k: options.get(k) for k in RECIPE_NEUTRAL if k in options}, **run_options(config, run)}
+            )
+        except (KdpipeError, KeyError):  # not a run this config plans (a sweep point, a pair it has not)
+            continue
+        differing = differing_keys(fingerprint_options(planned), fingerprint_options(options))
+        if not [key for key in differing if key not in neutral]:
+            out.append(name)
+    return out
+
+
+def recipe_paths() -> list[str]:
+    """The recipe configs of this checkout (the summary rule's inputs: editing one re-runs the summary)."""
+    return [str(path) for path in map(_recipe_path, RECIPE_CONFIGS) if path.is_file()]
+
+
+def _recipe_path(name: str):
+    from ..workflow import ROOT
+
+    return ROOT / "config" / name
+
+
+@cache
+def recipe_config(name: str) -> dict | None:
+    """``config/<name>`` of this checkout, loaded as the workflow loads a config (None where absent)."""
+    import yaml
+
+    from ..config import load_config
+
+    path = _recipe_path(name)
+    return load_config(yaml.safe_load(path.read_text()), check_pairs=False) if path.is_file() else None

@@ -16,10 +16,10 @@ import pandas as pd
 
 from ..checkpoint import atomic_write_text
 from .frame import group_rows, groups
-from .reference import is_cifar, preferred, published_for, reported_epoch
+from .reference import is_cifar, preferred, published_for, reported_epoch, source_recipe
 
 STATS = ["n", "best", "best_std", "last", "last_std", "delta"]
-PUBLISHED_STATS = ["published", "published_source", "published_epoch", "diff"]
+PUBLISHED_STATS = ["published", "published_source", "published_epoch", "published_recipe", "diff"]
 FIRST_LABELS = ("teacher", "baseline")
 MINUS = "\u2212"
 ARROW = "\u2192"
@@ -40,10 +40,11 @@ CSV_COLUMNS = [
     "published",
     "published_source",
     "published_epoch",
+    "published_recipe",
     "diff_vs_published",
     "not_ok",
 ]
-PUBLISHED_COLUMNS = ("published", "published_source", "published_epoch", "diff_vs_published")
+PUBLISHED_COLUMNS = ("published", "published_source", "published_epoch", "published_recipe", "diff_vs_published")
 
 
 # ----------------------------------------------------------------------------------------------- computing
@@ -72,6 +73,18 @@ def _cells(frame: pd.DataFrame, dataset: str) -> tuple[list[str], list[str], dic
     return labels, pairs, cells
 
 
+def _baseline_best(frame: pd.DataFrame) -> dict[str, float]:
+    """{network: the best-on-val mean of its finished base runs} (teachers' base runs included)."""
+    base = frame[(frame["method"] == "baseline") & (frame["status"] == "ok")]
+    return {net: _mean(rows["test_acc_at_best"]) for net, rows in base.groupby("net")}
+
+
+def _recipes(ok: pd.DataFrame) -> set[str]:
+    """The recipes every finished run of a cell follows (the summary's ``follows``, '; '-joined)."""
+    each = [set(filter(None, str(text).split("; "))) for text in ok["follows"]]
+    return set.intersection(*each) if each else set()
+
+
 def _mean(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.mean()) if len(values) else math.nan
@@ -86,40 +99,49 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
     """Methods (index ``label``) x (group, stat) columns, over the seeds of each cell's finished runs.
 
     Stats per group: ``n`` (finished seeds), ``best``/``best_std`` (test accuracy at the best-on-val
-    epoch, mean and sample std), ``last``/``last_std`` (last epoch), ``delta`` (best minus the group's
-    baseline best), ``not_ok`` (runs of the cell that failed, are incomplete or missing) and -- on
-    CIFAR with a ``reference`` -- ``published``, ``published_source`` (KD-Zoo preferred),
-    ``published_epoch`` (the source's: ``best`` or ``last``) and ``diff`` (ours minus published, ours the
-    mean of the same epoch: ``last`` for a last-epoch source, else ``best``, our best-on-val).
+    epoch, mean and sample std), ``last``/``last_std`` (last epoch), ``delta`` (best minus the best of the
+    baseline of the cell's own network: a DML peer's against its network's; the teacher row's against the
+    student's baseline, the gap distillation closes), ``not_ok`` (runs of the cell that failed, are
+    incomplete or missing) and -- on CIFAR with a ``reference`` -- ``published``, ``published_source``
+    (KD-Zoo preferred), ``published_epoch`` (the source's: ``best`` or ``last``), ``published_recipe`` (the
+    shipped config that trains as the source did) and ``diff`` (ours minus published, ours the mean of the
+    same epoch: ``last`` for a last-epoch source, else ``best``, our best-on-val).  A source's number
+    stands only beside a cell whose finished runs all follow its recipe (the summary's ``follows``); where
+    they do not, ``published`` is empty and ``published_recipe`` names the recipe they would need.
     """
     labels, pairs, cells = _cells(frame, dataset)
     with_published = reference is not None and is_cifar(dataset)
     stats = STATS + (PUBLISHED_STATS if with_published else []) + ["not_ok"]
+    base_best = _baseline_best(frame[frame["dataset"] == dataset])
     data: dict = {}
     for group in pairs:
         teacher, _, student = group.partition("-")
         columns: dict = {stat: [] for stat in stats}
-        base = cells.get(("baseline", group))
-        base_best = _mean(base.loc[base["status"] == "ok", "test_acc_at_best"]) if base is not None else math.nan
         for label in labels:
             rows = cells.get((label, group), frame.iloc[0:0])
             ok = rows[rows["status"] == "ok"]
             best, last = _mean(ok["test_acc_at_best"]), _mean(ok["last_test_acc"])
+            nets = set(rows["net"])
+            net = student if label == "teacher" or len(nets) != 1 else nets.pop()
             columns["n"].append(len(ok))
             columns["best"].append(best)
             columns["best_std"].append(_std(ok["test_acc_at_best"]))
             columns["last"].append(last)
             columns["last_std"].append(_std(ok["last_test_acc"]))
-            columns["delta"].append(best - base_best)
+            columns["delta"].append(best - base_best.get(net, math.nan))
             columns["not_ok"].append(len(rows) - len(ok))
             if with_published:
-                match = preferred(published_for(reference, dataset, label, teacher, student))
+                reported = preferred(published_for(reference, dataset, label, teacher, student))
+                match = preferred(published_for(reference, dataset, label, teacher, student, _recipes(ok)))
                 epoch = reported_epoch(reference, match[0]) if match else None
                 # like with like: our last-epoch mean beside a last-epoch number, else our best-on-val mean
                 ours = last if epoch == "last" else best
                 columns["published"].append(match[1] if match else math.nan)
                 columns["published_source"].append(match[0] if match else None)
                 columns["published_epoch"].append(epoch)
+                columns["published_recipe"].append(
+                    source_recipe(reference, (match or reported)[0]) if reported else None
+                )
                 columns["diff"].append(ours - match[1] if match else math.nan)
         for stat in stats:
             data[(group, stat)] = columns[stat]
@@ -139,7 +161,7 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
 def _dtype(stat: str):
     if stat in ("n", "not_ok"):
         return "int64"
-    if stat in ("published_source", "published_epoch"):
+    if stat in ("published_source", "published_epoch", "published_recipe"):
         return object
     return "float64"
 
@@ -184,6 +206,18 @@ def _not_ok_note(counts: dict, finished: int) -> str:
     return "(" + ", ".join(f"{count} run{'s' if count > 1 else ''} {status}" for status, count in counts.items()) + ")"
 
 
+def _sources_shown(table: pd.DataFrame) -> list[str]:
+    """The sources of the published numbers a table shows, short names ('KD-Zoo'), sorted."""
+    return sorted(
+        {
+            _short_source(table[g].at[label, "published_source"])
+            for g in table.columns.get_level_values("group").unique()
+            for label in _shown(table, g)
+            if not _isnan(table[g].at[label, "published_source"])
+        }
+    )
+
+
 def _pair_title(group: str, arrow: str = f" {ARROW} ") -> str:
     teacher, _, student = group.partition("-")
     return f"{teacher}{arrow}{student}" if student else teacher
@@ -205,18 +239,11 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
     intro = (
         "Means \u00b1 sample standard deviations are over seeds (n = finished seeds); "
         "'best-on-val' is the test accuracy of the checkpoint from the epoch with the highest validation "
-        "accuracy, 'last-epoch' that of the final epoch; \u0394 is the best-on-val mean minus the student "
-        "baseline's."
+        "accuracy, 'last-epoch' that of the final epoch; \u0394 is the best-on-val mean minus that of the "
+        "baseline of the row's network (a DML peer's own network; the teacher row: the student's baseline)."
     )
     if with_published:
-        sources = sorted(
-            {
-                _short_source(table[g].at[label, "published_source"])
-                for g in table.columns.get_level_values("group").unique()
-                for label in _shown(table, g)
-                if not _isnan(table[g].at[label, "published_source"])
-            }
-        )
+        sources = _sources_shown(table)
         where = (
             f"the {' and '.join(sources)} README{'s' if len(sources) > 1 else ''}"
             if sources
@@ -226,7 +253,11 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
             f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell), "
             "from the epoch that source reports: 'last' its final epoch, 'best' its best test epoch; "
             "'ours \u2212 published' compares like with like: our last-epoch mean minus a 'last' number, "
-            "our best-on-val mean minus a 'best' one (ours chosen on validation, theirs on the test set)."
+            "our best-on-val mean minus a 'best' one (ours chosen on validation, theirs on the test set). "
+            "A published number stands only beside runs that trained as its source's did: with the options "
+            "the shipped config of that recipe plans for the cell (config/paper.yaml for KD-Zoo's, "
+            "config/repdistiller.yaml and config/mdistiller.yaml for theirs; summary.csv's 'follows'), "
+            "seeds, devices and precision aside; 'other recipe' marks a cell a source reports whose runs did not."
         )
     lines += [intro, ""]
     pairs = list(table.columns.get_level_values("group").unique())
@@ -252,18 +283,24 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
                 delta = DASH if label == "baseline" else _signed(cell.at[label, "delta"])
             row = [label, best, last, delta, str(n)]
             if with_published:
-                published = cell.at[label, "published"]
-                row.append(
-                    DASH
-                    if _isnan(published)
-                    else f"{published:.2f} ({_short_source(cell.at[label, 'published_source'])}, "
-                    f"{cell.at[label, 'published_epoch']})"
-                )
+                row.append(_published_text(cell, label, n))
                 row.append(_signed(cell.at[label, "diff"]) if n else DASH)
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += _not_finished(frame, dataset, cells)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _published_text(cell: pd.DataFrame, label: str, n: int) -> str:
+    """'70.06 (KD-Zoo, best)'; 'other recipe (config/paper.yaml)' where a source reports the cell but its
+    finished runs trained otherwise; a dash where no source reports it (or nothing finished to tell)."""
+    published, recipe = cell.at[label, "published"], cell.at[label, "published_recipe"]
+    if not _isnan(published):
+        source = _short_source(cell.at[label, "published_source"])
+        return f"{published:.2f} ({source}, {cell.at[label, 'published_epoch']})"
+    if n and not _isnan(recipe):
+        return f"{DASH} (other recipe than config/{recipe}'s)"
+    return DASH
 
 
 def _not_finished(frame: pd.DataFrame, dataset: str, cells: dict) -> list[str]:
@@ -318,6 +355,7 @@ def _csv(table: pd.DataFrame, dataset: str) -> str:
                     published=cell.at[label, "published"],
                     published_source=cell.at[label, "published_source"],
                     published_epoch=cell.at[label, "published_epoch"],
+                    published_recipe=cell.at[label, "published_recipe"],
                     diff_vs_published=cell.at[label, "diff"],
                 )
             records.append(record)
@@ -381,8 +419,9 @@ def _latex(table: pd.DataFrame, dataset: str, cells: dict) -> str:
     caption = (
         f"{tex_escape(dataset)}: test accuracy (\\%) of the best-on-val checkpoint, mean $\\pm$ sample std over seeds"
     )
-    if with_published:
-        caption += "; published top-1 (KD-Zoo, else RepDistiller) in parentheses"
+    sources = _sources_shown(table) if with_published else []
+    if sources:
+        caption += f"; published top-1 ({', '.join(tex_escape(s) for s in sources)}) in parentheses"
     if flagged:
         caption += r"; $^{\dagger}$ some runs of the cell did not finish"
     caption += "."
