@@ -448,6 +448,13 @@ def test_follows_names_the_configs_whose_runs_train_alike(tmp_path):
         "train_kd_sweep", "cifar100", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "T"), sweep=(("T", 8.0),)
     )
     assert follows(swept, repdistiller, "kd") == []
+    # a teacher imported from the source's released file (pairs[i].teacher_checkpoint) is the source's own
+    # run: it follows the config it was imported under, so the table's teacher row keeps the published number
+    imported = RunId("import_teacher", "cifar100", "baseline", "imported", "", "resnet56", 0, str(tmp_path / "t"))
+    options = resolve(
+        "import_teacher", {"src": "ckpt_epoch_240.pth", **run_options(recipe_config("repdistiller.yaml"), imported)}
+    )
+    assert follows(imported, options, "import_teacher") == ["repdistiller.yaml"]
     digits = RunId("train_kd", "digits", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "d"))
     assert follows(digits, {**repdistiller, "data_name": "digits"}, "kd") == []
 
