@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .errors import KdpipeError
+from .errors import INTERRUPTED, KdpipeError, os_error_line
 from .options import ENTRIES, entry_function, make_parser
 
 
@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     except KdpipeError as exc:
         print(f"kdpipe {entry}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the system refused a write or read (a full disk, no permission): one line too
+        print(f"kdpipe {entry}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kdpipe {entry}: {INTERRUPTED}", file=sys.stderr)
+        return 130
     if ENTRIES[entry].prints:
         try:
             print(record[ENTRIES[entry].prints], flush=True)

@@ -24,8 +24,9 @@ def write_data_manifest(opts: dict, path: str | Path) -> dict:
 
 @contextlib.contextmanager
 def rule_logging(snakemake):
-    """Send the ``kdpipe`` logger to the rule's ``log:`` file; bad input exits with one line."""
-    from .errors import KdpipeError
+    """Send the ``kdpipe`` logger to the rule's ``log:`` file; bad input, and a write or read the system
+    refuses (a full disk, no permission), exit with one line."""
+    from .errors import KdpipeError, os_error_line
 
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,9 +37,10 @@ def rule_logging(snakemake):
     logger.addHandler(handler)
     try:
         yield logger
-    except KdpipeError as exc:
-        logger.error("error: %s", exc)
-        print(f"kdpipe {snakemake.rule}: error: {exc}", file=sys.stderr)
+    except (KdpipeError, OSError) as exc:
+        line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+        logger.error("error: %s", line)
+        print(f"kdpipe {snakemake.rule}: error: {line}", file=sys.stderr)
         sys.exit(1)
     finally:
         logger.removeHandler(handler)

@@ -156,3 +156,59 @@ def test_printed_table_to_a_closed_pipe_is_not_an_error():
     finally:
         os.close(write)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_refused_write_or_an_interrupt_is_one_line(tmp_path, monkeypatch):
+    """The system refusing a write (a file where the run directory's parent should be; a full disk at the
+    first checkpoint) or Ctrl-C: one line, a non-zero exit, and nothing that looks finished."""
+    base = ["base", "--data_name", "digits", "--net_name", "resnet8w8", "--epochs", "2", "--train_subset", "64"]
+    (tmp_path / "afile").write_text("")
+    out = cli_in_process(*base, "--save_root", tmp_path / "afile")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"kdpipe base: error: Not a directory: {tmp_path / 'afile' / 'base-digits-resnet8w8-seed0'}"
+    )
+
+    def full(obj, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", full)
+    out = cli_in_process(*base, "--save_root", tmp_path / "runs")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("kdpipe base: error: No space left on device: ") and "Traceback" not in out.stderr
+    assert not list((tmp_path / "runs").rglob("run.json"))
+
+    def interrupt(obj, path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupt)
+    out = cli_in_process(*base, "--save_root", tmp_path / "runs")
+    assert out.returncode == 130
+    assert out.stderr.strip().splitlines()[-1] == (
+        "kdpipe base: interrupted; a training run resumes from its last checkpoint when run again"
+    )
+    assert not list((tmp_path / "runs").rglob("run.json"))
+
+
+def test_a_workflow_job_ends_bad_input_and_refused_writes_with_one_line(tmp_path, capsys):
+    """scripts/*.py run inside ``rule_logging``: a KdpipeError or an OSError becomes one line on stderr and
+    in the rule's log, and the job exits 1 (Snakemake then marks it failed and keeps other jobs going)."""
+    from types import SimpleNamespace
+
+    from kdpipe.jobs import rule_logging
+
+    job = SimpleNamespace(log=[str(tmp_path / "logs" / "job.log")], rule="train_base")
+    for exc, line in (
+        (KdpipeError("lr: got nan; a finite number"), "lr: got nan; a finite number"),
+        (
+            OSError(28, "No space left on device", "results/x/checkpoint.pt"),
+            "No space left on device: results/x/checkpoint.pt",
+        ),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            with rule_logging(job):
+                raise exc
+        assert stop.value.code == 1
+        assert capsys.readouterr().err == f"kdpipe train_base: error: {line}\n"
+        assert (tmp_path / "logs" / "job.log").read_text().endswith(f"error: {line}\n")
