@@ -4,6 +4,7 @@ filled in), plus the checks a schema cannot express, and the facts the rest read
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import yaml
@@ -105,6 +106,12 @@ def _validator(schema: dict):
     import jsonschema
 
     base = jsonschema.Draft7Validator
+    # JSON schema's integer includes 1.0; a config's integers name run directories (seeds: [1.0] -> seed1.0/)
+    # and count epochs, generations, images: only a YAML integer is one
+    strict = base.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    base = jsonschema.validators.extend(base, type_checker=strict)
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -114,6 +121,15 @@ def _validator(schema: dict):
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
     return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def _check_finite(node, path: str = "") -> None:
+    """No NaN or infinity anywhere (YAML's .nan, .inf): every bound of the schema lets NaN through."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise KdpipeError(f"config {path or '(top level)'}: got {node!r}; must be a finite number")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        _check_finite(value, f"{path}.{key}" if path else str(key))
 
 
 def _path(error) -> str:
@@ -126,6 +142,7 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
     ``check_pairs``: also refuse a method that cannot distil one of the pairs
     (:func:`kdpipe.compat.check_pairs`: each distinct loss built once on probed shapes); the
     Snakefile skips it inside cluster jobs, whose submitting process checked the same config."""
+    _check_finite(config)
     validator = _validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -146,7 +163,12 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
 
 def _check_semantics(config: dict) -> None:
     from .models import MODELS
+    from .options import find_option
 
+    # keys that set a common option by a rule the schema does not state (val_size: a fraction or a whole
+    # count; resources.threads, declared apart in the schema: the option's maximum), checked by the option
+    for section, key in (("data", "val_size"), ("resources", "threads")):
+        find_option("base", key).check(config[section][key], f"config {section}.")
     if len(set(config["seeds"])) != len(config["seeds"]):
         raise KdpipeError(f"config seeds: {config['seeds']} repeats a seed")
     repeated = [name for i, name in enumerate(config["datasets"]) if name in config["datasets"][:i]]

@@ -77,16 +77,29 @@ def calibration_devices(path: str | Path | None = None) -> tuple[str, ...]:
 def _read(path: Path) -> list[dict]:
     if not path.is_file():
         raise KdpipeError(f"calibration {path}: no such file")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    what = (
+        f"calibration {path}: not a calibration table, a CSV file with columns {', '.join(FIELDS)} "
+        "(as bench/calibrate.py writes it)"
+    )
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise KdpipeError(f"{what}; reading it: {type(exc).__name__}") from None
+    if set(FIELDS) - set(header):
+        found = " ".join(", ".join(h for h in header if h).split())  # one line
+        raise KdpipeError(f"{what}; its first line: {found[:60] + '...' if len(found) > 60 else found or 'empty'}")
+    if not rows:
+        raise KdpipeError(f"{what}; it has a header but no rows")
     for i, r in enumerate(rows, start=2):
-        if set(FIELDS) - set(r) or not (r["quantity"] in QUANTITIES or TOGETHER.fullmatch(r["quantity"])):
+        if set(FIELDS) - set(r) or not (r["quantity"] in QUANTITIES or TOGETHER.fullmatch(r["quantity"] or "")):
             raise KdpipeError(
                 f"calibration {path}, line {i}: columns {', '.join(FIELDS)}; quantity one of {', '.join(QUANTITIES)}"
             )
         try:
             r["value"], r["image_size"] = float(r["value"]), int(r["image_size"])
-        except ValueError:
+        except (TypeError, ValueError):  # a short row's missing cells are None
             raise KdpipeError(f"calibration {path}, line {i}: value and image_size must be numbers") from None
     return rows
 
@@ -575,7 +588,9 @@ def plan_cost(**kwargs) -> dict:
     config: dict = {}
     for path in map(Path, opts["configfile"]):
         try:
-            part = yaml.safe_load(path.read_text()) or {}
+            part = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise KdpipeError(f"configfile {path}: not a text file (a config is YAML, in UTF-8)") from None
         except yaml.YAMLError as exc:
             raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(part, dict):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import KdpipeError
-from .options import CROP_PADDINGS
+from .options import CROP_PADDINGS, val_size_rule
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,9 @@ class Normalizer:
 
 def split_train_val(x: Tensor, y: Tensor, val_size: float, split_seed: int):
     """Carve a validation set from the training set: a fraction (< 1) or a count (>= 1)."""
+    reason = val_size_rule(val_size)  # the option's own rule, for callers of load_data itself
+    if reason:
+        raise KdpipeError(f"val_size: got {val_size!r}; {reason}")
     n = len(y)
     n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
     if n_val >= n:
@@ -282,13 +285,71 @@ def _read_pickle(path: Path) -> dict:
     return entry
 
 
-def _cifar_arrays(batches: list[Path], label_key: str) -> tuple[Tensor, Tensor]:
+def _cifar_arrays(batches: list[Path], label_key: str, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Every batch's images and labels, each file checked before anything trains on it: its keys, whole
+    32x32 RGB images of bytes, one integer label per image, each a class of the dataset."""
     xs, ys = [], []
     for path in batches:
         entry = _read_pickle(path)
-        xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(entry[label_key], dtype=np.int64))
+        missing = [key for key in ("data", label_key) if key not in entry]
+        if missing:
+            raise KdpipeError(
+                f"dataset file {path}: no {missing[0]!r} key; a CIFAR batch holds 'data' and {label_key!r}"
+            )
+        try:
+            data, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
+        except (ValueError, TypeError) as exc:  # ragged nested lists
+            raise KdpipeError(f"dataset file {path}: unreadable CIFAR batch ({exc})") from None
+        pixels = data.dtype == np.uint8 or (
+            data.dtype.kind in "iu" and (data.size == 0 or 0 <= data.min() <= data.max() <= 255)
+        )
+        if not pixels or data.size % 3072:
+            raise KdpipeError(
+                f"dataset file {path}: 'data' is {data.dtype} of shape {data.shape}; "
+                "a CIFAR batch holds rows of 3072 byte values 0..255 (32x32 RGB images)"
+            )
+        images = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+        if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+            raise KdpipeError(
+                f"dataset file {path}: {label_key!r} is {labels.dtype} of shape {labels.shape}; "
+                "a CIFAR batch holds a list of integer labels"
+            )
+        if len(labels) != len(images):
+            raise KdpipeError(
+                f"dataset file {path}: {len(labels)} labels ({label_key!r}) for {len(images)} images ('data'); "
+                "a CIFAR batch has one label per image"
+            )
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.size:
+            raise KdpipeError(
+                f"dataset file {path}: label {int(outside[0])} in {label_key!r} is outside 0..{num_classes - 1} "
+                f"(the dataset's {num_classes} classes)"
+            )
+        xs.append(images)
+        ys.append(labels.astype(np.int64))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _class_names(path: Path, key: str, num_classes: int) -> list[str]:
+    """The class names of a CIFAR meta file (the indices as names where it has no ``key``)."""
+    names = _read_pickle(path).get(key)
+    if names is None:
+        return [str(i) for i in range(num_classes)]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise KdpipeError(
+            f"dataset file {path}: {key!r} is {_describe(names)}; it must be a list of {num_classes} class names "
+            "(strings)"
+        )
+    if len(names) != num_classes:
+        raise KdpipeError(
+            f"dataset file {path}: {key!r} lists {len(names)} class names; the dataset has {num_classes} classes"
+        )
+    return list(names)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 # torchvision's python-pickle CIFAR layout: folder, training files, test files, label key,
@@ -335,16 +396,11 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
             f"(config download: true) or extract the 'python version' archive from "
             f"https://www.cs.toronto.edu/~kriz/cifar.html into --img_root {root}"
         )
-    try:
-        train_x, train_y = _cifar_arrays([base / f for f in train_files], label_key)
-        test_x, test_y = _cifar_arrays([base / f for f in test_files], label_key)
-    except (KeyError, ValueError) as exc:
-        raise KdpipeError(f"data_name {name}: unreadable CIFAR file under {base}: {exc!r}") from exc
+    train_x, train_y = _cifar_arrays([base / f for f in train_files], label_key, num_classes)
+    test_x, test_y = _cifar_arrays([base / f for f in test_files], label_key, num_classes)
     classes = [str(i) for i in range(num_classes)]
     if (base / meta_file).is_file():
-        classes = list(_read_pickle(base / meta_file).get(meta_key, classes))
-    if int(train_y.max()) >= num_classes or int(train_y.min()) < 0:
-        raise KdpipeError(f"data_name {name}: labels outside 0..{num_classes - 1} in {base}")
+        classes = _class_names(base / meta_file, meta_key, num_classes)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     return train_x, train_y, test_x, test_y, num_classes, classes, mean, std
 
@@ -385,12 +441,18 @@ def load_digits_arrays(split_seed: int):
 def _read_folder(root: Path, classes: list[str] | None, size: int):
     from PIL import Image
 
-    if classes is None:
+    discovered = classes is None
+    if discovered:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     xs, ys = [], []
     for label, cls in enumerate(classes):
         folder = root / cls
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        if discovered and not files:  # a class without training images: never learnt, never validated
+            raise KdpipeError(
+                f"data_name imagefolder:{root}: class folder {folder} holds no images "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+            )
         for path in files:
             try:
                 with Image.open(path) as img:
@@ -424,7 +486,7 @@ def load_imagefolder(path: str, split_seed: int, image_size: int = IMAGEFOLDER_S
         n_test = max(1, len(y) // 5)
         test_x, test_y = x[perm[:n_test].sort().values], y[perm[:n_test].sort().values]
         train_x, train_y = x[perm[n_test:].sort().values], y[perm[n_test:].sort().values]
-    if len(classes) < 2 or test_x is None or len(train_y) < 2:
+    if len(classes) < 2 or test_x is None or len(train_y.unique()) < 2:
         raise KdpipeError(f"data_name imagefolder:{path}: need at least 2 classes with images in train and test")
     return train_x, train_y.long(), test_x, test_y.long(), len(classes), classes
 

@@ -161,6 +161,22 @@ def _inside_save_root(note: str) -> str | None:
     return None
 
 
+def val_size_rule(value: float) -> str | None:
+    """``val_size`` is a fraction of the training images (below 1) or a count of them (a whole number from 1 on):
+    1.5 is neither (it used to be truncated to one image)."""
+    if value >= 1 and not float(value).is_integer():
+        return "must be a fraction below 1 (e.g. 0.1) or a whole number of images (e.g. 5000)"
+    return None
+
+
+def _cohort_size(peers: list) -> str | None:
+    return "a DML cohort has 2 or more peers, e.g. resnet20,resnet20" if len(peers) < 2 else None
+
+
+# torch's thread count: far more threads than any machine's CPUs crash torch (99999: a segfault) or overflow it
+MAX_THREADS = 1024
+
+
 # ---------------------------------------------------------------- the table
 
 COMMON = [
@@ -243,10 +259,17 @@ COMMON = [
         "reference implementations train; a run resumes only with its own",
         choices=("auto", "off"),
     ),
-    Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1),
+    Option("threads", int, None, "CPU threads for torch (default: torch's choice)", minimum=1, maximum=MAX_THREADS),
     Option("seed", int, 0, "random seed (init, shuffling, augmentation views)", minimum=0),
     Option("data_name", str, None, "cifar10, cifar100, digits or imagefolder:<path>", required=True),
-    Option("val_size", float, 0.1, "validation split carved from training data: fraction (<1) or count", minimum=0),
+    Option(
+        "val_size",
+        float,
+        0.1,
+        "validation split carved from training data: a fraction below 1, or a whole number of images; 0 = none",
+        minimum=0,
+        validate=val_size_rule,
+    ),
     Option("split_seed", int, 0, "seed of the fixed train/val/test split", minimum=0),
     Option("train_subset", int, None, "train on the first N training images only (smoke tests)", minimum=2),
     Option("image_size", int, None, "imagefolder datasets: resize to this many pixels (default 32)", minimum=8),
@@ -600,6 +623,7 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             "cohort of 2+ peers, e.g. resnet110,resnet20,resnet20 (instead of net1/net2)",
             choices=_nets,
             item_type=str,
+            validate=_cohort_size,
         ),
         Option("peer_inits", list, None, "initial weights per peer (instead of net1_init/net2_init)", item_type=str),
         Option("lambda_kd", float, 1.0, "weight of the mutual KL terms", minimum=0),

@@ -49,7 +49,7 @@ def config_with(**kd) -> dict:
         ({"at": {}}, "config kd.sweep.at: {} should be non-empty"),
         ({"at": {"T": [2]}}, "config kd.sweep.at.T: not a setting of at; allowed: ce_weight, lambda_kd, lr, p"),
         ({"at": {"lr": [0]}}, "config kd.sweep.at.lr.0: 0 is less than or equal to the minimum of 0"),
-        ({"st": {"T": [float("inf")]}}, "config kd.sweep.st.T: got inf; must be a number > 0"),
+        ({"st": {"T": [float("inf")]}}, "config kd.sweep.st.T.0: got inf; must be a finite number"),
         ({"st": {"logit_stand": ["maybe"]}}, "config kd.sweep.st.logit_stand.0: 'maybe' is not one of"),
         ({"rkd": {"lambda_kd": [1]}}, "config kd.sweep.rkd: rkd is not in kd.modes; a sweep varies the plain rkd"),
         ({"xyz": {"lambda_kd": [1]}}, "config kd.sweep: unknown mode 'xyz'"),

@@ -28,6 +28,24 @@ def mutual_kl(logits: list[torch.Tensor], k: int) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def check_cohort(opts: dict) -> None:
+    """One way of naming the cohort: ``peers`` (and ``peer_inits``) or the seed library's ``net1_*``/``net2_*``
+    flags, never both (one would be ignored), and no more initial weights than peers."""
+    for many, pair in (("peers", ("net1_name", "net2_name")), ("peer_inits", ("net1_init", "net2_init"))):
+        given = [name for name in pair if opts.get(name)]
+        if opts.get(many) and given:
+            raise KdpipeError(
+                f"{many}: given together with {given[0]} ({opts[given[0]]}); use one or the other: "
+                f"--{many} for the whole cohort, or --{pair[0]} and --{pair[1]}"
+            )
+    names = peer_names(opts)
+    if opts.get("peer_inits") and len(opts["peer_inits"]) > len(names):
+        raise KdpipeError(
+            f"peer_inits: got {len(opts['peer_inits'])} files for {len(names)} peers ({', '.join(names)}); "
+            "at most one per peer, in the peers' order"
+        )
+
+
 def peer_names(opts: dict) -> list[str]:
     if opts.get("peers"):
         return list(opts["peers"])
@@ -103,4 +121,4 @@ def train_dml(**kwargs) -> dict:
     def inputs(o):
         return {f"net{i}_init": p for i, p in enumerate(peer_inits(o, len(peer_names(o))), start=1) if p}
 
-    return run_entry("dml", kwargs, MutualTask, default_note=note, input_files=inputs)
+    return run_entry("dml", kwargs, MutualTask, default_note=note, input_files=inputs, settle=check_cohort)

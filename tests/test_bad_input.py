@@ -1,0 +1,226 @@
+"""Bad input is refused in one line naming the flag, key or file, before a run directory exists."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import cli, cli_in_process, write_cifar
+from kdpipe.config import load_config
+from kdpipe.data import load_data
+from kdpipe.errors import KdpipeError
+from kdpipe.options import resolve
+
+
+def refused_in_one_line(result, message: str) -> str:
+    """The CLI's answer: exit 2, no traceback, its last line the error, which holds ``message``."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kdpipe ") and ": error: " in last and message in last, result.stderr
+    return last
+
+
+# ---------------------------------------------------------------- 1. CIFAR files
+
+
+def _rewrite(path, change):
+    entry = pickle.loads(path.read_bytes())
+    change(entry)
+    path.write_bytes(pickle.dumps(entry))
+
+
+def _set(key, value):
+    return lambda entry: entry.__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "file, change, message",
+    [
+        (
+            "data_batch_1",
+            lambda e: e.__setitem__("labels", e["labels"][:-1]),
+            "data_batch_1: 7 labels ('labels') for 8 images ('data'); a CIFAR batch has one label per image",
+        ),
+        ("test_batch", lambda e: e["labels"].__setitem__(3, 99), "test_batch: label 99 in 'labels' is outside 0..9"),
+        ("test_batch", lambda e: e["labels"].__setitem__(0, -1), "test_batch: label -1 in 'labels' is outside 0..9"),
+        ("data_batch_2", _set("labels", [0.5] * 8), "data_batch_2: 'labels' is float64 of shape (8,)"),
+        ("data_batch_3", _set("data", np.zeros((8, 100), np.uint8)), "data_batch_3: 'data' is uint8 of shape (8, 100)"),
+        ("data_batch_4", lambda e: e.pop("labels"), "data_batch_4: no 'labels' key"),
+        (
+            "batches.meta",
+            _set("label_names", 5),
+            "batches.meta: 'label_names' is int 5; it must be a list of 10 class names (strings)",
+        ),
+        ("batches.meta", _set("label_names", ["a", "b"]), "batches.meta: 'label_names' lists 2 class names; the"),
+    ],
+)
+def test_bad_cifar_files_are_refused_at_load_naming_the_file(tmp_path, file, change, message):
+    write_cifar(tmp_path / "data")
+    _rewrite(tmp_path / "data" / "cifar-10-batches-py" / file, change)
+    runs = tmp_path / "runs"
+    result = cli_in_process(
+        *("base", "--net_name", "resnet8", "--data_name", "cifar10", "--img_root", tmp_path / "data"),
+        *("--epochs", "1", "--batch_size", "8", "--cuda", "0", "--save_root", runs, "--note", "r"),
+    )
+    last = refused_in_one_line(result, message)
+    assert str(tmp_path / "data" / "cifar-10-batches-py" / file) in last
+    assert not runs.exists()  # refused before the run directory (run.lock, train.log) is made
+
+
+# ---------------------------------------------------------------- 2. val_size
+
+
+def test_val_size_is_a_fraction_below_1_or_a_whole_count():
+    allowed = "must be a fraction below 1 (e.g. 0.1) or a whole number of images (e.g. 5000)"
+    with pytest.raises(KdpipeError) as err:
+        resolve("base", {"net_name": "resnet8", "data_name": "digits", "val_size": "1.5"})
+    assert str(err.value) == f"val_size: got 1.5; {allowed}"
+    for fine in ("0", "0.5", "1", "10", "5000.0"):
+        resolve("base", {"net_name": "resnet8", "data_name": "digits", "val_size": fine})
+    with pytest.raises(KdpipeError, match=r"^config data\.val_size: got 1\.5; must be a fraction below 1"):
+        load_config({"data": {"val_size": 1.5}}, check_pairs=False)
+    config = load_config({"data": {"val_size": 5000}, "base": {"nets": ["resnet8"]}}, check_pairs=False)
+    assert config["data"]["val_size"] == 5000
+    with pytest.raises(KdpipeError, match=r"^val_size: got 2\.5; must be a fraction below 1"):
+        load_data("digits", val_size=2.5)  # the data API itself, too
+
+
+# ---------------------------------------------------------------- 3. image folders
+
+
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("no images here")
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "a" / f"{i}.png")
+    with pytest.raises(KdpipeError, match=rf"class folder {tmp_path / 'b'} holds no images \(\.bmp, "):
+        load_data(f"imagefolder:{tmp_path}")
+
+
+# ---------------------------------------------------------------- 4. DML cohorts
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--peers", "resnet8w8"], "peers: got ['resnet8w8']; a DML cohort has 2 or more peers"),
+        (
+            ["--peers", "resnet8,resnet8", "--net1_name", "resnet20"],
+            "peers: given together with net1_name (resnet20); use one or the other: --peers for the whole cohort, "
+            "or --net1_name and --net2_name",
+        ),
+        (
+            ["--net1_name", "resnet8", "--net2_name", "resnet8", "--peer_inits", "x.pt", "--net2_init", "y.pt"],
+            "peer_inits: given together with net2_init (y.pt); use one or the other",
+        ),
+        (
+            ["--peers", "resnet8,resnet8", "--peer_inits", "a.pt,b.pt,c.pt"],
+            "peer_inits: got 3 files for 2 peers (resnet8, resnet8); at most one per peer",
+        ),
+    ],
+)
+def test_dml_cohort_is_two_or_more_peers_named_one_way(tmp_path, flags, message):
+    runs = tmp_path / "runs"
+    result = cli_in_process("dml", "--data_name", "digits", "--epochs", "1", "--save_root", runs, *flags)
+    refused_in_one_line(result, message)
+    assert not runs.exists()
+
+
+# ---------------------------------------------------------------- 5. threads
+
+
+def test_threads_have_a_maximum_for_the_cli_and_the_config(tmp_path):
+    for value in ("99999", "2147483648"):
+        with pytest.raises(KdpipeError, match=rf"^threads: got {value}; must be an integer >= 1 and <= 1024$"):
+            resolve("base", {"net_name": "resnet8", "data_name": "digits", "threads": value})
+    with pytest.raises(KdpipeError, match=r"^config resources\.threads: got 99999; must be an integer >= 1 and <="):
+        load_config({"resources": {"threads": 99999}}, check_pairs=False)
+    # a real process: 99999 threads used to crash torch (rc 139, no output)
+    runs = tmp_path / "runs"
+    result = cli("base", "--net_name", "resnet8", "--data_name", "digits", "--save_root", runs, "--threads", "99999")
+    refused_in_one_line(result, "threads: got 99999; must be an integer >= 1 and <= 1024")
+    assert not runs.exists()
+
+
+# ---------------------------------------------------------------- 6. NaN and infinity in a config
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"train": {"lr": float("nan")}}, "config train.lr: got nan; must be a finite number"),
+        ({"train": {"lr": float("inf")}}, "config train.lr: got inf; must be a finite number"),
+        ({"kd": {"st_weight": float("-inf")}}, "config kd.st_weight: got -inf; must be a finite number"),
+        ({"seeds": [0, float("nan")]}, "config seeds.1: got nan; must be a finite number"),
+        (
+            {"pairs": [{"teacher": "resnet8", "student": "resnet8"}], "kd": {"settings": {"st": {"T": float("inf")}}}},
+            "config kd.settings.st.T: got inf; must be a finite number",
+        ),
+    ],
+)
+def test_non_finite_numbers_anywhere_in_a_config_are_refused(config, message):
+    with pytest.raises(KdpipeError) as err:
+        load_config(config, check_pairs=False)
+    assert str(err.value) == message
+
+
+def test_plan_refuses_a_nan_config_in_one_line(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text("train: {lr: .nan}\n")
+    refused_in_one_line(cli_in_process("plan", "--configfile", path), "config train.lr: got nan; must be a finite")
+
+
+# ---------------------------------------------------------------- 7. integers are integers
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"seeds": [0, 1.0]}, "config seeds.1: 1.0 is not of type 'integer'"),
+        ({"teacher_seed": 0.0}, "config teacher_seed: 0.0 is not of type 'integer', 'null'"),
+        ({"train": {"epochs": 2.0}}, "config train.epochs: 2.0 is not of type 'integer'"),
+        ({"bss": {"nets": ["resnet8"], "generations": 2.0}}, "config bss.generations: 2.0 is not of type 'integer'"),
+        ({"data": {"train_subset": 100.0}}, "config data.train_subset: 100.0 is not of type 'integer'"),
+        ({"report": {"period_ms": 500.0}}, "config report.period_ms: 500.0 is not of type 'integer'"),
+        ({"resources": {"threads": 2.0}}, "config resources.threads: 2.0 is not of type 'integer'"),
+        ({"train": {"milestones": [1.0]}}, "config train.milestones.0: 1.0 is not of type 'integer'"),
+    ],
+)
+def test_integer_keys_refuse_floats(config, message):
+    with pytest.raises(KdpipeError) as err:
+        load_config(config, check_pairs=False)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+# ---------------------------------------------------------------- 8. plan's files
+
+
+def test_plan_refuses_a_binary_config_file_in_one_line(tmp_path):
+    path = tmp_path / "config.bin"
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    refused_in_one_line(
+        cli_in_process("plan", "--configfile", path), f"configfile {path}: not a text file (a config is YAML, in UTF-8)"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"hello world\n", "its first line: hello world"),
+        (b"", "its first line: empty"),
+        (bytes(range(128, 256)), "reading it: UnicodeDecodeError"),
+        (b"device,quantity,subject,value,image_size,batch,source,date\n", "it has a header but no rows"),
+    ],
+)
+def test_plan_says_a_calibration_file_is_not_a_calibration_table(tmp_path, content, reason):
+    path = tmp_path / "table.txt"
+    path.write_bytes(content)
+    last = refused_in_one_line(
+        cli_in_process("plan", "--configfile", "config/config.yaml", "--calibration", path),
+        f"calibration {path}: not a calibration table, a CSV file with columns device, quantity, subject, value,",
+    )
+    assert last.endswith(reason)
