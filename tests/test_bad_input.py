@@ -224,3 +224,60 @@ def test_plan_says_a_calibration_file_is_not_a_calibration_table(tmp_path, conte
         f"calibration {path}: not a calibration table, a CSV file with columns device, quantity, subject, value,",
     )
     assert last.endswith(reason)
+
+
+# ---------------------------------------------------------------- a kd flag the mode does not read
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--kd_mode", "st", "--p", "2"], "p: not a setting of kd_mode st, which reads lambda_kd, T, logit_stand"),
+        (
+            ["--kd_mode", "at", "--T", "2"],
+            "T: not a setting of kd_mode at, which reads lambda_kd, p, stage_reduce (T also sets the temperature "
+            "of an --st_weight term)",
+        ),
+        (["--kd_mode", "st", "--init_epochs", "5"], "init_epochs: not a setting of kd_mode st, which reads"),
+    ],
+)
+def test_a_kd_flag_the_mode_does_not_read_is_refused(tmp_path, flags, message):
+    # it used to be accepted and ignored: the run trained at the mode's default, recorded as if set
+    runs = tmp_path / "runs"
+    teacher = ["--t_model", tmp_path / "t.pt", "--t_name", "resnet8", "--s_name", "resnet8"]
+    result = cli_in_process("kd", "--data_name", "digits", "--epochs", "1", "--save_root", runs, *teacher, *flags)
+    refused_in_one_line(result, message)
+    assert not runs.exists()
+
+
+def test_kd_flags_a_mode_reads_pass():
+    from kdpipe.methods.kd import check_mode_flags
+
+    common = dict(data_name="digits", t_model="t.pt", t_name="resnet8", s_name="resnet8")
+    for flags in (
+        dict(kd_mode="at", p=4.0),
+        dict(kd_mode="at", T=2.0, st_weight=1.0),
+        dict(kd_mode="fsp", init_epochs=5),
+    ):
+        check_mode_flags(resolve("kd", {**common, **flags}))
+
+
+def test_every_kd_job_the_shipped_configs_plan_passes_the_mode_flag_check():
+    """The workflow hands a kd job only what its mode reads (kd.settings are checked per mode at load)."""
+    import yaml
+
+    from conftest import ROOT
+    from kdpipe.costplan import merge_config
+    from kdpipe.methods.kd import check_mode_flags
+    from kdpipe.workflow import SEEDED_RULES, plan, run_options
+
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    checked = 0
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        overlay = yaml.safe_load(path.read_text())
+        config = load_config(merge_config(default, overlay) if "seeds" not in overlay else overlay, check_pairs=False)
+        for run in plan(config):
+            if run.rule in SEEDED_RULES and SEEDED_RULES[run.rule].entry == "kd":
+                check_mode_flags(resolve("kd", {"t_model": "t.pt", **run_options(config, run)}))
+                checked += 1
+    assert checked > 600

@@ -236,6 +236,25 @@ def settle_form(opts: dict) -> None:
         )
 
 
+def check_mode_flags(opts: dict) -> None:
+    """A mode option the chosen mode does not read (``--p`` with st) would be silently ignored: refused.
+    ``T`` also sets the st_weight term's temperature, and ``init_epochs`` serves the two-stage modes."""
+    mode = LOSSES[opts["kd_mode"]]
+    for key in (*MODE_SETTINGS, "init_epochs"):
+        if opts.get(key) is None or key in mode.defaults or (key == "T" and opts.get("st_weight")):
+            continue
+        if key == "init_epochs" and mode.two_stage:
+            continue
+        reads = ", ".join([*mode.defaults, *(["init_epochs"] if mode.two_stage else [])])
+        also = " (T also sets the temperature of an --st_weight term)" if key == "T" else ""
+        raise KdpipeError(f"{key}: not a setting of kd_mode {mode.name}, which reads {reads}{also}")
+
+
+def settle(opts: dict) -> None:
+    check_mode_flags(opts)
+    settle_form(opts)
+
+
 def train_kd(**kwargs) -> dict:
     """Distil ``t_model`` (a ``t_name`` network) into an ``s_name`` student with ``kd_mode``.
 
@@ -247,5 +266,5 @@ def train_kd(**kwargs) -> dict:
         DistillTask,
         default_note=lambda o: f"kd-{o['kd_mode']}-{_slug(o['data_name'])}-{o['t_name']}-{o['s_name']}-seed{o['seed']}",
         input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
-        settle=settle_form,
+        settle=settle,
     )
