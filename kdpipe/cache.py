@@ -164,20 +164,67 @@ class TeacherCache:
         return {k: t[index, view_ids].float() for k, t in self.tables.items()}
 
 
+def read_manifest(cache_dir: str | Path) -> dict:
+    """``manifest.json`` of a cache directory as a dict, or one line naming it and what is wrong."""
+    cache_dir = Path(cache_dir)
+    manifest_path = cache_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise KdpipeError(f"teacher_cache {cache_dir}: no manifest.json (an incomplete or missing cache)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(cache_dir, f"{manifest_path.name} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(cache_dir, f"{manifest_path.name} is not a JSON object (it holds a {type(manifest).__name__})")
+    for key, kind in (("teacher", dict), ("data", dict), ("entries", list), ("shapes", dict)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise _damaged(cache_dir, f"{manifest_path.name}: {key} is a {type(manifest[key]).__name__}")
+    return manifest
+
+
+def _damaged(cache_dir: Path, what: str) -> KdpipeError:
+    return KdpipeError(
+        f"teacher_cache {cache_dir}: damaged: {what}; delete it and build it again (python -m kdpipe teacher_cache)"
+    )
+
+
+def _check_table(cache_dir: Path, table, manifest: dict, data: ImageData) -> None:
+    """``cache.pt``'s tables: tensors of a cache dtype, (training images, views, dim), as the manifest says."""
+    if not isinstance(table, dict) or not isinstance(table.get("logits"), Tensor):
+        got = f"a dict of {sorted(map(str, table))}" if isinstance(table, dict) else f"a {type(table).__name__}"
+        raise _damaged(cache_dir, f"cache.pt holds {got}, not a table of teacher logits")
+    rows = (len(data.train_y), data.augmentation.num_views)
+    for key, value in table.items():
+        if key not in ("logits", "embedding") or not isinstance(value, Tensor):
+            raise _damaged(cache_dir, f"cache.pt holds {key!r} ({type(value).__name__}), not a logits/embedding table")
+        if value.dtype not in DTYPES.values() or value.dim() != 3 or tuple(value.shape[:2]) != rows:
+            raise _damaged(
+                cache_dir,
+                f"cache.pt's {key} is a {value.dtype} table of shape {tuple(value.shape)}, "
+                f"not ({rows[0]} training images, {rows[1]} views, dim) in {' or '.join(DTYPES)}",
+            )
+        listed = manifest.get("shapes", {}).get(key)
+        if list(value.shape) != listed:
+            raise _damaged(cache_dir, f"cache.pt's {key} has shape {list(value.shape)}, manifest.json says {listed}")
+    if table["logits"].shape[2] != data.num_classes:
+        classes = table["logits"].shape[2]
+        raise _damaged(cache_dir, f"cache.pt's logits have {classes} classes, {data.name} has {data.num_classes}")
+    if sorted(table) != sorted(manifest.get("entries", [])):
+        raise _damaged(cache_dir, f"cache.pt holds {sorted(table)}, manifest.json says {manifest.get('entries')}")
+
+
 def load_cache(
     cache_dir: str | Path, teacher_path: str | Path, data: ImageData, device: torch.device, need_embedding: bool
 ) -> TeacherCache:
     """Load a cache and refuse it, with one line, unless it was built for exactly this teacher and data."""
     cache_dir = Path(cache_dir)
-    manifest_path = cache_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise KdpipeError(f"teacher_cache {cache_dir}: no manifest.json (an incomplete or missing cache)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(cache_dir)
     expected_sha = sha256_file(teacher_path)
-    if manifest.get("teacher", {}).get("sha256") != expected_sha:
+    stored_sha = manifest.get("teacher", {}).get("sha256")
+    if stored_sha != expected_sha:
         raise KdpipeError(
             f"teacher_cache {cache_dir}: built for another teacher checkpoint "
-            f"(sha256 {manifest.get('teacher', {}).get('sha256', '?')[:12]}..., t_model has {expected_sha[:12]}...)"
+            f"(sha256 {str(stored_sha or '?')[:12]}..., t_model has {expected_sha[:12]}...)"
         )
     current = data_fingerprint(data)
     for key in ("name", "num_train", "train_images_sha256", "image_shape", "views", "mean", "std"):
@@ -197,4 +244,5 @@ def load_cache(
             f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it with embeddings"
         )
     table = safe_load(cache_dir / "cache.pt", "teacher_cache")
+    _check_table(cache_dir, table, manifest, data)
     return TeacherCache(table, manifest, device)

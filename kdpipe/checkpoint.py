@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,16 +81,100 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# What kdpipe.engine reads from a run's checkpoint.pt (``fingerprint`` too, but as optional).
+RUN_CHECKPOINT_KEYS = ("epoch", "task", "history", "best", "train_time_s", "resumed_at", "rng")
+
+
 def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` with one clear error for missing or damaged files."""
+    """``torch.load(weights_only=True)`` with one clear error for missing, damaged or refused files.
+
+    ``what`` names the file's role (the flag, e.g. ``t_model``) in the error.  Whatever the weights-only
+    unpickler raises on a file it cannot or may not read is one :class:`KdpipeError` line -- never torch's
+    advice to load without ``weights_only``; warnings of a load that fails are not shown.  A run's own
+    ``checkpoint.pt`` (``what`` "checkpoint") must also hold what :class:`kdpipe.engine.Training` reads back.
+    """
     path = Path(path)
     if not path.is_file():
         raise KdpipeError(f"{what} {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise KdpipeError(f"{what} {path}: unreadable, truncated or corrupted ({reason})") from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except MemoryError as exc:
+            raise KdpipeError(
+                f"{what} {path}: out of host memory while loading it ({path.stat().st_size} bytes on disk; "
+                "a damaged file can claim a huge size)"
+            ) from exc
+        except Exception as exc:  # any failure to read an untrusted file is one error line
+            raise KdpipeError(_load_error(path, what, exc)) from exc
+    for w in caught:  # a load that worked shows its warnings as it would have
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if _is_run_checkpoint(path, what):
+        _check_run_checkpoint(path, obj)
+    return obj
+
+
+def _load_error(path: Path, what: str, exc: Exception) -> str:
+    """The error line for a file ``torch.load(weights_only=True)`` raised ``exc`` on: what the unpickler
+    refused or why the file is unreadable, never torch's advice to load it without ``weights_only``."""
+    text = str(exc)
+    hint = "; move it away to train the run from epoch 0" if _is_run_checkpoint(path, what) else ""
+    if "weights only load failed" in text.lower() or "Cannot use ``weights_only=True``" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found:
+            return (
+                f"{what} {path}: refused: it names {_one_line(found[1].rstrip('.,;'))}, which a weights-only load "
+                f"does not allow (only tensors and plain containers); kdpipe never runs code from a file{hint}"
+            )
+        return (
+            f"{what} {path}: refused: it holds something a weights-only load does not allow "
+            f"({_one_line(_unpickler_complaint(text))}); it is damaged, or not a torch.save file of tensors and "
+            f"plain containers; kdpipe never runs code from a file{hint}"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else ""
+    if not isinstance(exc, (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError)):
+        kind = type(exc).__qualname__
+        kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"
+        reason = f"{kind}: {reason}" if reason else kind  # KeyError: 101 rather than a bare 101
+    return f"{what} {path}: unreadable, truncated or corrupted ({_one_line(reason or type(exc).__name__)}){hint}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` for an error line: control characters escaped, at most ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpickler_complaint(text: str) -> str:
+    """The weights-only unpickler's own complaint in torch's message, without torch's advice around it."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return re.split(r"\s+Please use `torch\.serialization", found[1])[0].strip()
+    if "TorchScript" in text:
+        return "a TorchScript archive"
+    if "legacy .tar" in text:
+        return "the legacy .tar format"
+    return "not a tensor checkpoint"
+
+
+def _is_run_checkpoint(path: Path, what: str) -> bool:
+    return what == "checkpoint" and path.name == CHECKPOINT
+
+
+def _check_run_checkpoint(path: Path, state: Any) -> None:
+    """A run's ``checkpoint.pt`` holds what :class:`kdpipe.engine.Training` resumes from."""
+    if not isinstance(state, dict):
+        problem = f"a {type(state).__name__}, not a dict"
+    elif any(key not in state for key in RUN_CHECKPOINT_KEYS):
+        problem = "no " + ", ".join(key for key in RUN_CHECKPOINT_KEYS if key not in state)
+    elif not isinstance(state.get("fingerprint", {}), dict):
+        problem = "its fingerprint is not a dict"
+    else:
+        return
+    raise KdpipeError(
+        f"checkpoint {path}: not a kdpipe training checkpoint ({problem}); move it away to train the run from epoch 0"
+    )
 
 
 @contextlib.contextmanager

@@ -637,9 +637,12 @@ class Training:
             torch.cuda.synchronize(ctx.device)
         epoch_time = time.perf_counter() - self.t0
         if int(self.bad_step) >= 0:
+            if epoch > 0 and self.ckpt_path.is_file():
+                kept = f"stopped, the last good checkpoint (epoch {epoch}) is kept in {self.ckpt_path}"
+            else:
+                kept = "stopped before any checkpoint was written (one is written after each finished epoch)"
             raise NonFiniteLoss(
-                f"non-finite loss at epoch {epoch + 1}, batch {int(self.bad_step) + 1}/{self.steps}; "
-                f"stopped, the last good checkpoint (epoch {epoch}) is kept in {self.ckpt_path}"
+                f"non-finite loss at epoch {epoch + 1}, batch {int(self.bad_step) + 1}/{self.steps}; {kept}"
             )
         task.on_epoch_end(epoch)
         self.train_time += epoch_time

@@ -67,6 +67,37 @@ def run_status(run_dir: str | Path, log_path: str | Path | None = None) -> tuple
     return "missing", "not run (yet)"
 
 
+# What the summary reads of every role in run.json's ``roles``, and of the run.
+_ROLE_NUMBERS = ("params", "best_val_acc", "test_acc_at_best", "last_test_acc")
+_RUN_NUMBERS = ("epochs", "train_time_s", "mean_epoch_s")
+
+
+def read_run_record(path: Path) -> tuple[dict | None, str]:
+    """A finished run's ``run.json`` and "", or None and why the summary cannot use it (e.g. damaged by hand)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, str(exc)
+    if not isinstance(record, dict):
+        return None, f"a {type(record).__name__}, not a JSON object"
+    roles = record.get("roles")
+    if not isinstance(roles, dict) or not roles or not all(isinstance(role, dict) for role in roles.values()):
+        return None, "no roles"
+    numbers = [(name, name, record) for name in _RUN_NUMBERS]
+    numbers += [(f"roles.{role}.{name}", name, info) for role, info in roles.items() for name in _ROLE_NUMBERS]
+    for where, name, holder in numbers:
+        value = holder.get(name, "no such key")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return None, f"{where} is not a number" if name in holder else f"no {where}"
+    if not isinstance(record.get("settings", {}), dict) or not isinstance(record.get("method", ""), str):
+        return None, "its method or settings are damaged"
+    if "settings" not in record and "method" not in record:
+        return None, "no settings"
+    if not isinstance(record.get("info", {}), dict) or not isinstance(record.get("config", {}), dict):
+        return None, "its info or config are damaged"
+    return record, ""
+
+
 def _settings(record: dict) -> str:
     """The method settings that distinguish runs, as 'key=value; ...': what the run's task declared
     (``run.json`` ``settings``)."""
@@ -154,7 +185,8 @@ def _identity_columns(run: RunId, teachers) -> dict:
 
 
 def summary_rows(runs, teachers=()) -> list[dict]:
-    """Rows for every role of every finished run, and one row per run that is not finished.
+    """Rows for every role of every finished run, and one row per run that is not finished (a run whose
+    ``run.json`` is damaged: status ``failed``, note ``run.json unreadable: ...``).
 
     ``runs`` are the plan's identity records (:class:`~kdpipe.plan.RunId` or their dicts): they
     alone say what a run is and where it is compared; ``run.json`` gives the numbers.  Base runs
@@ -164,11 +196,15 @@ def summary_rows(runs, teachers=()) -> list[dict]:
     for run in runs:
         run = run if isinstance(run, RunId) else RunId.from_record(run)
         status, note = run_status(run.run_dir, run.log)
-        if status != "ok":
+        record = None
+        if status == "ok":
+            record, problem = read_run_record(Path(run.run_dir) / "run.json")
+            if record is None:  # a damaged run.json: a failed run, the others still aggregate
+                status, note = "failed", f"run.json unreadable: {problem}"
+        if record is None:
             rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **_identity_columns(run, teachers), "status": status})
             rows[-1]["note"] = note
             continue
-        record = json.loads((Path(run.run_dir) / "run.json").read_text())
         recipes = "; ".join(_follows(run, record))
         for role, info in record["roles"].items():
             row = _identity_columns(run, teachers)

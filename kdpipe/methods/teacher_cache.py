@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from ..cache import build_cache, check_cache_request, data_fingerprint
+from ..cache import build_cache, check_cache_request, data_fingerprint, read_manifest
 from ..checkpoint import run_dir_lock, sha256_file
 from ..data import check_data_name
 from ..engine import Context
+from ..errors import KdpipeError
 from ..options import resolve
 from ..runner import check_num_class, load_options_data, select_device
 from .common import frozen, load_network
@@ -62,10 +62,13 @@ def build_teacher_cache(**kwargs) -> dict:
 def _up_to_date(out_dir: Path, opts: dict, data, amp: bool) -> dict | None:
     """The manifest of a cache in ``out_dir`` built from this teacher and data (and with bf16 autocast or
     without, as ``amp``), if both files are there."""
-    manifest_path = out_dir / "manifest.json"
-    if not (manifest_path.is_file() and (out_dir / "cache.pt").is_file()):
+    if not ((out_dir / "manifest.json").is_file() and (out_dir / "cache.pt").is_file()):
         return None
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = read_manifest(out_dir)
+    except KdpipeError:  # a damaged cache is rebuilt: it holds only what this job computes again
+        log.info("teacher cache %s is damaged (its manifest.json); building it again", out_dir)
+        return None
     if (
         manifest.get("teacher", {}).get("sha256") == sha256_file(opts["t_model"])
         and manifest.get("data") == data_fingerprint(data)
