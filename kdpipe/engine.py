@@ -399,11 +399,15 @@ def running_in(run_dir: Path):
 def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
     """Train ``task`` for ``epochs`` epochs in ``ctx.run_dir``, resuming from its checkpoint."""
     run = Training(task, ctx, fingerprint, epochs)
-    while not run.done:
-        run.begin_epoch()
-        for step in range(run.steps):
-            run.step(step)
-        run.end_epoch()
+    try:
+        while not run.done:
+            run.begin_epoch()
+            for step in range(run.steps):
+                run.step(step)
+            run.end_epoch()
+    except KeyboardInterrupt:  # said in train.log too: the run's record of why it stopped
+        run.log_interrupt()
+        raise
     return run.result()
 
 
@@ -432,6 +436,11 @@ def fit_together(runs: list[tuple[Task, Context, dict]], rng_states: list[dict] 
     _check_distinct(streams)
     try:
         _train_in_turn(trainings, states, streams, own)
+    except KeyboardInterrupt:
+        for training in trainings:
+            with running_in(training.ctx.run_dir):
+                training.log_interrupt()
+        raise
     finally:
         own.close()
     return [t.result() for t in trainings]
@@ -561,13 +570,14 @@ class Training:
         self.train_time = 0.0
         self.resumed_at: list[int] = []
         self.epoch = 0
+        self.saved_epoch = 0  # the epoch the checkpoint on disk resumes from (0: none written)
         if self.ckpt_path.exists():
             state = safe_load(self.ckpt_path, "checkpoint")
             check_checkpoint_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
             _load_task_state(self.ckpt_path, task, state["task"])
             self.history, self.best = state["history"], state["best"]
             self.train_time, self.resumed_at = state["train_time_s"], state["resumed_at"] + [state["epoch"]]
-            self.epoch = state["epoch"]
+            self.epoch = self.saved_epoch = state["epoch"]
             set_rng_state(state["rng"])
             log.info("resuming %s from epoch %d/%d", ctx.run_dir, self.epoch, self.epochs)
         if self.epoch >= self.epochs:  # the checkpoint was final (killed after its last epoch, or outputs deleted)
@@ -700,10 +710,22 @@ class Training:
             },
             self.ckpt_path,
         )
+        self.saved_epoch = self.epoch
         write_metrics(ctx.run_dir / "metrics.csv", self.history)
 
     def result(self) -> FitResult:
         return FitResult(self.history, self.best, self.train_time, self.resumed_at, self.step_runner.mode)
+
+    def log_interrupt(self) -> None:
+        """train.log's line for Ctrl-C (or SIGINT): where the run stopped and what resumes it."""
+        if self.done:
+            return
+        kept = (
+            f"its checkpoint after epoch {self.saved_epoch} resumes it when run again"
+            if self.saved_epoch
+            else "no epoch finished: run again, it starts from epoch 1"
+        )
+        log.info("interrupted in epoch %d/%d; %s", self.epoch + 1, self.epochs, kept)
 
 
 def _load_task_state(path: Path, task: Task, state: dict) -> None:

@@ -212,3 +212,50 @@ def test_a_workflow_job_ends_bad_input_and_refused_writes_with_one_line(tmp_path
         assert stop.value.code == 1
         assert capsys.readouterr().err == f"kdpipe train_base: error: {line}\n"
         assert (tmp_path / "logs" / "job.log").read_text().endswith(f"error: {line}\n")
+
+
+def test_ctrl_c_is_recorded_in_train_log_and_the_run_resumes(tmp_path, monkeypatch):
+    from kdpipe.engine import Training
+
+    step = Training.step
+
+    def interrupted(self, i):
+        if self.epoch == 1 and i == 1:
+            raise KeyboardInterrupt
+        step(self, i)
+
+    monkeypatch.setattr(Training, "step", interrupted)
+    flags = ["base", "--data_name", "digits", "--net_name", "resnet8", "--epochs", "3", "--train_subset", "64"]
+    flags += ["--batch_size", "32", "--save_root", tmp_path, "--note", "r"]
+    assert cli_in_process(*flags).returncode == 130
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert log.splitlines()[-1].endswith(
+        "interrupted in epoch 2/3; its checkpoint after epoch 1 resumes it when run again"
+    )
+    assert not (tmp_path / "r" / "run.json").exists()
+    monkeypatch.setattr(Training, "step", step)
+    assert cli_in_process(*flags).returncode == 0
+    assert "resuming" in (tmp_path / "r" / "train.log").read_text() and (tmp_path / "r" / "run.json").is_file()
+
+
+def test_ctrl_c_while_seeds_train_together_is_recorded_in_each_train_log(tmp_path, monkeypatch):
+    from kdpipe.engine import Training
+    from kdpipe.runner import run_together
+
+    step = Training.step
+
+    def interrupted(self, i):
+        if self.epoch == 1 and i == 0 and self.ctx.opts["seed"] == 1:
+            raise KeyboardInterrupt
+        step(self, i)
+
+    monkeypatch.setattr(Training, "step", interrupted)
+    common = dict(data_name="digits", net_name="resnet8", epochs=2, train_subset=64, batch_size=32)
+    calls = [
+        (lambda s=s: kdpipe.train_base(**common, seed=s, save_root=str(tmp_path), note=f"s{s}"), None) for s in (0, 1)
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        run_together(calls, together=lambda task: True)
+    for s, at in ((0, "epoch 2/2"), (1, "epoch 2/2")):
+        last = (tmp_path / f"s{s}" / "train.log").read_text().splitlines()[-1]
+        assert last.endswith(f"interrupted in {at}; its checkpoint after epoch 1 resumes it when run again"), last
