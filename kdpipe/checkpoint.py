@@ -126,10 +126,9 @@ def _load_error(path: Path, what: str, exc: Exception) -> str:
                 f"{what} {path}: refused: it names {_one_line(found[1].rstrip('.,;'))}, which a weights-only load "
                 f"does not allow (only tensors and plain containers); kdpipe never runs code from a file{hint}"
             )
-        return (
-            f"{what} {path}: refused: it holds something a weights-only load does not allow "
-            f"({_one_line(_unpickler_complaint(text))}); it is damaged, or not a torch.save file of tensors and "
-            f"plain containers; kdpipe never runs code from a file{hint}"
+        return (  # junk bytes, or a pickle protocol the unpickler stops at before naming anything
+            f"{what} {path}: unreadable, truncated or corrupted, or holding what a weights-only load does not "
+            f"allow ({_one_line(_unpickler_complaint(text))}); kdpipe never runs code from a file{hint}"
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reason = lines[0] if lines else ""

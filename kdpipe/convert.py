@@ -54,7 +54,6 @@ convertible nets without it.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -344,25 +343,11 @@ def convert_state_dict(
 
 
 def _load(src: Path) -> Any:
-    """The file, weights-only; a pickled Python object in it is refused with its name."""
+    """The file, weights-only: a pickled Python object in it is refused, naming it where torch does
+    (:func:`kdpipe.checkpoint.safe_load`)."""
     from .checkpoint import safe_load
 
-    try:
-        return safe_load(src, "src")
-    except KdpipeError as exc:
-        cause = exc.__cause__
-        if not (isinstance(cause, pickle.UnpicklingError) and "weights only" in str(cause).lower()):
-            raise
-        found = re.search(r"GLOBAL (\S+)", str(cause))
-        if found:
-            raise KdpipeError(
-                f"src {src}: refused: it holds a pickled Python object ({found[1]}), not only tensors and plain "
-                "containers; kdpipe reads checkpoints weights-only and never runs code from a file"
-            ) from None
-        # torch's first line would suggest weights_only=False; name the unpickler's own complaint instead
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(cause))
-        reason = detail[1].strip() if detail else "not a tensor checkpoint"
-        raise KdpipeError(f"src {src}: unreadable, truncated or corrupted ({reason})") from None
+    return safe_load(src, "src")
 
 
 def _state_dict_of(obj: Any, where: str) -> tuple[dict, str]:

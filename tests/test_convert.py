@@ -296,7 +296,7 @@ def test_unexpected_and_missing_keys(tmp_path):
 def test_not_a_checkpoint_and_distiller_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     message = convert_error(tmp_path, tmp_path / "junk.pth")
-    assert message.startswith(f"src {tmp_path / 'junk.pth'}: unreadable, truncated or corrupted (")
+    assert message.startswith(f"src {tmp_path / 'junk.pth'}: unreadable, truncated or corrupted")
     assert convert_error(tmp_path, tmp_path / "absent.pth") == f"src {tmp_path / 'absent.pth'}: no such file"
     torch.save({"epoch": 1, "acc": 3.0}, tmp_path / "meta.pth")
     assert "no state dict found" in convert_error(tmp_path, tmp_path / "meta.pth")
@@ -321,12 +321,13 @@ def test_code_executing_pickle_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "ran"
     torch.save({"model": {"conv1.weight": torch.zeros(1)}, "epoch": Payload(marker)}, tmp_path / "evil.pth")
     message = convert_error(tmp_path, tmp_path / "evil.pth")
-    assert message.startswith(f"src {tmp_path / 'evil.pth'}: refused: it holds a pickled Python object")
-    assert "system" in message
+    assert message.startswith(f"src {tmp_path / 'evil.pth'}: refused: it names posix.system, which a weights-only")
+    assert "kdpipe never runs code from a file" in message and "weights_only" not in message
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"model": Payload(marker)}, protocol=2))  # not torch.save's
-    assert "refused: it holds a pickled Python object" in convert_error(tmp_path, tmp_path / "evil.pkl")
+    assert "refused: it names posix.system" in convert_error(tmp_path, tmp_path / "evil.pkl")
     (tmp_path / "evil4.pkl").write_bytes(pickle.dumps({"model": Payload(marker)}, protocol=4))
-    assert "unreadable" in convert_error(tmp_path, tmp_path / "evil4.pkl")  # the weights-only unpickler stops sooner
+    # the weights-only unpickler stops sooner, at the protocol's first opcode, before the global
+    assert "or holding what a weights-only load does not allow" in convert_error(tmp_path, tmp_path / "evil4.pkl")
     assert not marker.exists()
 
 

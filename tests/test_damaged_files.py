@@ -134,9 +134,8 @@ def test_code_running_pickle_is_refused_without_torch_advice(tmp_path):
     with pytest.raises(KdpipeError, match=exact(refused)):
         train_kd(tmp_path, evil)
     # torch stops at a newer protocol's first opcode, before the global: refused without naming it
-    refused = f"t_model {evil4}: refused: it holds something a weights-only load does not allow (Unsupported "
-    refused += "operand 149); it is damaged, or not a torch.save file of tensors and plain containers; kdpipe never "
-    refused += "runs code from a file"
+    refused = f"t_model {evil4}: unreadable, truncated or corrupted, or holding what a weights-only load does not "
+    refused += "allow (Unsupported operand 149); kdpipe never runs code from a file"
     with pytest.raises(KdpipeError, match=exact(refused)):
         train_kd(tmp_path, evil4)
     with warnings.catch_warnings(record=True) as caught:
@@ -149,9 +148,8 @@ def test_code_running_pickle_is_refused_without_torch_advice(tmp_path):
     assert not marker.exists()
     plain4 = tmp_path / "plain4.pkl"  # nothing named, yet torch refuses protocol 4
     plain4.write_bytes(pickle.dumps({"x": [1, 2]}, protocol=4))
-    refused = f"paraphraser {plain4}: refused: it holds something a weights-only load does not allow (Unsupported "
-    refused += "operand 149); it is damaged, or not a torch.save file of tensors and plain containers; kdpipe never "
-    refused += "runs code from a file"
+    refused = f"paraphraser {plain4}: unreadable, truncated or corrupted, or holding what a weights-only load "
+    refused += "does not allow (Unsupported operand 149); kdpipe never runs code from a file"
     with pytest.raises(KdpipeError, match=exact(refused)):
         safe_load(plain4, "paraphraser")
 
