@@ -114,6 +114,17 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
     return obj
 
 
+def safe_load_state_dict(path: str | Path, what: str, expected: str = "a kdpipe model.pt") -> dict:
+    """A file that must hold a state dict (parameter name -> tensor), weights-only, else one line."""
+    state = safe_load(path, what)
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        kind = "a dict with non-tensor values" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise KdpipeError(f"{what} {path}: not a state dict of tensors ({kind}); expected {expected}")
+    return state
+
+
 def _load_error(path: Path, what: str, exc: Exception) -> str:
     """The error line for a file ``torch.load(weights_only=True)`` raised ``exc`` on: what the unpickler
     refused or why the file is unreadable, never torch's advice to load it without ``weights_only``."""

@@ -279,3 +279,24 @@ def test_nonfinite_loss_after_a_checkpoint_names_it(tmp_path, monkeypatch):
     with pytest.raises(KdpipeError, match=r"^non-finite loss at epoch 2, batch 1/3" + re.escape(kept) + "$"):
         kdpipe.train_base(net_name="resnet8", save_root=str(tmp_path), note="b", **{**TINY, "epochs": 2})
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+
+
+def test_a_weights_file_must_be_a_state_dict_of_tensors(tmp_path):
+    # a dict of plain values loads weights-only, then failed on .shape (AttributeError)
+    odd = tmp_path / "odd.pt"
+    torch.save({"conv1.weight": 5}, odd)
+    with pytest.raises(
+        KdpipeError,
+        match=exact(
+            f"t_model {odd}: not a state dict of tensors (a dict with non-tensor values); expected a kdpipe model.pt"
+        ),
+    ):
+        train_kd(tmp_path, odd)
+    torch.save([torch.zeros(1)], odd)
+    expected = "a paraphraser.pt of python -m kdpipe ft_paraphraser"
+    from kdpipe.methods.ft import load_paraphraser
+
+    with pytest.raises(
+        KdpipeError, match=exact(f"paraphraser {odd}: not a state dict of tensors (a list); expected {expected}")
+    ):
+        load_paraphraser(odd, 64, 0.5)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import safe_load
+from ..checkpoint import safe_load_state_dict
 from ..data import Normalizer
 from ..engine import Context, evaluate_model
 from ..errors import KdpipeError
@@ -19,9 +19,7 @@ def load_network(path: str | Path, name: str, num_classes: int, flag: str) -> nn
     A checkpoint that does not fit the architecture or the data's class count is one
     clear error naming the flag, the file and the first mismatch.
     """
-    state = safe_load(path, flag)
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise KdpipeError(f"{flag} {path}: not a state dict (expected a kdpipe model.pt)")
+    state = safe_load_state_dict(path, flag)
     model = build_model(name, num_classes)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

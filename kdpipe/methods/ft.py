@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import safe_load
+from ..checkpoint import safe_load_state_dict
 from ..engine import Context, Task, lr_factor
 from ..errors import KdpipeError
 from ..losses import TapShapes
@@ -132,7 +132,7 @@ class ParaphraserTask(Task):
 
 
 def load_paraphraser(path, channels: int, k: float, bn: bool = True, decoder_out: str = "lrelu") -> Paraphraser:
-    state = safe_load(path, "paraphraser")
+    state = safe_load_state_dict(path, "paraphraser", "a paraphraser.pt of python -m kdpipe ft_paraphraser")
     model = Paraphraser(channels, k, bn, decoder_out)
     expected = model.state_dict()
     if set(state) != set(expected) or any(tuple(state[n].shape) != tuple(expected[n].shape) for n in expected):
