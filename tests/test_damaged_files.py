@@ -35,6 +35,11 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(teacher, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
+    return build_cache(teacher, root)
+
+
+def build_cache(teacher, root):
+    """The teacher's float16 cache in root/c (what the tests damage)."""
     kdpipe.build_teacher_cache(
         t_model=str(teacher / "model.pt"),
         t_name="resnet8",
@@ -236,14 +241,7 @@ def test_building_a_cache_over_a_damaged_one_builds_it_again(teacher, cache, tmp
     damaged = tmp_path / "c"
     shutil.copytree(cache, damaged)
     (damaged / "manifest.json").write_text("{x")
-    kdpipe.build_teacher_cache(
-        t_model=str(teacher / "model.pt"),
-        t_name="resnet8",
-        save_root=str(tmp_path),
-        note="c",
-        cache_dtype="float16",
-        **{key: TINY[key] for key in ("data_name", "train_subset", "cuda", "threads")},
-    )
+    build_cache(teacher, tmp_path)
     rebuilt, built = (json.loads((c / "manifest.json").read_text()) for c in (damaged, cache))
     assert rebuilt["teacher"] == built["teacher"] and rebuilt["shapes"] == built["shapes"]
     new, old = (torch.load(c / "cache.pt", weights_only=True) for c in (damaged, cache))
