@@ -15,7 +15,7 @@ localrules:
 rule summary:
     input:
         records=kw.summary_inputs(config),
-        recipes=kw.recipe_paths(),
+        recipes=kw.recipe_paths(config),
     output:
         report(
             "results/summary.csv",

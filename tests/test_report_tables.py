@@ -471,3 +471,11 @@ def test_every_run_a_recipe_config_plans_follows_it_alone(recipe):
         inputs = {} if entry in ("base", "dml") else {"t_model": "teacher.pt"}
         options = resolve(entry, {**inputs, **run_options(config, run)})
         assert follows(run, options, entry) == [recipe], run
+
+
+def test_the_summary_reads_the_recipe_configs_only_for_cifar():
+    from kdpipe.report.reference import recipe_paths
+
+    assert recipe_paths({"datasets": ["digits"]}) == []  # the default: editing config/paper.yaml re-runs nothing
+    paths = recipe_paths({"datasets": ["digits", "cifar100"]})
+    assert [Path(p).name for p in paths] == list(RECIPE_CONFIGS) and all(Path(p).is_file() for p in paths)
