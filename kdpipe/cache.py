@@ -136,11 +136,12 @@ def build_cache(
         "entries": sorted(table),
         "shapes": {k: list(v.shape) for k, v in table.items()},
         "bytes": (out_dir / "cache.pt").stat().st_size,
-        "build_seconds": seconds,
         "device": str(device),
         "amp_bf16": amp,
         "channels_last": channels_last,
     }
+    # only what the table is (no build time: students fingerprint the cache by this file, so a bit-identical
+    # rebuild must write the same bytes, or every cache reader would train again)
     atomic_write_json(out_dir / "manifest.json", manifest)
     log.info("teacher cache %s: %s in %.1fs, %.1f MB", out_dir, manifest["shapes"], seconds, manifest["bytes"] / 1e6)
     return manifest

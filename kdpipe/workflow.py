@@ -20,7 +20,7 @@ from typing import Callable
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
 from .config import SCHEMA_PATH, data_name, image_size, load_config, training  # noqa: F401
 from .errors import KdpipeError
-from .options import PARAPHRASER_EPOCHS, SECTION_SETTINGS
+from .options import PARAPHRASER_EPOCHS, SECTION_SETTINGS, find_option
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     RunId,
@@ -140,6 +140,7 @@ def cache_options(config: dict, dataset: str, teacher: str, tseed) -> dict:
         "t_name": teacher,
         "cache_dtype": config["cache_dtype"],
         "embeddings": cache_embeddings(config, dataset, teacher, tseed),
+        **precision(config),
     }
 
 
@@ -250,8 +251,17 @@ def data_options(config: dict, dataset: str) -> dict:
 
 
 def _common(config: dict, dataset: str, seed: int, stage: str, net: str | None) -> dict:
-    """Data, seed and the schedule of ``stage`` for a run that trains ``net`` (its ``by_net`` overrides)."""
-    return {**data_options(config, dataset), "seed": int(seed), **training(config, stage, net)}
+    """Data, seed, precision and the schedule of ``stage`` for a run that trains ``net`` (its ``by_net``
+    overrides)."""
+    return {**data_options(config, dataset), "seed": int(seed), **precision(config), **training(config, stage, net)}
+
+
+def precision(config: dict) -> dict:
+    """``amp`` where ``resources.amp`` is not ``auto``: it changes what a CUDA run computes (bf16 or float32),
+    so a change re-runs the training jobs and teacher caches; absent at ``auto``, so that the runs planned
+    before it was in their params keep their params (no re-run)."""
+    amp = config["resources"]["amp"]
+    return {"amp": amp} if amp != find_option("base", "amp").default else {}
 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:

@@ -119,7 +119,7 @@ def test_slurm_resources_per_rule(slurm_dry_run):
     assert "Provided resources" not in slurm_dry_run or "gpu=" not in slurm_dry_run.split("Provided resources")[1]
     assert "profiles/default" in slurm_dry_run  # Snakemake loads it: it must hold nothing local
     default = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
-    assert set(default) <= {"rerun-incomplete", "printshellcmds", "show-failed-logs"}
+    assert set(default) <= {"rerun-incomplete", "printshellcmds", "show-failed-logs", "max-checksum-file-size"}
     slurm = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert not {"set-resources", "set-threads", "cores", "resources"} & set(slurm)
     # aggregation stays on the submitting node: no GPU asked, and declared localrules

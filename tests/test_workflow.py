@@ -1,9 +1,11 @@
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -700,3 +702,49 @@ def test_run_options_are_each_rules_own_options():
         seen[run.rule] += 1
     assert set(seen) == {"train_base", "train_kd", "train_kd_sweep", "train_ft", "train_crd", "train_dml", "train_bss"}
     assert seen["train_kd_sweep"] == 2 * len(config["seeds"])
+
+
+def test_unchanged_inputs_rerun_nothing_and_precision_reruns_training(tmp_path):
+    """A touched teacher above Snakemake's default checksum size (a ResNet-20 model.pt is 1.1 MB) re-plans
+    nothing (profiles/default: max-checksum-file-size); a teacher cache rebuilt from the same teacher writes
+    the same manifest, so its readers keep their runs; resources.amp re-plans every training job and cache."""
+    config = """
+seeds: [0]
+pairs: [{teacher: resnet20, student: resnet8}]
+data: {train_subset: 32}
+train: {epochs: 1, batch_size: 16}
+teacher_cache: "on"
+kd: {modes: [st]}
+"""
+    (tmp_path / "c.yaml").write_text(config)
+    cfg = ("--configfile", str(tmp_path / "c.yaml"))
+
+    def plan():
+        out = snakemake("results/summary.csv", "-n", "--cores", "2", *cfg, workdir=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return job_counts(out.stdout) if "Job stats" in out.stdout else {}
+
+    run = snakemake("results/summary.csv", "--cores", "2", *cfg, workdir=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr) == {
+        "data_manifest": 1,
+        "train_base": 2,
+        "teacher_cache": 1,
+        "train_kd": 1,
+        "summary": 1,
+    }
+    teacher = tmp_path / "results/digits/base/resnet20/seed0/model.pt"
+    assert teacher.stat().st_size > 1_000_000  # above Snakemake's default checksum limit
+    time.sleep(1.1)
+    os.utime(teacher)  # now: newer than every output downstream of it
+    assert plan() == {}
+    manifest = tmp_path / "results/digits/cache/resnet20/seed0/manifest.json"
+    before = manifest.read_text()
+    forced = snakemake("results/summary.csv", "--cores", "2", "--forcerun", "teacher_cache", *cfg, workdir=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert manifest.read_text() == before
+    st_log = (tmp_path / "results/logs/digits/kd-st/resnet20-resnet8/seed0.log").read_text()
+    # the reader's job ran again (its input was rewritten), found its finished run and only rewrote its outputs
+    assert "is final; rewriting the run's outputs" in st_log and "other settings" not in st_log, st_log
+    (tmp_path / "c.yaml").write_text(config + "resources: {amp: 'off'}\n")
+    assert plan() == {"train_base": 2, "teacher_cache": 1, "train_kd": 1, "summary": 1}
