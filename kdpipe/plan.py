@@ -181,19 +181,21 @@ def _base(config: dict) -> list[RunId]:
         for s in config["seeds"]
     ]
     imported = teacher_checkpoints(config)
+    # every network something learns from: the pairs' teachers and the born-again chains' generation 0
+    teacher_nets = dict.fromkeys([p["teacher"] for p in config["pairs"]] + [t for _, t, _ in bss_chains(config)])
     teachers = [  # a fixed teacher_seed outside seeds adds those teachers' runs; an imported teacher is a run too
         RunId(
-            "import_teacher" if p["teacher"] in imported else "train_base",
+            "import_teacher" if net in imported else "train_base",
             d,
             "baseline",
-            "imported" if p["teacher"] in imported else "",
+            "imported" if net in imported else "",
             "",
-            p["teacher"],
+            net,
             ts,
-            run_dir(d, "base", p["teacher"], ts),
+            run_dir(d, "base", net, ts),
         )
         for d in config["datasets"]
-        for p in config["pairs"]
+        for net in teacher_nets
         for ts in [teacher_seed(config, s) for s in config["seeds"]]
     ]
     return list(dict.fromkeys(runs + teachers))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -748,3 +749,15 @@ kd: {modes: [st]}
     assert "is final; rewriting the run's outputs" in st_log and "other settings" not in st_log, st_log
     (tmp_path / "c.yaml").write_text(config + "resources: {amp: 'off'}\n")
     assert plan() == {"train_base": 2, "teacher_cache": 1, "train_kd": 1, "summary": 1}
+
+
+def test_a_born_again_chains_generation_0_is_a_planned_run():
+    """A bss.nets chain learns from its net's base run at teacher_seed: with teacher_seed outside seeds that
+    run trained as generation 1's input but was in no plan, so the summary never listed it."""
+    from kdpipe.plan import plan
+    from kdpipe.workflow import bss_teacher
+
+    config = load_config({"seeds": [0], "teacher_seed": 1, "bss": {"nets": ["resnet8w8"], "generations": 2}})
+    dirs = {run.run_dir for run in plan(config)}
+    gen0 = bss_teacher(config, "digits", "resnet8w8", 0, 1)
+    assert gen0 == "results/digits/base/resnet8w8/seed1/model.pt" and str(Path(gen0).parent) in dirs
