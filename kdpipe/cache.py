@@ -136,7 +136,7 @@ def build_cache(
         "entries": sorted(table),
         "shapes": {k: list(v.shape) for k, v in table.items()},
         "bytes": (out_dir / "cache.pt").stat().st_size,
-        "device": str(device),
+        "device": device.type,  # cpu or cuda: which GPU of a node built it does not change the table
         "amp_bf16": amp,
         "channels_last": channels_last,
     }

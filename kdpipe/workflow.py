@@ -281,7 +281,7 @@ def teacher_checkpoint(config: dict, net: str) -> str:
 
 
 def import_options(config: dict, dataset: str, net: str, seed) -> dict:
-    return {**data_options(config, dataset), "seed": int(seed), "net_name": net}
+    return {**data_options(config, dataset), "seed": int(seed), "net_name": net, **precision(config)}
 
 
 def _ft_shape(config: dict) -> dict:
