@@ -157,6 +157,14 @@ def sweep_text(point) -> str:
     return "; ".join(f"{key}={sweep_value_text(value)}" for key, value in point)
 
 
+def _planned_roles(run: RunId) -> list[tuple[str, str]]:
+    """(role, network) of the rows of a run that is not finished: a DML cohort's peers (net1, net2, ...),
+    else one row with the plan's identity alone."""
+    if run.method == "dml" and run.peers:
+        return [(f"net{i}", net) for i, net in enumerate(run.peers, start=1)]
+    return [("", "")]
+
+
 def _role_net(run: RunId, record: dict, role: str) -> str:
     peers = record.get("info", {}).get("peers")
     if peers and role in peers:
@@ -185,8 +193,9 @@ def _identity_columns(run: RunId, teachers) -> dict:
 
 
 def summary_rows(runs, teachers=()) -> list[dict]:
-    """Rows for every role of every finished run, and one row per run that is not finished (a run whose
-    ``run.json`` is damaged: status ``failed``, note ``run.json unreadable: ...``).
+    """Rows for every role of every finished run, and for a run that is not finished (a run whose
+    ``run.json`` is damaged too: status ``failed``, note ``run.json unreadable: ...``) one row, or one per
+    peer of a DML cohort, so that its status counts in each peer's cell (``dml net1``, ``dml net2``).
 
     ``runs`` are the plan's identity records (:class:`~kdpipe.plan.RunId` or their dicts): they
     alone say what a run is and where it is compared; ``run.json`` gives the numbers.  Base runs
@@ -202,8 +211,9 @@ def summary_rows(runs, teachers=()) -> list[dict]:
             if record is None:  # a damaged run.json: a failed run, the others still aggregate
                 status, note = "failed", f"run.json unreadable: {problem}"
         if record is None:
-            rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **_identity_columns(run, teachers), "status": status})
-            rows[-1]["note"] = note
+            for role, net in _planned_roles(run):
+                rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **_identity_columns(run, teachers), "status": status})
+                rows[-1].update(note=note, **({"role": role, "net": net} if role else {}))
             continue
         recipes = "; ".join(_follows(run, record))
         for role, info in record["roles"].items():

@@ -479,3 +479,68 @@ def test_the_summary_reads_the_recipe_configs_only_for_cifar():
     assert recipe_paths({"datasets": ["digits"]}) == []  # the default: editing config/paper.yaml re-runs nothing
     paths = recipe_paths({"datasets": ["digits", "cifar100"]})
     assert [Path(p).name for p in paths] == list(RECIPE_CONFIGS) and all(Path(p).is_file() for p in paths)
+
+
+def test_a_born_again_chain_of_a_net_follows_the_self_pair_chain_of_paper_yaml(tmp_path):
+    # bss.nets: [resnet20] trains what paper.yaml's bss.pairs chain resnet20-resnet20 trains (the config refuses
+    # both at once): its gen1 stands beside KD-Zoo's bss number
+    paper = recipe_config("paper.yaml")
+    pair = RunId(
+        "train_bss",
+        "cifar100",
+        "bss",
+        "",
+        "resnet20",
+        "resnet20",
+        0,
+        "results/cifar100/bss/resnet20-resnet20/seed0/gen1",
+        generation=1,
+    )
+    options = resolve("bss", {"t_model": "t.pt", **run_options(paper, pair)})
+    net = RunId(
+        "train_bss",
+        "cifar100",
+        "bss",
+        "",
+        "resnet20",
+        "resnet20",
+        0,
+        "results/cifar100/bss/resnet20/seed0/gen1",
+        generation=1,
+    )
+    assert follows(net, options, "bss") == ["paper.yaml"]
+    other = RunId(
+        "train_bss",
+        "cifar100",
+        "bss",
+        "",
+        "resnet20",
+        "resnet20",
+        0,
+        "results/cifar100/bss/resnet56/seed0/gen1",
+        generation=1,
+    )
+    assert follows(other, options, "bss") == []
+
+
+def test_an_unfinished_dml_run_counts_in_each_peers_cell(tmp_path):
+    """A DML run that failed or never ran has a row per peer, so 'dml net1' over 1 of 2 seeds says so in the
+    table (not_ok) and in the figures (n=1 of 2), instead of a separate 'dml' row with nothing finished."""
+    from kdpipe.report.plots import final_stats
+
+    data, nets = tmp_path / "results" / "cifar10", ("resnet110", "resnet20")
+    runs = [
+        RunId("train_dml", "cifar10", "dml", "", nets[0], nets[1], s, str(data / "dml" / PAIR / f"seed{s}"), peers=nets)
+        for s in (0, 1)
+    ]
+    roles = {"net1": _role("dml", *nets, 94.2, 94.1), "net2": _role("dml", *nets, 93.0, 92.9)}
+    _write_run(Path(runs[0].run_dir), "cifar10", 0, "dml", roles, {"peers": dict(zip(("net1", "net2"), nets))})
+    write_summary(runs, tmp_path / "summary.csv")
+    frame = rf.load_summary(tmp_path / "summary.csv")
+    assert sorted(frame["label"]) == ["dml net1", "dml net1", "dml net2", "dml net2"]
+    missing = frame[frame["status"] == "missing"]
+    assert list(zip(missing["role"], missing["net"])) == [("net1", "resnet110"), ("net2", "resnet20")]
+    cell = comparison_table(frame, "cifar10")[PAIR]
+    assert [(cell.at[peer, "n"], cell.at[peer, "not_ok"]) for peer in ("dml net1", "dml net2")] == [(1, 1), (1, 1)]
+    stats = final_stats(frame, "cifar10", PAIR)
+    assert [(stats.at[p, "count"], stats.at[p, "runs"]) for p in ("dml net1", "dml net2")] == [(1, 2), (1, 2)]

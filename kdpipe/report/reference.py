@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import cache
+from pathlib import Path
 from importlib.resources import files
 
 import pandas as pd
@@ -145,21 +147,35 @@ def follows(run, options: dict, entry: str) -> list[str]:
     from ..workflow import run_options
 
     neutral = RECIPE_NEUTRAL | set(COMMON_GROUPS["device"])
+    inputs = {k: options.get(k) for k in RECIPE_NEUTRAL if k in options}
     out = []
     for name in RECIPE_CONFIGS:
         config = recipe_config(name)
         if config is None or run.dataset not in config["datasets"]:
             continue
-        try:
-            planned = resolve(
-                entry, {**{k: options.get(k) for k in RECIPE_NEUTRAL if k in options}, **run_options(config, run)}
-            )
-        except (KdpipeError, KeyError):  # not a run this config plans (a sweep point, a pair it has not)
-            continue
-        differing = differing_keys(fingerprint_options(planned), fingerprint_options(options))
-        if not [key for key in differing if key not in neutral]:
-            out.append(name)
+        for same in _same_runs(run):
+            try:
+                planned = resolve(entry, {**inputs, **run_options(config, same)})
+            except (KdpipeError, KeyError):  # not a run this config plans (a sweep point, a pair it has not)
+                continue
+            differing = differing_keys(fingerprint_options(planned), fingerprint_options(options))
+            if not [key for key in differing if key not in neutral]:
+                out.append(name)
+                break
     return out
+
+
+def _same_runs(run):
+    """``run``, and for a born-again chain of a network with itself the same runs under the chain's other
+    name: a ``bss.nets`` chain ``<net>`` and a ``bss.pairs`` chain ``<net>-<net>`` train alike (one config
+    may not have both; config/paper.yaml has the second)."""
+    yield run
+    if run.rule == "train_bss" and run.teacher == run.student:
+        parts = Path(run.run_dir).parts  # .../bss/<chain>/seed<s>/gen<g>
+        names = (run.student, f"{run.student}-{run.student}")
+        if parts[-3] in names:
+            twin = names[1 - names.index(parts[-3])]
+            yield replace(run, run_dir=str(Path(*parts[:-3], twin, *parts[-2:])))
 
 
 def recipe_paths(config: dict) -> list[str]:
