@@ -239,6 +239,10 @@ def test_plan_says_a_calibration_file_is_not_a_calibration_table(tmp_path, conte
             "of an --st_weight term)",
         ),
         (["--kd_mode", "st", "--init_epochs", "5"], "init_epochs: not a setting of kd_mode st, which reads"),
+        (
+            ["--kd_mode", "st", "--init_optimizer", "features"],
+            "init_optimizer: not a setting of kd_mode st, which reads lambda_kd, T, logit_stand",
+        ),
     ],
 )
 def test_a_kd_flag_the_mode_does_not_read_is_refused(tmp_path, flags, message):
@@ -257,7 +261,8 @@ def test_kd_flags_a_mode_reads_pass():
     for flags in (
         dict(kd_mode="at", p=4.0),
         dict(kd_mode="at", T=2.0, st_weight=1.0),
-        dict(kd_mode="fsp", init_epochs=5),
+        dict(kd_mode="fsp", init_epochs=5, init_optimizer="features", init_schedule="constant"),
+        dict(kd_mode="st", init_optimizer="shared"),  # its default: nothing said, nothing ignored
     ):
         check_mode_flags(resolve("kd", {**common, **flags}))
 

@@ -26,7 +26,7 @@ import torch
 from ..engine import Context, default_milestones, lr_factor, make_optimizer, make_scheduler
 from ..errors import KdpipeError
 from ..losses import LOSSES, DistillBatch
-from ..options import MODE_SETTINGS
+from ..options import MODE_SETTINGS, TWO_STAGE_SETTINGS, find_option
 from ..models import FeatureTaps, head_modules
 from ..runner import run_entry
 from .common import cache_input
@@ -238,14 +238,15 @@ def settle_form(opts: dict) -> None:
 
 def check_mode_flags(opts: dict) -> None:
     """A mode option the chosen mode does not read (``--p`` with st) would be silently ignored: refused.
-    ``T`` also sets the st_weight term's temperature, and ``init_epochs`` serves the two-stage modes."""
+    ``T`` also sets the st_weight term's temperature, and the init phase's options serve the two-stage
+    modes (those with a default are refused elsewhere only when set to another value)."""
     mode = LOSSES[opts["kd_mode"]]
-    for key in (*MODE_SETTINGS, "init_epochs"):
-        if opts.get(key) is None or key in mode.defaults or (key == "T" and opts.get("st_weight")):
+    phase = TWO_STAGE_SETTINGS if mode.two_stage else ()
+    for key in (*MODE_SETTINGS, *TWO_STAGE_SETTINGS):
+        unset = opts.get(key) is None or opts[key] == find_option("kd", key).default
+        if unset or key in mode.defaults or key in phase or (key == "T" and opts.get("st_weight")):
             continue
-        if key == "init_epochs" and mode.two_stage:
-            continue
-        reads = ", ".join([*mode.defaults, *(["init_epochs"] if mode.two_stage else [])])
+        reads = ", ".join([*mode.defaults, *phase])
         also = " (T also sets the temperature of an --st_weight term)" if key == "T" else ""
         raise KdpipeError(f"{key}: not a setting of kd_mode {mode.name}, which reads {reads}{also}")
 
