@@ -129,3 +129,14 @@ def load_curves(frame: pd.DataFrame) -> pd.DataFrame:
 def _metrics_role(row) -> str:
     """The role name inside metrics.csv (the summary renames base runs' 'net' to teacher/student)."""
     return "net" if row["method"] == "baseline" else row["role"]
+
+
+def status_counts(status: pd.Series) -> dict[str, int]:
+    """{status: runs} of the runs that did not finish ('failed', 'incomplete', 'missing'), in first-seen order."""
+    bad = status[status != "ok"]
+    return dict(bad.value_counts(sort=False).items()) if len(bad) else {}
+
+
+def runs_text(counts: dict[str, int]) -> str:
+    """'1 run failed, 2 runs missing' (the tables' and figures' words for what a mean leaves out)."""
+    return ", ".join(f"{count} run{'s' if count > 1 else ''} {status}" for status, count in counts.items())

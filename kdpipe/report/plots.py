@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .frame import group_rows
+from .frame import group_rows, runs_text, status_counts
 
 DPI = 150
 BASELINE_COLOR = (0.0, 0.0, 0.0, 1.0)
@@ -118,16 +118,12 @@ def run_counts(rows: pd.DataFrame, by) -> pd.DataFrame:
     (those whose status is not 'ok', as the tables count them) and ``statuses`` ('1 run failed, 1 run
     missing'), so that a figure showing a mean over the cell's seeds can say which runs it leaves out."""
 
-    def statuses(status: pd.Series) -> str:
-        bad = status[status != "ok"].value_counts(sort=False)
-        return ", ".join(f"{count} run{'s' if count > 1 else ''} {name}" for name, count in bad.items())
-
     grouped = rows.groupby(by, sort=False)["status"]
     return pd.DataFrame(
         {
             "runs": grouped.size(),
             "not_ok": grouped.agg(lambda status: int((status != "ok").sum())),
-            "statuses": grouped.agg(statuses),
+            "statuses": grouped.agg(lambda status: runs_text(status_counts(status))),
         }
     )
 

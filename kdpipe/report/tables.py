@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoint import atomic_write_text
-from .frame import group_rows, groups
+from .frame import group_rows, groups, runs_text, status_counts
 from .reference import is_cifar, preferred, published_for, reported_epoch, source_recipe
 
 STATS = ["n", "best", "best_std", "last", "last_std", "delta"]
@@ -191,10 +191,7 @@ def _mean_std(mean, std, pm: str = " \u00b1 ") -> str:
 
 
 def _status_counts(rows: pd.DataFrame | None) -> dict:
-    if rows is None:
-        return {}
-    bad = rows[rows["status"] != "ok"]
-    return dict(bad["status"].value_counts(sort=False).items()) if len(bad) else {}
+    return {} if rows is None else status_counts(rows["status"])
 
 
 def _not_ok_note(counts: dict, finished: int) -> str:
@@ -203,7 +200,7 @@ def _not_ok_note(counts: dict, finished: int) -> str:
         return ""
     if finished == 0:
         return ", ".join(status if count == 1 else f"{status} ({count} runs)" for status, count in counts.items())
-    return "(" + ", ".join(f"{count} run{'s' if count > 1 else ''} {status}" for status, count in counts.items()) + ")"
+    return f"({runs_text(counts)})"
 
 
 def _sources_shown(table: pd.DataFrame) -> list[str]:
