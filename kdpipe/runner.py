@@ -306,34 +306,16 @@ def finished_record(run_dir: Path, fingerprint: dict, replace: bool = False) -> 
 def _read_run_record(run_dir: Path, finished: Path) -> dict:
     """``run.json`` as a dict, or one line naming it and what to do: a damaged one is not guessed at, and
     nothing is deleted (the run's model.pt may be fine)."""
-    try:
-        record = json.loads(finished.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problem = f"unreadable ({exc})"
-    else:
-        problem = _run_record_problem(record)
-    if problem is None:
+    from .summary import read_run_record
+
+    record, problem = read_run_record(finished)
+    if record is not None:
         return record
     if (run_dir / CHECKPOINT).is_file():
         todo = f"delete it to rewrite the run's outputs from its {CHECKPOINT}, or delete {run_dir} to train it anew"
     else:
         todo = f"delete it, or delete {run_dir} to train the run anew"
     raise KdpipeError(f"{finished}: {problem}; kdpipe cannot tell whether the run finished: {todo}")
-
-
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
-
-
-def _run_record_problem(record) -> str | None:
-    """What makes a parsed ``run.json`` unusable by :func:`finished_record`, or None."""
-    if not isinstance(record, dict):
-        return f"not a run record ({_JSON_TYPES.get(type(record), 'null')}, not a JSON object)"
-    if not isinstance(record.get("fingerprint", {}), dict):
-        return "not a run record (its fingerprint is not an object)"
-    outputs = record.get("outputs", [])
-    if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
-        return "not a run record (its outputs are not a list of file names)"
-    return None
 
 
 REPLACED_DIR = "replaced"

@@ -72,30 +72,43 @@ _ROLE_NUMBERS = ("params", "best_val_acc", "test_acc_at_best", "last_test_acc")
 _RUN_NUMBERS = ("epochs", "train_time_s", "mean_epoch_s")
 
 
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
 def read_run_record(path: Path) -> tuple[dict | None, str]:
-    """A finished run's ``run.json`` and "", or None and why the summary cannot use it (e.g. damaged by hand)."""
+    """A finished run's ``run.json`` and "", or None and what is wrong with it ('unreadable (...)', 'not a run
+    record (...)'), e.g. after an edit by hand: what the summary and a job that finds the run both read."""
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, str(exc)
+        return None, f"unreadable ({exc})"
+    problem = _run_record_problem(record)
+    return (None, f"not a run record ({problem})") if problem else (record, "")
+
+
+def _run_record_problem(record) -> str | None:
     if not isinstance(record, dict):
-        return None, f"a {type(record).__name__}, not a JSON object"
+        return f"{_JSON_TYPES.get(type(record), 'null')}, not a JSON object"
     roles = record.get("roles")
     if not isinstance(roles, dict) or not roles or not all(isinstance(role, dict) for role in roles.values()):
-        return None, "no roles"
+        return "no roles"
     numbers = [(name, name, record) for name in _RUN_NUMBERS]
     numbers += [(f"roles.{role}.{name}", name, info) for role, info in roles.items() for name in _ROLE_NUMBERS]
     for where, name, holder in numbers:
         value = holder.get(name, "no such key")
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return None, f"{where} is not a number" if name in holder else f"no {where}"
+            return f"{where} is not a number" if name in holder else f"no {where}"
     if not isinstance(record.get("settings", {}), dict) or not isinstance(record.get("method", ""), str):
-        return None, "its method or settings are damaged"
+        return "its method or settings are damaged"
     if "settings" not in record and "method" not in record:
-        return None, "no settings"
-    if not isinstance(record.get("info", {}), dict) or not isinstance(record.get("config", {}), dict):
-        return None, "its info or config are damaged"
-    return record, ""
+        return "no settings"
+    for key in ("info", "config", "fingerprint"):
+        if not isinstance(record.get(key, {}), dict):
+            return f"its {key} is not an object"
+    outputs = record.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
+        return "its outputs are not a list of file names"
+    return None
 
 
 def _settings(record: dict) -> str:
@@ -194,7 +207,7 @@ def _identity_columns(run: RunId, teachers) -> dict:
 
 def summary_rows(runs, teachers=()) -> list[dict]:
     """Rows for every role of every finished run, and for a run that is not finished (a run whose
-    ``run.json`` is damaged too: status ``failed``, note ``run.json unreadable: ...``) one row, or one per
+    ``run.json`` is damaged too: status ``failed``, note ``run.json unreadable (...)``) one row, or one per
     peer of a DML cohort, so that its status counts in each peer's cell (``dml net1``, ``dml net2``).
 
     ``runs`` are the plan's identity records (:class:`~kdpipe.plan.RunId` or their dicts): they
@@ -209,7 +222,7 @@ def summary_rows(runs, teachers=()) -> list[dict]:
         if status == "ok":
             record, problem = read_run_record(Path(run.run_dir) / "run.json")
             if record is None:  # a damaged run.json: a failed run, the others still aggregate
-                status, note = "failed", f"run.json unreadable: {problem}"
+                status, note = "failed", f"run.json {problem}"
         if record is None:
             for role, net in _planned_roles(run):
                 rows.append({**{c: "" for c in SUMMARY_COLUMNS}, **_identity_columns(run, teachers), "status": status})

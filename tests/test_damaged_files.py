@@ -196,9 +196,9 @@ def test_summary_lists_a_run_with_damaged_run_json_as_failed(teacher, tmp_path):
     ok, failed = summary_rows(runs)
     assert ok["status"] == "ok" and ok["best_val_acc"] != ""
     assert failed["status"] == "failed" and failed["run_dir"] == str(damaged) and failed["best_val_acc"] == ""
-    assert re.fullmatch(f"run.json unreadable: {BAD_JSON}", failed["note"])
+    assert re.fullmatch(rf"run.json unreadable \({BAD_JSON}\)", failed["note"])
     (damaged / "run.json").write_text('{"roles": {"net": {"params": "many"}}}')
-    assert summary_rows(runs[1:])[0]["note"] == "run.json unreadable: no epochs"
+    assert summary_rows(runs[1:])[0]["note"] == "run.json not a run record (no epochs)"
 
 
 # 4. a damaged teacher cache

@@ -484,43 +484,13 @@ def test_the_summary_reads_the_recipe_configs_only_for_cifar():
 def test_a_born_again_chain_of_a_net_follows_the_self_pair_chain_of_paper_yaml(tmp_path):
     # bss.nets: [resnet20] trains what paper.yaml's bss.pairs chain resnet20-resnet20 trains (the config refuses
     # both at once): its gen1 stands beside KD-Zoo's bss number
-    paper = recipe_config("paper.yaml")
-    pair = RunId(
-        "train_bss",
-        "cifar100",
-        "bss",
-        "",
-        "resnet20",
-        "resnet20",
-        0,
-        "results/cifar100/bss/resnet20-resnet20/seed0/gen1",
-        generation=1,
-    )
-    options = resolve("bss", {"t_model": "t.pt", **run_options(paper, pair)})
-    net = RunId(
-        "train_bss",
-        "cifar100",
-        "bss",
-        "",
-        "resnet20",
-        "resnet20",
-        0,
-        "results/cifar100/bss/resnet20/seed0/gen1",
-        generation=1,
-    )
-    assert follows(net, options, "bss") == ["paper.yaml"]
-    other = RunId(
-        "train_bss",
-        "cifar100",
-        "bss",
-        "",
-        "resnet20",
-        "resnet20",
-        0,
-        "results/cifar100/bss/resnet56/seed0/gen1",
-        generation=1,
-    )
-    assert follows(other, options, "bss") == []
+    def gen1(chain):
+        run_dir = f"results/cifar100/bss/{chain}/seed0/gen1"
+        return RunId("train_bss", "cifar100", "bss", "", "resnet20", "resnet20", 0, run_dir, generation=1)
+
+    options = resolve("bss", {"t_model": "t.pt", **run_options(recipe_config("paper.yaml"), gen1("resnet20-resnet20"))})
+    assert follows(gen1("resnet20"), options, "bss") == ["paper.yaml"]
+    assert follows(gen1("resnet56"), options, "bss") == []
 
 
 def test_an_unfinished_dml_run_counts_in_each_peers_cell(tmp_path):
