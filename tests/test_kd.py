@@ -471,3 +471,23 @@ def test_a_revised_modes_runs_record_its_form_and_an_earlier_forms_run_is_anothe
     config = load_config({"pairs": [{"teacher": "resnet14", "student": "resnet8"}], "kd": {"modes": ["pkt", "st"]}})
     assert kd_options(config, "digits", "pkt", "resnet14", "resnet8", 0)["form"] == 2
     assert "form" not in kd_options(config, "digits", "st", "resnet14", "resnet8", 0)
+
+
+def test_a_teacher_trained_on_other_data_is_recorded_and_warned(tmp_path, caplog):
+    """The run.json beside a teacher's model.pt says which data it trained on: a student on other splits
+    (the teacher may have trained on its test images) records teacher data 'other' and logs a warning;
+    'same' for the same data; 'unknown' for a file with no run record beside it."""
+    import shutil
+
+    tiny = dict(data_name="digits", epochs=1, train_subset=64, batch_size=32, cuda=0, threads=1)
+    kdpipe.train_base(net_name="resnet8", save_root=str(tmp_path), note="t7", split_seed=7, **tiny)
+    kdpipe.train_base(net_name="resnet8", save_root=str(tmp_path), note="t0", **tiny)
+    (tmp_path / "copied").mkdir()
+    shutil.copy(tmp_path / "t0" / "model.pt", tmp_path / "copied" / "model.pt")
+    student = dict(t_name="resnet8", s_name="resnet8", kd_mode="st", save_root=str(tmp_path), **tiny)
+    seen = {}
+    for teacher in ("t7", "t0", "copied"):
+        caplog.clear()
+        record = kdpipe.train_kd(t_model=str(tmp_path / teacher / "model.pt"), note=f"s-{teacher}", **student)
+        seen[teacher] = (record["info"]["teacher"]["data"], "trained on other data" in caplog.text)
+    assert seen == {"t7": ("other", True), "t0": ("same", False), "copied": ("unknown", False)}

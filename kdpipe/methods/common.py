@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
@@ -11,6 +12,8 @@ from ..data import Normalizer
 from ..engine import Context, evaluate_model
 from ..errors import KdpipeError
 from ..models import build_model
+
+log = logging.getLogger(__name__)
 
 
 def load_network(path: str | Path, name: str, num_classes: int, flag: str) -> nn.Module:
@@ -77,3 +80,26 @@ def cache_input(opts: dict) -> dict:
 def teacher_test_accuracy(teacher: nn.Module, ctx: Context) -> float:
     normalize = Normalizer(ctx.data.mean, ctx.data.std, ctx.device, ctx.channels_last)
     return evaluate_model(teacher, ctx, ctx.data.test_x, ctx.data.test_y, normalize)[1]
+
+
+def teacher_data(t_model: str | Path, data) -> str:
+    """Whether the teacher trained on this run's data, by the ``run.json`` beside its ``model.pt``: ``same``
+    (the same images in the same splits), ``other`` (other images or splits: its training set may hold this
+    run's validation or test images), ``unknown`` (no run record there: a file from elsewhere)."""
+    from ..summary import read_run_record
+
+    path = Path(t_model).parent / "run.json"
+    record = read_run_record(path)[0] if path.is_file() else None
+    teacher_data = record.get("data") if record else None
+    if not isinstance(teacher_data, dict) or "sha256" not in teacher_data:
+        return "unknown"
+    if teacher_data["sha256"] == data.sha256:
+        return "same"
+    log.warning(
+        "t_model %s was trained on other data than this run's (its run.json: data sha256 %s..., this run: %s...): "
+        "its training set may hold this run's validation or test images",
+        t_model,
+        str(teacher_data["sha256"])[:12],
+        data.sha256[:12],
+    )
+    return "other"

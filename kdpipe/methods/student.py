@@ -36,7 +36,7 @@ from ..losses import TapShapes
 from ..losses.base import CACHED_TAPS
 from ..losses.st import soft_target_loss
 from ..models import build_model
-from .common import cached_taps, load_teacher, open_cache, teacher_test_accuracy, load_network
+from .common import cached_taps, load_network, load_teacher, open_cache, teacher_data, teacher_test_accuracy
 
 
 class Term(NamedTuple):
@@ -72,6 +72,7 @@ class StudentTask(Task):
         student = self.build_student()
         self.teacher = load_teacher(ctx)
         self.teacher_acc = teacher_test_accuracy(self.teacher, ctx)
+        self.teacher_data = teacher_data(opts["t_model"], data)
         self.student_shapes = TapShapes.probe(student, data.image_shape)
         self.teacher_shapes = TapShapes.probe(self.teacher, data.image_shape)
         self.roles["student"] = student
@@ -196,7 +197,7 @@ class StudentTask(Task):
         }
 
     def info(self) -> dict:
-        teacher = {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc}
+        teacher = {"name": self.ctx.opts["t_name"], "test_acc": self.teacher_acc, "data": self.teacher_data}
         ce = {"ce_weight": self.ce_weight} if self.ctx.opts.get("ce_weight") is not None else {}
         return {"teacher": teacher, **self.method_info(), **ce, **self.optimizer_info()}
 
