@@ -85,13 +85,12 @@ def sha256_file(path: str | Path) -> str:
 RUN_CHECKPOINT_KEYS = ("epoch", "task", "history", "best", "train_time_s", "resumed_at", "rng")
 
 
-def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
+def safe_load(path: str | Path, what: str = "checkpoint", advice: str = "") -> Any:
     """``torch.load(weights_only=True)`` with one clear error for missing, damaged or refused files.
 
-    ``what`` names the file's role (the flag, e.g. ``t_model``) in the error.  Whatever the weights-only
-    unpickler raises on a file it cannot or may not read is one :class:`KdpipeError` line -- never torch's
-    advice to load without ``weights_only``; warnings of a load that fails are not shown.  A run's own
-    ``checkpoint.pt`` (``what`` "checkpoint") must also hold what :class:`kdpipe.engine.Training` reads back.
+    ``what`` names the file's role (the flag, e.g. ``t_model``) in the error, ``advice`` ends it.  Whatever
+    the weights-only unpickler raises on a file it cannot or may not read is one :class:`KdpipeError` line --
+    never torch's advice to load without ``weights_only``; warnings of a load that fails are not shown.
     """
     path = Path(path)
     if not path.is_file():
@@ -106,12 +105,28 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> Any:
                 "a damaged file can claim a huge size)"
             ) from exc
         except Exception as exc:  # any failure to read an untrusted file is one error line
-            raise KdpipeError(_load_error(path, what, exc)) from exc
+            raise KdpipeError(_load_error(path, what, exc) + advice) from exc
     for w in caught:  # a load that worked shows its warnings as it would have
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    if _is_run_checkpoint(path, what):
-        _check_run_checkpoint(path, obj)
     return obj
+
+
+RUN_CHECKPOINT_ADVICE = "; move it away to train the run from epoch 0"
+
+
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A run's own ``checkpoint.pt`` (:func:`safe_load`), holding what :class:`kdpipe.engine.Training` resumes
+    from; else one line saying to move it away."""
+    state = safe_load(path, "checkpoint", RUN_CHECKPOINT_ADVICE)
+    if not isinstance(state, dict):
+        problem = f"a {type(state).__name__}, not a dict"
+    elif any(key not in state for key in RUN_CHECKPOINT_KEYS):
+        problem = "no " + ", ".join(key for key in RUN_CHECKPOINT_KEYS if key not in state)
+    elif not isinstance(state.get("fingerprint", {}), dict):
+        problem = "its fingerprint is not a dict"
+    else:
+        return state
+    raise KdpipeError(f"checkpoint {path}: not a kdpipe training checkpoint ({problem}){RUN_CHECKPOINT_ADVICE}")
 
 
 def safe_load_state_dict(path: str | Path, what: str, expected: str = "a kdpipe model.pt") -> dict:
@@ -129,17 +144,16 @@ def _load_error(path: Path, what: str, exc: Exception) -> str:
     """The error line for a file ``torch.load(weights_only=True)`` raised ``exc`` on: what the unpickler
     refused or why the file is unreadable, never torch's advice to load it without ``weights_only``."""
     text = str(exc)
-    hint = "; move it away to train the run from epoch 0" if _is_run_checkpoint(path, what) else ""
     if "weights only load failed" in text.lower() or "Cannot use ``weights_only=True``" in text:
         found = re.search(r"GLOBAL (\S+)", text)
         if found:
             return (
                 f"{what} {path}: refused: it names {_one_line(found[1].rstrip('.,;'))}, which a weights-only load "
-                f"does not allow (only tensors and plain containers); kdpipe never runs code from a file{hint}"
+                f"does not allow (only tensors and plain containers); kdpipe never runs code from a file"
             )
         return (  # junk bytes, or a pickle protocol the unpickler stops at before naming anything
             f"{what} {path}: unreadable, truncated or corrupted, or holding what a weights-only load does not "
-            f"allow ({_one_line(_unpickler_complaint(text))}); kdpipe never runs code from a file{hint}"
+            f"allow ({_one_line(_unpickler_complaint(text))}); kdpipe never runs code from a file"
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reason = lines[0] if lines else ""
@@ -147,7 +161,7 @@ def _load_error(path: Path, what: str, exc: Exception) -> str:
         kind = type(exc).__qualname__
         kind = kind if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{kind}"
         reason = f"{kind}: {reason}" if reason else kind  # KeyError: 101 rather than a bare 101
-    return f"{what} {path}: unreadable, truncated or corrupted ({_one_line(reason or type(exc).__name__)}){hint}"
+    return f"{what} {path}: unreadable, truncated or corrupted ({_one_line(reason or type(exc).__name__)})"
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -166,25 +180,6 @@ def _unpickler_complaint(text: str) -> str:
     if "legacy .tar" in text:
         return "the legacy .tar format"
     return "not a tensor checkpoint"
-
-
-def _is_run_checkpoint(path: Path, what: str) -> bool:
-    return what == "checkpoint" and path.name == CHECKPOINT
-
-
-def _check_run_checkpoint(path: Path, state: Any) -> None:
-    """A run's ``checkpoint.pt`` holds what :class:`kdpipe.engine.Training` resumes from."""
-    if not isinstance(state, dict):
-        problem = f"a {type(state).__name__}, not a dict"
-    elif any(key not in state for key in RUN_CHECKPOINT_KEYS):
-        problem = "no " + ", ".join(key for key in RUN_CHECKPOINT_KEYS if key not in state)
-    elif not isinstance(state.get("fingerprint", {}), dict):
-        problem = "its fingerprint is not a dict"
-    else:
-        return
-    raise KdpipeError(
-        f"checkpoint {path}: not a kdpipe training checkpoint ({problem}); move it away to train the run from epoch 0"
-    )
 
 
 @contextlib.contextmanager

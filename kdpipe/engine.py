@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .capture import StepRunner
-from .checkpoint import CHECKPOINT, atomic_save, atomic_write_text, safe_load
+from .checkpoint import CHECKPOINT, atomic_save, atomic_write_text, load_run_checkpoint
 from .data import ImageData, Normalizer, derived_seed, epoch_plan
 from .errors import KdpipeError
 from .hostmem import keep_freed_memory
@@ -572,7 +572,7 @@ class Training:
         self.epoch = 0
         self.saved_epoch = 0  # the epoch the checkpoint on disk resumes from (0: none written)
         if self.ckpt_path.exists():
-            state = safe_load(self.ckpt_path, "checkpoint")
+            state = load_run_checkpoint(self.ckpt_path)
             check_checkpoint_fingerprint(self.ckpt_path, state.get("fingerprint", {}), fingerprint)
             _load_task_state(self.ckpt_path, task, state["task"])
             self.history, self.best = state["history"], state["best"]

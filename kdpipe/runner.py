@@ -23,7 +23,15 @@ from typing import Callable
 import torch
 
 from . import __version__, hostmem
-from .checkpoint import CHECKPOINT, LOCK_FILE, atomic_save, atomic_write_json, run_dir_lock, safe_load, sha256_file
+from .checkpoint import (
+    CHECKPOINT,
+    LOCK_FILE,
+    atomic_save,
+    atomic_write_json,
+    run_dir_lock,
+    load_run_checkpoint,
+    sha256_file,
+)
 from .data import ImageData, check_data_name, load_data, num_classes_of
 from .engine import (
     Context,
@@ -333,7 +341,7 @@ def set_aside_other_run(run_dir: Path, fingerprint: dict, replace: bool) -> tupl
     if record.is_file():
         stored.append((record, json.loads(record.read_text()).get("fingerprint", {})))
     if checkpoint.is_file():
-        stored.append((checkpoint, safe_load(checkpoint, "checkpoint").get("fingerprint", {})))
+        stored.append((checkpoint, load_run_checkpoint(checkpoint).get("fingerprint", {})))
     other = next(((path, s) for path, s in stored if differing_keys(s, fingerprint)), None)
     if other is None:
         return None
