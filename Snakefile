@@ -25,8 +25,11 @@ report: "rules/report/workflow.rst"
 
 
 try:
-    # a method that cannot distil a pair is refused here; cluster jobs skip that check (their
+    # Snakemake keeps the last of a key given twice in a file: each file is read again to refuse that.
+    # A method that cannot distil a pair is refused here; cluster jobs skip that check (their
     # submitting process made it for the same config)
+    for path in workflow.configfiles:
+        kw.read_config_file(path)
     kw.load_config(config, check_pairs=workflow.is_main_process)
 except KdpipeError as exc:
     sys.exit(f"kdpipe: {exc}")

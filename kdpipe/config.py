@@ -4,6 +4,7 @@ filled in), plus the checks a schema cannot express, and the facts the rest read
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,58 @@ from .plan import base_nets
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 BUILTIN_DATASETS = ("cifar10", "cifar100", "digits")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML, and so Snakemake, keep
+    the last silently: a config that sets ``epochs`` twice would train the second without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges; its keys may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise KdpipeError(
+                            f"line {line}: key {key!r} is given twice in one mapping (first at line {seen[key]}); "
+                            "give each key once"
+                        )
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _json_mapping(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise KdpipeError(f"key {key!r} is given twice in one mapping; give each key once")
+    return dict(pairs)
+
+
+def read_config_file(path) -> dict:
+    """A config file (YAML, or JSON, which YAML reads) as a mapping; a file that is not one, or that gives
+    a key twice, stops with one line naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        try:  # JSON first, as Snakemake reads a config (a JSON file indented by tabs is no YAML)
+            data = json.loads(text, object_pairs_hook=_json_mapping)
+        except ValueError:
+            data = yaml.load(text, Loader=_StrictLoader) or {}
+    except UnicodeDecodeError:
+        raise KdpipeError(f"configfile {path}: not a text file (a config is YAML, in UTF-8)") from None
+    except yaml.YAMLError as exc:
+        raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    except KdpipeError as exc:
+        raise KdpipeError(f"configfile {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise KdpipeError(f"configfile {path}: a config is a mapping of keys, got {type(data).__name__}")
+    return data
 
 
 def _schema() -> dict:

@@ -574,9 +574,7 @@ def method_table(device: str = ESTIMATE_FROM, calibration: str | Path | None = N
 def plan_cost(**kwargs) -> dict:
     """``python -m kdpipe plan``: the config's jobs by rule with estimated device-hours; the record has
     the table as ``table`` (which the command prints)."""
-    import yaml
-
-    from .config import load_config
+    from .config import load_config, read_config_file
     from .options import options_for, resolve
 
     allowed = sorted(opt.name for opt in options_for("plan"))
@@ -586,16 +584,8 @@ def plan_cost(**kwargs) -> dict:
     opts = resolve("plan", kwargs)
     Calibration.load(opts["device"], opts["calibration"])  # an unknown device stops before the config's checks
     config: dict = {}
-    for path in map(Path, opts["configfile"]):
-        try:
-            part = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise KdpipeError(f"configfile {path}: not a text file (a config is YAML, in UTF-8)") from None
-        except yaml.YAMLError as exc:
-            raise KdpipeError(f"configfile {path}: not YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(part, dict):
-            raise KdpipeError(f"configfile {path}: a config is a mapping of keys, got {type(part).__name__}")
-        config = merge_config(config, part)
+    for path in opts["configfile"]:
+        config = merge_config(config, read_config_file(path))
     load_config(config)
     record = cost_plan(config, opts["device"], opts["calibration"])
     record["table"] = format_plan(record, " + ".join(opts["configfile"]))

@@ -208,6 +208,35 @@ def test_plan_refuses_a_binary_config_file_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("a.yaml", "seeds: [0]\nseeds: [1]\n", "line 2: key 'seeds' is given twice in one mapping (first at line 1)"),
+        (
+            "b.yaml",
+            "kd:\n  settings:\n    st: {T: 4, T: 2}\n",
+            "line 3: key 'T' is given twice in one mapping (first at line 3)",
+        ),
+        ("c.json", '{"train": {"lr": 0.1, "lr": 0.05}}', "key 'lr' is given twice in one mapping; give each key once"),
+    ],
+)
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path, name, text, message):
+    """YAML and JSON keep the last of two equal keys; a config that sets a key twice is refused, naming both lines."""
+    path = tmp_path / name
+    path.write_text(text)
+    refused_in_one_line(cli_in_process("plan", "--configfile", path), f"configfile {path}: {message}")
+
+
+def test_config_files_read_as_snakemake_reads_them(tmp_path):
+    """A YAML merge key may be overridden (not a repeat); a JSON config indented by tabs (no YAML) reads."""
+    from kdpipe.config import read_config_file
+
+    (tmp_path / "m.yaml").write_text("short: &s {epochs: 2, lr: 0.1}\ntrain:\n  <<: *s\n  epochs: 3\n")
+    assert read_config_file(tmp_path / "m.yaml")["train"] == {"epochs": 3, "lr": 0.1}
+    (tmp_path / "t.json").write_text('{\n\t"seeds": [1],\n\t"train": {"epochs": 2}\n}\n')
+    assert read_config_file(tmp_path / "t.json") == {"seeds": [1], "train": {"epochs": 2}}
+
+
+@pytest.mark.parametrize(
     "content, reason",
     [
         (b"hello world\n", "its first line: hello world"),

@@ -167,6 +167,15 @@ def test_bad_config_one_line_from_snakemake(tmp_path):
     assert "kdpipe: config train.epochs: -3 is less than the minimum of 1" in out.stderr + out.stdout
 
 
+def test_a_key_given_twice_in_a_configfile_is_refused_by_snakemake(tmp_path):
+    """Snakemake keeps the second ``epochs`` silently; the Snakefile reads each file again and refuses it."""
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n")
+    out = snakemake("-n", "--cores", "1", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    assert out.returncode != 0
+    twice = "line 4: key 'epochs' is given twice in one mapping (first at line 2)"
+    assert f"kdpipe: configfile {tmp_path / 'c.yaml'}: {twice}" in out.stderr + out.stdout
+
+
 def test_user_config_does_not_inherit_the_embedded_default(tmp_path):
     """--configfile means exactly that file plus the schema's defaults: none of the demo's extra
     chains, cohorts or methods (which a run without --configfile plans: test_default_dag_has_every_entry_point)."""

@@ -195,9 +195,7 @@ def _recipe_path(name: str):
 @cache
 def recipe_config(name: str) -> dict | None:
     """``config/<name>`` of this checkout, loaded as the workflow loads a config (None where absent)."""
-    import yaml
-
-    from ..config import load_config
+    from ..config import load_config, read_config_file
 
     path = _recipe_path(name)
-    return load_config(yaml.safe_load(path.read_text()), check_pairs=False) if path.is_file() else None
+    return load_config(read_config_file(path), check_pairs=False) if path.is_file() else None
