@@ -283,6 +283,21 @@ def test_a_kd_flag_the_mode_does_not_read_is_refused(tmp_path, flags, message):
     assert not runs.exists()
 
 
+@pytest.mark.parametrize("entry", ["crd", "ft"])
+def test_crd_and_ft_refuse_a_temperature_without_the_term_it_serves(tmp_path, entry):
+    """crd's and ft's --T is the temperature of their --st_weight term alone: without the term it was ignored."""
+    from kdpipe.methods.common import check_st_temperature
+
+    runs = tmp_path / "runs"
+    teacher = ["--t_model", tmp_path / "t.pt", "--t_name", "resnet8", "--s_name", "resnet8"]
+    result = cli_in_process(entry, "--data_name", "digits", "--epochs", "1", "--save_root", runs, *teacher, "--T", "2")
+    refused_in_one_line(result, "T: 2 is the temperature of the --st_weight term, which is 0 (off); set --st_weight")
+    assert not runs.exists()  # ft: no paraphraser trained either
+    common = dict(data_name="digits", t_model="t.pt", t_name="resnet8", s_name="resnet8")
+    for flags in (dict(T=2.0, st_weight=0.1), dict(T=4.0), {}):
+        check_st_temperature(entry)(resolve(entry, {**common, **flags}))
+
+
 def test_kd_flags_a_mode_reads_pass():
     from kdpipe.methods.kd import check_mode_flags
 

@@ -72,6 +72,23 @@ def cached_taps(cache, index, view_ids):
     return FeatureTaps(None, (), (), outputs.get("embedding"), outputs["logits"])
 
 
+def check_st_temperature(entry: str):
+    """The settle step of an entry whose ``T`` serves only its ``--st_weight`` term (crd, ft): a ``T`` other
+    than the default without that term would be silently ignored, so it is refused."""
+    from ..options import find_option
+
+    default = find_option(entry, "T").default
+
+    def settle(opts: dict) -> None:
+        if opts["T"] != default and not opts["st_weight"]:
+            raise KdpipeError(
+                f"T: {opts['T']:g} is the temperature of the --st_weight term, which is 0 (off); "
+                f"set --st_weight too, or leave T at {default:g}"
+            )
+
+    return settle
+
+
 def cache_input(opts: dict) -> dict:
     """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read."""
     return {"teacher_cache": str(Path(opts["teacher_cache"]) / "manifest.json")} if opts.get("teacher_cache") else {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..engine import Context
 from ..objectives.crd import CRDLoss
 from ..runner import run_entry
-from .common import cache_input
+from .common import cache_input, check_st_temperature
 from .student import StudentTask, Term
 
 
@@ -92,4 +92,5 @@ def train_crd(**kwargs) -> dict:
             f"crd-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}-seed{o['seed']}"
         ),
         input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
+        settle=check_st_temperature("crd"),
     )

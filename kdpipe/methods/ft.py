@@ -25,7 +25,7 @@ from ..losses import TapShapes
 from ..options import common_options
 from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
 from ..runner import run_entry
-from .common import frozen, load_teacher
+from .common import check_st_temperature, frozen, load_teacher
 from .student import StudentTask, Term
 
 
@@ -211,6 +211,7 @@ def train_ft(**kwargs) -> dict:
     from ..options import resolve
 
     opts = resolve("ft", kwargs)
+    check_st_temperature("ft")(opts)  # before an in-run paraphraser trains
     note = opts["note"] or f"ft-{_slug(opts['data_name'])}-{opts['t_name']}-{opts['s_name']}-seed{opts['seed']}"
     kwargs = {**kwargs, "note": note}
     if not opts["paraphraser"]:
