@@ -34,6 +34,11 @@ try:
 except KdpipeError as exc:
     sys.exit(f"kdpipe: {exc}")
 
+# Data files replaced by older ones (cp -p, rsync -a): their manifest is made again, as newer files' would be.
+if workflow.is_main_process:
+    for line in kw.outdated_manifests(config):
+        print(f"kdpipe: {line}", file=sys.stderr)
+
 # Submitted through profiles/slurm? Then an unset partition or account stops here, in one line.
 SLURM = kc.submits_to_slurm(workflow)
 if SLURM and workflow.is_main_process:

@@ -279,7 +279,10 @@ def _read_pickle(path: Path) -> dict:
     except _Refused as exc:
         raise KdpipeError(f"dataset file {path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({exc})") from None
+        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({' '.join(str(exc).split())})") from None
+    except MemoryError as exc:  # an array header asking for more than this machine has
+        what = " ".join(str(exc).split()) or "out of memory"
+        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({type(exc).__name__}: {what})") from None
     if not isinstance(entry, dict):
         raise KdpipeError(f"dataset file {path}: expected a dict of arrays, got {type(entry).__name__}")
     return entry

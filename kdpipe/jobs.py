@@ -12,12 +12,17 @@ from .plan import plan, teacher_seed
 
 
 def write_data_manifest(opts: dict, path: str | Path) -> dict:
-    """Load the dataset as the runs will and write its manifest (content hashes, classes, split)."""
+    """Load the dataset as the runs will and write its manifest (content hashes, classes, split; ``files``, the
+    data files' sizes and times as :func:`kdpipe.workflow.files_stamp`, where there are files)."""
     from .checkpoint import atomic_write_json
     from .data import load_data
+    from .workflow import files_of, files_stamp
 
     data = load_data(**opts)
     manifest = {**data.describe(), "options": {k: v for k, v in opts.items() if k not in ("img_root", "download")}}
+    files = files_of(opts["data_name"], opts["img_root"])  # read after loading: a download has written them
+    if files:
+        manifest["files"] = files_stamp(files)
     atomic_write_json(Path(path), manifest)
     return manifest
 
@@ -91,6 +96,8 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
     is logged first (e.g. why the teacher cache is or is not used).
     """
     out_dir = Path(snakemake.output[0]).parent
+    if "data" in snakemake.input.keys():
+        inputs.setdefault("data_manifest", snakemake.input.data)
     call, identity = rule_run(
         snakemake, entry, out_dir, snakemake.params.opts, runs_by_dir(snakemake.config), message, **inputs
     )
@@ -100,8 +107,9 @@ def run_rule(snakemake, entry: str, message: str | None = None, **inputs) -> dic
         return call()
 
 
-# A training rule's input -> the option of its entry point that names the file.
-INPUT_OPTIONS = {"teacher": "t_model", "paraphraser": "paraphraser"}
+# A training rule's input -> the option of its entry point that names the file.  Every rule that loads data
+# takes the data node's manifest as its input ``data``: the run checks that its data are the manifest's.
+INPUT_OPTIONS = {"teacher": "t_model", "paraphraser": "paraphraser", "data": "data_manifest"}
 
 
 def seed_input_options(snakemake, rule: str, seed, suffix: str = "") -> tuple[dict, str | None]:

@@ -282,6 +282,13 @@ COMMON = [
         "CIFAR and image folders, zeros for digits)",
         choices=CROP_PADDINGS,
     ),
+    Option(
+        "data_manifest",
+        str,
+        None,
+        "a data manifest (the workflow's results/<dataset>/data/manifest.json) that the data loaded must match: "
+        "a run on other data is refused (default: none)",
+    ),
 ]
 
 
@@ -827,7 +834,8 @@ def find_option(entry: str, name: str) -> Option:
 
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {
-    *("save_root", "note", "other_settings", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs")
+    *("save_root", "note", "other_settings", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs"),
+    "data_manifest",  # a check of the data, which the fingerprint's data_sha256 identifies
 }
 
 # Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
@@ -852,10 +860,21 @@ def differing_keys(stored: dict, current: dict) -> list[str]:
 
 
 def fingerprint_value(fingerprint: dict, key: str) -> Any:
-    """``fingerprint[key]``, or what an absent key means (see ``ADDED_WITH_A_DEFAULT``)."""
+    """``fingerprint[key]``, or what an absent key means (see ``ADDED_WITH_A_DEFAULT``); ``crop_padding`` as the
+    padding it gives the fingerprint's data (``auto`` is ``reflect`` on CIFAR: writing it out is no new recipe)."""
     if key in fingerprint:
-        return fingerprint[key]
-    return next((opt.default for opt in COMMON if opt.name == key and key in ADDED_WITH_A_DEFAULT), None)
+        value = fingerprint[key]
+    else:
+        value = next((opt.default for opt in COMMON if opt.name == key and key in ADDED_WITH_A_DEFAULT), None)
+    if key == "crop_padding" and isinstance(fingerprint.get("data_name"), str) and value in CROP_PADDINGS:
+        from .data import augmentation_of  # torch: only where runs are compared
+        from .errors import KdpipeError
+
+        try:
+            return augmentation_of(fingerprint.get("data_name"), fingerprint.get("image_size"), value).pad_mode
+        except KdpipeError:  # no such data (a damaged record): the value as written
+            return value
+    return value
 
 
 # What each common option is about.  Every "which options does X take" derives from these
@@ -865,7 +884,7 @@ COMMON_GROUPS: dict[str, tuple[str, ...]] = {
     "rerun": ("other_settings",),  # training runs only: what a directory holding another run gets
     "data": (
         *("data_name", "img_root", "download", "val_size", "split_seed", "train_subset", "image_size", "num_class"),
-        "crop_padding",
+        *("crop_padding", "data_manifest"),
     ),
     "device": ("cuda", "cuda_graphs", "memory_format", "amp", "threads"),
     "log": ("print_freq",),

@@ -103,8 +103,9 @@ def _pct(value) -> str:
 
 
 def load_options_data(opts: dict) -> ImageData:
-    """The dataset the resolved options name (split, image size and training subset applied)."""
-    return load_data(
+    """The dataset the resolved options name (split, image size and training subset applied), checked against
+    ``--data_manifest`` where one is given."""
+    data = load_data(
         opts["data_name"],
         opts["img_root"],
         opts["val_size"],
@@ -114,6 +115,26 @@ def load_options_data(opts: dict) -> ImageData:
         opts["train_subset"],
         opts["crop_padding"],
     )
+    if opts.get("data_manifest"):
+        check_data_manifest(opts["data_manifest"], data)
+    return data
+
+
+def check_data_manifest(path: str | Path, data: ImageData) -> None:
+    """Refuse ``data`` unless it is what the manifest at ``path`` describes: the workflow's data node is made
+    again only when Snakemake sees its files change (a newer modification time), so data replaced by files with
+    older times (``cp -p``, ``rsync -a``, an unpacked archive) would otherwise mix two datasets in one table."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KdpipeError(f"data_manifest: cannot read {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    made = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if made != data.sha256:
+        raise KdpipeError(
+            f"data_manifest: {path} describes other data (sha256 {str(made)[:12]}...) than {data.name} holds now "
+            f"({data.sha256[:12]}...): its files changed since it was made; make it again "
+            f"(snakemake --forcerun {path}), which re-runs the runs of that data"
+        )
 
 
 def check_num_class(opts: dict, data: ImageData | None = None) -> None:

@@ -106,17 +106,60 @@ def data_manifest_path(dataset: str) -> str:
 def data_files(config: dict, dataset: str) -> list[str]:
     """The files a dataset is read from, where they exist (the data node's inputs; digits ship with
     scikit-learn and CIFAR may still be downloaded by the node itself)."""
+    return files_of(data_name(config, dataset), config["data"]["img_root"])
+
+
+def files_of(name: str, img_root: str) -> list[str]:
+    """The files of data ``name`` (a ``--data_name``) that exist, with CIFAR's under ``img_root``."""
     from .data import IMAGE_SUFFIXES, cifar_files
 
-    name = data_name(config, dataset)
     if name in ("cifar10", "cifar100"):
-        files = [str(Path(config["data"]["img_root"]) / f) for f in cifar_files(name)]
+        files = [str(Path(img_root) / f) for f in cifar_files(name)]
     elif name.startswith("imagefolder:"):
         root = Path(name.split(":", 1)[1])
         files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
     else:
         files = []
     return [f for f in files if Path(f).is_file()]
+
+
+def files_stamp(files) -> str:
+    """What Snakemake's times cannot see: a digest of each data file's path, size and modification time, which the
+    data node's manifest records (``files``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(map(str, files)):
+        stat = Path(name).stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def outdated_manifests(config: dict) -> list[str]:
+    """Make the data node run again where its files changed but none is newer than its manifest (replaced by
+    ``cp -p``, ``rsync -a`` or an unpacked archive, which keep older times): Snakemake, comparing times, would
+    keep the manifest and the runs of the old data.  The manifest's time is set back, so Snakemake sees newer
+    inputs and re-makes it, and the runs of that data after it.  Returns a line for each manifest set back."""
+    import json
+    import os
+
+    lines = []
+    for dataset in config["datasets"]:
+        manifest, files = Path(data_manifest_path(dataset)), data_files(config, dataset)
+        try:
+            recorded = json.loads(manifest.read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            continue  # none yet, or damaged: Snakemake and the data node deal with it
+        if not files or recorded is None or recorded == files_stamp(files):
+            continue
+        if max(Path(f).stat().st_mtime_ns for f in files) > manifest.stat().st_mtime_ns:
+            continue  # Snakemake sees this change itself
+        os.utime(manifest, ns=(0, 0))
+        lines.append(
+            f"the data files of {dataset} changed since {manifest} was made (their times are older than it): "
+            "it is made again, and the runs of those data after it"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------- teacher cache

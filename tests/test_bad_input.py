@@ -68,6 +68,33 @@ def test_bad_cifar_files_are_refused_at_load_naming_the_file(tmp_path, file, cha
     assert not runs.exists()  # refused before the run directory (run.lock, train.log) is made
 
 
+class _HugeArray:
+    def __reduce__(self):  # an array header asking for exabytes: numpy's allocation fails, nothing runs
+        return (np.ndarray, ((2**31, 2**31), "u1"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            pickle.dumps({"data": _HugeArray(), "labels": [0]}, protocol=2),
+            "unreadable CIFAR pickle (MemoryError: Unable to allocate",
+        ),
+        (  # a persistent id, whose error message spans two lines
+            b"(dp0\nS'data'\np1\nPabc\nsb.",
+            "unreadable CIFAR pickle (A load persistent id instruction was encountered, but no persistent_load",
+        ),
+    ],
+)
+def test_crafted_cifar_pickles_are_refused_in_one_line(tmp_path, content, message):
+    write_cifar(tmp_path / "data")
+    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2").write_bytes(content)
+    with pytest.raises(KdpipeError) as err:
+        load_data("cifar10", tmp_path / "data")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"dataset file {tmp_path / 'data' / 'cifar-10-batches-py' / 'data_batch_2'}: ")
+
+
 # ---------------------------------------------------------------- 2. val_size
 
 

@@ -434,9 +434,11 @@ def test_ft_in_run_paraphraser_takes_every_data_option(tmp_path):
     assert para["data"]["sha256"] == record["data"]["sha256"]
     assert para["data"]["augmentation"]["pad_mode"] == record["data"]["augmentation"]["pad_mode"] == "constant"
     # the workflow's data node passes exactly the data group (num_class follows from the data; crop_padding
-    # only where it is not auto, so that runs planned before it keep their params)
+    # only where it is not auto, so that runs planned before it keep their params; data_manifest is what the
+    # node writes, which the training jobs check their data against)
     config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}, "data": {"crop_padding": "zeros"}})
-    assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class"}
+    assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class", "data_manifest"}
     config = load_config({"datasets": ["digits"], "base": {"nets": ["resnet8"]}})
-    assert set(data_options(config, "digits")) == set(common_options("data")) - {"num_class", "crop_padding"}
+    left = {"num_class", "crop_padding", "data_manifest"}
+    assert set(data_options(config, "digits")) == set(common_options("data")) - left
     assert "image_size" in COMMON_GROUPS["data"]

@@ -275,12 +275,73 @@ def test_changed_data_reruns_exactly_its_dependants(tmp_path):
         snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
     )
 
+    assert record["config"]["data_manifest"] == "results/cifar10/data/manifest.json"  # the run checked its data
+
     write_cifar(tmp_path / "data", n_train=40, n_test=20, seed=1)  # same files, other images
     dry = snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts == {"data_manifest": 1, "train_base": 1, "summary": 1}, counts
     planned = re.findall(r"rule (\w+):\n\s+input: [^\n]*\n\s+output: ([^\n]+)", dry.stdout)
     assert ("train_base", "results/cifar10/base/resnet8/seed0/model.pt") in [(r, o.split(",")[0]) for r, o in planned]
+
+    # files replaced by others with older times (cp -p, rsync -a, an unpacked archive): Snakemake alone sees nothing
+    assert snakemake("results/summary.csv", *cfg, workdir=tmp_path).returncode == 0
+    files = sorted((tmp_path / "data" / "cifar-10-batches-py").iterdir())
+    times = {f: f.stat().st_mtime_ns for f in files}
+    write_cifar(tmp_path / "data", n_train=40, n_test=20, seed=2)
+    for f in files:
+        os.utime(f, ns=(times[f] - 10**9, times[f] - 10**9))
+    dry = snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    assert job_counts(dry.stdout + dry.stderr) == {"data_manifest": 1, "train_base": 1, "summary": 1}
+    assert "kdpipe: the data files of cifar10 changed since results/cifar10/data/manifest.json was made" in dry.stderr
+    assert snakemake("results/summary.csv", *cfg, workdir=tmp_path).returncode == 0
+    manifest = json.loads((tmp_path / "results" / "cifar10" / "data" / "manifest.json").read_text())
+    record = json.loads((tmp_path / "results" / "cifar10" / "base" / "resnet8" / "seed0" / "run.json").read_text())
+    assert record["data"]["sha256"] == manifest["sha256"] == record["fingerprint"]["data_sha256"]
+    assert "Nothing to be done" in (lambda o: o.stdout + o.stderr)(
+        snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    )
+
+
+def test_a_run_refuses_data_other_than_its_data_manifest_describes(tmp_path):
+    """``--data_manifest``, which every workflow job gets: a manifest made before the files changed (an older
+    kdpipe's, without the files' stamp, so not made again) stops the job in one line before anything is written."""
+    from conftest import cli_in_process, tiny_cli_flags, write_cifar
+    from kdpipe.jobs import write_data_manifest
+
+    write_cifar(tmp_path / "data")
+    manifest = tmp_path / "manifest.json"
+    data = {"data_name": "cifar10", "img_root": str(tmp_path / "data"), "val_size": 0, "train_subset": 16}
+    made = write_data_manifest(data, manifest)
+    assert made["files"] and made["sha256"]
+    flags = tiny_cli_flags(tmp_path / "runs")
+    flags[flags.index("digits")] = "cifar10"
+    flags += ["--img_root", str(tmp_path / "data"), "--val_size", "0", "--train_subset", "16"]
+    flags += ["--data_manifest", str(manifest), "--net_name", "resnet8"]
+    write_cifar(tmp_path / "data", seed=3)
+    refused = cli_in_process("base", *flags)
+    assert refused.returncode != 0 and not (tmp_path / "runs").exists()
+    now = write_data_manifest(data, tmp_path / "now.json")["sha256"]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"kdpipe base: error: data_manifest: {manifest} describes other data "
+        f"(sha256 {made['sha256'][:12]}...) than cifar10 holds now ({now[:12]}...): its files changed since it "
+        f"was made; make it again (snakemake --forcerun {manifest}), which re-runs the runs of that data"
+    )
+    manifest.write_text("{not json")
+    assert f"data_manifest: cannot read {manifest} (JSONDecodeError: " in cli_in_process("base", *flags).stderr
+    assert cli_in_process("base", *flags[:-4], "--net_name", "resnet8").returncode == 0  # without one: trains
+
+
+def test_crop_padding_written_out_as_the_datasets_own_is_the_same_run(tmp_path):
+    """``auto`` is zeros on digits (reflect on CIFAR): a config that writes the padding out finds its runs
+    finished (the workflow's jobs only rewrite their outputs); the other padding is another run."""
+    from conftest import cli_in_process, tiny_cli_flags
+
+    flags = [*tiny_cli_flags(tmp_path / "runs"), "--net_name", "resnet8"]
+    assert cli_in_process("base", *flags).returncode == 0
+    assert "already complete" in cli_in_process("base", *flags, "--crop_padding", "zeros").stderr
+    other = cli_in_process("base", *flags, "--crop_padding", "reflect")
+    assert other.returncode != 0 and "other settings (crop_padding)" in other.stderr
 
 
 def test_cli_refuses_a_finished_run_whose_data_changed(tmp_path):

@@ -131,9 +131,11 @@ def preferred(matches: list[tuple[str, float]]) -> tuple[str, float] | None:
 
 # Options that do not make a run's recipe another: where and how fast it ran (the device group: the tables
 # stand bf16 beside float32, README "Data and protocol"), which seeded draw it is, and its inputs (a
-# teacher, a paraphraser, a teacher cache, which each config's DAG places where it will; an imported
-# teacher's file and format, the source's own run).
-RECIPE_NEUTRAL = frozenset({"seed", "split_seed", "t_model", "paraphraser", "teacher_cache", "src", "source"})
+# teacher, a paraphraser, a teacher cache, the data manifest its data are checked against, which each
+# config's DAG places where it will; an imported teacher's file and format, the source's own run).
+RECIPE_NEUTRAL = frozenset(
+    {"seed", "split_seed", "t_model", "paraphraser", "teacher_cache", "src", "source", "data_manifest"}
+)
 
 
 def follows(run, options: dict, entry: str) -> list[str]:
