@@ -44,17 +44,12 @@ def reads_embedding(rule: str, method: str) -> bool:
     return cls is not None and "embedding" in cls.teacher_taps
 
 
-def _cache_setting(config: dict) -> str:
-    value = config["teacher_cache"]
-    return {True: "on", False: "off"}.get(value, value)  # YAML reads a bare on/off as a boolean
-
-
 def _decide(config: dict, dataset: str, consumers: list[tuple[str, int]]) -> tuple[bool, str]:
-    """The decision for one teacher, given (run directory, epochs) of the students that could read its cache."""
+    """The decision for one teacher, given (run directory, epochs) of the unswept students that could read its cache."""
     from .cache import MAX_CACHE_VIEWS
     from .data import augmentation_of
 
-    setting = _cache_setting(config)
+    setting = config["teacher_cache"]
     views = augmentation_of(data_name(config, dataset), image_size(config, dataset)).num_views
     passes = sum(epochs for _, epochs in consumers)
     if setting == "off":

@@ -185,6 +185,47 @@ def _check_finite(node, path: str = "") -> None:
         _check_finite(value, f"{path}.{key}" if path else str(key))
 
 
+def _on_off(node, schema: dict, root: dict) -> None:
+    """In place: YAML 1.1 reads a bare ``on``/``off`` as a boolean; where the schema allows that word and no
+    boolean, the boolean becomes the word written (``logit_stand: on``, ``ft.bn: off``, ``resources.amp: off``)."""
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/"):  # '#/properties/kd/properties/settings'
+        schema = root
+        for part in ref[2:].split("/"):
+            schema = schema.get(part, {})
+
+    def item_schema(key):
+        if isinstance(node, list):
+            return schema.get("items")
+        sub = schema.get("properties", {}).get(key)
+        return sub if sub is not None else schema.get("additionalProperties")
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        sub = item_schema(key)
+        if not isinstance(sub, dict):
+            continue
+        enum = sub.get("enum", [])
+        word = {True: "on", False: "off"}.get(value) if isinstance(value, bool) else None
+        if word is not None and word in enum and not any(isinstance(v, bool) for v in enum):
+            node[key] = word
+        elif isinstance(value, (dict, list)):
+            _on_off(value, sub, root)
+
+
+def _number_text(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _dotted(text: str) -> str:
+    """'1e-3' as YAML reads a number: '1.0e-3'."""
+    mantissa, e, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
+
+
 def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
@@ -196,7 +237,9 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
     (:func:`kdpipe.compat.check_pairs`: each distinct loss built once on probed shapes); the
     Snakefile skips it inside cluster jobs, whose submitting process checked the same config."""
     _check_finite(config)
-    validator = _validator(_schema())
+    schema = _schema()
+    _on_off(config, schema, schema)
+    validator = _validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
         err = errors[0]
@@ -205,6 +248,12 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}")
         if err.validator in ("oneOf", "anyOf") and err.schema.get("description"):
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
+        if err.validator == "type" and isinstance(err.instance, str) and _number_text(err.instance):
+            whole = "integer" in err.validator_value and float(err.instance).is_integer()
+            raise KdpipeError(  # YAML 1.1 reads a number without a dot in its mantissa (1e-3) as text
+                f"config {_path(err)}: {err.message}; YAML reads {err.instance} as text: "
+                f"write {int(float(err.instance)) if whole else _dotted(err.instance)}"
+            )
         raise KdpipeError(f"config {_path(err)}: {err.message}")
     _check_semantics(config)
     if check_pairs:

@@ -39,7 +39,9 @@ when no `--configfile` is given: a config you pass means exactly what it says pl
 below (the reference settings), never the demo's choices; `--config key=value` adds to either.
 It is validated against `kdpipe/config.schema.yaml` (JSON schema, defaults filled in) when the
 Snakefile is parsed; a bad key or value stops the workflow with one line such as
-`kdpipe: config train.epochs: -3 is less than the minimum of 1`.
+`kdpipe: config train.epochs: -3 is less than the minimum of 1`. A key given twice in one file is
+refused too. Where a key takes the words `on` and `off`, they may be written bare (YAML would read a
+bare `on` as true). YAML reads a number without a dot as text (`1e-3`): write `1.0e-3`.
 
 ```
 snakemake --profile profiles/local --configfile config/zoo.yaml

@@ -328,9 +328,8 @@ def import_options(config: dict, dataset: str, net: str, seed) -> dict:
 
 
 def _ft_shape(config: dict) -> dict:
-    bn = config["ft"]["bn"]
     return {
-        "ft_bn": {True: "on", False: "off"}.get(bn, bn),  # YAML reads a bare on/off as a boolean
+        "ft_bn": config["ft"]["bn"],
         "para_decoder_out": config["ft"]["paraphraser_decoder_out"],
     }
 

@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import cli, cli_in_process, write_cifar
 from kdpipe.config import load_config
@@ -221,6 +222,43 @@ def test_integer_keys_refuse_floats(config, message):
     with pytest.raises(KdpipeError) as err:
         load_config(config, check_pairs=False)
     assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: {lr: 1e-3}", "config train.lr: '1e-3' is not of type 'number'; YAML reads 1e-3 as text: write 1.0e-3"),
+        (
+            "train: {epochs: 2E2}",
+            "config train.epochs: '2E2' is not of type 'integer'; YAML reads 2E2 as text: write 200",
+        ),
+        (
+            "kd: {modes: [st], sweep: {st: {lr: [0.1, 5e-2]}}}",
+            "config kd.sweep.st.lr.1: '5e-2' is not of type 'number'; YAML reads 5e-2 as text: write 5.0e-2",
+        ),
+        ("train: {lr: fast}", "config train.lr: 'fast' is not of type 'number'"),
+    ],
+)
+def test_a_number_yaml_reads_as_text_is_refused_saying_how_to_write_it(text, message):
+    with pytest.raises(KdpipeError) as err:
+        load_config(yaml.safe_load(text), check_pairs=False)
+    assert str(err.value) == message
+
+
+def test_bare_on_and_off_are_the_words_where_a_key_takes_them():
+    """YAML 1.1 reads a bare on/off as a boolean: keys whose values are the words get the words back."""
+    text = (
+        "pairs: [{teacher: resnet20, student: resnet8, settings: {st: {logit_stand: on}}}]\n"
+        "kd: {modes: [st], settings: {st: {logit_stand: off}}, sweep: {st: {logit_stand: [off, on]}}}\n"
+        "ft: {enabled: true, bn: off}\nteacher_cache: on\nresources: {amp: off, seeds_together: on, cuda: 0}\n"
+    )
+    config = load_config(yaml.safe_load(text), check_pairs=False)
+    assert config["pairs"][0]["settings"] == {"st": {"logit_stand": "on"}}
+    assert config["kd"]["settings"] == {"st": {"logit_stand": "off"}}
+    assert config["kd"]["sweep"] == {"st": {"logit_stand": ["off", "on"]}}
+    assert (config["ft"]["bn"], config["teacher_cache"], config["resources"]["amp"]) == ("off", "on", "off")
+    assert config["resources"]["seeds_together"] is True and config["ft"]["enabled"] is True  # booleans stay
+    assert config["resources"]["cuda"] == 0  # a number in a choice that allows null stays the number
 
 
 # ---------------------------------------------------------------- 8. plan's files
