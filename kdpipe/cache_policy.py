@@ -5,6 +5,10 @@ A student reads a cache when its method reads nothing of the teacher but what a 
 ``cacheable()`` on the loss or objective class) and the policy (``teacher_cache``: on, off, auto)
 says the cache pays off. The rules' inputs, the jobs' log lines and ``cache_plan`` all read
 :func:`cache_policy`.
+
+The decision for a teacher is made from its unswept students alone; a sweep's students (``kd.sweep``,
+``crd.sweep``) read the cache where that decision builds one and the live teacher elsewhere, so adding,
+changing or removing a sweep never changes what an unswept run reads (its inputs, hence its results).
 """
 
 from __future__ import annotations
@@ -82,15 +86,17 @@ def _consumers(config: dict) -> dict[tuple[str, str, int], list[RunId]]:
 def cache_policy(config: dict) -> dict[tuple[str, str, int], tuple[bool, str, bool]]:
     """(dataset, teacher, teacher seed) -> (students read a cache, why, the cache stores embeddings),
     for every teacher with students that could; computed once per config (Snakemake asks for every
-    rule's inputs). A cache holds the pooled embeddings only where one of its students reads them:
+    rule's inputs). Only the unswept students count (a sweep's students follow their decision, see the
+    module's docstring). A cache holds the pooled embeddings only where one of its students reads them:
     logits alone take (K + 64) / K less room (ResNet-50's 2048-wide embeddings would dwarf them)."""
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _POLICIES:
         policy = {}
         for teacher, runs in sorted(_consumers(config).items()):
-            epochs = [training(config, _stage(r.rule), r.student)["epochs"] for r in runs]
-            use, why = _decide(config, teacher[0], list(zip([r.run_dir for r in runs], epochs)))
-            policy[teacher] = (use, why, any(reads_embedding(r.rule, r.method) for r in runs))
+            unswept = [r for r in runs if not r.sweep]  # a sweep varies the plain mode: its method reads the same
+            epochs = [training(config, _stage(r.rule), r.student)["epochs"] for r in unswept]
+            use, why = _decide(config, teacher[0], list(zip([r.run_dir for r in unswept], epochs)))
+            policy[teacher] = (use, why, any(reads_embedding(r.rule, r.method) for r in unswept))
         _POLICIES[key] = policy
     return _POLICIES[key]
 

@@ -9,7 +9,8 @@ grouped exactly as a finished one.
 A sweep (``kd.sweep``, ``crd.sweep``, ``ft.sweep``) adds, for every value of its grid, a run of the
 plain mode (crd, ft) with that ``sweep`` point: its own node (rule ``train_<entry>_sweep``) and run
 directory, ``.../kd-<mode>/<pair>/<key>~<value>/seed<s>`` (Snakemake's ``Paramspace`` naming); runs
-without one keep the paths and records they always had.
+without one keep the paths and records they always had.  A point's keys are in one order, by name
+(:func:`canonical_point`), wherever it is built, so the order a config lists them in changes no run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ SWEEP_KEY = r"[A-Za-z_][A-Za-z0-9_]*"  # an option name
 # the directory segment of a sweep point, '<key>~<value>' per swept key, '/'-joined (:func:`sweep_dir`)
 SWEEP_SEGMENT = rf"{SWEEP_KEY}~[^/~]+(/{SWEEP_KEY}~[^/~]+)*"
 
-SweepPoint = tuple[tuple[str, Any], ...]  # ((key, value), ...) in the config's key order
+SweepPoint = tuple[tuple[str, Any], ...]  # ((key, value), ...), keys ordered by name (canonical_point)
+
+
+def canonical_point(items) -> tuple:
+    """(key, value) pairs ordered by key name: a sweep point's identity, directory and grid order do not
+    depend on the order a config lists its keys in ({lr: .., p: ..} and {p: .., lr: ..} are one point)."""
+    return tuple(sorted(((key, value) for key, value in items), key=lambda item: item[0]))
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,10 @@ class RunId:
     run_dir: str
     generation: int | None = None  # born-again generation
     peers: tuple[str, ...] = field(default_factory=tuple)  # DML cohort, in role order (net1, net2, ...)
-    sweep: SweepPoint = ()  # the swept values of a kd.sweep run; () for every other run
+    sweep: SweepPoint = ()  # the swept values of a kd.sweep run, keys by name; () for every other run
+
+    def __post_init__(self):
+        object.__setattr__(self, "sweep", canonical_point(self.sweep))  # however the run was built
 
     @property
     def log(self) -> str:
@@ -86,22 +96,25 @@ def sweep_value_text(value) -> str:
 
 
 def sweep_dir(point: SweepPoint) -> str:
-    """The run-directory segment of a sweep point: 'lambda_kd~500', 'lambda_kd~500/p~2' for a grid."""
-    return "/".join(f"{key}~{sweep_value_text(value)}" for key, value in point)
+    """The run-directory segment of a sweep point: 'lambda_kd~500', 'lambda_kd~500/p~2' for a grid (keys by
+    name, whatever the point's order)."""
+    return "/".join(f"{key}~{sweep_value_text(value)}" for key, value in canonical_point(point))
 
 
 def sweep_points(config: dict, variant: str, section: str = "kd") -> list[SweepPoint]:
     """The grid of a variant's sweep -- ``kd.sweep.<mode>`` of a plain kd mode, ``crd.sweep`` of plain
-    crd, ``ft.sweep`` of ft: every combination of its keys' values (the cartesian product), in the
-    config's order of keys and values; [] when the variant is not swept."""
+    crd, ``ft.sweep`` of ft: every combination of its keys' values (the cartesian product), its keys
+    ordered by name (:func:`canonical_point`: the first name varies slowest), each key's values in the
+    config's order; [] when the variant is not swept."""
     if section == "kd":
         grid = config["kd"]["sweep"].get(variant, {})
     else:
         grid = config[section]["sweep"] if variant == section else {}
     if not grid:
         return []
-    keys = list(grid)
-    return [tuple(zip(keys, values)) for values in itertools.product(*(grid[key] for key in keys))]
+    axes = canonical_point(grid.items())  # (key, its values), keys by name
+    keys = [key for key, _ in axes]
+    return [tuple(zip(keys, values)) for values in itertools.product(*(values for _, values in axes))]
 
 
 def log_path(run_dir: str) -> str:

@@ -514,3 +514,67 @@ def test_an_unfinished_dml_run_counts_in_each_peers_cell(tmp_path):
     assert [(cell.at[peer, "n"], cell.at[peer, "not_ok"]) for peer in ("dml net1", "dml net2")] == [(1, 1), (1, 1)]
     stats = final_stats(frame, "cifar10", PAIR)
     assert [(stats.at[p, "count"], stats.at[p, "runs"]) for p in ("dml net1", "dml net2")] == [(1, 2), (1, 2)]
+
+
+def test_a_swept_rows_latex_label_writes_lambda_and_the_tex_is_ascii(tmp_path, monkeypatch):
+    """A lambda_kd sweep row is labelled 'at λ=250' (markdown); the .tex writes λ as $\\lambda$ (pdflatex stops on a
+    raw one), so the file is pure ASCII."""
+    from kdpipe.workflow import load_config
+
+    config = load_config(
+        {
+            "datasets": ["cifar10"],
+            "seeds": [0, 1],
+            "pairs": [{"teacher": "resnet110", "student": "resnet20"}],
+            "kd": {"modes": ["at"], "sweep": {"at": {"lambda_kd": [250, 1000]}}},
+        },
+        check_pairs=False,
+    )
+    runs = [run for run in plan(config) if run.student == "resnet20"]
+    monkeypatch.chdir(tmp_path)
+    best_of = {(): 93.0, (("lambda_kd", 250),): 93.4, (("lambda_kd", 1000),): 92.6}  # seed s: + s / 10
+    for run in runs:
+        entry, best = ("base", 92.0) if run.method == "baseline" else ("kd", best_of[run.sweep])
+        best += run.seed / 10
+        role = "net" if entry == "base" else "student"
+        roles = {role: _role(run.method, run.teacher, run.student, best, best - 0.1)}
+        _write_run(Path(run.run_dir), "cifar10", run.seed, entry, roles)
+    write_summary(runs, "results/summary.csv", teachers=["resnet110"])
+    _, md, _, tex = _write(tmp_path, rf.load_summary("results/summary.csv"), "cifar10", None)
+    mean = statistics.mean([93.4, 93.5])
+    std = statistics.stdev([93.4, 93.5])
+    assert f"| at \u03bb=250 | {mean:.2f} \u00b1 {std:.2f} |" in md
+    assert f"\nat $\\lambda$=250 & {mean:.2f} $\\pm$ {std:.2f} \\\\\n" in tex
+    assert "at $\\lambda$=1000 & " in tex and tex.isascii()
+
+
+def test_every_symbol_a_label_can_hold_has_a_latex_form():
+    """Labels are made of method and variant names and the swept keys (SWEEP_SYMBOLS) and values of every sweep;
+    each one goes into the .tex as ASCII, so no label can stop pdflatex."""
+    from kdpipe.config import sweep_keys
+    from kdpipe.losses import LOSSES
+    from kdpipe.options import SECTION_SETTINGS, SWEEP_SCHEDULE, find_option
+    from kdpipe.report.tables import tex_escape
+
+    swept = [("kd", key) for mode in LOSSES for key in sweep_keys(mode)]
+    swept += [(section, key) for section in SECTION_SETTINGS for key in (*SECTION_SETTINGS[section], *SWEEP_SCHEDULE)]
+    assert set(rf.SWEEP_SYMBOLS) <= {key for _, key in swept}  # every symbol is one that labels show
+    labels = []
+    for entry, key in dict.fromkeys(swept):
+        option = find_option(entry, key)
+        values = option._choices() if option.choices is not None else [0.5]
+        labels += [rf.method_label({"method": "at", "variant": "+st", "sweep": f"{key}={v}; lr=0.1"}) for v in values]
+    methods = [*LOSSES, "crd", "ft"]
+    labels += [rf.method_label({"method": m, "variant": v, "sweep": ""}) for m in methods for v in ("", "+st", "+dot")]
+    rows = [
+        ("baseline", "", "teacher", ""),
+        ("dml", "", "net2", ""),
+        ("bss", "born-again", "", "2"),
+        ("bss", "", "", ""),
+    ]
+    labels += [rf.method_label(dict(zip(("method", "variant", "role", "generation"), row))) for row in rows]
+    assert "at+st \u03bb=0.5, lr=0.1" in labels and "born-again gen2" in labels
+    for label in labels:
+        assert tex_escape(label).isascii(), label
+    for symbol in rf.SWEEP_SYMBOLS.values():
+        assert tex_escape(symbol).isascii() and tex_escape(symbol) != symbol, symbol

@@ -210,6 +210,115 @@ def test_adding_a_value_adds_only_its_nodes():
     assert all(new[k][0]["lambda_kd"] == 2000 and new[k][0]["kd_mode"] == "at" for k in added)
 
 
+# digits' augmentation has 25 views per image (a cache of resnet8w8 pays off beyond 25 live teacher passes)
+DIGITS_VIEWS = 25
+
+
+def cache_config(epochs: int, teacher_cache: str = "auto", sweep: bool = False) -> dict:
+    """README "Tuning"'s cache case: one st and one crd student of a teacher, with or without their sweeps."""
+    raw = {
+        "seeds": [0],
+        "pairs": [{"teacher": "resnet8w8", "student": "resnet8w8"}],
+        "train": {"epochs": epochs},
+        "data": {"train_subset": 64},
+        "teacher_cache": teacher_cache,
+        "kd": {"modes": ["st"], **({"sweep": {"st": {"T": [2, 4]}}} if sweep else {})},
+        "crd": {"enabled": True, **({"sweep": {"lambda_kd": [0.5]}} if sweep else {})},
+    }
+    return load_config(raw)
+
+
+def kd_crd_inputs(config: dict) -> dict:
+    """run dir -> the input files of every kd and crd student node (a sweep's included)."""
+    return {run_dir: inputs for run_dir, (_, inputs) in all_params(config).items() if inputs is not None}
+
+
+@pytest.mark.parametrize(
+    "epochs, teacher_cache, reads",
+    [
+        (10, "auto", False),  # 2 unswept students x 10 = 20 passes <= 25 views (the sweep's 3 would make it 50)
+        (13, "auto", True),  # 2 x 13 = 26 > 25: the unswept students read the cache, so the sweep's do too
+        (1, "on", True),
+        (200, "off", False),
+    ],
+)
+def test_a_sweep_follows_the_unswept_cache_decision(epochs, teacher_cache, reads):
+    """``teacher_cache: auto`` is decided from the unswept students alone: adding a sweep changes neither the
+    decision nor the inputs of the unswept runs (so their results stay finished), and the sweep's students read
+    the cache exactly where the unswept students do; ``on``/``off`` hold for every student."""
+    from kdpipe.workflow import cache_decision, cache_plan
+
+    assert (2 * epochs > DIGITS_VIEWS) == reads or teacher_cache != "auto"
+    plain, swept = cache_config(epochs, teacher_cache), cache_config(epochs, teacher_cache, sweep=True)
+    assert cache_plan(swept) == cache_plan(plain)
+    assert cache_decision(swept, "digits", "resnet8w8", 0) == cache_decision(plain, "digits", "resnet8w8", 0)
+    assert cache_decision(plain, "digits", "resnet8w8", 0)[0] is reads
+    before, after = kd_crd_inputs(plain), kd_crd_inputs(swept)
+    assert sorted(before) == [
+        "results/digits/crd/resnet8w8-resnet8w8/seed0",
+        "results/digits/kd-st/resnet8w8-resnet8w8/seed0",
+    ]
+    assert {k: after[k] for k in before} == before  # the plain runs read what they read without the sweep
+    added = sorted(set(after) - set(before))
+    assert added == [
+        "results/digits/crd/resnet8w8-resnet8w8/lambda_kd~0.5/seed0",
+        "results/digits/kd-st/resnet8w8-resnet8w8/T~2/seed0",
+        "results/digits/kd-st/resnet8w8-resnet8w8/T~4/seed0",
+    ]
+    cache = {"cache": "results/digits/cache/resnet8w8/seed0/cache.pt"}
+    cache["manifest"] = "results/digits/cache/resnet8w8/seed0/manifest.json"
+    expected = {"data": "results/digits/data/manifest.json", "teacher": "results/digits/base/resnet8w8/seed0/model.pt"}
+    for run_dir in [*before, *added]:
+        assert after[run_dir] == {**expected, **(cache if reads else {})}, run_dir
+
+
+def test_the_key_order_of_a_grid_changes_no_run():
+    """A sweep point's keys are ordered by name wherever it is built (kd, crd, ft sweeps): two configs that list
+    a grid's keys in other orders plan the same runs, records, directories, options, inputs and reports."""
+    from kdpipe.plan import sweep_dir
+    from kdpipe.workflow import report_targets
+
+    def config(reverse: bool) -> dict:
+        def grid(*items):
+            return dict(reversed(items) if reverse else items)
+
+        return load_config(
+            {
+                "seeds": [0, 1],
+                "pairs": copy.deepcopy(PAIRS),
+                "kd": {"modes": ["at"], "sweep": {"at": grid(("lr", [0.01, 0.05]), ("p", [4, 2]))}},
+                "crd": {"enabled": True, "sweep": grid(("nce_t", [0.1]), ("lambda_kd", [0.5, 0.8]))},
+                "ft": {"enabled": True, "sweep": grid(("lr", [0.01]), ("lambda_kd", [100]))},
+            }
+        )
+
+    first, second = config(False), config(True)
+    assert list(second["kd"]["sweep"]["at"]) == ["p", "lr"]  # the configs do differ in order
+    assert [r.record() for r in plan(first)] == [r.record() for r in plan(second)]
+    assert all_params(first) == all_params(second) and report_targets(first) == report_targets(second)
+    swept = [r for r in plan(second) if r.sweep and r.seed == 0]
+    assert [r.run_dir.split("resnet14-resnet8/")[1] for r in swept] == [
+        "lr~0.01/p~4/seed0",  # keys by name: lr varies slowest, each key's values in the config's order
+        "lr~0.01/p~2/seed0",
+        "lr~0.05/p~4/seed0",
+        "lr~0.05/p~2/seed0",
+        "lambda_kd~100/lr~0.01/seed0",  # ft, then crd: the plan's order of sections
+        "lambda_kd~0.5/nce_t~0.1/seed0",
+        "lambda_kd~0.8/nce_t~0.1/seed0",
+    ]
+    assert swept[0].sweep == (("lr", 0.01), ("p", 4)) and swept[0].run_dir.startswith("results/digits/kd-at/")
+    # built from any order, a point is the same identity and directory
+    assert RunId("train_kd_sweep", "digits", "at", "", "a", "b", 0, "d", sweep=(("p", 4), ("lr", 0.01))).sweep == (
+        ("lr", 0.01),
+        ("p", 4),
+    )
+    assert sweep_dir((("p", 4), ("lr", 0.01))) == "lr~0.01/p~4"
+    assert sweep_point(second, "at", "lr~0.01/p~4") == (("lr", 0.01), ("p", 4))
+    rows = summary_rows([run.record() for run in plan(second)])
+    assert [r["sweep"] for r in rows if r["sweep"]][:2] == ["lr=0.01; p=4", "lr=0.01; p=4"]  # seeds 0 and 1
+    assert rf.method_label({"method": "at", "variant": "", "sweep": "lr=0.01; p=4"}) == "at lr=0.01, p=4"
+
+
 def test_summary_rows_carry_the_sweep():
     config = config_with(sweep={"at": {"lambda_kd": [250, 1000]}})
     rows = summary_rows([run.record() for run in plan(config)])  # nothing ran: every row 'missing'
@@ -393,6 +502,37 @@ def test_sweep_plot_is_drawn(swept_frame, tmp_path):
     assert sweeps._axis_values(["kdzoo", "gradcam"])[1] == ["kdzoo", "gradcam"]
     missing = sweeps.plot_sweep(swept_frame, "digits", "resnet14-resnet8", "st", "lr", tmp_path / "none.png")
     assert missing.is_file()  # a placeholder, not an error
+
+
+def test_a_grid_listed_in_any_key_order_is_reported_by_key_name(tmp_path, monkeypatch):
+    """A grid written {lr: .., T: ..} is planned, labelled, tabled and plotted with its keys by name (T, lr),
+    one row per point, grouped under its pair and mode."""
+    monkeypatch.chdir(tmp_path)
+    grid = {"lr": [0.05, 0.1], "T": [2, 8]}
+    config = load_config(
+        {"seeds": [0, 1], "pairs": copy.deepcopy(PAIRS), "kd": {"modes": ["st"], "sweep": {"st": grid}}}
+    )
+    runs = [run for run in plan(config) if run.student == "resnet8"]
+    for run in runs:  # val = 80 + T + 10 lr + seed, test = val - 5: T=8, lr=0.1 is best
+        point = dict(run.sweep) or {"T": 4, "lr": 0.1}
+        val = 80 + point["T"] + 10 * point["lr"] + run.seed
+        _write_run(run, val, val - 5)
+    write_summary([run.record() for run in runs], "results/summary.csv", teachers=["resnet14"])
+    frame = rf.load_summary("results/summary.csv")
+    labels = list(dict.fromkeys(frame["label"]))
+    assert labels == ["baseline", "st", "st T=2, lr=0.05", "st T=2, lr=0.1", "st T=8, lr=0.05", "st T=8, lr=0.1"]
+    md, csv = tmp_path / "sweeps.md", tmp_path / "sweeps.csv"
+    stats = sweeps.write_sweep_tables(frame, "digits", md, csv)
+    assert list(stats["sweep"]) == ["T=2; lr=0.05", "T=2; lr=0.1", "T=8; lr=0.05", "T=8; lr=0.1"]
+    assert list(stats["best"]) == [False, False, False, True] and set(stats["n"]) == {2}
+    lines = md.read_text().splitlines()
+    assert "### resnet14 \u2192 resnet8: st, T, lr" in lines
+    assert lines[lines.index("### resnet14 \u2192 resnet8: st, T, lr") + 2].startswith("| T | lr | best-epoch val acc")
+    assert "| 8 | 0.1 | 89.50 \u00b1 0.71 | 84.50 \u00b1 0.71 | 83.50 \u00b1 0.71 | 2 | **best** |" in lines
+    for key in ("T", "lr"):
+        out = sweeps.plot_sweep(frame, "digits", "resnet14-resnet8", "st", key, tmp_path / f"sweep-st-{key}.png")
+        with Image.open(out) as image:
+            assert image.format == "PNG" and image.size[0] > 800
 
 
 def test_worked_example_merges_onto_the_default():

@@ -55,7 +55,8 @@ def _cell(rows: pd.DataFrame) -> dict:
 
 
 def sweep_stats(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """One row per (group, method, sweep point) of ``dataset``, in the summary's (the config's) order, with
+    """One row per (group, method, sweep point) of ``dataset``, in the summary's (the plan's) order: a grid's
+    keys by name, the first varying slowest, each key's values as the config lists them; with
     :data:`CSV_COLUMNS` and ``best`` (:func:`best_points`)."""
     rows = frame[(frame["dataset"] == dataset) & (frame["sweep"] != "")]
     rows = rows.assign(sweep_method=rows["method"] + rows["variant"])
@@ -71,8 +72,8 @@ def sweep_stats(frame: pd.DataFrame, dataset: str) -> pd.DataFrame:
 def best_points(stats: pd.DataFrame) -> pd.Series:
     """Per (group, method): True for the point chosen on validation -- the highest mean best-epoch
     validation accuracy over seeds; ties go to more finished seeds, then the lower validation std, then
-    the point listed first in the config.  Test accuracy plays no part: runs without a validation split
-    (``data.val_size: 0``) have no point chosen."""
+    the point first in the plan's order (:func:`sweep_stats`).  Test accuracy plays no part: runs without a
+    validation split (``data.val_size: 0``) have no point chosen."""
     best = pd.Series(False, index=stats.index)
     chosen = stats[(stats["n"] > 0) & np.isfinite(stats["val_mean"].astype(float))]
     for _, sweep in chosen.groupby(["group", "method"], sort=False):

@@ -384,10 +384,13 @@ _TEX_SPECIAL = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "+": "$+$",
+    # non-ASCII: pdflatex stops on a raw one; every symbol a label can hold (frame.SWEEP_SYMBOLS) has its form here
+    "\u03bb": r"$\lambda$",
 }
 
 
 def tex_escape(text: str) -> str:
+    """``text`` as LaTeX: its special characters escaped and its non-ASCII symbols in their LaTeX form."""
     return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
