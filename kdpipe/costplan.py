@@ -7,8 +7,9 @@ inputs (data manifests, teacher caches, FT paraphrasers: the same ``kdpipe.workf
 rules call) and the report targets of rule ``all``, so the counts equal ``snakemake -n``'s "Job stats".
 
 A training job's seconds are epochs x (train images x a step's seconds per image + validation and
-test images x an inference forward's), where a step's seconds per image come from the measured
-calibration table ``kdpipe/reference/step_costs.csv`` (written by ``bench/calibrate.py``):
+test images x an inference forward's): its training steps plus per-epoch evaluation, not process start or
+checkpoint writes (a run's ``train_time_s`` counts its training steps alone). A step's seconds per image
+come from the measured calibration table ``kdpipe/reference/step_costs.csv`` (written by ``bench/calibrate.py``):
 
     step = S(student) + (student_step(method) - 1) x E + teacher_passes(method) x S(teacher)
     E = student_share(method) x S(student) + (1 - student_share(method)) x S(resnet20)
@@ -20,6 +21,9 @@ passes. ``student_step`` is measured with resnet20 students (for them, step = st
 (measured on the CPU with a second student; a contrast memory's cost does not, a second backward through
 the student does). Values the device lacks are estimated from the CPU rows and flagged: a net's throughput as
 resnet20's on the device x the net's CPU step ratio, a method's ratios as measured on the CPU.
+No value is scaled for settings the rows were not measured with (another batch size, ``resources.amp``,
+``memory_format`` or ``threads``): the plan names each such setting under its table. The plan is the full
+grid; it says how many of its jobs already have their outputs, but does not replay Snakemake's rerun logic.
 Importing this module does not import torch (the config's checks do, when a plan is made).
 """
 
@@ -98,9 +102,9 @@ def _read(path: Path) -> list[dict]:
                 f"calibration {path}, line {i}: columns {', '.join(FIELDS)}; quantity one of {', '.join(QUANTITIES)}"
             )
         try:
-            r["value"], r["image_size"] = float(r["value"]), int(r["image_size"])
+            r["value"], r["image_size"], r["batch"] = float(r["value"]), int(r["image_size"]), int(r["batch"])
         except (TypeError, ValueError):  # a short row's missing cells are None
-            raise KdpipeError(f"calibration {path}, line {i}: value and image_size must be numbers") from None
+            raise KdpipeError(f"calibration {path}, line {i}: value, image_size and batch must be numbers") from None
     return rows
 
 
@@ -110,8 +114,10 @@ class Calibration:
 
     device: str
     rows: dict = field(default_factory=dict)  # (device, quantity, subject) -> row
-    estimates: dict = field(default_factory=dict)  # what -> how it was estimated
+    estimates: dict = field(default_factory=dict)  # what -> how it was estimated (this calibration's own)
     eager: "Calibration | None" = None  # the same GPU's eager rows (<device>-eager), for steps that are not graphs
+    used: set = field(default_factory=set)  # the keys of the rows a lookup read (shared with ``eager``)
+    trained_at: dict = field(default_factory=dict)  # batch size -> the runs whose steps were costed from these rows
 
     @classmethod
     def load(cls, device: str, path: str | Path | None = None) -> "Calibration":
@@ -122,11 +128,40 @@ class Calibration:
         by_key = {(r["device"], r["quantity"], r["subject"]): r for r in rows}
         cal = cls(device, by_key)
         if device + EAGER in devices:
-            cal.eager = cls(device + EAGER, by_key, cal.estimates)
+            cal.eager = cls(device + EAGER, by_key, used=cal.used)
         return cal
 
+    @property
+    def calibrations(self) -> list["Calibration"]:
+        """This device's calibration and its eager rows' (if any)."""
+        return [self] + ([self.eager] if self.eager is not None else [])
+
+    @property
+    def graphs(self) -> bool:
+        """Whether this device's rows are CUDA-graph steps: a GPU's graph rows come with its eager ones
+        (``<gpu>-eager``; bench/gpu.sh writes both), so a GPU without them measured eager steps, as before
+        CUDA graphs (the H100's rows)."""
+        return self.eager is not None
+
     def _row(self, device: str, quantity: str, subject: str) -> dict | None:
-        return self.rows.get((device, quantity, subject))
+        row = self.rows.get((device, quantity, subject))
+        if row is not None:
+            self.used.add((device, quantity, subject))
+        return row
+
+    def measured_batches(self) -> list[int]:
+        """The batch sizes of this device's rows a lookup read for training steps (all but inference)."""
+        return sorted({self.rows[k]["batch"] for k in self.used if k[0] == self.device and k[1] != "infer_img_s"})
+
+    def threads(self) -> int | None:
+        """The torch threads this device's rows were measured with, as bench/calibrate.py writes them into a
+        row's source (``(1 thread)``, on the CPU); None where the rows read do not say."""
+        found = {
+            int(m.group(1))
+            for k in self.used
+            if k[0] == self.device and (m := re.search(r"\((\d+) threads?\)", self.rows[k]["source"]))
+        }
+        return found.pop() if len(found) == 1 else None
 
     def _need(self, device: str, quantity: str, subject: str) -> dict:
         row = self._row(device, quantity, subject)
@@ -135,10 +170,11 @@ class Calibration:
         return row
 
     def sources(self) -> list[str]:
-        """(date: source) of the device's rows, and of the CPU's where something was estimated from them."""
-        devices = {self.device} | ({ESTIMATE_FROM} if self.estimates else set())
-        found = {(r["device"], r["date"], r["source"].split(" (")[0]) for k, r in self.rows.items() if k[0] in devices}
-        ordered = sorted(found, key=lambda f: (f[0] != self.device, f))
+        """(device date: source) of every row a lookup read: this device's, its eager rows' where steps were
+        costed from them, the CPU's where something was estimated from them."""
+        found = {(k[0], self.rows[k]["date"], self.rows[k]["source"].split(" (")[0]) for k in self.used}
+        order = [c.device for c in self.calibrations]
+        ordered = sorted(found, key=lambda f: (order.index(f[0]) if f[0] in order else len(order), f))
         return [f"{device} {date}: {source}" for device, date, source in ordered]
 
     def train_seconds(self, net: str, pixels: int) -> float:
@@ -229,6 +265,7 @@ class Calibration:
             m = TOGETHER.fullmatch(quantity)
             if device == self.device and subject == net and m:
                 measured[int(m.group(1))] = row["value"]
+                self.used.add((device, quantity, subject))
         if runs in measured:
             return measured[runs]
         if len(measured) == 1:
@@ -260,6 +297,16 @@ class Job:
     net: str = ""  # the teacher of a cache or paraphraser
     seed: int = 0  # its teacher seed
     runs: tuple = ()  # <rule>_seeds (resources.seeds_together): the seeds' runs it trains together
+    target: str = ""  # a report rule's first output
+
+    def output(self) -> list[str]:
+        """The files whose presence says the job has run: a run's ``run.json`` (each seed's, for <rule>_seeds),
+        another job's first output; none for rule ``all``."""
+        if self.runs or self.run is not None:
+            return [f"{run.run_dir}/run.json" for run in self.runs or (self.run,)]
+        if self.rule in REPORT_RULES:
+            return [self.target] if self.target else []
+        return [self.key]  # a data manifest, teacher cache or FT paraphraser: its first output
 
 
 _REPORT_JOBS = (  # report target -> (rule, the part of the path that is one job): the rules' outputs
@@ -304,7 +351,7 @@ def dag_jobs(config: dict) -> list[Job]:
         for pattern, rule in _REPORT_JOBS:
             m = pattern.fullmatch(target)
             if m:
-                add(Job(rule, m.group(1) if m.groups() else target))
+                add(Job(rule, m.group(1) if m.groups() else target, target=target))
                 break
         else:
             raise KdpipeError(f"plan: report target {target} has no rule here; add it to costplan._REPORT_JOBS")
@@ -359,6 +406,9 @@ def job_seconds(config: dict, job: Job, cal: Calibration, split: Split) -> float
 
     if cal.eager is not None and _eager_steps(config, job):
         return job_seconds(config, job, cal.eager, split)
+    trained = _trained(config, job)
+    if trained is not None and not job.runs:  # which rows a job's steps were costed from, at which batch
+        cal.trained_at.setdefault(trained[1]["batch_size"], []).append(job.key)
     if job.rule == "teacher_cache":
         return split.train * split.views * I(job.net)
     if job.runs:  # <rule>_seeds: alone, over the gain of that many runs of its (first) net side by side
@@ -423,10 +473,32 @@ def base_rule(rule: str) -> str:
 def _eager_steps(config: dict, job: Job) -> bool:
     """Whether a job's training steps run eagerly on a GPU (costed from its ``-eager`` rows): with
     ``resources.cuda_graphs: 0``, or for a run whose task does not replay its step with its options
-    (``Task.replays``: DOT, a kd mode that syncs the host)."""
-    if job.run is not None and _task(job.run.rule) is not None:
-        return not _captured(config, job.run)
-    return config["resources"]["cuda_graphs"] == 0
+    (``Task.replays``: DOT, a kd mode that syncs the host). A job that trains nothing (a teacher cache, an
+    imported teacher) runs no graphs either way: never switched; a <rule>_seeds job leaves it to each run."""
+    if job.runs:
+        return False
+    trained = _trained(config, job)
+    return trained is not None and not _replays(config, *trained)
+
+
+def _trained(config: dict, job: Job) -> tuple | None:
+    """(the Task class, its options) of a job that trains (a run, an FT paraphraser; a <rule>_seeds job's first
+    run's), None for one that trains nothing (a teacher cache, an imported teacher, a data manifest, a report)."""
+    from .options import entry_task
+    from .workflow import ft_paraphraser_options, run_options
+
+    run = job.run if job.run is not None else job.runs[0] if job.runs else None
+    if run is not None:
+        task = _task(run.rule)
+        return (task, run_options(config, run)) if task is not None else None
+    if job.rule != "ft_paraphraser":  # the one node besides the runs that trains (entry point ft_paraphraser)
+        return None
+    return entry_task(job.rule), ft_paraphraser_options(config, job.dataset, job.net, job.seed)
+
+
+def _replays(config: dict, task, opts: dict) -> bool:
+    """Whether a task's steps are CUDA graphs with these options (on a GPU): not with resources.cuda_graphs 0."""
+    return config["resources"]["cuda_graphs"] != 0 and task.replays(opts)
 
 
 def _task(rule: str):
@@ -443,7 +515,7 @@ def _captured(config: dict, run) -> bool:
     from .workflow import run_options
 
     task = _task(run.rule)
-    return config["resources"]["cuda_graphs"] != 0 and task is not None and task.replays(run_options(config, run))
+    return task is not None and _replays(config, task, run_options(config, run))
 
 
 def _cached(config: dict, run) -> bool:
@@ -455,38 +527,109 @@ def _cached(config: dict, run) -> bool:
 # ---------------------------------------------------------------- the entry point
 
 
-def cost_plan(config: dict, device: str, calibration: str | Path | None = None) -> dict:
-    """The plan of a validated config: jobs and device-hours by rule, the assumptions and the estimates."""
+def cost_plan(config: dict, device: str, calibration: str | Path | None = None, root: str | Path = ".") -> dict:
+    """The plan of a validated config: jobs and device-hours by rule, the assumptions and the estimates, the
+    settings the rows were not measured with, and how many jobs already have their outputs under ``root``
+    (Snakemake's working directory)."""
     from .workflow import rule_runtime
 
     cal = Calibration.load(device, calibration)
+    cpu = device_label("cpu")
+    if device != cpu and config["resources"]["cuda"] == 0:
+        raise KdpipeError(
+            f"device: got {device!r}, a GPU, but config resources.cuda is 0: its jobs train on the CPU; "
+            f"plan them with --device {cpu}"
+        )
     rules: dict[str, dict] = {}
     unknown: dict[str, int] = {}
+    done = {"jobs": 0, "hours": 0.0}
     splits = {d: dataset_split(config, d) for d in config["datasets"]}
     for job in dag_jobs(config):
         entry = rules.setdefault(job.rule, {"jobs": 0, "hours": 0.0, "longest_h": 0.0})
         entry["jobs"] += 1
+        outputs = job.output()
+        finished = bool(outputs) and all(Path(root, path).exists() for path in outputs)
+        done["jobs"] += finished
         split = splits.get(job.dataset)
         if job.rule in ("data_manifest", *REPORT_RULES):
             continue
         entry["runtime_min"] = rule_runtime(job.rule)
+        entry["resumes"] = _trained(config, job) is not None  # a killed training job resumes from its checkpoint
         if split is None:
             unknown[job.dataset] = unknown.get(job.dataset, 0) + 1
             continue
         hours = job_seconds(config, job, cal, split) / 3600
         entry["hours"] += hours
         entry["longest_h"] = max(entry["longest_h"], hours)
+        done["hours"] += hours if finished else 0.0
     return {
         "device": device,
+        "engine": _engine(config, cal),
         "rules": rules,
         "jobs": sum(r["jobs"] for r in rules.values()),
         "hours": sum(r["hours"] for r in rules.values()),
+        "done": done,
         "images": {d: asdict(s) for d, s in splits.items() if s is not None},
+        "measured_otherwise": measured_otherwise(config, cal),
         "sources": cal.sources(),
-        "estimated": dict(sorted(cal.estimates.items())),
+        "estimated": {c.device: dict(sorted(c.estimates.items())) for c in cal.calibrations if c.estimates},
         "unknown": unknown,
         "seeds_together": bool(config["resources"]["seeds_together"]),
     }
+
+
+def _engine(config: dict, cal: Calibration) -> str:
+    """What the device's rows measured, for the plan's first line."""
+    if cal.device == device_label("cpu"):
+        return "today's engine"
+    if not cal.graphs:
+        return "eager steps"
+    if config["resources"]["cuda_graphs"] == 0:
+        return "eager steps (resources.cuda_graphs: 0)"
+    return "today's engine"
+
+
+def measured_otherwise(config: dict, cal: Calibration) -> list[str]:
+    """The config's settings that the rows its jobs were costed from were not measured with, one line each: the
+    plan does not scale for them (no measurements to scale by). Call after the jobs were costed (the rows read
+    and the batches trained are recorded then). bench/calibrate.py measures each device with kdpipe's defaults
+    of memory_format and amp, at its batch (the rows' ``batch``), with ``--threads`` on the CPU (their source)."""
+    from .options import find_option
+
+    notes = []
+    for c in cal.calibrations:
+        measured = c.measured_batches()
+        other = {batch: len(runs) for batch, runs in sorted(c.trained_at.items()) if batch not in measured}
+        if measured and other:
+            at = ", ".join(f"{batch} ({n} {'runs' if n > 1 else 'run'})" for batch, n in other.items())
+            notes.append(
+                f"batch: the {c.device} steps were measured at batch {', '.join(map(str, measured))}; this config "
+                f"trains at batch {at}: per-image cost may differ (not scaled)"
+            )
+    resources, gpu = config["resources"], cal.device != device_label("cpu")
+
+    def layout(value: str) -> str:  # as kdpipe.engine.Context resolves memory_format
+        return "channels_last" if value == "channels_last" or (value == "auto" and gpu) else "contiguous (NCHW)"
+
+    def autocast(value: str) -> str:  # as kdpipe.engine.Context resolves amp
+        return "bf16 autocast" if gpu and value != "off" else "float32"
+
+    for name, resolve in (("memory_format", layout), ("amp", autocast)):
+        default, value = find_option("base", name).default, resources[name]
+        if resolve(value) != resolve(default):
+            notes.append(
+                f"{name}: the {cal.device} rows measured {resolve(default)} steps (kdpipe's default there); "
+                f"resources.{name} {value} trains {resolve(value)} steps: per-image cost may differ (not scaled)"
+            )
+    threads = cal.threads()
+    if not gpu and threads is not None and resources["threads"] != threads:
+        notes.append(
+            f"threads: the {cal.device} rows are {threads}-thread steps and the hours here {threads}-thread hours; "
+            f"resources.threads {resources['threads']}: a job's wall time may be shorter (not scaled)"
+        )
+    if not gpu and resources["cuda"] == 1:
+        notes.append(f"cuda: resources.cuda 1 trains on a GPU, not the {cal.device}: plan it with --device <gpu>")
+    return notes
 
 
 def _hours(hours: float) -> str:
@@ -504,8 +647,8 @@ def over_time_limit(record: dict) -> dict[str, tuple[float, int]]:
 
 
 def format_plan(record: dict, configfile: str = "") -> str:
-    unit = "CPU-hours" if record["device"] == "cpu" else "GPU-hours"
-    lines = [f"kdpipe plan{' of ' + configfile if configfile else ''} on {record['device']}, today's engine"]
+    unit = "CPU-hours" if record["device"] == device_label("cpu") else "GPU-hours"
+    lines = [f"kdpipe plan{' of ' + configfile if configfile else ''} on {record['device']}, {record['engine']}"]
     lines.append(f"{'rule':<16}{'jobs':>6}{unit:>12}{'longest job':>13}{'SLURM -t':>10}")
     for rule, r in record["rules"].items():
         if rule in ("data_manifest", *REPORT_RULES):
@@ -516,21 +659,39 @@ def format_plan(record: dict, configfile: str = "") -> str:
     lines.append(f"{'total':<16}{record['jobs']:>6}{_hours(record['hours']):>12}")
     for rule, (hours, minutes) in over_time_limit(record).items():
         enough = math.ceil(hours * 1.25) * 60  # a quarter to spare, whole hours
+        retried = (
+            "resumes from its last epoch checkpoint"
+            if record["rules"][rule].get("resumes")
+            else "starts again from scratch, keeping no checkpoint,"
+        )
         lines.append(
             f"over its time limit: {rule}'s longest job, {_hours(hours)} h, > the {minutes / 60:g} h its SLURM job "
-            f"asks for: ask for more, --set-resources {rule}:runtime={enough} (a job killed at its limit resumes "
-            "from its last epoch checkpoint when Snakemake retries it: profiles/slurm retries)"
+            f"asks for: ask for more, --set-resources {rule}:runtime={enough} (a job killed at its limit {retried} "
+            "when Snakemake retries it: profiles/slurm retries)"
         )
     images = ", ".join(
         f"{d} {s['train']:,} train + {s['val']:,} val + {s['test']:,} test images" for d, s in record["images"].items()
     )
-    lines.append(f"assumes: one {record['device']} per job, every job still to run; {images}")
+    lines.append(
+        f"assumes: one {record['device']} per job, its training steps plus per-epoch evaluation (not process start, "
+        f"checkpoint writes); {images}"
+    )
+    done = record["done"]
+    lines.append(
+        f"the full grid: {done['jobs']} of its {record['jobs']} jobs already "
+        f"{'has its' if done['jobs'] == 1 else 'have their'} outputs in this directory (a run's "
+        f"run.json, another job's first output; {_hours(done['hours'])} {unit} of the total); `snakemake -n` "
+        "lists what is left to run"
+        if done["jobs"]
+        else f"the full grid: none of its {record['jobs']} jobs has its outputs in this directory yet"
+    )
     if record["seeds_together"]:
         lines.append("resources.seeds_together: the seeds of a run train together in one job (<rule>_seeds)")
+    lines += [f"measured otherwise: {note}" for note in record["measured_otherwise"]]
     lines += [f"calibration {src}" for src in record["sources"]]
-    if record["estimated"]:
-        lines.append(f"estimated (not measured on {record['device']}):")
-        lines += [f"  {what}: {how}" for what, how in record["estimated"].items()]
+    for device, estimated in record["estimated"].items():
+        lines.append(f"estimated (not measured on {device}):")
+        lines += [f"  {what}: {how}" for what, how in estimated.items()]
     for dataset, n in record["unknown"].items():
         lines.append(f"not costed: {n} jobs of {dataset} (an image folder: its size is known once its manifest is)")
     return "\n".join(lines)

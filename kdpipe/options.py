@@ -1040,6 +1040,12 @@ class _ListWords(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
+    """The command line's parser and each entry's: a flag is taken only as spelled in full (a prefix of one, such
+    as Snakemake's ``--config`` of ``plan``'s ``--configfile``, is an unknown argument); errors in one line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message}\n")
 

@@ -66,7 +66,7 @@ def write_table(path, rows=ROWS):
         writer = csv.writer(f)
         writer.writerow(FIELDS)
         for device, quantity, subject, value, size in rows:
-            writer.writerow([device, quantity, subject, value, size, 32, "test", "2026-11-27"])
+            writer.writerow([device, quantity, subject, value, size, 32, f"test {device}", "2026-11-27"])
     return path
 
 
@@ -106,7 +106,8 @@ def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
         "group_plots": 1,
         "all": 1,
     }
-    assert set(record["estimated"]) == {
+    assert set(record["estimated"]) == {"gpu"}  # by the calibration the jobs were costed from
+    assert set(record["estimated"]["gpu"]) == {
         "net resnet14",
         "inference of resnet8",
         "inference of resnet14",
@@ -114,9 +115,9 @@ def test_hours_equal_a_hand_computation_and_estimates_are_flagged(tmp_path):
         "student_share st",  # no shares in this table: a method's extra cost scales with the student
         "student_share at",
     }
-    assert "costed as st" in record["estimated"]["method at"]
-    assert "calibrated nowhere" in record["estimated"]["student_share at"]
-    assert "cpu step ratio" in record["estimated"]["net resnet14"]
+    assert "costed as st" in record["estimated"]["gpu"]["method at"]
+    assert "calibrated nowhere" in record["estimated"]["gpu"]["student_share at"]
+    assert "cpu step ratio" in record["estimated"]["gpu"]["net resnet14"]
 
 
 @pytest.mark.parametrize(
@@ -163,8 +164,8 @@ def test_methods_beyond_resnet20_students_cost_their_fixed_and_proportional_part
         teacher_test = test * s8 * (i20 / s20)  # the teacher's accuracy: resnet8's inference, as estimated
         kd = 2 * (train * st + inference) + 2 * (train * at + teacher + inference) + 2 * teacher_test
         assert record["rules"]["train_kd"]["hours"] * 3600 == pytest.approx(kd, rel=1e-9)
-        assert ("student_share" in record["estimated"]) == (student == "resnet56")
-    assert "cpu's" in record["estimated"]["student_share"]
+        assert ("student_share" in record["estimated"].get("gpu", {})) == (student == "resnet56")
+    assert "cpu's" in record["estimated"]["gpu"]["student_share"]
 
 
 def test_student_share_is_the_inverse_of_the_plans_step(tmp_path):
@@ -331,7 +332,7 @@ def test_seeds_together_and_eager_steps_on_a_graph_device(tmp_path):
     assert alone["rules"]["train_kd"]["hours"] * 3600 == pytest.approx(3 * st + 3 * kdsvd, rel=1e-9)
     factor = 1.5 + (3 - 2) / (4 - 2) * (2.5 - 1.5)  # 3 seeds: between the measured 2 and 4 runs
     assert together["rules"]["train_kd_seeds"]["hours"] * 3600 == pytest.approx(3 * st / factor + 3 * kdsvd, rel=1e-9)
-    assert together["estimated"]["3 runs of resnet8 together"] == "interpolated between 2 and 4 runs"
+    assert together["estimated"]["gpu"]["3 runs of resnet8 together"] == "interpolated between 2 and 4 runs"
     assert "seeds of a run train together" in kdpipe.costplan.format_plan(together)
     grid = {  # every other rule that trains a seed per job has its <rule>_seeds too
         **CONFIG,
@@ -453,7 +454,7 @@ def test_plan_merges_several_config_files_as_snakemake_does(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (
         out.stdout.splitlines()[0]
-        == f"kdpipe plan of config/paper.yaml + {tmp_path / 'short.yaml'} on h100, today's engine"
+        == f"kdpipe plan of config/paper.yaml + {tmp_path / 'short.yaml'} on h100, eager steps"
     )
     raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     raw["train"]["epochs"] = 100  # the rest of paper.yaml's train group stays
@@ -462,3 +463,185 @@ def test_plan_merges_several_config_files_as_snakemake_does(tmp_path):
     )
     assert out.stdout.strip() == expected
     assert expected != format_plan(_plan("paper", "h100", False), f"config/paper.yaml + {tmp_path / 'short.yaml'}")
+
+
+# ---------------------------------------------------------------- what the printed plan says about its figures
+
+
+def _notes(record) -> list[str]:
+    return [
+        line.removeprefix("measured otherwise: ") for line in format_plan(record).splitlines() if "otherwise" in line
+    ]
+
+
+def test_a_batch_size_the_steps_were_not_measured_at_is_named_not_scaled(tmp_path):
+    """The rows' ``batch`` column against each costed run's batch size (a section's override included): named under
+    the table with both batches, per calibration (graph and eager rows apart), the hours unchanged."""
+    table = write_table(tmp_path / "cal.csv", ROWS + EAGER_ROWS)  # every row measured at batch 32
+    kd = {"modes": ["st", "kdsvd"]}  # kdsvd's steps are eager: costed from the gpu-eager rows
+    same = cost_plan(load_config({**CONFIG, "kd": kd, "train": {"epochs": 2, "batch_size": 32}}), "gpu", table)
+    assert same["measured_otherwise"] == [] and _notes(same) == []
+    config = {**CONFIG, "kd": {**kd, "train": {"batch_size": 16}}, "train": {"epochs": 2, "batch_size": 64}}
+    other = cost_plan(load_config(config), "gpu", table)
+    assert _notes(other) == [
+        "batch: the gpu steps were measured at batch 32; this config trains at batch 16 (1 run), 64 (3 runs): "
+        "per-image cost may differ (not scaled)",  # st at 16, the three base runs at 64
+        "batch: the gpu-eager steps were measured at batch 32; this config trains at batch 16 (1 run): "
+        "per-image cost may differ (not scaled)",  # kdsvd
+    ]
+    assert other["hours"] == pytest.approx(same["hours"], rel=1e-12)  # no scaling law invented
+
+
+def test_cuda_0_is_refused_on_a_gpu_and_precision_layout_threads_are_named(tmp_path):
+    """resources.cuda 0 trains on the CPU: planned on a GPU it is refused in one line; amp, memory_format and
+    threads that differ from what the rows measured (kdpipe's defaults on that device; the CPU rows' threads
+    from their source) are named under the table."""
+    (tmp_path / "cpu_only.yaml").write_text("resources: {cuda: 0}\n")
+    out = cli_in_process("plan", "--configfile", "config/config.yaml", tmp_path / "cpu_only.yaml", "--device", "h200")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "kdpipe plan: error: device: got 'h200', a GPU, but config resources.cuda is 0: its jobs train on the CPU; "
+        "plan them with --device cpu"
+    ]
+
+    def notes(device, **resources):  # the shipped table's; its batches are the other test's
+        noted = cost_plan(load_config({**CONFIG, "resources": resources}), device)["measured_otherwise"]
+        return [note for note in noted if not note.startswith("batch:")]
+
+    assert notes("cpu", cuda=0) == [] == notes("cpu", memory_format="contiguous", threads=1)
+    assert notes("h200", memory_format="channels_last") == [] == notes("h200", cuda=1, threads=8)
+    assert notes("h200", amp="off") == [
+        "amp: the h200 rows measured bf16 autocast steps (kdpipe's default there); resources.amp off trains float32 "
+        "steps: per-image cost may differ (not scaled)"
+    ]
+    assert notes("cpu", amp="off") == []  # float32 on the CPU either way
+    assert notes("h100", memory_format="contiguous") == [
+        "memory_format: the h100 rows measured channels_last steps (kdpipe's default there); "
+        "resources.memory_format contiguous trains contiguous (NCHW) steps: per-image cost may differ (not scaled)"
+    ]
+    assert [n.split(":")[0] for n in notes("cpu", memory_format="channels_last", threads=8, cuda=1)] == [
+        "memory_format",
+        "threads",
+        "cuda",
+    ]
+    assert notes("cpu", threads=8)[0] == (
+        "threads: the cpu rows are 1-thread steps and the hours here 1-thread hours; resources.threads 8: "
+        "a job's wall time may be shorter (not scaled)"
+    )
+
+
+def test_the_first_line_says_which_engine_the_rows_measured(tmp_path):
+    """A GPU's graph rows come with its -eager rows: without them (the H100's) or on the -eager rows themselves the
+    plan says it costs eager steps, as it does for a config that turns the graphs off."""
+    old = [("old", *row[1:]) for row in ROWS if row[0] == "gpu"]  # a GPU measured without its -eager rows
+    table = write_table(tmp_path / "cal.csv", ROWS + EAGER_ROWS + old)
+
+    def first(device, shipped=False, **resources):
+        record = cost_plan(load_config({**CONFIG, "resources": resources}), device, None if shipped else table)
+        return format_plan(record, "c.yaml").splitlines()[0]
+
+    assert first("gpu") == "kdpipe plan of c.yaml on gpu, today's engine"
+    assert first("gpu", cuda_graphs=0) == "kdpipe plan of c.yaml on gpu, eager steps (resources.cuda_graphs: 0)"
+    assert first("gpu-eager") == "kdpipe plan of c.yaml on gpu-eager, eager steps"
+    assert first("old") == "kdpipe plan of c.yaml on old, eager steps"  # a GPU without -eager rows
+    assert first("cpu", shipped=True) == "kdpipe plan of c.yaml on cpu, today's engine"
+    out = cli_in_process("plan", "--configfile", "config/config.yaml", "--device", "h100")
+    assert out.stdout.splitlines()[0] == "kdpipe plan of config/config.yaml on h100, eager steps"
+
+
+def test_the_plan_is_the_full_grid_and_counts_the_jobs_whose_outputs_exist(tmp_path):
+    """Every job is planned whatever has run; the notes say how many already have their outputs (a run's run.json,
+    another job's first output) and their hours, and what the hours include."""
+    table = write_table(tmp_path / "cal.csv")
+    config = load_config({**CONFIG})
+    fresh = cost_plan(config, "gpu", table, root=tmp_path)
+    lines = format_plan(fresh).splitlines()
+    assert "the full grid: none of its 12 jobs has its outputs in this directory yet" in lines
+    assert lines[lines.index(next(line for line in lines if line.startswith("total"))) + 1].startswith(
+        "assumes: one gpu per job, its training steps plus per-epoch evaluation (not process start, checkpoint "
+        "writes); digits 100 train + 20 val + 359 test images"
+    )
+    from kdpipe.costplan import dag_jobs
+
+    jobs = {job.rule: job for job in dag_jobs(config)}
+    base = next(job for job in dag_jobs(config) if job.rule == "train_base" and job.run.student == "resnet20")
+    for path in (f"{base.run.run_dir}/run.json", jobs["teacher_cache"].key, "results/summary.csv"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    (tmp_path / jobs["train_kd"].run.run_dir).mkdir(parents=True)  # a run dir without its run.json: not done
+    (tmp_path / jobs["train_kd"].run.run_dir / "model.pt").write_text("")
+    partial = cost_plan(config, "gpu", table, root=tmp_path)
+    assert partial["jobs"] == fresh["jobs"] == 12 and partial["hours"] == fresh["hours"]  # still the full grid
+    assert partial["done"]["jobs"] == 3
+    resnet20 = 2 * (100 * (1 / 1000) + (20 + 359) / 5000)  # as the hand computation above
+    cache = 100 * 25 / 5000
+    assert partial["done"]["hours"] * 3600 == pytest.approx(resnet20 + cache, rel=1e-9)
+    assert (
+        "the full grid: 3 of its 12 jobs already have their outputs in this directory (a run's run.json, another "
+        f"job's first output; {_hours(partial['done']['hours'])} GPU-hours of the total); `snakemake -n` lists "
+        "what is left to run"
+    ) in format_plan(partial).splitlines()
+
+
+def test_sources_and_estimates_are_those_of_each_calibration_used(tmp_path):
+    """The graph and eager rows keep their own estimates (the device in the key), and the sources name the rows
+    of every calibration a job was costed from: the eager ones only where a job's steps stayed eager."""
+    eager = [r for r in EAGER_ROWS if r[2] != "resnet8"]  # resnet8 measured as graphs only
+    table = write_table(tmp_path / "cal.csv", ROWS + eager + [("cpu", "train_img_s", "resnet8", 400, 16)])
+    graphs = cost_plan(load_config({**CONFIG, "kd": {"modes": ["st"]}}), "gpu", table)
+    assert [s for s in graphs["sources"] if s.startswith("gpu")] == ["gpu 2026-11-27: test gpu"]
+    assert "gpu-eager" not in graphs["estimated"] and "net resnet8" not in graphs["estimated"]["gpu"]
+    mixed = cost_plan(load_config({**CONFIG, "kd": {"modes": ["st", "kdsvd"]}}), "gpu", table)
+    assert mixed["sources"] == [
+        "gpu 2026-11-27: test gpu",
+        "gpu-eager 2026-11-27: test gpu-eager",
+        "cpu 2026-11-27: test cpu",
+    ]
+    assert "net resnet8" not in mixed["estimated"]["gpu"]  # st's student: measured there
+    assert mixed["estimated"]["gpu-eager"]["net resnet8"] == "resnet20's gpu-eager throughput x its cpu step ratio"
+    printed = format_plan(mixed).splitlines()
+    at = printed.index("estimated (not measured on gpu-eager):")
+    assert "  net resnet8: resnet20's gpu-eager throughput x its cpu step ratio" in printed[at:]
+    assert "calibration gpu-eager 2026-11-27: test gpu-eager" in printed
+
+
+def test_a_teacher_cache_runs_no_graphs_and_restarts_when_killed(tmp_path):
+    """resources.cuda_graphs moves the training jobs to the eager rows, never a teacher cache (inference, no
+    training steps); over its time limit, a cache build is said to start again, a training job to resume."""
+    eager = [(d, q, s, 1000 if q == "infer_img_s" else v, px) for d, q, s, v, px in EAGER_ROWS]  # 5x slower inference
+    table = write_table(tmp_path / "cal.csv", ROWS + eager)
+    grid = {**CONFIG, "ft": {"enabled": True}}
+    on = cost_plan(load_config(grid), "gpu", table)["rules"]
+    off = cost_plan(load_config({**grid, "resources": {"cuda_graphs": 0}}), "gpu", table)["rules"]
+    cache = 100 * 25 / 5000  # the graph device's inference rows: digits' 25 views of 100 training images
+    assert off["teacher_cache"]["hours"] * 3600 == pytest.approx(cache, rel=1e-12)
+    assert on["teacher_cache"]["hours"] == off["teacher_cache"]["hours"]
+    assert off["ft_paraphraser"]["hours"] > on["ft_paraphraser"]["hours"]  # it trains: its steps are graphs or not
+    slow = [(d, q, s, v / 100_000 if q.endswith("img_s") else v, px) for d, q, s, v, px in ROWS]
+    record = cost_plan(load_config({**CONFIG, "train": {"epochs": 30}}), "gpu", write_table(tmp_path / "s.csv", slow))
+    over = {line.split("'")[0].removeprefix("over its time limit: "): line for line in format_plan(record).splitlines()}
+    assert set(over) >= {"train_base", "teacher_cache"}
+    assert "(a job killed at its limit resumes from its last epoch checkpoint when Snakemake" in over["train_base"]
+    assert over["teacher_cache"].endswith(
+        "(a job killed at its limit starts again from scratch, keeping no checkpoint, when Snakemake retries it: "
+        "profiles/slurm retries)"
+    )
+
+
+def test_a_flag_is_taken_only_as_spelled_in_full():
+    """Every subcommand's parser refuses a prefix of a flag (allow_abbrev=False): Snakemake's --config is not
+    kdpipe's --configfile, and is refused in one line."""
+    from kdpipe.cli import make_parser
+    from kdpipe.options import ENTRIES, options_for
+
+    out = cli_in_process("plan", "--configfile", "config/config.yaml", "--config", "seeds=[0]")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == ["python -m kdpipe: error: unrecognized arguments: --config seeds=[0]"]
+    parser = make_parser("kdpipe")
+    for entry in ENTRIES:
+        names = [opt.name for opt in options_for(entry)]
+        name = max(names, key=len)
+        assert name[:-1] not in names
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([entry, f"--{name[:-1]}", "1"])
+        assert stop.value.code == 2, entry
