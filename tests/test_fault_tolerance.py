@@ -145,8 +145,10 @@ def test_truncated_teacher_is_a_clear_error(tmp_path):
 
 
 def test_second_invocation_is_refused_by_the_lock(tmp_path):
+    # the first run trains long enough (about 30 s on 2 cores) to still hold the lock when the second, which
+    # takes seconds to start and plan, asks for it: with 3 epochs it had finished, and the second found nothing to do
     config = tmp_path / "c.yaml"
-    config.write_text("base: {nets: [resnet8]}\ndata: {train_subset: 160}\ntrain: {epochs: 3, batch_size: 16}\n")
+    config.write_text("base: {nets: [resnet8]}\ndata: {train_subset: 160}\ntrain: {epochs: 60, batch_size: 16}\n")
     first = subprocess.Popen(
         snakemake_cmd(tmp_path, config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
