@@ -12,8 +12,8 @@ from .plan import plan, teacher_seed
 
 
 def write_data_manifest(opts: dict, path: str | Path) -> dict:
-    """Load the dataset as the runs will and write its manifest (content hashes, classes, split; ``files``, the
-    data files' sizes and times as :func:`kdpipe.workflow.files_stamp`, where there are files)."""
+    """Load the dataset as the runs will and write its manifest (content hashes, classes, split), and beside it
+    ``files.json``: the data files' stamp and content digest (:func:`kdpipe.workflow.outdated_manifests`)."""
     from .checkpoint import atomic_write_json
     from .data import load_data
     from .workflow import files_of, files_stamp
@@ -21,8 +21,11 @@ def write_data_manifest(opts: dict, path: str | Path) -> dict:
     data = load_data(**opts)
     manifest = {**data.describe(), "options": {k: v for k, v in opts.items() if k not in ("img_root", "download")}}
     files = files_of(opts["data_name"], opts["img_root"])  # read after loading: a download has written them
+    record = Path(path).parent / "files.json"
     if files:
-        manifest["files"] = files_stamp(files)
+        atomic_write_json(record, {"stamp": files_stamp(files), "content": files_stamp(files, content=True)})
+    else:
+        record.unlink(missing_ok=True)
     atomic_write_json(Path(path), manifest)
     return manifest
 

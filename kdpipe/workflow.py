@@ -123,41 +123,64 @@ def files_of(name: str, img_root: str) -> list[str]:
     return [f for f in files if Path(f).is_file()]
 
 
-def files_stamp(files) -> str:
-    """What Snakemake's times cannot see: a digest of each data file's path, size and modification time, which the
-    data node's manifest records (``files``)."""
+def files_stamp(files, content: bool = False) -> str:
+    """A digest of data files: of each one's path, size and modification time (what a look at the directory
+    sees), or with ``content`` of their bytes."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in sorted(map(str, files)):
-        stat = Path(name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        if content:
+            digest.update(f"{name}\0".encode())
+            with open(name, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            stat = Path(name).stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
+def files_record_path(dataset: str) -> Path:
+    """Beside the data node's manifest, neither an input nor an output of any rule: the stamp and content digest
+    of the files the manifest was made from (:func:`outdated_manifests`)."""
+    return Path(data_manifest_path(dataset)).parent / "files.json"
+
+
 def outdated_manifests(config: dict) -> list[str]:
-    """Make the data node run again where its files changed but none is newer than its manifest (replaced by
-    ``cp -p``, ``rsync -a`` or an unpacked archive, which keep older times): Snakemake, comparing times, would
-    keep the manifest and the runs of the old data.  The manifest's time is set back, so Snakemake sees newer
-    inputs and re-makes it, and the runs of that data after it.  Returns a line for each manifest set back."""
+    """Make the data nodes again that Snakemake, comparing times, would keep: their files' content changed but
+    none is newer than the manifest (replaced by ``cp -p``, ``rsync -a`` or an unpacked archive, which keep
+    older times), so the manifest and the runs of the old data would stand.  The manifest's time is set back
+    below its files' (its content stays), also in a dry run, which then shows what a run will make: the
+    manifest, and the runs of its data after it.  Files whose times alone changed are recorded as they are now
+    (``files.json``, which no rule reads), and nothing runs again.  Returns a line for each manifest set back."""
     import json
     import os
 
     lines = []
     for dataset in config["datasets"]:
-        manifest, files = Path(data_manifest_path(dataset)), data_files(config, dataset)
+        manifest, record_path = Path(data_manifest_path(dataset)), files_record_path(dataset)
+        files = data_files(config, dataset)
         try:
-            recorded = json.loads(manifest.read_text()).get("files")
-        except (OSError, ValueError, AttributeError):
-            continue  # none yet, or damaged: Snakemake and the data node deal with it
-        if not files or recorded is None or recorded == files_stamp(files):
+            record = json.loads(record_path.read_text())
+            made = manifest.stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue  # none yet (or an older kdpipe's manifest): Snakemake and each run's own check serve
+        if not files or not isinstance(record, dict) or record.get("stamp") == files_stamp(files):
             continue
-        if max(Path(f).stat().st_mtime_ns for f in files) > manifest.stat().st_mtime_ns:
-            continue  # Snakemake sees this change itself
-        os.utime(manifest, ns=(0, 0))
+        times = [Path(f).stat().st_mtime_ns for f in files]
+        if max(times) > made:
+            continue  # Snakemake sees this change itself (and the data node writes a new record)
+        if record.get("content") == files_stamp(files, content=True):  # the same bytes with other times
+            fresh = record_path.with_name(f".{record_path.name}.{os.getpid()}")
+            fresh.write_text(json.dumps({**record, "stamp": files_stamp(files)}, indent=2) + "\n")
+            os.replace(fresh, record_path)
+            continue
+        older = max(1, min(times) - 10**9)  # a time Snakemake takes for one (0 it reads as none)
+        os.utime(manifest, ns=(older, older))
         lines.append(
             f"the data files of {dataset} changed since {manifest} was made (their times are older than it): "
-            "it is made again, and the runs of those data after it"
+            "its time is set back below theirs, so that it is made again, and the runs of those data after it"
         )
     return lines
 

@@ -286,26 +286,39 @@ def test_changed_data_reruns_exactly_its_dependants(tmp_path):
 
     # files replaced by others with older times (cp -p, rsync -a, an unpacked archive): Snakemake alone sees nothing
     assert snakemake("results/summary.csv", *cfg, workdir=tmp_path).returncode == 0
-    files = sorted((tmp_path / "data" / "cifar-10-batches-py").iterdir())
-    times = {f: f.stat().st_mtime_ns for f in files}
+    data_dir, made = tmp_path / "data" / "cifar-10-batches-py", tmp_path / "results" / "cifar10" / "data"
+    files = sorted(data_dir.iterdir())
+
+    def set_back(seconds):  # every data file's time moved back, its bytes as they are
+        for f in files:
+            when = f.stat().st_mtime_ns - seconds * 10**9
+            os.utime(f, ns=(when, when))
+
+    set_back(3600)  # the same bytes, older times: nothing runs again, nothing is said
+    same = snakemake("results/summary.csv", *cfg, workdir=tmp_path)
+    assert "Nothing to be done" in same.stdout + same.stderr and "kdpipe: the data files" not in same.stderr
+    content = (made / "manifest.json").read_bytes()
     write_cifar(tmp_path / "data", n_train=40, n_test=20, seed=2)
-    for f in files:
-        os.utime(f, ns=(times[f] - 10**9, times[f] - 10**9))
+    set_back(7200)
+    said = "kdpipe: the data files of cifar10 changed since results/cifar10/data/manifest.json was made"
     dry = snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    assert f"{said} (their times are older than it): its time is set back below theirs" in dry.stderr
     assert job_counts(dry.stdout + dry.stderr) == {"data_manifest": 1, "train_base": 1, "summary": 1}
-    assert "kdpipe: the data files of cifar10 changed since results/cifar10/data/manifest.json was made" in dry.stderr
-    assert snakemake("results/summary.csv", *cfg, workdir=tmp_path).returncode == 0
-    manifest = json.loads((tmp_path / "results" / "cifar10" / "data" / "manifest.json").read_text())
+    assert (made / "manifest.json").read_bytes() == content  # its time alone set back
+    assert (made / "manifest.json").stat().st_mtime_ns < min(f.stat().st_mtime_ns for f in files)
+    run = snakemake("results/summary.csv", "--rerun-triggers", "mtime", *cfg, workdir=tmp_path)
+    assert run.returncode == 0  # the newer inputs alone make it again (no other trigger needed)
+    assert job_counts(run.stdout + run.stderr) == {"data_manifest": 1, "train_base": 1, "summary": 1}
+    manifest = json.loads((made / "manifest.json").read_text())
     record = json.loads((tmp_path / "results" / "cifar10" / "base" / "resnet8" / "seed0" / "run.json").read_text())
     assert record["data"]["sha256"] == manifest["sha256"] == record["fingerprint"]["data_sha256"]
-    assert "Nothing to be done" in (lambda o: o.stdout + o.stderr)(
-        snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
-    )
+    again = snakemake("results/summary.csv", "-n", *cfg, workdir=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr and "kdpipe: the data files" not in again.stderr
 
 
 def test_a_run_refuses_data_other_than_its_data_manifest_describes(tmp_path):
     """``--data_manifest``, which every workflow job gets: a manifest made before the files changed (an older
-    kdpipe's, without the files' stamp, so not made again) stops the job in one line before anything is written."""
+    kdpipe's, without the files' record, so not made again) stops the job in one line before anything is written."""
     from conftest import cli_in_process, tiny_cli_flags, write_cifar
     from kdpipe.jobs import write_data_manifest
 
@@ -313,7 +326,7 @@ def test_a_run_refuses_data_other_than_its_data_manifest_describes(tmp_path):
     manifest = tmp_path / "manifest.json"
     data = {"data_name": "cifar10", "img_root": str(tmp_path / "data"), "val_size": 0, "train_subset": 16}
     made = write_data_manifest(data, manifest)
-    assert made["files"] and made["sha256"]
+    assert made["sha256"] and set(json.loads((tmp_path / "files.json").read_text())) == {"stamp", "content"}
     flags = tiny_cli_flags(tmp_path / "runs")
     flags[flags.index("digits")] = "cifar10"
     flags += ["--img_root", str(tmp_path / "data"), "--val_size", "0", "--train_subset", "16"]
