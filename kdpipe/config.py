@@ -21,23 +21,28 @@ class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses a key given twice in one mapping (PyYAML, and so Snakemake, keep
     the last silently: a config that sets ``epochs`` twice would train the second without a word)."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
+    def flatten_mapping(self, node):
+        # each mapping is checked as written, once, before merge keys ('<<: *anchor', whose keys the mapping may
+        # override) add theirs: an anchored mapping is flattened where an alias first merges it
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
             seen: dict = {}
             for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges; its keys may be overridden
+                if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
                 try:
-                    if key in seen:
-                        raise KdpipeError(
-                            f"line {line}: key {key!r} is given twice in one mapping (first at line {seen[key]}); "
-                            "give each key once"
-                        )
+                    first = seen.get(key)
                 except TypeError:  # an unhashable key: SafeLoader's own error says so
                     break
+                if first is not None:
+                    raise KdpipeError(
+                        f"line {line}: key {key!r} is given twice in one mapping (first at line {first}); "
+                        "give each key once"
+                    )
                 seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
 
 
 def _json_mapping(pairs: list) -> dict:
@@ -221,9 +226,10 @@ def _number_text(text: str) -> bool:
 
 
 def _dotted(text: str) -> str:
-    """'1e-3' as YAML reads a number: '1.0e-3'."""
+    """'1e-3' as YAML 1.1 reads a number, with a dot and a signed exponent: '1.0e-3', '5e2' -> '5.0e+2'."""
     mantissa, e, exponent = text.lower().partition("e")
-    return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    return f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}" if e else mantissa
 
 
 def _path(error) -> str:

@@ -41,7 +41,8 @@ It is validated against `kdpipe/config.schema.yaml` (JSON schema, defaults fille
 Snakefile is parsed; a bad key or value stops the workflow with one line such as
 `kdpipe: config train.epochs: -3 is less than the minimum of 1`. A key given twice in one file is
 refused too. Where a key takes the words `on` and `off`, they may be written bare (YAML would read a
-bare `on` as true). YAML reads a number without a dot as text (`1e-3`): write `1.0e-3`.
+bare `on` as true). YAML reads a number in exponent form as text unless it has a dot and a signed
+exponent (`1e-3`, `5e2`): write `1.0e-3`, `5.0e+2`.
 
 ```
 snakemake --profile profiles/local --configfile config/zoo.yaml

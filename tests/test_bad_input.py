@@ -236,6 +236,14 @@ def test_integer_keys_refuse_floats(config, message):
             "kd: {modes: [st], sweep: {st: {lr: [0.1, 5e-2]}}}",
             "config kd.sweep.st.lr.1: '5e-2' is not of type 'number'; YAML reads 5e-2 as text: write 5.0e-2",
         ),
+        (
+            "ft: {lambda_kd: 5e2}",
+            "config ft.lambda_kd: '5e2' is not of type 'number'; YAML reads 5e2 as text: write 5.0e+2",
+        ),
+        (
+            "ft: {lambda_kd: 1.0e2}",
+            "config ft.lambda_kd: '1.0e2' is not of type 'number'; YAML reads 1.0e2 as text: write 1.0e+2",
+        ),
         ("train: {lr: fast}", "config train.lr: 'fast' is not of type 'number'"),
     ],
 )
@@ -297,6 +305,9 @@ def test_config_files_read_as_snakemake_reads_them(tmp_path):
 
     (tmp_path / "m.yaml").write_text("short: &s {epochs: 2, lr: 0.1}\ntrain:\n  <<: *s\n  epochs: 3\n")
     assert read_config_file(tmp_path / "m.yaml")["train"] == {"epochs": 3, "lr": 0.1}
+    nested = "a: &fast\n  <<: {epochs: 4, lr: 0.05}\n  epochs: 2\nb:\n  <<: *fast\n"  # merged where first used
+    (tmp_path / "n.yaml").write_text(nested)
+    assert read_config_file(tmp_path / "n.yaml") == {"a": {"epochs": 2, "lr": 0.05}, "b": {"epochs": 2, "lr": 0.05}}
     (tmp_path / "t.json").write_text('{\n\t"seeds": [1],\n\t"train": {"epochs": 2}\n}\n')
     assert read_config_file(tmp_path / "t.json") == {"seeds": [1], "train": {"epochs": 2}}
 
