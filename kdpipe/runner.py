@@ -296,6 +296,13 @@ def _run(entry, kwargs, build_task, default_note, input_files, settle):
                 )
                 if replaced:
                     log.info("%s held a run with other %s; its files are in %s; training anew", run_dir, *replaced)
+                late = [m for m in opts.get("milestones") or () if m >= opts["epochs"]]
+                if late:  # PyTorch's step schedules accept them too; the lr simply never drops there
+                    log.warning(
+                        "warning: milestones %s are not below epochs %d: the lr is never multiplied by 0.1 there",
+                        ", ".join(map(str, late)),
+                        opts["epochs"],
+                    )
             result = yield task, ctx, fingerprint
             with running_in(run_dir):
                 record = finalize(entry, task, ctx, result, fingerprint, inputs, time.perf_counter() - wall0)

@@ -204,3 +204,14 @@ def test_training_log_has_no_warnings(tmp_path):
         )
     log = (tmp_path / "quiet" / "train.log").read_text()
     assert "step 1/4" in log and "Warning" not in log
+
+
+def test_milestones_at_or_beyond_the_last_epoch_are_named_in_the_log(tmp_path):
+    """A step schedule's milestone the run never reaches (150 of a 200-epoch recipe in a 2-epoch run) leaves the
+    lr undropped: accepted, as PyTorch does, and said in the run's log."""
+    common = dict(data_name="digits", net_name="resnet8", batch_size=16, train_subset=48, save_root=str(tmp_path))
+    kdpipe.train_base(epochs=2, milestones=[1, 2, 150], note="late", **common)
+    log = (tmp_path / "late" / "train.log").read_text()
+    assert "warning: milestones 2, 150 are not below epochs 2: the lr is never multiplied by 0.1 there" in log
+    kdpipe.train_base(epochs=2, milestones=[1], note="reached", **common)
+    assert "warning" not in (tmp_path / "reached" / "train.log").read_text()
