@@ -156,6 +156,7 @@ class ImageData:
     std: tuple[float, ...]
     augmentation: Augmentation
     classes: list[str] = field(default_factory=list)
+    official: bool | None = None  # CIFAR: the official files (CIFAR_MD5); None for other datasets
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -190,6 +191,7 @@ class ImageData:
             "mean": list(self.mean),
             "std": list(self.std),
             "augmentation": self.augmentation.describe(),
+            **({} if self.official is None else {"official": self.official}),
         }
 
 
@@ -357,6 +359,33 @@ def _describe(value: object) -> str:
 
 # torchvision's python-pickle CIFAR layout: folder, training files, test files, label key,
 # meta file, its class-name key, class count.
+# md5 of the CIFAR page's python-version files (torchvision checks its downloads against the same): files that
+# differ (edited, re-encoded, another release) are not the data the published numbers were measured on.
+CIFAR_MD5 = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+}
+
+
+def official_cifar(name: str, base: Path, files: list[str]) -> bool:
+    """Whether ``files`` under ``base`` are the official CIFAR ``name`` files, by their md5."""
+    for file in files:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(base / file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != CIFAR_MD5[name].get(file):
+            return False
+    return True
+
+
 CIFAR_LAYOUT = {
     "cifar10": (
         "cifar-10-batches-py",
@@ -405,7 +434,8 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     if (base / meta_file).is_file():
         classes = _class_names(base / meta_file, meta_key, num_classes)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return train_x, train_y, test_x, test_y, num_classes, classes, mean, std
+    official = official_cifar(name, base, train_files + test_files)
+    return train_x, train_y, test_x, test_y, num_classes, classes, mean, std, official
 
 
 def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -544,8 +574,9 @@ def load_data(
     check_data_name(data_name)
     if image_size is not None and not data_name.startswith("imagefolder:"):
         raise KdpipeError(f"image_size: applies to imagefolder datasets only; {data_name} has a fixed size")
+    official = None  # only CIFAR has official files (and published numbers)
     if data_name in ("cifar10", "cifar100"):
-        train_x, train_y, test_x, test_y, k, classes, mean, std = load_cifar(data_name, img_root, download)
+        train_x, train_y, test_x, test_y, k, classes, mean, std, official = load_cifar(data_name, img_root, download)
     elif data_name == "digits":
         train_x, train_y, test_x, test_y, k, classes = load_digits_arrays(split_seed)
         mean = std = None
@@ -563,4 +594,4 @@ def load_data(
     if train_subset:
         train_x, train_y = train_x[:train_subset], train_y[:train_subset]
     aug = augmentation_of(data_name, image_size, crop_padding)
-    return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes)
+    return ImageData(data_name, k, train_x, train_y, val_x, val_y, test_x, test_y, mean, std, aug, classes, official)

@@ -156,10 +156,13 @@ def _settings_of_older_record(record: dict) -> dict:
 
 def _follows(run: RunId, record: dict) -> list[str]:
     """The ``follows`` column: the shipped configs whose published numbers' recipe the run trained with
-    (:func:`kdpipe.report.reference.follows`); only CIFAR has published numbers."""
+    (:func:`kdpipe.report.reference.follows`); only CIFAR has published numbers, and only a run on the official
+    files (``data.official``; a run recorded before kdpipe checked counts as one) follows a recipe."""
     from .report.reference import follows, is_cifar
 
-    if not is_cifar(run.dataset) or "config" not in record:
+    data = record.get("data")
+    other_files = isinstance(data, dict) and data.get("official") is False
+    if not is_cifar(run.dataset) or "config" not in record or other_files:
         return []
     return follows(run, record["config"], record["entry"])
 

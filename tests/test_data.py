@@ -156,6 +156,27 @@ def test_cifar100_loader(tmp_path):
     assert data.std == (0.2673, 0.2564, 0.2762)
 
 
+def test_official_cifar_files_are_told_by_their_md5(tmp_path, monkeypatch):
+    """Runs on files other than the CIFAR page's (edited, re-encoded, another release) record data.official
+    false, and the summary then sets no published number beside them (test_report_tables)."""
+    import hashlib
+
+    from kdpipe import data as kd_data
+
+    write_cifar(tmp_path, "cifar100", n_train=12, n_test=4)
+    data = load_data("cifar100", tmp_path, val_size=0)
+    assert data.official is False and data.describe()["official"] is False
+    assert "official" not in load_data("digits").describe()  # only CIFAR has official files
+    folder = tmp_path / "cifar-100-python"
+    md5 = {f: hashlib.md5((folder / f).read_bytes()).hexdigest() for f in ("train", "test")}
+    monkeypatch.setitem(kd_data.CIFAR_MD5, "cifar100", md5)  # as if these were the official files
+    assert load_data("cifar100", tmp_path, val_size=0).official is True
+    (folder / "test").write_bytes((folder / "test").read_bytes())  # the same bytes: still official
+    assert load_data("cifar100", tmp_path, val_size=0).official is True
+    write_cifar(tmp_path, "cifar100", n_train=12, n_test=4, seed=1)  # other images
+    assert load_data("cifar100", tmp_path, val_size=0).official is False
+
+
 def test_crop_padding_zeros_pads_with_black_as_torchvisions_random_crop(tmp_path):
     """RepDistiller's and mdistiller's RandomCrop(32, padding=4) pads the uint8 image with 0 before
     normalising; KD-Zoo's Pad(4, padding_mode="reflect") mirrors it (kdpipe's CIFAR default)."""

@@ -459,6 +459,19 @@ def test_follows_names_the_configs_whose_runs_train_alike(tmp_path):
     assert follows(digits, {**repdistiller, "data_name": "digits"}, "kd") == []
 
 
+def test_a_run_on_other_than_the_official_cifar_files_follows_no_recipe(tmp_path):
+    """summary's follows column: a run recorded on files other than the official ones (data.official false)
+    follows no recipe, so no published number stands beside it; a run recorded before kdpipe checked (no
+    data.official) is taken as it was."""
+    from kdpipe.summary import _follows
+
+    run = RunId("train_kd", "cifar100", "st", "", "resnet56", "resnet20", 1, str(tmp_path / "st"))
+    record = {"entry": "kd", "config": trained_as(run, "kd", "repdistiller.yaml")}
+    assert _follows(run, record) == ["repdistiller.yaml"]
+    assert _follows(run, {**record, "data": {"official": True}}) == ["repdistiller.yaml"]
+    assert _follows(run, {**record, "data": {"official": False}}) == []
+
+
 @pytest.mark.parametrize("recipe", RECIPE_CONFIGS)
 def test_every_run_a_recipe_config_plans_follows_it_alone(recipe):
     """Each shipped recipe config's planned runs, trained as planned, follow that config and no other (the
