@@ -226,10 +226,13 @@ def _number_text(text: str) -> bool:
 
 
 def _dotted(text: str) -> str:
-    """'1e-3' as YAML 1.1 reads a number, with a dot and a signed exponent: '1.0e-3', '5e2' -> '5.0e+2'."""
-    mantissa, e, exponent = text.lower().partition("e")
-    mantissa = mantissa if "." in mantissa else mantissa + ".0"
-    return f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}" if e else mantissa
+    """'1e-3' as YAML 1.1 reads a number: digits before a dot, a signed exponent ('1.0e-3', '5e2' -> '5.0e+2',
+    '-.5e-3' -> '-0.5e-3')."""
+    mantissa, e, exponent = text.lower().replace("_", "").partition("e")
+    sign, digits = (mantissa[0], mantissa[1:]) if mantissa[:1] in "+-" else ("", mantissa)
+    digits = digits if "." in digits else digits + ".0"
+    digits = "0" + digits if digits.startswith(".") else digits
+    return f"{sign}{digits}e{exponent if exponent[:1] in '+-' else '+' + exponent}" if e else sign + digits
 
 
 def _path(error) -> str:

@@ -162,12 +162,17 @@ def outdated_manifests(config: dict) -> list[str]:
         manifest, record_path = Path(data_manifest_path(dataset)), files_record_path(dataset)
         files = data_files(config, dataset)
         try:
-            record = json.loads(record_path.read_text())
             made = manifest.stat().st_mtime_ns
-        except (OSError, ValueError):
+            text = record_path.read_text()
+        except OSError:
             continue  # none yet (or an older kdpipe's manifest): Snakemake and each run's own check serve
-        if not files or not isinstance(record, dict) or record.get("stamp") == files_stamp(files):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None  # damaged: the files are taken as changed, and the data node writes a new record
+        if not files or (isinstance(record, dict) and record.get("stamp") == files_stamp(files)):
             continue
+        record = record if isinstance(record, dict) else {}
         times = [Path(f).stat().st_mtime_ns for f in files]
         if max(times) > made:
             continue  # Snakemake sees this change itself (and the data node writes a new record)

@@ -244,6 +244,10 @@ def test_integer_keys_refuse_floats(config, message):
             "ft: {lambda_kd: 1.0e2}",
             "config ft.lambda_kd: '1.0e2' is not of type 'number'; YAML reads 1.0e2 as text: write 1.0e+2",
         ),
+        (
+            "train: {lr: -.5e-3}",
+            "config train.lr: '-.5e-3' is not of type 'number'; YAML reads -.5e-3 as text: write -0.5e-3",
+        ),
         ("train: {lr: fast}", "config train.lr: 'fast' is not of type 'number'"),
     ],
 )

@@ -844,3 +844,31 @@ def test_a_born_again_chains_generation_0_is_a_planned_run():
     dirs = {run.run_dir for run in plan(config)}
     gen0 = bss_teacher(config, "digits", "resnet8w8", 0, 1)
     assert gen0 == "results/digits/base/resnet8w8/seed1/model.pt" and str(Path(gen0).parent) in dirs
+
+
+def test_outdated_manifests_read_the_files_record_beside_the_manifest(tmp_path, monkeypatch):
+    """The parse-time check alone: the same bytes with older times refresh the record and say nothing; a damaged
+    record counts as changed files (the manifest's time is set back, and the data node writes a new record); no
+    record (a manifest of a kdpipe before it) is left to each run's own check."""
+    from conftest import write_cifar
+    from kdpipe.jobs import write_data_manifest
+    from kdpipe.workflow import data_manifest_path, data_options, files_record_path, outdated_manifests
+
+    monkeypatch.chdir(tmp_path)
+    write_cifar(tmp_path / "data")
+    config = load_config({"datasets": ["cifar10"], "base": {"nets": ["resnet8"]}, "data": {"val_size": 0}})
+    manifest, record = Path(data_manifest_path("cifar10")), files_record_path("cifar10")
+    manifest.parent.mkdir(parents=True)
+    write_data_manifest(data_options(config, "cifar10"), manifest)
+    files = sorted((tmp_path / "data" / "cifar-10-batches-py").iterdir())
+    for f in files:
+        os.utime(f, ns=(10**18, 10**18))  # 2001: older than the manifest, the same bytes
+    stamp = json.loads(record.read_text())["stamp"]
+    assert outdated_manifests(config) == [] and json.loads(record.read_text())["stamp"] != stamp
+    made = manifest.stat().st_mtime_ns
+    record.write_text('{"stamp": "56eb')  # damaged
+    assert outdated_manifests(config)[0].startswith("the data files of cifar10 changed since")
+    assert 0 < manifest.stat().st_mtime_ns < min(f.stat().st_mtime_ns for f in files) < made
+    record.unlink()
+    os.utime(manifest, ns=(made, made))
+    assert outdated_manifests(config) == []
