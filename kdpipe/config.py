@@ -263,6 +263,16 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
                 f"config {_path(err)}: {err.message}; YAML reads {err.instance} as text: "
                 f"write {int(float(err.instance)) if whole else _dotted(err.instance)}"
             )
+        if (
+            err.validator == "enum"
+            and isinstance(err.instance, bool)
+            and any(isinstance(v, str) for v in err.validator_value)
+        ):
+            words = ", ".join(str(v) for v in err.validator_value if v is not None)
+            raise KdpipeError(  # a bare on/off/yes/no the key does not take as a word (amp: on)
+                f"config {_path(err)}: {err.message}; YAML reads a bare on, off, yes or no as a boolean; "
+                f"allowed: {words}"
+            )
         raise KdpipeError(f"config {_path(err)}: {err.message}")
     _check_semantics(config)
     if check_pairs:

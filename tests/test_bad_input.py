@@ -271,6 +271,12 @@ def test_bare_on_and_off_are_the_words_where_a_key_takes_them():
     assert (config["ft"]["bn"], config["teacher_cache"], config["resources"]["amp"]) == ("off", "on", "off")
     assert config["resources"]["seeds_together"] is True and config["ft"]["enabled"] is True  # booleans stay
     assert config["resources"]["cuda"] == 0  # a number in a choice that allows null stays the number
+    with pytest.raises(KdpipeError) as err:  # amp has no 'on': the boolean stays, and the line says why
+        load_config(yaml.safe_load("resources: {amp: on}"), check_pairs=False)
+    assert str(err.value) == (
+        "config resources.amp: True is not one of ['auto', 'off']; YAML reads a bare on, off, yes or no as a "
+        "boolean; allowed: auto, off"
+    )
 
 
 # ---------------------------------------------------------------- 8. plan's files
