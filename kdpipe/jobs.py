@@ -16,12 +16,12 @@ def write_data_manifest(opts: dict, path: str | Path) -> dict:
     ``files.json``: the data files' stamp and content digest (:func:`kdpipe.workflow.outdated_manifests`)."""
     from .checkpoint import atomic_write_json
     from .data import load_data
-    from .workflow import files_of, files_stamp
+    from .workflow import files_of, files_record_path, files_stamp
 
     data = load_data(**opts)
     manifest = {**data.describe(), "options": {k: v for k, v in opts.items() if k not in ("img_root", "download")}}
     files = files_of(opts["data_name"], opts["img_root"])  # read after loading: a download has written them
-    record = Path(path).parent / "files.json"
+    record = files_record_path(path)
     if files:
         atomic_write_json(record, {"stamp": files_stamp(files), "content": files_stamp(files, content=True)})
     else:

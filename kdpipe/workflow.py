@@ -141,10 +141,10 @@ def files_stamp(files, content: bool = False) -> str:
     return digest.hexdigest()[:16]
 
 
-def files_record_path(dataset: str) -> Path:
-    """Beside the data node's manifest, neither an input nor an output of any rule: the stamp and content digest
+def files_record_path(manifest: str | Path) -> Path:
+    """Beside a data node's manifest, neither an input nor an output of any rule: the stamp and content digest
     of the files the manifest was made from (:func:`outdated_manifests`)."""
-    return Path(data_manifest_path(dataset)).parent / "files.json"
+    return Path(manifest).parent / "files.json"
 
 
 def outdated_manifests(config: dict) -> list[str]:
@@ -159,8 +159,8 @@ def outdated_manifests(config: dict) -> list[str]:
 
     lines = []
     for dataset in config["datasets"]:
-        manifest, record_path = Path(data_manifest_path(dataset)), files_record_path(dataset)
-        files = data_files(config, dataset)
+        manifest, files = Path(data_manifest_path(dataset)), data_files(config, dataset)
+        record_path = files_record_path(manifest)
         try:
             made = manifest.stat().st_mtime_ns
             text = record_path.read_text()
@@ -170,15 +170,17 @@ def outdated_manifests(config: dict) -> list[str]:
             record = json.loads(text)
         except ValueError:
             record = None  # damaged: the files are taken as changed, and the data node writes a new record
-        if not files or (isinstance(record, dict) and record.get("stamp") == files_stamp(files)):
+        if not files:
             continue
-        record = record if isinstance(record, dict) else {}
+        record, stamp = record if isinstance(record, dict) else {}, files_stamp(files)
+        if record.get("stamp") == stamp:
+            continue
         times = [Path(f).stat().st_mtime_ns for f in files]
         if max(times) > made:
             continue  # Snakemake sees this change itself (and the data node writes a new record)
         if record.get("content") == files_stamp(files, content=True):  # the same bytes with other times
             fresh = record_path.with_name(f".{record_path.name}.{os.getpid()}")
-            fresh.write_text(json.dumps({**record, "stamp": files_stamp(files)}, indent=2) + "\n")
+            fresh.write_text(json.dumps({**record, "stamp": stamp}, indent=2) + "\n")
             os.replace(fresh, record_path)
             continue
         older = max(1, min(times) - 10**9)  # a time Snakemake takes for one (0 it reads as none)
