@@ -356,6 +356,7 @@ class FitResult:
     train_time_s: float
     resumed_at: list[int] = field(default_factory=list)
     step_mode: str = "eager"  # "graph": the training step was replayed as a CUDA graph (kdpipe.capture)
+    resumed_elsewhere: list[dict] = field(default_factory=list)  # see Training.__init__
 
 
 def _better(candidate: dict, best: dict | None) -> bool:
@@ -394,6 +395,21 @@ def running_in(run_dir: Path):
         yield
     finally:
         _RUN_DIR.reset(token)
+
+
+def trained_on(ctx: Context) -> dict:
+    """What besides the options decides a run's floats, bit for bit: the device (a GPU's model), the CPU threads,
+    and what ``auto`` settings resolved to there.  A checkpoint records it; a resume elsewhere goes on, but
+    not bit for bit as the uninterrupted run would have (:class:`Training`)."""
+    cuda = ctx.device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(ctx.device) if cuda else "cpu",
+        "threads": None if cuda else torch.get_num_threads(),
+        "amp_bf16": bool(ctx.amp),
+        "channels_last": bool(ctx.channels_last),
+        "cuda_graphs": bool(ctx.cuda_graphs) if cuda else None,
+        "torch": str(torch.__version__),  # a plain string: a TorchVersion is no weights-only global
+    }
 
 
 def fit(task: Task, ctx: Context, fingerprint: dict, epochs: int | None = None) -> FitResult:
@@ -569,6 +585,10 @@ class Training:
         self.best: dict[str, dict] = {}
         self.train_time = 0.0
         self.resumed_at: list[int] = []
+        # resumptions where the checkpoint had been written elsewhere (another device, thread count, torch...):
+        # {"epoch", "checkpoint": its trained_on, "resume": this process's}; run.json's resumed_elsewhere
+        self.resumed_elsewhere: list[dict] = []
+        self.where = trained_on(ctx)
         self.epoch = 0
         self.saved_epoch = 0  # the epoch the checkpoint on disk resumes from (0: none written)
         if self.ckpt_path.exists():
@@ -580,6 +600,23 @@ class Training:
             self.epoch = self.saved_epoch = state["epoch"]
             set_rng_state(state["rng"])
             log.info("resuming %s from epoch %d/%d", ctx.run_dir, self.epoch, self.epochs)
+            self.resumed_elsewhere = state.get("resumed_elsewhere", [])
+            written = state.get("trained_on")  # absent in checkpoints of kdpipe before 2026-11-28
+            if written is not None and written != self.where and self.epoch < self.epochs:
+                self.resumed_elsewhere = self.resumed_elsewhere + [
+                    {"epoch": self.epoch, "checkpoint": written, "resume": self.where}
+                ]
+                changed = ", ".join(
+                    f"{key} {written.get(key)} -> {value}"
+                    for key, value in self.where.items()
+                    if written.get(key) != value
+                )
+                log.warning(
+                    "the checkpoint was written elsewhere (%s): the run goes on from epoch %d, but its numbers "
+                    "will not be bit for bit those of an uninterrupted run (run.json: resumed_elsewhere)",
+                    changed,
+                    self.epoch,
+                )
         if self.epoch >= self.epochs:  # the checkpoint was final (killed after its last epoch, or outputs deleted)
             log.info("checkpoint %s is final; rewriting the run's outputs", self.ckpt_path)
             write_metrics(ctx.run_dir / "metrics.csv", self.history)
@@ -706,6 +743,8 @@ class Training:
                 "best": self.best,
                 "train_time_s": self.train_time,
                 "resumed_at": self.resumed_at,
+                "resumed_elsewhere": self.resumed_elsewhere,
+                "trained_on": self.where,
                 "rng": rng_state(),
             },
             self.ckpt_path,
@@ -714,7 +753,9 @@ class Training:
         write_metrics(ctx.run_dir / "metrics.csv", self.history)
 
     def result(self) -> FitResult:
-        return FitResult(self.history, self.best, self.train_time, self.resumed_at, self.step_runner.mode)
+        return FitResult(
+            self.history, self.best, self.train_time, self.resumed_at, self.step_runner.mode, self.resumed_elsewhere
+        )
 
     def log_interrupt(self) -> None:
         """train.log's line for Ctrl-C (or SIGINT): where the run stopped and what resumes it."""

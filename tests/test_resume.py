@@ -127,6 +127,41 @@ def test_final_checkpoint_rewrites_every_output(tmp_path):
     assert (run / "metrics.csv").read_bytes() == before["metrics.csv"]
 
 
+@pytest.mark.parametrize("moved", [False, True])
+def test_resume_elsewhere_is_logged_and_recorded(tmp_path, moved):
+    """A checkpoint records where it was trained (device, threads, what auto resolved to, torch); a resume
+    under other conditions goes on, says in one log line what changed and that the numbers are not bit for
+    bit an uninterrupted run's, and run.json lists it (``resumed_elsewhere``); a resume in place lists nothing."""
+    flags = ["base", *tiny_cli_flags(tmp_path, "moved"), "--net_name", "resnet8", "--epochs", "2", "--threads", "1"]
+    assert cli_in_process(*flags).returncode == 0
+    run = tmp_path / "moved"
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    written = state["trained_on"]
+    assert written["device"] == "cpu" and written["threads"] == 1 and written["cuda_graphs"] is None
+    assert written["torch"] == torch.__version__ and written["amp_bf16"] is False
+    assert json.loads((run / "run.json").read_text())["resumed_elsewhere"] == []
+    for name in ("model.pt", "metrics.csv", "run.json"):  # as a job killed after its first epoch's checkpoint
+        (run / name).unlink()
+    state["epoch"], state["history"] = 1, [row for row in state["history"] if row["epoch"] == 1]
+    if moved:
+        state["trained_on"] = {**written, "threads": 3}
+    torch.save(state, run / "checkpoint.pt")
+    again = cli_in_process(*flags)
+    assert again.returncode == 0, again.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert record["resumed_at_epochs"] == [1]
+    lines = [ln for ln in again.stderr.splitlines() if "written elsewhere" in ln]
+    if not moved:
+        assert record["resumed_elsewhere"] == [] and lines == []
+        return
+    assert record["resumed_elsewhere"] == [{"epoch": 1, "checkpoint": {**written, "threads": 3}, "resume": written}]
+    (line,) = lines
+    assert "threads 3 -> 1" in line and "from epoch 1" in line and "not be bit for bit" in line
+    # the next checkpoint records where it was written now, and keeps the list
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["trained_on"] == written and final["resumed_elsewhere"] == record["resumed_elsewhere"]
+
+
 @pytest.mark.parametrize("change", ["optimizer", "module"])
 def test_checkpoint_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path, change):
     """A checkpoint written by a form of the method with other parameters (an older kdpipe's init phase trained

@@ -113,6 +113,7 @@ def import_teacher(**kwargs) -> dict:
             mean_epoch_s=None,
             wall_time_s=time.perf_counter() - wall0,
             resumed_at_epochs=[],
+            resumed_elsewhere=[],
             step=None,
             fingerprint=fingerprint,
             inputs={"src": {"path": str(src), "sha256": src_sha}},
