@@ -550,6 +550,14 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
     + [
         Option("lambda_kd", float, 200.0, "weight of the factor-transfer term", minimum=0),
         Option("k", float, 0.5, "factor rate of the paraphraser", minimum=0, exclusive_min=True),
+        Option(
+            "factor_form",
+            str,
+            "flat",
+            "how the FT loss reads a factor: flat = each sample's factor flattened and L2-normalised "
+            "(KD-Zoo); spatial = the channel mean of its square, L2-normalised (RepDistiller's FactorTransfer)",
+            choices=("flat", "spatial"),
+        ),
         *FT_SHAPE,
         Option("paraphraser", str, None, "trained paraphraser (paraphraser.pt); default: train one first, in this run"),
         Option(

@@ -134,6 +134,7 @@ def _settings_of_older_record(record: dict) -> dict:
         "k",
         "ft_bn",
         "para_decoder_out",
+        "factor_form",
         "mode",
         "sampler",
         "objective",

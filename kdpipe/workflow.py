@@ -387,6 +387,8 @@ def ft_options(config: dict, dataset: str, teacher: str, student: str, seed, swe
         **{k: config["ft"][k] for k in SECTION_SETTINGS["ft"]},
         "k": config["ft"]["k"],
         **_ft_shape(config),
+        # only where it is not KD-Zoo's form: the params (and fingerprints) of every earlier FT run stay as they were
+        **({"factor_form": config["ft"]["factor_form"]} if config["ft"]["factor_form"] != "flat" else {}),
         **dict(sweep),
     }
 

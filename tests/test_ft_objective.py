@@ -206,3 +206,32 @@ def test_gradients_reach_translator_not_teacher_factor():
     assert all(p.grad is not None for p in tr.parameters())
     assert sum(p.grad.abs().sum() for p in tr.parameters()) > 0
     assert factor_t.grad is None
+
+
+def test_factor_form_spatial_is_repdistillers_factor_transfer():
+    """``factor_form spatial`` = RepDistiller's distiller_zoo/FT.py FactorTransfer(p1=2, p2=1), re-typed:
+    factor(f) = normalize(f.pow(2).mean(1).view(B, -1)); loss = |factor(f_s) - factor(f_t)|.mean(); and
+    ``flat`` (the default) stays KD-Zoo's kd_losses/ft.py.  Golden values on fixed tensors (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdpipe.objectives.ft import factor_transfer_loss
+
+    g = torch.Generator().manual_seed(7)
+    fs = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    ft = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
+
+    def rep(f):
+        return F.normalize(f.pow(2).mean(1).view(f.size(0), -1))
+
+    ref = (rep(fs) - rep(ft)).abs().mean()
+    got = factor_transfer_loss(fs, ft, "spatial")
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    (g_got,) = torch.autograd.grad(got, fs)
+    (g_ref,) = torch.autograd.grad(ref, fs)
+    assert torch.allclose(g_got, g_ref, rtol=1e-10, atol=1e-14)
+    kdzoo = F.l1_loss(F.normalize(fs.view(4, -1)), F.normalize(ft.view(4, -1)))
+    assert factor_transfer_loss(fs, ft).item() == pytest.approx(kdzoo.item(), rel=1e-12)
+    # the golden values: the two forms are different losses
+    assert got.item() == pytest.approx(0.10287429928811857, rel=1e-9)
+    assert factor_transfer_loss(fs, ft).item() == pytest.approx(0.17141627401145818, rel=1e-9)

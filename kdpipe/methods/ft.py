@@ -160,6 +160,7 @@ class FactorTransferTask(StudentTask):
         self.extra_modules["translator"] = translator
         self.train_student_with(translator)
         self.lambda_kd = opts["lambda_kd"]
+        self.factor_form = opts.get("factor_form") or "flat"
 
     def terms(self, x, y, index, view_ids, epoch):
         student, translator = self.roles["student"], self.extra_modules["translator"]
@@ -169,7 +170,7 @@ class FactorTransferTask(StudentTask):
                 t_taps = self.teacher(x)
                 factor_t = self.paraphraser.encode(t_taps.stages[-1])
             factor_s = translator(s_taps.stages[-1])
-        ft = factor_transfer_loss(factor_s.float(), factor_t.float())
+        ft = factor_transfer_loss(factor_s.float(), factor_t.float(), self.factor_form)
         terms = [self.ce(s_taps.logits, y), Term("ft", self.lambda_kd, ft)]
         return s_taps.logits, terms + self.soft_target_terms(s_taps.logits, t_taps.logits)
 
@@ -180,6 +181,8 @@ class FactorTransferTask(StudentTask):
             "k": o["k"],
             "ft_bn": "on" if self.bn else "off",
             "para_decoder_out": o["para_decoder_out"],
+            # only where it is not KD-Zoo's form, so that the runs made before the setting keep their identity
+            **({"factor_form": self.factor_form} if self.factor_form != "flat" else {}),
         }
 
     def method_info(self):
@@ -188,6 +191,7 @@ class FactorTransferTask(StudentTask):
             "k": self.ctx.opts["k"],
             "ft_bn": "on" if self.bn else "off",
             "para_decoder_out": self.ctx.opts["para_decoder_out"],
+            **({"factor_form": self.factor_form} if self.factor_form != "flat" else {}),
             "st_weight": self.st_weight,
             **({"T": self.T} if self.st_weight else {}),  # the soft-target term's temperature
             "translator_parameters": sum(p.numel() for p in self.extra_modules["translator"].parameters()),

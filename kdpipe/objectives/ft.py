@@ -50,6 +50,7 @@ from ..errors import KdpipeError
 
 __all__ = [
     "DECODER_OUTS",
+    "FACTOR_FORMS",
     "factor_channels",
     "Paraphraser",
     "Translator",
@@ -60,6 +61,10 @@ __all__ = [
 _SLOPE = 0.1
 _EPS = 1e-12
 DECODER_OUTS = ("lrelu", "linear")
+# How the FT loss reads a factor: flat = KD-Zoo's (each sample's whole factor flattened and L2-normalised);
+# spatial = RepDistiller's distiller_zoo/FT.py (FactorTransfer p1=2, p2=1): the channel mean of the squared
+# factor, a (H*W) map per sample, L2-normalised.
+FACTOR_FORMS = ("flat", "spatial")
 
 
 def factor_channels(in_channels: int, k: float) -> int:
@@ -191,15 +196,19 @@ def _match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def factor_transfer_loss(factor_s: Tensor, factor_t: Tensor) -> Tensor:
+def factor_transfer_loss(factor_s: Tensor, factor_t: Tensor, form: str = "flat") -> Tensor:
     """Factor-transfer loss (Eq. 3, p = 1).
 
-    ``|| F_s/||F_s||_2 - F_t/||F_t||_2 ||_1`` with each sample's factor flattened and
-    L2-normalised (norm clamped below at 1e-12); reduction: mean over all B*D elements
-    (the scale KD-Zoo's lambda 200 assumes).  ``factor_t`` is detached.  If spatial sizes
-    differ (4-D maps), the larger map is avg-pooled to the smaller first
-    (``adaptive_avg_pool2d``).
+    ``form="flat"`` (KD-Zoo's ``kd_losses/ft.py``): ``|| F_s/||F_s||_2 - F_t/||F_t||_2 ||_1`` with each
+    sample's factor flattened and L2-normalised (norm clamped below at 1e-12); reduction: mean over all
+    B*D elements (the scale KD-Zoo's lambda 200 assumes).  ``form="spatial"`` (RepDistiller's
+    ``distiller_zoo/FT.py``, ``FactorTransfer(p1=2, p2=1)``): each factor first reduced to the channel mean
+    of its square, ``mean_c F^2`` (B, H*W), then L2-normalised; the L1 difference averaged over B*H*W.
+    ``factor_t`` is detached.  If spatial sizes differ (4-D maps), the larger map is avg-pooled to the
+    smaller first (``adaptive_avg_pool2d``).
     """
+    if form not in FACTOR_FORMS:
+        raise KdpipeError(f"factor_form: got {form!r}; allowed: {', '.join(FACTOR_FORMS)}")
     factor_t = factor_t.detach()
     if factor_s.shape[0] != factor_t.shape[0]:
         raise ValueError(f"batch mismatch: {factor_s.shape[0]} vs {factor_t.shape[0]}")
@@ -208,6 +217,8 @@ def factor_transfer_loss(factor_s: Tensor, factor_t: Tensor) -> Tensor:
         raise ValueError(
             f"factor shape mismatch after pooling: student {tuple(factor_s.shape)} vs teacher {tuple(factor_t.shape)}"
         )
+    if form == "spatial":
+        factor_s, factor_t = factor_s.pow(2).mean(1), factor_t.pow(2).mean(1)
     s = F.normalize(factor_s.flatten(1), p=2, dim=1, eps=_EPS)
     t = F.normalize(factor_t.flatten(1), p=2, dim=1, eps=_EPS)
     return (s - t).abs().mean()
