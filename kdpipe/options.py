@@ -334,13 +334,29 @@ def _form(name: str, help: str) -> Option:
 
 
 # FT's paraphraser and translator shape (both FT entry points; a paraphraser must match the student run's)
+# Each change kdpipe made to what the FT paraphraser node computes, dated: its runs record the revision (option
+# ``form``, 1 + these), so that a paraphraser of an earlier one is not taken for today's (the workflow re-plans it).
+PARAPHRASER_REVISIONS = (
+    "2026-11-28: the paraphraser kept is the last epoch's, as KD-Zoo and RepDistiller use it (it was the lowest "
+    "validation loss's)",
+)
+
 FT_SHAPE = [
     Option(
         "ft_bn",
         str,
         "auto",
-        "BatchNorm in paraphraser and translator: auto = KD-Zoo's choice (on, but off on cifar100), on, off",
-        choices=("auto", "on", "off"),
+        "BatchNorm in paraphraser and translator: auto = KD-Zoo's choice (on, but off on cifar100), on, off; "
+        "translator = in the translator only (RepDistiller's models/util.py)",
+        choices=("auto", "on", "off", "translator"),
+    ),
+    Option(
+        "ft_init",
+        str,
+        "kaiming",
+        "initialisation of paraphraser and translator: kaiming = KD-Zoo's (Kaiming-normal fan_out convolutions, "
+        "zero biases); torch = PyTorch's layer defaults (RepDistiller's)",
+        choices=("kaiming", "torch"),
     ),
     Option(
         "para_decoder_out",
@@ -545,6 +561,16 @@ ENTRY_OPTIONS: dict[str, list[Option]] = {
             exclusive_min=True,
         ),
         *FT_SHAPE,
+        Option(
+            "form",
+            int,
+            None,
+            "the revision of the paraphraser's computation the run is of (kdpipe.options.PARAPHRASER_REVISIONS); "
+            "unset = today's, the only one that trains; recorded, so that a finished run or checkpoint of an "
+            "earlier revision is another run",
+            minimum=1,
+            nullable=True,
+        ),
     ],
     "ft": TEACHER_STUDENT
     + [
@@ -849,8 +875,16 @@ RESUME_NEUTRAL = {
 # Options that a later kdpipe added with a default other than None.  A fingerprint without one (a finished run's
 # or a checkpoint's, written by an older kdpipe) reads as having that default, so that such runs still stand for
 # runs at the default; any other absent key reads as None, an option left unset.
-ADDED_WITH_A_DEFAULT = {"memory_format", "crop_padding", "amp"}
-assert ADDED_WITH_A_DEFAULT <= {opt.name for opt in COMMON}, "a common option"
+ADDED_WITH_A_DEFAULT = {"memory_format", "crop_padding", "amp", "factor_form", "ft_init"}
+_ADDED_DEFAULTS = {
+    opt.name: opt.default
+    for opt in [*COMMON, *(o for opts in ENTRY_OPTIONS.values() for o in opts)]
+    if opt.name in ADDED_WITH_A_DEFAULT
+}
+assert set(_ADDED_DEFAULTS) == ADDED_WITH_A_DEFAULT, "each an option"
+assert all(
+    o.default == _ADDED_DEFAULTS[o.name] for opts in ENTRY_OPTIONS.values() for o in opts if o.name in _ADDED_DEFAULTS
+), "one default wherever the option is taken"
 
 
 def fingerprint_options(opts: dict) -> dict:
@@ -873,7 +907,7 @@ def fingerprint_value(fingerprint: dict, key: str) -> Any:
     if key in fingerprint:
         value = fingerprint[key]
     else:
-        value = next((opt.default for opt in COMMON if opt.name == key and key in ADDED_WITH_A_DEFAULT), None)
+        value = _ADDED_DEFAULTS.get(key)
     if key == "crop_padding" and isinstance(fingerprint.get("data_name"), str) and value in CROP_PADDINGS:
         from .data import augmentation_of  # torch: only where runs are compared
         from .errors import KdpipeError

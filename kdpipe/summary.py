@@ -134,7 +134,6 @@ def _settings_of_older_record(record: dict) -> dict:
         "k",
         "ft_bn",
         "para_decoder_out",
-        "factor_form",
         "mode",
         "sampler",
         "objective",

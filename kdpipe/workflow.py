@@ -20,7 +20,7 @@ from typing import Callable
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
 from .config import SCHEMA_PATH, data_name, image_size, load_config, read_config_file, training  # noqa: F401
 from .errors import KdpipeError
-from .options import PARAPHRASER_EPOCHS, SECTION_SETTINGS, find_option
+from .options import PARAPHRASER_EPOCHS, PARAPHRASER_REVISIONS, SECTION_SETTINGS, find_option
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     RunId,
@@ -329,12 +329,17 @@ def _common(config: dict, dataset: str, seed: int, stage: str, net: str | None) 
     return {**data_options(config, dataset), "seed": int(seed), **precision(config), **training(config, stage, net)}
 
 
+def _unless_default(entry: str, **options) -> dict:
+    """The options given that are not at ``entry``'s defaults: how a workflow job passes an option kdpipe added
+    later (``ADDED_WITH_A_DEFAULT``), so that the params, and so the runs, planned before it stay as they were."""
+    return {name: value for name, value in options.items() if value != find_option(entry, name).default}
+
+
 def precision(config: dict) -> dict:
     """``amp`` where ``resources.amp`` is not ``auto``: it changes what a CUDA run computes (bf16 or float32),
     so a change re-runs the training jobs and teacher caches; absent at ``auto``, so that the runs planned
     before it was in their params keep their params (no re-run)."""
-    amp = config["resources"]["amp"]
-    return {"amp": amp} if amp != find_option("base", "amp").default else {}
+    return _unless_default("base", amp=config["resources"]["amp"])
 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
@@ -361,6 +366,7 @@ def _ft_shape(config: dict) -> dict:
     return {
         "ft_bn": config["ft"]["bn"],
         "para_decoder_out": config["ft"]["paraphraser_decoder_out"],
+        **_unless_default("ft", ft_init=config["ft"]["init"]),
     }
 
 
@@ -375,6 +381,7 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
     opts["lr"] = ft["paraphraser_lr_by_teacher"].get(teacher) or ft["paraphraser_lr"] or opts["lr"] / 10
     opts["milestones"] = None  # a constant lr
     opts["warmup_epochs"] = 0
+    opts["form"] = 1 + len(PARAPHRASER_REVISIONS)  # a paraphraser of an earlier revision is re-planned
     return opts
 
 
@@ -387,8 +394,7 @@ def ft_options(config: dict, dataset: str, teacher: str, student: str, seed, swe
         **{k: config["ft"][k] for k in SECTION_SETTINGS["ft"]},
         "k": config["ft"]["k"],
         **_ft_shape(config),
-        # only where it is not KD-Zoo's form: the params (and fingerprints) of every earlier FT run stay as they were
-        **({"factor_form": config["ft"]["factor_form"]} if config["ft"]["factor_form"] != "flat" else {}),
+        **_unless_default("ft", factor_form=config["ft"]["factor_form"]),
         **dict(sweep),
     }
 

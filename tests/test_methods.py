@@ -112,11 +112,86 @@ def test_ft_paraphraser_defaults_from_the_cli(monkeypatch):
 
 
 def test_ft_batchnorm_follows_kdzoo_per_dataset():
+    """(paraphraser, translator): KD-Zoo's auto, on, off for both; RepDistiller's in the translator alone."""
     from kdpipe.methods.ft import use_batchnorm
 
-    assert use_batchnorm("auto", "cifar10") and use_batchnorm("auto", "digits")
-    assert not use_batchnorm("auto", "cifar100")  # KD-Zoo: use_bn = data_name == 'cifar10'
-    assert use_batchnorm("on", "cifar100") and not use_batchnorm("off", "cifar10")
+    assert use_batchnorm("auto", "cifar10") == use_batchnorm("auto", "digits") == (True, True)
+    assert use_batchnorm("auto", "cifar100") == (False, False)  # KD-Zoo: use_bn = data_name == 'cifar10'
+    assert use_batchnorm("on", "cifar100") == (True, True) and use_batchnorm("off", "cifar10") == (False, False)
+    assert use_batchnorm("translator", "cifar10") == use_batchnorm("translator", "cifar100") == (False, True)
+
+
+def test_ft_init_torch_keeps_pytorchs_layer_defaults():
+    """``ft_init kaiming`` (KD-Zoo): Kaiming-normal fan_out convolutions, zero biases; ``torch`` (RepDistiller,
+    whose models/util.py initialises nothing): the draws of PyTorch's own layers, here re-made from the seed."""
+    from torch import nn
+
+    from kdpipe.objectives.ft import Paraphraser, Translator
+
+    torch.manual_seed(3)
+    got = Translator(16, 8, bn=False, init="torch")
+    torch.manual_seed(3)
+    plain = [nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)]
+    convs = [m for m in got.modules() if isinstance(m, nn.Conv2d)]
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(convs, plain))
+    kaiming = Translator(16, 8, bn=False, init="kaiming")
+    first = next(m for m in kaiming.modules() if isinstance(m, nn.Conv2d))
+    assert float(first.bias.detach().abs().max()) == 0.0
+    assert float(first.weight.detach().std()) == pytest.approx((2 / (16 * 9)) ** 0.5, rel=0.05)  # fan_out 16 x 3 x 3
+    assert (
+        float(convs[0].weight.detach().abs().max()) <= 1 / (16 * 9) ** 0.5
+    )  # PyTorch's kaiming_uniform(a=sqrt 5) bound
+    with pytest.raises(KdpipeError, match="ft_init: got 'xavier'; allowed: kaiming, torch"):
+        Paraphraser(16, 0.5, init="xavier")
+
+
+def test_ft_repdistillers_shape_paraphraser_and_translator(tmp_path, teacher):
+    """config/repdistiller.yaml's FT: no BN in the paraphraser, BN in the translator, PyTorch's init, the spatial
+    factor; each recorded (settings list the later-added options only where not at KD-Zoo's defaults)."""
+    forms = dict(ft_bn="translator", ft_init="torch")
+    kdpipe.train_ft_paraphraser(
+        t_model=str(teacher), t_name="resnet14", save_root=str(tmp_path), note="p", **forms, **TINY
+    )
+    state = torch.load(tmp_path / "p" / "paraphraser.pt", weights_only=True)
+    assert not any("running_mean" in k for k in state)
+    record = kdpipe.train_ft(
+        t_model=str(teacher),
+        t_name="resnet14",
+        s_name="resnet8",
+        paraphraser=str(tmp_path / "p" / "paraphraser.pt"),
+        factor_form="spatial",
+        save_root=str(tmp_path),
+        note="ft",
+        **forms,
+        **TINY,
+    )
+    translator = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["task"]["extra"]["translator"]
+    assert sum("running_mean" in k for k in translator) == 3
+    assert record["settings"] == {
+        "lambda_kd": 200.0,
+        "k": 0.5,
+        "ft_bn": "translator",
+        "para_decoder_out": "lrelu",
+        "factor_form": "spatial",
+        "ft_init": "torch",
+    }
+    assert (record["info"]["factor_form"], record["info"]["ft_init"]) == ("spatial", "torch")
+
+
+def test_ft_paraphraser_kept_is_the_last_epochs(tmp_path, teacher):
+    """KD-Zoo and RepDistiller use the paraphraser as its last epoch left it, whatever its validation loss; the
+    run records the revision that does so (form 2), and an earlier one is refused."""
+    para = kdpipe.train_ft_paraphraser(
+        t_model=str(teacher), t_name="resnet14", save_root=str(tmp_path), note="p", **{**TINY, "epochs": 3}
+    )
+    assert para["config"]["form"] == 2 and para["roles"]["paraphraser"]["best_epoch"] == 3
+    kept = torch.load(tmp_path / "p" / "paraphraser.pt", weights_only=True)
+    last = torch.load(tmp_path / "p" / "checkpoint.pt", weights_only=True)["task"]["roles"]["paraphraser"]
+    assert kept.keys() == last.keys() and all(torch.equal(kept[k], last[k]) for k in kept)
+    with pytest.raises(KdpipeError, match=r"form: got 1; the FT paraphraser computes revision 2 \(2026-11-28: "):
+        kdpipe.train_ft_paraphraser(
+            t_model=str(teacher), t_name="resnet14", save_root=str(tmp_path), note="old", form=1, **TINY
+        )
 
 
 def test_ft_refuses_paraphraser_of_other_k(tmp_path, teacher):

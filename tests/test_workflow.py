@@ -119,7 +119,10 @@ def test_reference_settings_reach_the_rules():
     assert para["epochs"] == 30 and para["lr"] == pytest.approx(0.02)  # KD-Zoo: 30 epochs at the students' lr/10
     assert para["milestones"] is None and para["warmup_epochs"] == 0  # a constant lr
     assert (para["ft_bn"], para["para_decoder_out"]) == ("auto", "lrelu")
+    assert para["form"] == 2  # the paraphraser kept is the last epoch's: the earlier revision's nodes re-run
     student = ft_options(config, "cifar100", "resnet14", "resnet8", 0)
+    # options added later pass only where not at their defaults: the params of the FT runs made before stay
+    assert not {"ft_init", "factor_form"} & (set(para) | set(student))
     crd = crd_options(config, "cifar100", "crd", "resnet14", "resnet8", 0)
     assert (crd["mode"], crd["sampler"], crd["objective"]) == ("exact", "other_class", "nce")
     bss = bss_options(config, "cifar100", "resnet14-resnet8", 0, 1)
@@ -158,6 +161,31 @@ def test_repdistiller_recipe_settings_reach_the_kd_rule():
     resolve("kd", {**st, "t_model": "t.pt"})
     with pytest.raises(KdpipeError, match=r"^config kd\.settings\.st\.ce_weight: -1 is less than the minimum of 0$"):
         load_config(yaml.safe_load(text.replace("ce_weight: 0.1", "ce_weight: -1")))
+
+
+def test_repdistiller_ft_shape_reaches_the_ft_rules():
+    """config/repdistiller.yaml's FT (models/util.py, distiller_zoo/FT.py): BN in the translator alone, PyTorch's
+    initialisation, the spatial factor -- in the paraphraser's and the students' options."""
+    from kdpipe.options import resolve
+    from kdpipe.workflow import ft_options, ft_paraphraser_options
+
+    config = load_config(yaml.safe_load(open(ROOT / "config" / "repdistiller.yaml")))
+    pair = config["pairs"][0]
+    para = ft_paraphraser_options(config, "cifar100", pair["teacher"], 0)
+    student = ft_options(config, "cifar100", pair["teacher"], pair["student"], 0)
+    assert (para["ft_bn"], para["ft_init"], para["form"]) == ("translator", "torch", 2)
+    assert (student["ft_bn"], student["ft_init"], student["factor_form"]) == ("translator", "torch", "spatial")
+    resolve("ft_paraphraser", {**para, "t_model": "t.pt"})
+    resolve("ft", {**student, "t_model": "t.pt"})
+
+
+def test_fingerprints_without_later_added_options_stand_for_their_defaults():
+    """A finished run or checkpoint made before ``factor_form`` / ``ft_init`` existed reads as KD-Zoo's form."""
+    from kdpipe.options import differing_keys
+
+    old = {"lambda_kd": 200.0, "ft_bn": "auto"}
+    assert differing_keys(old, {**old, "factor_form": "flat", "ft_init": "kaiming"}) == []
+    assert differing_keys(old, {**old, "factor_form": "spatial", "ft_init": "torch"}) == ["factor_form", "ft_init"]
 
 
 def test_bad_config_one_line_from_snakemake(tmp_path):

@@ -89,6 +89,20 @@ def check_st_temperature(entry: str):
     return settle
 
 
+def settle_form(opts: dict, revisions: tuple[str, ...], subject: str) -> None:
+    """``form``: the revision of ``subject``'s computation (1 + its dated ``revisions``) where it has been revised,
+    else unset (as before revisions existed, so that an unrevised computation's runs keep their identity); any
+    other value is refused -- kdpipe trains only today's form."""
+    current = 1 + len(revisions)
+    if opts["form"] is None:
+        opts["form"] = current if revisions else None
+    elif opts["form"] != current:
+        raise KdpipeError(
+            f"form: got {opts['form']}; {subject} computes revision {current} "
+            f"({revisions[-1] if revisions else 'never revised'}); only that one trains"
+        )
+
+
 def cache_input(opts: dict) -> dict:
     """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read."""
     return {"teacher_cache": str(Path(opts["teacher_cache"]) / "manifest.json")} if opts.get("teacher_cache") else {}

@@ -22,10 +22,10 @@ from ..checkpoint import safe_load_state_dict
 from ..engine import Context, Task, lr_factor
 from ..errors import KdpipeError
 from ..losses import TapShapes
-from ..options import common_options
+from ..options import PARAPHRASER_REVISIONS, common_options, find_option
 from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
 from ..runner import run_entry
-from .common import check_st_temperature, frozen, load_teacher
+from .common import check_st_temperature, frozen, load_teacher, settle_form
 from .student import StudentTask, Term
 
 
@@ -33,16 +33,30 @@ def _slug(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
 
-FT_BN = ("auto", "on", "off")
+FT_BN = find_option("ft", "ft_bn").choices
 
 
-def use_batchnorm(setting: str, data_name: str) -> bool:
-    """BN in paraphraser and translator: ``on``/``off``, or ``auto`` -- KD-Zoo's choice, off on cifar100 only."""
+def use_batchnorm(setting: str, data_name: str) -> tuple[bool, bool]:
+    """BN in (paraphraser, translator): ``on``/``off`` both, ``auto`` -- KD-Zoo's choice, both off on cifar100
+    only -- or ``translator``: in the translator alone (RepDistiller's ``Translator(use_bn=True)`` beside its
+    ``Paraphraser(use_bn=False)``)."""
     if setting not in FT_BN:
         raise KdpipeError(f"ft_bn: got {setting!r}; allowed: {', '.join(FT_BN)}")
-    if setting == "auto":
-        return data_name != "cifar100"
-    return setting == "on"
+    if setting == "translator":
+        return False, True
+    both = data_name != "cifar100" if setting == "auto" else setting == "on"
+    return both, both
+
+
+def bn_label(paraphraser: bool, translator: bool) -> str:
+    """What a run records as its ``ft_bn``: ``on``/``off`` for both, else ``translator``."""
+    return ("on" if paraphraser else "off") if paraphraser == translator else "translator"
+
+
+def non_default(opts: dict, *names: str) -> dict:
+    """The named FT options that kdpipe added later, where not at their defaults: what a run's settings list (the
+    runs made before an option existed list neither)."""
+    return {name: opts[name] for name in names if opts[name] != find_option("ft", name).default}
 
 
 def paraphraser_optimizer(params, opts: dict):
@@ -57,7 +71,9 @@ def paraphraser_optimizer(params, opts: dict):
 
 
 class ParaphraserTask(Task):
-    """Trains the paraphraser on the teacher's last-stage map; 'loss' on val/test is the reconstruction MSE."""
+    """Trains the paraphraser on the teacher's last-stage map; 'loss' on val/test is the reconstruction MSE.  The
+    paraphraser kept is the last epoch's, as KD-Zoo and RepDistiller train and use it (not the lowest validation
+    loss's: PARAPHRASER_REVISIONS)."""
 
     method = "ft-paraphraser"
 
@@ -66,8 +82,8 @@ class ParaphraserTask(Task):
         self.teacher = load_teacher(ctx)
         self.channels = TapShapes.probe(self.teacher, ctx.data.image_shape).stages[-1][0]
         opts = ctx.opts
-        self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
-        paraphraser = Paraphraser(self.channels, opts["k"], self.bn, opts["para_decoder_out"])
+        self.bn, _ = use_batchnorm(opts["ft_bn"], opts["data_name"])
+        paraphraser = Paraphraser(self.channels, opts["k"], self.bn, opts["para_decoder_out"], opts["ft_init"])
         self.roles["paraphraser"] = ctx.prepare(paraphraser)
         optimizer, scheduler = paraphraser_optimizer(self.roles["paraphraser"].parameters(), opts)
         self.optimizers["paraphraser"], self.schedulers["paraphraser"] = optimizer, scheduler
@@ -86,6 +102,9 @@ class ParaphraserTask(Task):
     @classmethod
     def replays(cls, opts):
         return True
+
+    def selectable(self, epoch: int) -> bool:
+        return epoch == self.total_epochs() - 1
 
     @torch.no_grad()
     def evaluate_role(self, role, images, labels, normalize):
@@ -116,7 +135,12 @@ class ParaphraserTask(Task):
 
     def settings(self):
         o = self.ctx.opts
-        return {"k": o["k"], "ft_bn": "on" if self.bn else "off", "para_decoder_out": o["para_decoder_out"]}
+        return {
+            "k": o["k"],
+            "ft_bn": "on" if self.bn else "off",
+            "para_decoder_out": o["para_decoder_out"],
+            **non_default(o, "ft_init"),
+        }
 
     def info(self):
         o = self.ctx.opts
@@ -126,6 +150,8 @@ class ParaphraserTask(Task):
             "factor_channels": factor_channels(self.channels, o["k"]),
             "ft_bn": "on" if self.bn else "off",
             "para_decoder_out": o["para_decoder_out"],
+            "ft_init": o["ft_init"],
+            "kept": "the last epoch's",
             "lr_schedule": f"x0.1 at {o['milestones']}" if o.get("milestones") else "constant",
             "nesterov": False,
         }
@@ -152,15 +178,17 @@ class FactorTransferTask(StudentTask):
         super().__init__(ctx)
         opts = ctx.opts
         channels = self.teacher_shapes.stages[-1][0]
-        self.bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
-        paraphraser = load_paraphraser(opts["paraphraser"], channels, opts["k"], self.bn, opts["para_decoder_out"])
+        para_bn, translator_bn = use_batchnorm(opts["ft_bn"], opts["data_name"])
+        self.bn = bn_label(para_bn, translator_bn)
+        paraphraser = load_paraphraser(opts["paraphraser"], channels, opts["k"], para_bn, opts["para_decoder_out"])
         self.paraphraser = frozen(ctx.prepare(paraphraser))
         s_channels = self.student_shapes.stages[-1][0]
-        translator = ctx.prepare(Translator(s_channels, factor_channels(channels, opts["k"]), self.bn))
+        factor = factor_channels(channels, opts["k"])
+        translator = ctx.prepare(Translator(s_channels, factor, translator_bn, opts["ft_init"]))
         self.extra_modules["translator"] = translator
         self.train_student_with(translator)
         self.lambda_kd = opts["lambda_kd"]
-        self.factor_form = opts.get("factor_form") or "flat"
+        self.factor_form = opts["factor_form"]
 
     def terms(self, x, y, index, view_ids, epoch):
         student, translator = self.roles["student"], self.extra_modules["translator"]
@@ -179,19 +207,19 @@ class FactorTransferTask(StudentTask):
         return {
             "lambda_kd": self.lambda_kd,
             "k": o["k"],
-            "ft_bn": "on" if self.bn else "off",
+            "ft_bn": self.bn,
             "para_decoder_out": o["para_decoder_out"],
-            # only where it is not KD-Zoo's form, so that the runs made before the setting keep their identity
-            **({"factor_form": self.factor_form} if self.factor_form != "flat" else {}),
+            **non_default(o, "factor_form", "ft_init"),
         }
 
     def method_info(self):
         return {
             "lambda_kd": self.lambda_kd,
             "k": self.ctx.opts["k"],
-            "ft_bn": "on" if self.bn else "off",
+            "ft_bn": self.bn,
             "para_decoder_out": self.ctx.opts["para_decoder_out"],
-            **({"factor_form": self.factor_form} if self.factor_form != "flat" else {}),
+            "factor_form": self.factor_form,
+            "ft_init": self.ctx.opts["ft_init"],
             "st_weight": self.st_weight,
             **({"T": self.T} if self.st_weight else {}),  # the soft-target term's temperature
             "translator_parameters": sum(p.numel() for p in self.extra_modules["translator"].parameters()),
@@ -207,6 +235,7 @@ def train_ft_paraphraser(**kwargs) -> dict:
         ParaphraserTask,
         default_note=lambda o: f"ft-paraphraser-{_slug(o['data_name'])}-{o['t_name']}-k{o['k']}-seed{o['seed']}",
         input_files=lambda o: {"t_model": o["t_model"]},
+        settle=lambda o: settle_form(o, PARAPHRASER_REVISIONS, "the FT paraphraser"),
     )
 
 
@@ -229,6 +258,7 @@ def train_ft(**kwargs) -> dict:
             t_name=opts["t_name"],
             k=opts["k"],
             ft_bn=opts["ft_bn"],
+            ft_init=opts["ft_init"],
             para_decoder_out=opts["para_decoder_out"],
             epochs=opts["para_epochs"],
             lr=opts["para_lr"] or opts["lr"] / 10,

@@ -29,7 +29,7 @@ from ..losses import LOSSES, DistillBatch
 from ..options import MODE_SETTINGS, TWO_STAGE_SETTINGS, find_option
 from ..models import FeatureTaps, head_modules
 from ..runner import run_entry
-from .common import cache_input
+from .common import cache_input, settle_form as common_settle_form
 from .student import StudentTask, Term
 
 
@@ -223,17 +223,9 @@ def _slug(name: str) -> str:
 
 
 def settle_form(opts: dict) -> None:
-    """``form``: the mode's revision where it has been revised (else unset, as before revisions existed); any
-    other value is refused -- kdpipe trains only today's form."""
+    """``form``: the mode's revision where it has been revised (:func:`kdpipe.methods.common.settle_form`)."""
     mode = LOSSES[opts["kd_mode"]]
-    current = mode.revision()
-    if opts["form"] is None:
-        opts["form"] = mode.recorded_form()
-    elif opts["form"] != current:
-        raise KdpipeError(
-            f"form: got {opts['form']}; kd_mode {mode.name} computes revision {current} "
-            f"({mode.revisions[-1] if mode.revisions else 'never revised'}); only that one trains"
-        )
+    common_settle_form(opts, mode.revisions, f"kd_mode {mode.name}")
 
 
 def check_mode_flags(opts: dict) -> None:

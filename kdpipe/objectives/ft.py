@@ -33,10 +33,11 @@ convolutions then have no bias, else they do) and LeakyReLU(0.1) -- the decoder'
 layer included (``decoder_out="lrelu"``): the reconstruction targets are post-ReLU maps.
 ``decoder_out="linear"`` ends the decoder in a plain transposed convolution with a bias
 instead, which can reproduce any sign.  KD-Zoo uses BN on CIFAR-10 and none on CIFAR-100
-(:func:`kdpipe.methods.ft.use_batchnorm`).  Initialisation as KD-Zoo: Kaiming-normal
-(fan_out, ReLU gain) for the convolutions, zero biases, BN weight 1 and bias 0; the
-transposed convolutions keep PyTorch's default initialisation (KD-Zoo's initialiser only
-matches ``nn.Conv2d``).
+(:func:`kdpipe.methods.ft.use_batchnorm`); RepDistiller in the translator only.  Initialisation
+(``init="kaiming"``) as KD-Zoo: Kaiming-normal (fan_out, ReLU gain) for the convolutions, zero
+biases, BN weight 1 and bias 0; the transposed convolutions keep PyTorch's default initialisation
+(KD-Zoo's initialiser only matches ``nn.Conv2d``).  ``init="torch"``: every layer keeps PyTorch's
+default (RepDistiller's ``models/util.py`` initialises nothing).
 
 This module holds only the building blocks; wiring into an entry point lives elsewhere.
 """
@@ -47,10 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import KdpipeError
+from ..options import find_option
 
 __all__ = [
     "DECODER_OUTS",
     "FACTOR_FORMS",
+    "INITS",
     "factor_channels",
     "Paraphraser",
     "Translator",
@@ -64,7 +67,8 @@ DECODER_OUTS = ("lrelu", "linear")
 # How the FT loss reads a factor: flat = KD-Zoo's (each sample's whole factor flattened and L2-normalised);
 # spatial = RepDistiller's distiller_zoo/FT.py (FactorTransfer p1=2, p2=1): the channel mean of the squared
 # factor, a (H*W) map per sample, L2-normalised.
-FACTOR_FORMS = ("flat", "spatial")
+FACTOR_FORMS = find_option("ft", "factor_form").choices
+INITS = find_option("ft", "ft_init").choices  # kaiming (KD-Zoo's), torch (PyTorch's defaults: RepDistiller's)
 
 
 def factor_channels(in_channels: int, k: float) -> int:
@@ -93,8 +97,13 @@ def _encoder(in_channels: int, factor: int, bn: bool) -> nn.Sequential:
     )
 
 
-def _init(module: nn.Module) -> None:
-    """KD-Zoo's initialisation: Kaiming-normal (fan_out, relu) convolutions with zero bias; BN 1 / 0."""
+def _init(module: nn.Module, how: str) -> None:
+    """``kaiming``: KD-Zoo's initialisation, Kaiming-normal (fan_out, relu) convolutions with zero bias, BN 1 / 0;
+    ``torch``: the layers as PyTorch made them."""
+    if how not in INITS:
+        raise KdpipeError(f"ft_init: got {how!r}; allowed: {', '.join(INITS)}")
+    if how == "torch":
+        return
     for m in module.modules():
         if type(m) is nn.Conv2d:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -117,7 +126,7 @@ class Paraphraser(nn.Module):
     ``f = factor_channels(in_channels, k)``.
     """
 
-    def __init__(self, in_channels: int, k: float, bn: bool = True, decoder_out: str = "lrelu"):
+    def __init__(self, in_channels: int, k: float, bn: bool = True, decoder_out: str = "lrelu", init: str = "kaiming"):
         super().__init__()
         if decoder_out not in DECODER_OUTS:
             raise KdpipeError(f"para_decoder_out: got {decoder_out!r}; allowed: {', '.join(DECODER_OUTS)}")
@@ -137,7 +146,7 @@ class Paraphraser(nn.Module):
             *_layer(f, c, self.bn, transposed=True),
             *last,
         )
-        _init(self)
+        _init(self, init)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, bn={self.bn}, decoder_out={self.decoder_out!r}"
@@ -156,12 +165,12 @@ class Translator(nn.Module):
     """Student-side encoder.
 
     Conv3x3(in->in), Conv3x3(in->f), Conv3x3(f->f), each [BN] LeakyReLU(0.1) (BN when ``bn``),
-    stride 1 / padding 1 (H, W preserved), KD-Zoo's initialisation.  If the student's map is
+    stride 1 / padding 1 (H, W preserved), ``init`` as the paraphraser's.  If the student's map is
     larger (H, W) than the teacher's factor, it is average-pooled to the factor's size in
     :func:`factor_transfer_loss` (not here).
     """
 
-    def __init__(self, in_channels: int, factor: int, bn: bool = True):
+    def __init__(self, in_channels: int, factor: int, bn: bool = True, init: str = "kaiming"):
         super().__init__()
         if int(in_channels) < 1 or int(factor) < 1:
             raise ValueError(f"in_channels and factor must be >= 1, got {in_channels}, {factor}")
@@ -169,7 +178,7 @@ class Translator(nn.Module):
         self.factor = int(factor)
         self.bn = bool(bn)
         self.encoder = _encoder(self.in_channels, self.factor, self.bn)
-        _init(self)
+        _init(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder(x)
