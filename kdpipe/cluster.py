@@ -19,6 +19,7 @@ small jobs run on one GPU.  Every problem found here is one line:
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -33,6 +34,9 @@ PARTITION_VAR = "KDPIPE_SLURM_PARTITION"
 ACCOUNT_VAR = "KDPIPE_SLURM_ACCOUNT"
 GPUS_VAR = "KDPIPE_SLURM_GPUS"
 PLUGIN = "snakemake_executor_plugin_slurm"
+# profiles/slurm's slurm-jobname-prefix came with 2.2.0 (--slurm-status-command with 2.0.1): an older
+# plugin stops Snakemake at the profile, "unrecognized arguments: --slurm-jobname-prefix=kdpipe"
+MIN_PLUGIN = (2, 2)
 MIN_JOB_AGE_FOR_SQUEUE = 120  # the plugin's own threshold (3 x its 40 s first status check)
 
 
@@ -212,14 +216,39 @@ def partition_problem(partition: str, gpus: int, gres: str | None = None) -> str
 # ---------------------------------------------------------------- python -m kdpipe.cluster
 
 
+def plugin_version() -> str | None:
+    """The installed snakemake-executor-plugin-slurm's version, or None when it is not installed."""
+    if importlib.util.find_spec(PLUGIN) is None:
+        return None
+    try:
+        return importlib.metadata.version("snakemake-executor-plugin-slurm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def plugin_problem(version: str | None) -> str | None:
+    """A missing executor plugin, or one older than profiles/slurm's keys need."""
+    need = ".".join(map(str, MIN_PLUGIN))
+    if version is None:
+        return (
+            f"snakemake-executor-plugin-slurm is not installed for {sys.executable}: "
+            f"pip install 'snakemake-executor-plugin-slurm>={need}' (it is in kdpipe's [test] extra)"
+        )
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if len(numbers) == 2 and numbers < MIN_PLUGIN:
+        return (
+            f"snakemake-executor-plugin-slurm {version} is older than the {need} profiles/slurm needs (Snakemake would "
+            f"stop at its slurm-jobname-prefix): pip install 'snakemake-executor-plugin-slurm>={need}'"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Check this login node for a submission with profiles/slurm; print the command to use."""
     problems = []
-    if importlib.util.find_spec(PLUGIN) is None:
-        problems.append(
-            f"snakemake-executor-plugin-slurm is not installed for {sys.executable}: "
-            "pip install snakemake-executor-plugin-slurm (it is in kdpipe's [test] extra)"
-        )
+    problem = plugin_problem(plugin_version())
+    if problem:
+        problems.append(problem)
     missing = [cmd for cmd in ("sbatch", "sinfo", "squeue", "scontrol") if shutil.which(cmd) is None]
     if missing:
         problems.append(f"no SLURM client commands ({', '.join(missing)}) on PATH: run this on the login node")

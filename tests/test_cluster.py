@@ -232,3 +232,22 @@ def test_cluster_check_names_a_missing_plugin(tmp_path):
     assert out.returncode == 1
     assert "kdpipe cluster: snakemake-executor-plugin-slurm is not installed for" in out.stderr
     assert all(line.startswith("kdpipe cluster: ") for line in out.stderr.splitlines())
+
+
+@pytest.mark.parametrize(
+    "version, problem",
+    [("2.8.0", None), ("2.2.0", None), ("10.0", None), ("1.9.2", "snakemake-executor-plugin-slurm 1.9.2 is older")],
+)
+def test_cluster_check_names_an_old_plugin(version, problem):
+    """profiles/slurm's slurm-jobname-prefix needs plugin 2.2: an older one stops Snakemake at the profile."""
+    found = kc.plugin_problem(version)
+    if problem is None:
+        assert found is None
+    else:
+        assert found.startswith(problem) and "'snakemake-executor-plugin-slurm>=2.2'" in found
+
+
+def test_plugin_floor_is_the_one_packaging_asks():
+    need = ".".join(map(str, kc.MIN_PLUGIN))
+    assert f'"snakemake-executor-plugin-slurm>={need}"' in (ROOT / "pyproject.toml").read_text()
+    assert f"snakemake-executor-plugin-slurm>={need}" in (ROOT / "environment.yml").read_text()
