@@ -133,11 +133,29 @@ def submission_problems(workflow, gpus: int, gres: str | None = None) -> list[st
     problem = partition_problem(partition, gpus, gres)
     if problem:
         problems.append(problem)
+    problem = time_limit_problem(partition, rule_runtimes(workflow))
+    if problem:
+        problems.append(problem)
     status = getattr(workflow.executor_settings, "status_command", None) or "sacct"
     problem = status_problem(status)
     if problem:
         problems.append(problem)
     return problems
+
+
+def rule_runtimes(workflow) -> dict[str, int]:
+    """The longest time limit (minutes) the jobs of each rule that will run ask of SLURM, --set-resources
+    included (every rule's own where the DAG is not built yet)."""
+    try:
+        jobs = [(job.rule.name, job.resources.get("runtime")) for job in workflow.dag.needrun_jobs()]
+    except AttributeError:
+        jobs = [(rule.name, rule.resources.get("runtime")) for rule in workflow.rules]
+    runtimes = {}
+    for name, value in jobs:
+        value = getattr(value, "value", value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            runtimes[name] = max(value, runtimes.get(name, 0))
+    return runtimes
 
 
 # ---------------------------------------------------------------- the SLURM side
@@ -213,6 +231,53 @@ def partition_problem(partition: str, gpus: int, gres: str | None = None) -> str
     return None
 
 
+def _minutes(limit: str) -> int | None:
+    """sinfo's time limit ([days-]hours:minutes:seconds, minutes:seconds, minutes) in whole minutes;
+    None for none (``infinite``) or a form not known here."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit.strip())
+    if not m:
+        return None
+    days, a, b, c = (int(g) if g else 0 for g in m.groups())
+    if m.group(4) is not None:  # [d-]h:m:s
+        return days * 1440 + a * 60 + b
+    if m.group(3) is not None:  # d-h:m or m:s
+        return days * 1440 + a * 60 + b if m.group(1) else a
+    return days * 1440 + a * 60 if m.group(1) else a
+
+
+def partition_minutes(partition: str) -> int | None:
+    """The partition's time limit (MaxTime) in minutes; None when it has none or SLURM cannot say."""
+    out = _run("sinfo", "-h", "-p", partition, "-o", "%l")
+    if out is None or out.returncode != 0 or not out.stdout.split():
+        return None
+    limits = [_minutes(word) for word in out.stdout.split()]
+    return None if None in limits else max(limits)
+
+
+def time_limit_fits(partition: str, runtimes: dict[str, int]) -> list[str]:
+    """``<rule>:runtime=<limit>`` for each rule whose jobs ask more minutes than the partition allows."""
+    most = partition_minutes(partition)
+    if most is None:
+        return []
+    return [f"{rule}:runtime={most}" for rule, minutes in sorted(runtimes.items()) if minutes > most]
+
+
+def time_limit_problem(partition: str, runtimes: dict[str, int]) -> str | None:
+    """Rules whose jobs ask a longer time limit than the partition allows (its MaxTime): SLURM accepts
+    such a job and holds it PENDING (Reason PartitionTimeLimit) for ever, and Snakemake waits for it."""
+    fits = time_limit_fits(partition, runtimes)
+    if not fits:
+        return None
+    most = partition_minutes(partition)
+    asks = ", ".join(f"{rule} {minutes}" for rule, minutes in sorted(runtimes.items()) if minutes > most)
+    return (
+        f"partition {partition!r} allows jobs {most} minutes (sinfo -o %l), but these rules ask for more (minutes): "
+        f"{asks}; SLURM would hold them PENDING (PartitionTimeLimit) for ever. Ask for what it allows: "
+        f"--set-resources {' '.join(fits)} (a training job killed at its limit resumes from its epoch checkpoint "
+        "when Snakemake retries it; a teacher cache starts over)"
+    )
+
+
 # ---------------------------------------------------------------- python -m kdpipe.cluster
 
 
@@ -263,12 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = local_only_problem()
     if problem:
         problems.append(problem)
-    status = "sacct"
+    status, fits = "sacct", []
     if not missing:
         if PARTITION_VAR in os.environ:
             problem = partition_problem(os.environ[PARTITION_VAR], gpus, gres)
             if problem:
                 problems.append(problem)
+            else:
+                from .workflow import RUNTIMES
+
+                fits = time_limit_fits(os.environ[PARTITION_VAR], RUNTIMES)
         if status_problem("sacct"):
             status = "squeue"
             problem = status_problem("squeue")
@@ -279,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return 1
     extra = " --slurm-status-command squeue" if status == "squeue" else ""
+    if fits:
+        print(
+            f"kdpipe cluster: partition {os.environ[PARTITION_VAR]} allows shorter jobs than some rules ask for: "
+            "the command sets their runtime to its limit (a training job killed at its limit resumes from its "
+            "epoch checkpoint when Snakemake retries it)"
+        )
+        extra += " --set-resources " + " ".join(fits)
     print(
         f"kdpipe cluster: ok: partition {os.environ[PARTITION_VAR]}, account {os.environ[ACCOUNT_VAR] or '(none)'}, "
         f"{describe_request(gpus, gres)} per training job, status command {status}"

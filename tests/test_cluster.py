@@ -251,3 +251,54 @@ def test_plugin_floor_is_the_one_packaging_asks():
     need = ".".join(map(str, kc.MIN_PLUGIN))
     assert f'"snakemake-executor-plugin-slurm>={need}"' in (ROOT / "pyproject.toml").read_text()
     assert f"snakemake-executor-plugin-slurm>={need}" in (ROOT / "environment.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    "limit, minutes",
+    [("1:00:00", 60), ("2-00:00:00", 2880), ("30:00", 30), ("45", 45), ("1-12", 2160), ("infinite", None)],
+)
+def test_partition_time_limit_in_minutes(monkeypatch, limit, minutes):
+    monkeypatch.setattr(kc, "_run", lambda *cmd: subprocess.CompletedProcess([], 0, stdout=f"{limit}\n"))
+    assert kc.partition_minutes("gpu") == minutes
+
+
+def test_a_runtime_over_the_partition_limit_is_refused(monkeypatch):
+    """A job asking more than the partition's MaxTime would sit PENDING (PartitionTimeLimit) for ever."""
+    monkeypatch.setattr(kc, "_run", lambda *cmd: subprocess.CompletedProcess([], 0, stdout="8:00:00\n"))
+    assert kc.time_limit_problem("gpu", {"train_base": 480, "teacher_cache": 120}) is None
+    problem = kc.time_limit_problem("gpu", {"train_base": 720, "train_kd_seeds": 960, "teacher_cache": 120})
+    assert problem.startswith("partition 'gpu' allows jobs 480 minutes (sinfo -o %l), but these rules ask for more")
+    assert "train_base 720, train_kd_seeds 960;" in problem
+    assert "--set-resources train_base:runtime=480 train_kd_seeds:runtime=480 (" in problem
+
+
+def test_rule_runtimes_are_those_of_the_jobs_to_run():
+    Job = type("Job", (), {})
+    jobs = []
+    for name, runtime in (("train_base", 720), ("train_base", 30), ("summary", None), ("train_kd", 600)):
+        job = Job()
+        job.rule = type("Rule", (), {"name": name})()
+        job.resources = {"runtime": runtime} if runtime else {}
+        jobs.append(job)
+    workflow = type("W", (), {"dag": type("D", (), {"needrun_jobs": lambda self: jobs})()})()
+    assert kc.rule_runtimes(workflow) == {"train_base": 720, "train_kd": 600}
+
+
+def test_cluster_check_fits_the_runtimes_to_the_partition(monkeypatch, capsys):
+    def run(*cmd):
+        out = {"%l": "12:00:00\n", "%G": "gpu:2\n"}.get(cmd[-1], "")
+        return subprocess.CompletedProcess([], 0, stdout=out)
+
+    monkeypatch.setattr(kc, "_run", run)
+    monkeypatch.setattr(kc, "status_problem", lambda status: None)
+    monkeypatch.setattr(kc.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
+    monkeypatch.setenv(kc.PARTITION_VAR, "gpu")
+    monkeypatch.setenv(kc.ACCOUNT_VAR, "")
+    monkeypatch.delenv(kc.GPUS_VAR, raising=False)
+    monkeypatch.delenv("KDPIPE_JOBS_PER_GPU", raising=False)
+    assert kc.main() == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    assert command == (
+        "snakemake --profile profiles/slurm --set-resources train_bss:runtime=720 train_crd:runtime=720 "
+        "train_dml:runtime=720 train_ft:runtime=720 train_kd:runtime=720 --configfile config/paper.yaml"
+    )
