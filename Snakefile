@@ -30,6 +30,8 @@ try:
     # submitting process made it for the same config)
     for path in workflow.configfiles:
         kw.read_config_file(path)
+    # --config 'train={epochs: 3}': Snakemake keeps the numbers inside {...} and [...] as text; read them again
+    kw.apply_overrides(config, workflow.config_settings.config)
     kw.load_config(config, check_pairs=workflow.is_main_process)
 except KdpipeError as exc:
     sys.exit(f"kdpipe: {exc}")

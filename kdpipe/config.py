@@ -239,6 +239,42 @@ def _path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def typed_overrides(overrides) -> dict:
+    """Snakemake's ``--config key=value`` overrides with their numbers, booleans and nulls read as in a
+    config file.
+
+    Snakemake parses a top-level value as int, float or ``True``/``False``, but reads a mapping or list
+    with YAML's BaseLoader, which keeps every scalar in it as text (``--config 'train={epochs: 3}'`` gives
+    ``{'epochs': '3'}``; ``teacher_cache=false`` stays ``'false'``), and passes them on to cluster jobs so.
+    Each text is read as a YAML file would read it; one that stays text (``resnet20``, ``1e-3``) is kept."""
+
+    def typed(value):
+        if isinstance(value, dict):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, str):
+            try:
+                read = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            if read is None or isinstance(read, (bool, int, float)):
+                return read
+        return value
+
+    return {key: typed(value) for key, value in dict(overrides or {}).items()}
+
+
+def apply_overrides(config: dict, overrides) -> dict:
+    """``config`` with :func:`typed_overrides` merged in key by key, as Snakemake merges ``--config``."""
+    for key, value in typed_overrides(overrides).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            apply_overrides(config[key], value)
+        else:
+            config[key] = value
+    return config
+
+
 def load_config(config: dict, check_pairs: bool = True) -> dict:
     """Validate ``config`` in place (filling defaults) and return it; one-line errors.
 

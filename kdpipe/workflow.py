@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from .cache_policy import cache_decision, cache_dir, cache_embeddings, cache_plan, reads_only_cached_taps  # noqa: F401 (rules)
-from .config import SCHEMA_PATH, data_name, image_size, load_config, read_config_file, training  # noqa: F401
+from .config import (  # noqa: F401
+    SCHEMA_PATH,
+    apply_overrides,
+    data_name,
+    image_size,
+    load_config,
+    read_config_file,
+    training,
+)
 from .errors import KdpipeError
 from .options import PARAPHRASER_EPOCHS, PARAPHRASER_REVISIONS, SECTION_SETTINGS, find_option
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)

@@ -204,6 +204,31 @@ def test_a_key_given_twice_in_a_configfile_is_refused_by_snakemake(tmp_path):
     assert f"kdpipe: configfile {tmp_path / 'c.yaml'}: {twice}" in out.stderr + out.stdout
 
 
+def test_command_line_config_overrides_keep_their_numbers(tmp_path):
+    """--config 'train={epochs: 3}' seeds=[0,1]: Snakemake reads the scalars inside {...} and [...] as text
+    (and passes them to cluster jobs so); the Snakefile reads them as a config file would."""
+    (tmp_path / "c.yaml").write_text("datasets: [digits]\nseeds: [0]\nbase: {nets: [resnet8]}\npairs: []\n")
+    out = snakemake(
+        "-n", "--cores", "1", "--configfile", "c.yaml", "--config", "train={epochs: 3, lr: 0.1}", "seeds=[0, 1]",
+        "teacher_cache=false", workdir=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert job_counts(out.stdout + out.stderr)["train_base"] == 2
+    from snakemake.cli import parse_config
+
+    from kdpipe.config import apply_overrides
+
+    given = parse_config(["train={epochs: 3, lr: 0.1}", "seeds=[0, 1]", "teacher_cache=false", "kd={modes: [st]}"])
+    assert given["train"] == {"epochs": "3", "lr": "0.1"} and given["teacher_cache"] == "false"  # Snakemake's text
+    config = apply_overrides({"train": {"epochs": 200, "batch_size": 64}}, given)
+    assert config == {
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+        "seeds": [0, 1],
+        "teacher_cache": False,
+        "kd": {"modes": ["st"]},
+    }
+
+
 def test_user_config_does_not_inherit_the_embedded_default(tmp_path):
     """--configfile means exactly that file plus the schema's defaults: none of the demo's extra
     chains, cohorts or methods (which a run without --configfile plans: test_default_dag_has_every_entry_point)."""
