@@ -136,11 +136,33 @@ def submission_problems(workflow, gpus: int, gres: str | None = None) -> list[st
     problem = time_limit_problem(partition, rule_runtimes(workflow))
     if problem:
         problems.append(problem)
+    problem = torch_build_problem(gpus, gres)
+    if problem:
+        problems.append(problem)
     status = getattr(workflow.executor_settings, "status_command", None) or "sacct"
     problem = status_problem(status)
     if problem:
         problems.append(problem)
     return problems
+
+
+def torch_build_problem(gpus: int, gres: str | None) -> str | None:
+    """Jobs that ask SLURM for a GPU, run by a CPU-only torch (the jobs run this same Python): each would
+    hold its GPU and train on the CPU."""
+    if not gpus and not gres:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None:
+        return None
+    return (
+        f"torch {torch.__version__} of {sys.executable} is a CPU-only build: every training job would ask SLURM for "
+        f"{describe_request(gpus, gres)} and train on the CPU. Install a CUDA build of torch (conda picks the CPU "
+        f"one on a node without a GPU driver: CONDA_OVERRIDE_CUDA=12 conda env create -f environment.yml), "
+        f"or export {GPUS_VAR}=0 for a CPU partition"
+    )
 
 
 def rule_runtimes(workflow) -> dict[str, int]:
@@ -325,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         problems.append(str(exc))
         gpus, gres = 1, None
-    problem = local_only_problem()
+    problem = local_only_problem() or torch_build_problem(gpus, gres)
     if problem:
         problems.append(problem)
     status, fits = "sacct", []

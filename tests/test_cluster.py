@@ -302,3 +302,21 @@ def test_cluster_check_fits_the_runtimes_to_the_partition(monkeypatch, capsys):
         "snakemake --profile profiles/slurm --set-resources train_bss:runtime=720 train_crd:runtime=720 "
         "train_dml:runtime=720 train_ft:runtime=720 train_kd:runtime=720 --configfile config/paper.yaml"
     )
+
+
+@pytest.mark.parametrize("asked", [(1, None), (0, "shard:1"), (0, None)])
+def test_a_cpu_only_torch_is_refused_for_gpu_jobs(monkeypatch, asked):
+    """Conda on a login node without a GPU driver installs torch's CPU build: the jobs would hold GPUs and train
+    on the CPU (README step 1: conda env create -f environment.yml on the login node)."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    problem = kc.torch_build_problem(*asked)
+    if asked == (0, None):
+        assert problem is None  # a CPU partition
+    else:
+        assert problem.startswith(f"torch {torch.__version__} of {sys.executable} is a CPU-only build: every training")
+        assert problem.endswith("or export KDPIPE_SLURM_GPUS=0 for a CPU partition")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    assert kc.torch_build_problem(*asked) is None
