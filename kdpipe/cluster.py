@@ -37,7 +37,10 @@ PLUGIN = "snakemake_executor_plugin_slurm"
 # profiles/slurm's slurm-jobname-prefix came with 2.2.0 (--slurm-status-command with 2.0.1): an older
 # plugin stops Snakemake at the profile, "unrecognized arguments: --slurm-jobname-prefix=kdpipe"
 MIN_PLUGIN = (2, 2)
-MIN_JOB_AGE_FOR_SQUEUE = 120  # the plugin's own threshold (3 x its 40 s first status check)
+# The plugin's status checks drift apart by 10 s each round in which no job finished, up to 180 s (its
+# max_sleep_time): with squeue, a job that ends and leaves squeue (MinJobAge) between two checks is never
+# seen to finish, and Snakemake waits for it for ever.  Long training jobs keep the checks 180 s apart.
+MIN_JOB_AGE_FOR_SQUEUE = 180
 
 
 # ---------------------------------------------------------------- the Snakemake side

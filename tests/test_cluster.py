@@ -320,3 +320,14 @@ def test_a_cpu_only_torch_is_refused_for_gpu_jobs(monkeypatch, asked):
         assert problem.endswith("or export KDPIPE_SLURM_GPUS=0 for a CPU partition")
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     assert kc.torch_build_problem(*asked) is None
+
+
+@pytest.mark.parametrize("age, refused", [("120 sec", True), ("179 sec", True), ("180 sec", False), ("300 sec", False)])
+def test_squeue_needs_finished_jobs_kept_past_the_plugins_longest_status_interval(monkeypatch, age, refused):
+    """The plugin's checks drift to 180 s apart while no job finishes: a job gone from squeue sooner is lost."""
+    config = {"AccountingStorageType": "accounting_storage/none", "MinJobAge": age}
+    monkeypatch.setattr(kc, "slurm_config", lambda: config)
+    problem = kc.status_problem("squeue")
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith(f"MinJobAge is {age.split()[0]} s: squeue forgets finished jobs before Snakemake")
