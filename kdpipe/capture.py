@@ -15,9 +15,9 @@ What it keys a graph on (a new key captures a new graph; the old one is freed):
 * the batch size: the graph is captured for full batches; the epoch's last, shorter batch
   runs eagerly on the same parameters, so the graph's shapes stay static.
 
-The first :data:`WARMUP_STEPS` steps of a process run eagerly on a side stream (cuDNN's
-algorithm search, lazy initialisation, the optimizer's momentum buffers), as PyTorch requires
-before capture, and the graphs are captured there: the run's own stream where
+The first :data:`WARMUP_STEPS` steps of a process, and the first step under every new key, run
+eagerly on a side stream (cuDNN's algorithm search, lazy initialisation, the optimizer's momentum
+buffers -- also a fresh optimizer's in a later phase), as PyTorch requires before capture, and the graphs are captured there: the run's own stream where
 :func:`kdpipe.engine.fit_together` gives it one, else a side stream of the runner's own
 (:meth:`StepRunner.capture_stream`).  A step that cannot be captured after all (an error while
 recording) is run eagerly, the run goes on eagerly, and why is logged and returned in
@@ -62,6 +62,7 @@ class StepRunner:
         self.failure: str | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: Hashable = None
+        self.warmed_key: Hashable = None  # the key of the last warm-up step (a graph is captured only after one)
         self.static: tuple[Tensor, Tensor] | None = None  # index, views
         self.results: dict | None = None
         self.eager_steps = 0
@@ -83,7 +84,11 @@ class StepRunner:
         key = self.graph_key(len(index), epoch)
         if key is None:
             return self.eager(index, views, index_dev, epoch)
-        if self.eager_steps < self.warmup_steps:
+        if self.eager_steps < self.warmup_steps or (key != self.key and key != self.warmed_key):
+            # a new key's first step runs eagerly: what the step makes lazily (a fresh optimizer's momentum
+            # buffers, as a two-stage mode's separate CE-phase optimizer has) is made there, not recorded --
+            # a graph that recorded SGD's first step would replay buf = grad.clone() every step
+            self.warmed_key = key
             return self.warmup(index, views, index_dev, epoch)
         if key != self.key and not self.capture(key, index_dev, view_ids_dev[index_dev], epoch):
             return self.eager(index, views, index_dev, epoch)

@@ -84,6 +84,9 @@ CASES = {
     ),
     "bss born-again": (BoundarySampleTask, "bss", dict(PAIR, epochs=3, attack_size=0)),
     **{f"kd {mode}": (DistillTask, "kd", dict(PAIR, kd_mode=mode)) for mode in KD_MODES},
+    # a fresh optimizer for the CE phase: its momentum buffers are made by an eager step, never recorded
+    "kd fsp, separate CE-phase optimizer": (DistillTask, "kd", dict(PAIR, kd_mode="fsp", init_optimizer="separate")),
+    "kd ab, features init (repdistiller.yaml)": (DistillTask, "kd", dict(PAIR, kd_mode="ab", init_optimizer="features")),
 }
 
 
