@@ -17,7 +17,8 @@ What it keys a graph on (a new key captures a new graph; the old one is freed):
 
 The first :data:`WARMUP_STEPS` steps of a process, and the first step under every new key, run
 eagerly on a side stream (cuDNN's algorithm search, lazy initialisation, the optimizer's momentum
-buffers -- also a fresh optimizer's in a later phase), as PyTorch requires before capture, and the graphs are captured there: the run's own stream where
+buffers -- also a fresh optimizer's in a later phase), as PyTorch requires before capture, and the
+graphs are captured there: the run's own stream where
 :func:`kdpipe.engine.fit_together` gives it one, else a side stream of the runner's own
 (:meth:`StepRunner.capture_stream`).  A step that cannot be captured after all (an error while
 recording) is run eagerly, the run goes on eagerly, and why is logged and returned in
@@ -148,7 +149,10 @@ class StepRunner:
         graph = torch.cuda.CUDAGraph()
         side = self.capture_stream()
         try:
-            with torch.cuda.graph(graph, stream=side):
+            # the outer stream context restores the current stream whatever happens: torch.cuda.graph leaves its
+            # own stream context only after capture_end succeeds, so a failed capture would leave the side stream
+            # current for the rest of the run
+            with torch.cuda.stream(side), torch.cuda.graph(graph, stream=side):
                 x, y = self.batch(*static)
                 results = self.task.train_step(x, y, static[0], static[1], epoch)
         except Exception as exc:  # a host sync or CPU work inside the step: this method runs eagerly

@@ -86,7 +86,11 @@ CASES = {
     **{f"kd {mode}": (DistillTask, "kd", dict(PAIR, kd_mode=mode)) for mode in KD_MODES},
     # a fresh optimizer for the CE phase: its momentum buffers are made by an eager step, never recorded
     "kd fsp, separate CE-phase optimizer": (DistillTask, "kd", dict(PAIR, kd_mode="fsp", init_optimizer="separate")),
-    "kd ab, features init (repdistiller.yaml)": (DistillTask, "kd", dict(PAIR, kd_mode="ab", init_optimizer="features")),
+    "kd ab, features init (repdistiller.yaml)": (
+        DistillTask,
+        "kd",
+        dict(PAIR, kd_mode="ab", init_optimizer="features"),
+    ),
 }
 
 
