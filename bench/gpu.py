@@ -174,6 +174,12 @@ def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
     cases += [("st, cache", "kd", DistillTask, dict(pair, kd_mode="st", teacher_cache=str(cache_dir)))]
     cases += [("dkd (warm-up 2)", "kd", DistillTask, dict(pair, kd_mode="dkd", warmup=2))]
     cases += [("st+dot", "kd", DistillTask, dict(pair, kd_mode="st", dot_delta=0.075))]
+    # a fresh CE-phase optimizer after the init phase (repdistiller.yaml's features; separate here, which needs no
+    # feature modules): its momentum buffers are made in the new key's eager first step, not recorded
+    cases += [
+        ("fsp-separate", "kd", DistillTask, dict(pair, kd_mode="fsp", init_epochs=1, init_optimizer="separate")),
+        ("ab-features", "kd", DistillTask, dict(pair, kd_mode="ab", init_epochs=1, init_optimizer="features")),
+    ]
     cases += [
         ("ft_paraphraser", "ft_paraphraser", ParaphraserTask, dict(t_model=str(teacher_path), t_name="resnet32")),
         ("ft", "ft", FactorTransferTask, dict(pair, paraphraser=str(paraphraser_path))),

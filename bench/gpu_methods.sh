@@ -4,7 +4,8 @@
 # kdpipe/reference/step_costs.csv):
 # 1. fidelity: FT and its paraphraser, CRD, DML, BSS (its fixed-size step), born-again and DKD, whose steps
 #    became CUDA graphs after bench/gpu.sh last ran in full, each trained 2 epochs eagerly and with graphs
-#    from the same seed (README, "GPU throughput");
+#    from the same seed (README, "GPU throughput"); and FSP / AB with a fresh CE-phase optimizer after a 1-epoch
+#    init phase (init_optimizer separate / features), whose first CE step now runs eagerly before the capture;
 # 2. seeds: CRD's and BSS's seeds trained together, as resources.seeds_together trains them, against each
 #    alone -- since each run has a CUDA generator state of its own (kdpipe.engine.OwnCudaGenerators) and
 #    captures its graphs on its own stream (StepRunner.capture_stream); on that run CRD's second seed trained
@@ -16,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-timeout 240 python3 bench/gpu.py --only fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd ${OUT:+--out "$OUT/fidelity"}
+timeout 240 python3 bench/gpu.py --only fidelity --methods ft_paraphraser,ft,crd,dml,bss,dkd,fsp-separate,ab-features ${OUT:+--out "$OUT/fidelity"}
 for method in crd bss; do
     timeout 150 python3 bench/gpu.py --only seeds --methods $method ${OUT:+--out "$OUT/seeds-$method"}
 done
