@@ -629,7 +629,36 @@ def measured_otherwise(config: dict, cal: Calibration) -> list[str]:
         )
     if not gpu and resources["cuda"] == 1:
         notes.append(f"cuda: resources.cuda 1 trains on a GPU, not the {cal.device}: plan it with --device <gpu>")
+    if gpu:
+        notes += gpu_sharing()
     return notes
+
+
+def gpu_sharing() -> list[str]:
+    """Jobs that share a GPU (``KDPIPE_JOBS_PER_GPU`` locally, a GPU share per SLURM job): the rows are one job's
+    steps on a GPU of its own.  Jobs whose steps are CUDA graphs time-slice a shared GPU (README, "GPU throughput":
+    8 processes shared one process's images/s), so each may take up to that many times longer."""
+    from .cluster import GPUS_VAR, slurm_gpus
+    from .errors import KdpipeError
+    from .gpus import JOBS_PER_GPU_VAR, jobs_per_gpu
+
+    try:
+        shared = [f"{JOBS_PER_GPU_VAR}={jobs_per_gpu()}"] if jobs_per_gpu() > 1 else []
+    except KdpipeError:  # said where the variable is used
+        shared = []
+    try:
+        _, share = slurm_gpus()
+    except ValueError:
+        share = None
+    if share:
+        shared.append(f"{GPUS_VAR}={share}")
+    if not shared:
+        return []
+    return [
+        f"GPU sharing: {' and '.join(shared)} puts several jobs on one GPU; these hours and each job's time are for "
+        'a GPU of its own, and jobs whose steps are CUDA graphs time-slice a shared one (README, "GPU throughput"), '
+        "so each may take up to as many times longer as jobs share it, past its SLURM -t (not scaled)"
+    ]
 
 
 def _hours(hours: float) -> str:

@@ -492,6 +492,24 @@ def test_a_batch_size_the_steps_were_not_measured_at_is_named_not_scaled(tmp_pat
     assert other["hours"] == pytest.approx(same["hours"], rel=1e-12)  # no scaling law invented
 
 
+def test_gpu_sharing_is_named_not_scaled(monkeypatch):
+    """A GPU share per SLURM job or several local jobs per GPU: the rows are a job's steps on a GPU of its own, so
+    the plan names the share under the table (on a GPU only); the hours are unchanged."""
+    config = load_config(CONFIG)
+    alone = cost_plan(config, "h200")
+    assert not [n for n in alone["measured_otherwise"] if n.startswith("GPU sharing")]
+    monkeypatch.setenv("KDPIPE_SLURM_GPUS", "shard:1")
+    monkeypatch.setenv("KDPIPE_JOBS_PER_GPU", "4")
+    shared = cost_plan(config, "h200")
+    (note,) = [n for n in shared["measured_otherwise"] if n.startswith("GPU sharing")]
+    assert note.startswith("GPU sharing: KDPIPE_JOBS_PER_GPU=4 and KDPIPE_SLURM_GPUS=shard:1 puts several jobs on")
+    assert (
+        "time-slice" in note and note.endswith("(not scaled)") and f"measured otherwise: {note}" in format_plan(shared)
+    )
+    assert shared["hours"] == pytest.approx(alone["hours"], rel=1e-12)
+    assert not [n for n in cost_plan(config, "cpu")["measured_otherwise"] if n.startswith("GPU sharing")]
+
+
 def test_cuda_0_is_refused_on_a_gpu_and_precision_layout_threads_are_named(tmp_path):
     """resources.cuda 0 trains on the CPU: planned on a GPU it is refused in one line; amp, memory_format and
     threads that differ from what the rows measured (kdpipe's defaults on that device; the CPU rows' threads
