@@ -126,6 +126,9 @@ def build_cache(
         teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=channels_last, autocast=amp
     )
     seconds = time.perf_counter() - t0
+    # a rebuild first removes the manifest it replaces: killed between the two files, the directory holds a
+    # new cache.pt and no manifest.json (refused as incomplete), never a new table under the old manifest
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     atomic_save(table, out_dir / "cache.pt")
     manifest = {
         "format": CACHE_FORMAT,

@@ -214,3 +214,26 @@ def test_compute_table_batching_is_irrelevant(teacher):
     a = compute_table(model, data, torch.device("cpu"), True, torch.float32, batch_size=3)
     b = compute_table(model, data, torch.device("cpu"), True, torch.float32, batch_size=1024)
     assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
+
+
+def test_rebuild_killed_between_files_leaves_no_stale_manifest(teacher, tmp_path, monkeypatch):
+    import kdpipe.cache as cache_module
+
+    args = dict(
+        t_model=str(teacher),
+        t_name="resnet14",
+        save_root=str(tmp_path),
+        note="c",
+        **{k: TINY[k] for k in ("data_name", "train_subset", "cuda")},
+    )
+    kdpipe.build_teacher_cache(cache_dtype="float16", **args)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        kdpipe.build_teacher_cache(cache_dtype="float32", **args)  # killed after cache.pt, before manifest.json
+    data = load_data("digits", train_subset=40)
+    with pytest.raises(KdpipeError, match="no manifest.json"):
+        cache_module.load_cache(tmp_path / "c", teacher, data, torch.device("cpu"), need_embedding=False)
