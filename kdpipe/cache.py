@@ -247,6 +247,8 @@ def load_cache(
         raise KdpipeError(
             f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it with embeddings"
         )
-    table = safe_load(cache_dir / "cache.pt", "teacher_cache")
+    table = safe_load(cache_dir / "cache.pt", "teacher_cache", mmap=True)
     _check_table(cache_dir, table, manifest, data)
+    if not need_embedding:  # a logits reader of a cache with embeddings: they would take room on its device unread
+        table.pop("embedding", None)
     return TeacherCache(table, manifest, device)

@@ -85,12 +85,13 @@ def sha256_file(path: str | Path) -> str:
 RUN_CHECKPOINT_KEYS = ("epoch", "task", "history", "best", "train_time_s", "resumed_at", "rng")
 
 
-def safe_load(path: str | Path, what: str = "checkpoint", advice: str = "") -> Any:
+def safe_load(path: str | Path, what: str = "checkpoint", advice: str = "", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with one clear error for missing, damaged or refused files.
 
     ``what`` names the file's role (the flag, e.g. ``t_model``) in the error, ``advice`` ends it.  Whatever
     the weights-only unpickler raises on a file it cannot or may not read is one :class:`KdpipeError` line --
     never torch's advice to load without ``weights_only``; warnings of a load that fails are not shown.
+    ``mmap``: the tensors map the file instead of being read into memory (what is never touched is never read).
     """
     path = Path(path)
     if not path.is_file():
@@ -98,7 +99,7 @@ def safe_load(path: str | Path, what: str = "checkpoint", advice: str = "") -> A
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except MemoryError as exc:
             raise KdpipeError(
                 f"{what} {path}: out of host memory while loading it ({path.stat().st_size} bytes on disk; "

@@ -237,3 +237,12 @@ def test_rebuild_killed_between_files_leaves_no_stale_manifest(teacher, tmp_path
     data = load_data("digits", train_subset=40)
     with pytest.raises(KdpipeError, match="no manifest.json"):
         cache_module.load_cache(tmp_path / "c", teacher, data, torch.device("cpu"), need_embedding=False)
+
+
+def test_logits_reader_keeps_no_embeddings(cache32, teacher):
+    from kdpipe.cache import load_cache
+
+    data = load_data("digits", train_subset=40)
+    cpu = torch.device("cpu")
+    assert sorted(load_cache(cache32, teacher, data, cpu, need_embedding=False).tables) == ["logits"]
+    assert sorted(load_cache(cache32, teacher, data, cpu, need_embedding=True).tables) == ["embedding", "logits"]
