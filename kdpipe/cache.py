@@ -8,11 +8,16 @@ per step, and no approximation beyond the storage precision (fp16 by default).
 
 Files in a cache directory:
 
-* ``cache.pt``: ``{"logits": (N, V, K), "embedding": (N, V, D) or absent}``, loaded with
-  ``weights_only=True``;
-* ``manifest.json``: what the table is valid for (teacher checkpoint sha256, dataset and
+* ``cache.pt``: ``{"logits": (N, V, K)}``, loaded with ``weights_only=True`` (a cache built before
+  2026-11-28 may hold its ``"embedding"`` table here too; it is read as it is);
+* ``embedding.pt``: ``{"embedding": (N, V, D)}``, where one of the cache's students reads embeddings;
+* ``manifest.json``: what the tables are valid for (teacher checkpoint sha256, dataset and
   its training images, view definition, normalisation, dtype) -- a student refuses a cache
-  whose manifest does not match its own setting.
+  whose manifest does not match its own setting;
+* ``logits.json``, beside ``embedding.pt``: the manifest a cache of the same logits alone has (the same
+  ``cache.pt``).  A student that reads only logits is tied to the cache by this file (:func:`reader_manifest`),
+  so that adding embeddings to its cache (a mode that reads them joins the grid) or removing them leaves its
+  run standing; the students that read embeddings are tied to ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .errors import KdpipeError
 log = logging.getLogger("kdpipe")
 
 CACHE_FORMAT = 1
+LOGITS_MANIFEST = "logits.json"  # beside embedding.pt: the manifest of the logits alone (module docstring)
 MAX_CACHE_VIEWS = 512  # beyond this many views per image an exhaustive table is not worth it
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -126,25 +132,36 @@ def build_cache(
         teacher, data, device, embeddings, DTYPES[dtype], batch_size, channels_last=channels_last, autocast=amp
     )
     seconds = time.perf_counter() - t0
-    # a rebuild first removes the manifest it replaces: killed between the two files, the directory holds a
-    # new cache.pt and no manifest.json (refused as incomplete), never a new table under the old manifest
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    atomic_save(table, out_dir / "cache.pt")
-    manifest = {
+    # a rebuild first removes the manifest it replaces: killed between the files, the directory holds new
+    # tables and no manifest.json (refused as incomplete), never a new table under the old manifest
+    for name in ("manifest.json", LOGITS_MANIFEST, "embedding.pt"):
+        (out_dir / name).unlink(missing_ok=True)
+    atomic_save({"logits": table["logits"]}, out_dir / "cache.pt")
+    logits_only = {
         "format": CACHE_FORMAT,
         "kdpipe": __version__,
         "teacher": {"path": str(teacher_path), "sha256": sha256_file(teacher_path)},
         "data": data_fingerprint(data),
         "dtype": dtype,
-        "entries": sorted(table),
-        "shapes": {k: list(v.shape) for k, v in table.items()},
+        "entries": ["logits"],
+        "shapes": {"logits": list(table["logits"].shape)},
         "bytes": (out_dir / "cache.pt").stat().st_size,
         "device": device.type,  # cpu or cuda: which GPU of a node built it does not change the table
         "amp_bf16": amp,
         "channels_last": channels_last,
     }
-    # only what the table is (no build time: students fingerprint the cache by this file, so a bit-identical
+    # only what the table is (no build time: students fingerprint the cache by these files, so a bit-identical
     # rebuild must write the same bytes, or every cache reader would train again)
+    manifest = logits_only
+    if "embedding" in table:
+        atomic_save({"embedding": table["embedding"]}, out_dir / "embedding.pt")
+        atomic_write_json(out_dir / LOGITS_MANIFEST, logits_only)
+        manifest = {
+            **logits_only,
+            "entries": sorted(table),
+            "shapes": {k: list(v.shape) for k, v in sorted(table.items())},
+            "bytes": logits_only["bytes"] + (out_dir / "embedding.pt").stat().st_size,
+        }
     atomic_write_json(out_dir / "manifest.json", manifest)
     log.info("teacher cache %s: %s in %.1fs, %.1f MB", out_dir, manifest["shapes"], seconds, manifest["bytes"] / 1e6)
     return manifest
@@ -198,22 +215,29 @@ def _check_table(cache_dir: Path, table, manifest: dict, data: ImageData) -> Non
         got = f"a dict of {sorted(map(str, table))}" if isinstance(table, dict) else f"a {type(table).__name__}"
         raise _damaged(cache_dir, f"cache.pt holds {got}, not a table of teacher logits")
     rows = (len(data.train_y), data.augmentation.num_views)
+    split = (cache_dir / "embedding.pt").is_file()
+
+    def source(key: str) -> str:  # the file a table came from
+        return "embedding.pt" if key == "embedding" and split else "cache.pt"
+
     for key, value in table.items():
         if key not in ("logits", "embedding") or not isinstance(value, Tensor):
             raise _damaged(cache_dir, f"cache.pt holds {key!r} ({type(value).__name__}), not a logits/embedding table")
         if value.dtype not in DTYPES.values() or value.dim() != 3 or tuple(value.shape[:2]) != rows:
             raise _damaged(
                 cache_dir,
-                f"cache.pt's {key} is a {value.dtype} table of shape {tuple(value.shape)}, "
+                f"{source(key)}'s {key} is a {value.dtype} table of shape {tuple(value.shape)}, "
                 f"not ({rows[0]} training images, {rows[1]} views, dim) in {' or '.join(DTYPES)}",
             )
         listed = manifest.get("shapes", {}).get(key)
         if list(value.shape) != listed:
-            raise _damaged(cache_dir, f"cache.pt's {key} has shape {list(value.shape)}, manifest.json says {listed}")
+            raise _damaged(
+                cache_dir, f"{source(key)}'s {key} has shape {list(value.shape)}, manifest.json says {listed}"
+            )
     if table["logits"].shape[2] != data.num_classes:
         classes = table["logits"].shape[2]
         raise _damaged(cache_dir, f"cache.pt's logits have {classes} classes, {data.name} has {data.num_classes}")
-    if sorted(table) != sorted(manifest.get("entries", [])):
+    if not set(table) <= set(manifest.get("entries", [])):  # (a logits reader leaves embedding.pt unread)
         raise _damaged(cache_dir, f"cache.pt holds {sorted(table)}, manifest.json says {manifest.get('entries')}")
 
 
@@ -248,7 +272,21 @@ def load_cache(
             f"teacher_cache {cache_dir}: holds no embeddings, which this method reads; rebuild it with embeddings"
         )
     table = safe_load(cache_dir / "cache.pt", "teacher_cache", mmap=True)
+    if isinstance(table, dict) and need_embedding and "embedding" not in table:  # in embedding.pt (the layout now)
+        extra = safe_load(cache_dir / "embedding.pt", "teacher_cache", mmap=True)
+        if not isinstance(extra, dict) or sorted(map(str, extra)) != ["embedding"]:
+            raise _damaged(cache_dir, "embedding.pt holds no embedding table alone")
+        table["embedding"] = extra["embedding"]
     _check_table(cache_dir, table, manifest, data)
     if not need_embedding:  # a logits reader of a cache with embeddings: they would take room on its device unread
         table.pop("embedding", None)
     return TeacherCache(table, manifest, device)
+
+
+def reader_manifest(cache_dir: str | Path, need_embedding: bool) -> Path:
+    """The file that ties a student to the cache it reads (a run input, fingerprinted by its sha256):
+    ``logits.json`` for a student of the logits alone where the cache also holds embeddings (so that adding or
+    removing them leaves its run standing), else ``manifest.json``."""
+    cache_dir = Path(cache_dir)
+    logits = cache_dir / LOGITS_MANIFEST
+    return logits if not need_embedding and logits.is_file() else cache_dir / "manifest.json"

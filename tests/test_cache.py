@@ -37,6 +37,8 @@ def cache32(teacher, tmp_path_factory):
 
 def test_table_holds_teacher_output_of_every_view(teacher, cache32):
     table = torch.load(cache32 / "cache.pt", weights_only=True)
+    assert sorted(table) == ["logits"]  # the embeddings in a file of their own
+    table.update(torch.load(cache32 / "embedding.pt", weights_only=True))
     manifest = json.loads((cache32 / "manifest.json").read_text())
     assert table["logits"].shape == (40, 25, 10) and table["embedding"].shape == (40, 25, 64)
     assert manifest["teacher"]["sha256"] and manifest["data"]["views"]["num_views"] == 25
@@ -246,3 +248,57 @@ def test_logits_reader_keeps_no_embeddings(cache32, teacher):
     cpu = torch.device("cpu")
     assert sorted(load_cache(cache32, teacher, data, cpu, need_embedding=False).tables) == ["logits"]
     assert sorted(load_cache(cache32, teacher, data, cpu, need_embedding=True).tables) == ["embedding", "logits"]
+
+
+def test_embeddings_added_or_removed_leave_logits_readers_standing(teacher, tmp_path):
+    """A student of the logits alone is tied to the cache by the logits' manifest: a mode that reads embeddings
+    joining the grid rebuilds the cache with them (embedding.pt, and logits.json: the logits-only manifest, the
+    same bytes) and the st student's finished run still stands (it would train again, or be refused, were its
+    input another); rkd is tied to manifest.json."""
+    import hashlib
+
+    from kdpipe.checkpoint import sha256_file
+
+    cache = tmp_path / "c"
+    common = dict(t_model=str(teacher), t_name="resnet14", save_root=str(tmp_path), note="c", cache_dtype="float32")
+    common.update({k: TINY[k] for k in ("data_name", "train_subset", "cuda")})
+    kdpipe.build_teacher_cache(embeddings=False, **common)
+    logits_only = (cache / "manifest.json").read_bytes()
+    assert not (cache / "logits.json").exists() and not (cache / "embedding.pt").exists()
+    student = dict(t_model=str(teacher), t_name="resnet14", s_name="resnet8", epochs=1, teacher_cache=str(cache))
+    student.update({**TINY, "save_root": str(tmp_path)})
+    st = kdpipe.train_kd(kd_mode="st", note="st", **student)
+    assert st["inputs"]["teacher_cache"]["sha256"] == hashlib.sha256(logits_only).hexdigest()
+    kdpipe.build_teacher_cache(embeddings=True, **common)  # rkd joins: rebuilt with embeddings
+    assert (cache / "logits.json").read_bytes() == logits_only
+    assert sorted(torch.load(cache / "cache.pt", weights_only=True)) == ["logits"]
+    again = kdpipe.train_kd(kd_mode="st", note="st", **student)  # other_settings refuse: a changed input raises
+    assert again["finished_at"] == st["finished_at"]
+    rkd = kdpipe.train_kd(kd_mode="rkd", note="rkd", **student)
+    assert rkd["inputs"]["teacher_cache"] == {
+        "path": str(cache / "manifest.json"),
+        "sha256": sha256_file(cache / "manifest.json"),
+    }
+    # embeddings dropped again (a logits-only rebuild): the st run stands on the manifest it was made with
+    for name in ("manifest.json", "logits.json", "embedding.pt"):
+        (cache / name).unlink()
+    kdpipe.build_teacher_cache(embeddings=False, **common)
+    assert (cache / "manifest.json").read_bytes() == logits_only
+    assert kdpipe.train_kd(kd_mode="st", note="st", **student)["finished_at"] == st["finished_at"]
+
+
+def test_cache_of_the_earlier_layout_is_read(teacher, cache32, tmp_path):
+    """A cache built before 2026-11-28 holds its embeddings in cache.pt: both readers take it as it is."""
+    from kdpipe.cache import load_cache
+
+    old = tmp_path / "old"
+    old.mkdir()
+    table = torch.load(cache32 / "cache.pt", weights_only=True)
+    table.update(torch.load(cache32 / "embedding.pt", weights_only=True))
+    torch.save(table, old / "cache.pt")
+    (old / "manifest.json").write_text((cache32 / "manifest.json").read_text())
+    data = load_data("digits", train_subset=40)
+    cpu = torch.device("cpu")
+    both = load_cache(old, teacher, data, cpu, need_embedding=True).tables
+    assert sorted(both) == ["embedding", "logits"] and torch.equal(both["embedding"], table["embedding"])
+    assert sorted(load_cache(old, teacher, data, cpu, need_embedding=False).tables) == ["logits"]

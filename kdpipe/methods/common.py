@@ -103,9 +103,14 @@ def settle_form(opts: dict, revisions: tuple[str, ...], subject: str) -> None:
         )
 
 
-def cache_input(opts: dict) -> dict:
-    """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read."""
-    return {"teacher_cache": str(Path(opts["teacher_cache"]) / "manifest.json")} if opts.get("teacher_cache") else {}
+def cache_input(opts: dict, need_embedding: bool) -> dict:
+    """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read -- for a student of
+    the logits alone, the manifest of the logits (:func:`kdpipe.cache.reader_manifest`)."""
+    if not opts.get("teacher_cache"):
+        return {}
+    from ..cache import reader_manifest
+
+    return {"teacher_cache": str(reader_manifest(opts["teacher_cache"], need_embedding))}
 
 
 def teacher_test_accuracy(teacher: nn.Module, ctx: Context) -> float:

@@ -91,6 +91,10 @@ def train_crd(**kwargs) -> dict:
         default_note=lambda o: (
             f"crd-{o['data_name'].replace(':', '_').replace('/', '_')}-{o['t_name']}-{o['s_name']}-seed{o['seed']}"
         ),
-        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
+        input_files=lambda o: {
+            "t_model": o["t_model"],
+            "s_init": o.get("s_init"),
+            **cache_input(o, "embedding" in CRDLoss.teacher_taps),
+        },
         settle=check_st_temperature("crd"),
     )

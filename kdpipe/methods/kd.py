@@ -258,6 +258,10 @@ def train_kd(**kwargs) -> dict:
         kwargs,
         DistillTask,
         default_note=lambda o: f"kd-{o['kd_mode']}-{_slug(o['data_name'])}-{o['t_name']}-{o['s_name']}-seed{o['seed']}",
-        input_files=lambda o: {"t_model": o["t_model"], "s_init": o.get("s_init"), **cache_input(o)},
+        input_files=lambda o: {
+            "t_model": o["t_model"],
+            "s_init": o.get("s_init"),
+            **cache_input(o, "embedding" in LOSSES[o["kd_mode"]].teacher_taps),
+        },
         settle=settle,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache import build_cache, check_cache_request, data_fingerprint, read_manifest
+from ..cache import LOGITS_MANIFEST, build_cache, check_cache_request, data_fingerprint, read_manifest
 from ..checkpoint import run_dir_lock, sha256_file
 from ..data import check_data_name
 from ..engine import Context
@@ -63,6 +63,8 @@ def _up_to_date(out_dir: Path, opts: dict, data, amp: bool) -> dict | None:
     """The manifest of a cache in ``out_dir`` built from this teacher and data (and with bf16 autocast or
     without, as ``amp``), if both files are there."""
     if not ((out_dir / "manifest.json").is_file() and (out_dir / "cache.pt").is_file()):
+        return None
+    if (out_dir / LOGITS_MANIFEST).is_file() and not (out_dir / "embedding.pt").is_file():  # embeddings lost
         return None
     try:
         manifest = read_manifest(out_dir)
