@@ -6,7 +6,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -42,14 +41,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -59,10 +58,42 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+class _Writes:
+    """A file's ``write`` that keeps the OSError it raised: torch.save reports a failed write (a full disk) as
+    a RuntimeError of its zip writer ("unexpected pos ..."), which :func:`atomic_save` turns back into it."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    """``torch.save`` streamed into the temporary file (no copy of the serialised object in memory: a teacher
+    cache's table can be tens of GB); the same bytes as a save into a buffer, whatever the file's name."""
+
+    def save(fh: BinaryIO) -> None:
+        writes = _Writes(fh)
+        try:
+            torch.save(obj, writes)
+        except RuntimeError:
+            if writes.error is not None:
+                raise writes.error from None
+            raise
+
+    _atomic_write(path, save)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

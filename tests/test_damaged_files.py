@@ -298,3 +298,39 @@ def test_a_weights_file_must_be_a_state_dict_of_tensors(tmp_path):
         KdpipeError, match=exact(f"paraphraser {odd}: not a state dict of tensors (a list); expected {expected}")
     ):
         load_paraphraser(odd, 64, 0.5)
+
+
+def test_atomic_save_streams_and_a_full_disk_is_the_oserror(tmp_path, monkeypatch):
+    """atomic_save streams torch.save into its temporary file (the bytes a save into a buffer gives); a write the
+    disk refuses half-way -- which torch's zip writer reports as a RuntimeError ("unexpected pos") -- is the
+    OSError (errno 28, one line at the CLI), and neither the temporary file nor the target is left."""
+    from kdpipe import checkpoint
+
+    table = {"logits": torch.arange(6000, dtype=torch.float16).view(20, 30, 10)}
+    buffer = io.BytesIO()
+    torch.save(table, buffer)
+    checkpoint.atomic_save(table, tmp_path / "cache.pt")
+    assert (tmp_path / "cache.pt").read_bytes() == buffer.getvalue()
+
+    class Full(io.RawIOBase):  # a disk that takes 4 kB
+        def __init__(self, name):
+            self.name, self.size = name, 0
+            open(name, "wb").close()
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.size += len(data)
+            if self.size > 4096:
+                raise OSError(28, "No space left on device", str(self.name))
+            return len(data)
+
+        def fileno(self):
+            raise OSError("no descriptor")
+
+    monkeypatch.setattr(checkpoint, "open", lambda name, mode: Full(name), raising=False)
+    with pytest.raises(OSError) as raised:
+        checkpoint.atomic_save(table, tmp_path / "full" / "cache.pt")
+    assert raised.value.errno == 28 and not isinstance(raised.value, RuntimeError)
+    assert list((tmp_path / "full").iterdir()) == []
