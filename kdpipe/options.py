@@ -341,6 +341,19 @@ PARAPHRASER_REVISIONS = (
     "validation loss's)",
 )
 
+
+def revision(revisions: tuple[str, ...]) -> int:
+    """The revision of a computation with these dated ``revisions``: 1 + their number."""
+    return 1 + len(revisions)
+
+
+def recorded_form(revisions: tuple[str, ...]) -> int | None:
+    """The option ``form`` a run of a computation records: its revision once revised, else unset (as runs
+    recorded it before revisions existed, so that an unrevised computation's runs keep their identity).  The one
+    rule for kd modes and the FT paraphraser, in the workflow's params and in the runs' fingerprints alike."""
+    return revision(revisions) if revisions else None
+
+
 FT_SHAPE = [
     Option(
         "ft_bn",

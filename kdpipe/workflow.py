@@ -28,7 +28,7 @@ from .config import (  # noqa: F401
     training,
 )
 from .errors import KdpipeError
-from .options import PARAPHRASER_EPOCHS, PARAPHRASER_REVISIONS, SECTION_SETTINGS, find_option
+from .options import PARAPHRASER_EPOCHS, PARAPHRASER_REVISIONS, SECTION_SETTINGS, find_option, recorded_form
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     RunId,
@@ -389,7 +389,7 @@ def ft_paraphraser_options(config: dict, dataset: str, teacher: str, seed) -> di
     opts["lr"] = ft["paraphraser_lr_by_teacher"].get(teacher) or ft["paraphraser_lr"] or opts["lr"] / 10
     opts["milestones"] = None  # a constant lr
     opts["warmup_epochs"] = 0
-    opts["form"] = 1 + len(PARAPHRASER_REVISIONS)  # a paraphraser of an earlier revision is re-planned
+    opts["form"] = recorded_form(PARAPHRASER_REVISIONS)  # a paraphraser of an earlier revision is re-planned
     return opts
 
 

@@ -926,3 +926,20 @@ def test_outdated_manifests_read_the_files_record_beside_the_manifest(tmp_path, 
     record.unlink()
     os.utime(manifest, ns=(made, made))
     assert outdated_manifests(config) == []
+
+
+def test_the_planned_form_is_the_one_a_run_records():
+    """The workflow's ``form`` param and the run's settled ``form`` follow one rule (options.recorded_form): were
+    they to differ, every revised mode's (or paraphraser's) finished run would be refused or trained again."""
+    from kdpipe.losses import LOSSES
+    from kdpipe.methods.common import settle_form
+    from kdpipe.options import PARAPHRASER_REVISIONS, recorded_form
+    from kdpipe.workflow import ft_paraphraser_options
+
+    config = load_config({"datasets": ["digits"], "pairs": [{"teacher": "resnet14", "student": "resnet8"}]})
+    for revisions in [PARAPHRASER_REVISIONS, *(cls.revisions for cls in LOSSES.values())]:
+        opts = {"form": None}
+        settle_form(opts, revisions, "x")
+        assert opts["form"] == recorded_form(revisions)
+    assert ft_paraphraser_options(config, "digits", "resnet14", 0)["form"] == recorded_form(PARAPHRASER_REVISIONS)
+    assert all(cls.recorded_form() == recorded_form(cls.revisions) for cls in LOSSES.values())

@@ -155,13 +155,17 @@ class DistillLoss(nn.Module):
     @classmethod
     def revision(cls) -> int:
         """The revision of the mode's default computation: 1 + the changes listed in ``revisions``."""
-        return 1 + len(cls.revisions)
+        from ..options import revision
+
+        return revision(cls.revisions)
 
     @classmethod
     def recorded_form(cls) -> int | None:
         """The option ``form`` a run of the mode records: its revision once revised, else unset (as runs
         recorded it before revisions existed, so that an unrevised mode's runs keep their identity)."""
-        return cls.revision() if cls.revisions else None
+        from ..options import recorded_form
+
+        return recorded_form(cls.revisions)
 
     def __init__(self, student: TapShapes, teacher: TapShapes, teacher_model: nn.Module | None = None, **settings: Any):
         """``teacher_model`` is given for losses that read teacher parameters at construction (OFD)."""

@@ -93,9 +93,11 @@ def settle_form(opts: dict, revisions: tuple[str, ...], subject: str) -> None:
     """``form``: the revision of ``subject``'s computation (1 + its dated ``revisions``) where it has been revised,
     else unset (as before revisions existed, so that an unrevised computation's runs keep their identity); any
     other value is refused -- kdpipe trains only today's form."""
-    current = 1 + len(revisions)
+    from ..options import recorded_form, revision
+
+    current = revision(revisions)
     if opts["form"] is None:
-        opts["form"] = current if revisions else None
+        opts["form"] = recorded_form(revisions)
     elif opts["form"] != current:
         raise KdpipeError(
             f"form: got {opts['form']}; {subject} computes revision {current} "
