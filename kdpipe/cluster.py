@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             if problem:
                 problems.append(problem)
             else:
-                from .workflow import RUNTIMES
+                from .workflow import all_rule_runtimes
 
-                fits = time_limit_fits(os.environ[PARTITION_VAR], RUNTIMES)
+                fits = time_limit_fits(os.environ[PARTITION_VAR], all_rule_runtimes())
         if status_problem("sacct"):
             status = "squeue"
             problem = status_problem("squeue")

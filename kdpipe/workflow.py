@@ -598,6 +598,13 @@ RUNTIMES = {
 }
 
 
+def all_rule_runtimes() -> dict[str, int]:
+    """Every rule that asks SLURM for a time limit, with its minutes: RUNTIMES' rules, the training rules' sweeps
+    and each training rule's ``<rule>_seeds`` (rules/seeds.smk)."""
+    names = [*RUNTIMES, *SEEDED_RULES, *(f"{name}_seeds" for name in SEEDED_RULES)]
+    return {name: minutes for name in names if (minutes := rule_runtime(name)) is not None}
+
+
 def rule_runtime(rule: str) -> int | None:
     """The SLURM time limit (minutes) a job of ``rule`` asks for before ``--set-resources`` (a
     ``<rule>_sweep`` or ``<rule>_seeds`` job its rule's); None for a rule that runs on the submitting node."""

@@ -298,10 +298,20 @@ def test_cluster_check_fits_the_runtimes_to_the_partition(monkeypatch, capsys):
     monkeypatch.delenv("KDPIPE_JOBS_PER_GPU", raising=False)
     assert kc.main() == 0
     command = capsys.readouterr().out.strip().splitlines()[-1]
-    assert command == (
-        "snakemake --profile profiles/slurm --set-resources train_bss:runtime=720 train_crd:runtime=720 "
-        "train_dml:runtime=720 train_ft:runtime=720 train_kd:runtime=720 --configfile config/paper.yaml"
+    assert command.startswith(
+        "snakemake --profile profiles/slurm --set-resources train_bss:runtime=720 train_bss_seeds:runtime=720 "
+        "train_crd:runtime=720 train_crd_seeds:runtime=720 train_crd_sweep:runtime=720 "
     )
+    assert command.endswith(" --configfile config/paper.yaml")
+    fitted = {part.split(":")[0] for part in command.split() if ":runtime=" in part}
+    # every rule that asks more than 12 h, its sweep's and seeds_together's rules too (another config than
+    # paper.yaml may run them), none that asks less (base 720, caches and paraphrasers 120)
+    assert fitted == {
+        f"train_{m}{suffix}"
+        for m in ("kd", "ft", "crd", "dml", "bss")
+        for suffix in ("", "_seeds", "_sweep", "_sweep_seeds")
+        if not (m in ("dml", "bss") and "sweep" in suffix)
+    }
 
 
 @pytest.mark.parametrize("asked", [(1, None), (0, "shard:1"), (0, None)])
