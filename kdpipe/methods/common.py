@@ -105,14 +105,15 @@ def settle_form(opts: dict, revisions: tuple[str, ...], subject: str) -> None:
         )
 
 
-def cache_input(opts: dict, need_embedding: bool) -> dict:
+def cache_input(opts: dict, taps: frozenset | None) -> dict:
     """The cache's manifest as a run input: its sha256 ties a run to the exact cache it read -- for a student of
-    the logits alone, the manifest of the logits (:func:`kdpipe.cache.reader_manifest`)."""
+    the logits alone, the manifest of the logits (:func:`kdpipe.cache.reader_manifest`).  ``taps``: what the run
+    reads through the cache (its task's ``cache_taps_of``, also what it loads)."""
     if not opts.get("teacher_cache"):
         return {}
     from ..cache import reader_manifest
 
-    return {"teacher_cache": str(reader_manifest(opts["teacher_cache"], need_embedding))}
+    return {"teacher_cache": str(reader_manifest(opts["teacher_cache"], "embedding" in (taps or ())))}
 
 
 def teacher_test_accuracy(teacher: nn.Module, ctx: Context) -> float:

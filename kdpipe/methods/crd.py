@@ -28,6 +28,10 @@ def default_lambda(num_classes: int) -> float:
 class ContrastiveTask(StudentTask):
     method = "crd"
 
+    @classmethod
+    def cache_taps_of(cls, opts: dict) -> frozenset:
+        return frozenset(CRDLoss.teacher_taps | ({"logits"} if (opts.get("st_weight") or 0) > 0 else set()))
+
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         opts, data = ctx.opts, ctx.data
@@ -45,7 +49,7 @@ class ContrastiveTask(StudentTask):
             labels=data.train_y,
         ).to(ctx.device)
         self.lambda_kd = opts["lambda_kd"] if opts["lambda_kd"] is not None else default_lambda(data.num_classes)
-        self.cache_taps = CRDLoss.teacher_taps | ({"logits"} if self.st_weight > 0 else set())
+        self.cache_taps = self.cache_taps_of(opts)
         self.open_teacher_cache()
         self.extra_modules["crd"] = self.crd
         self.train_student_with(self.crd)
@@ -94,7 +98,7 @@ def train_crd(**kwargs) -> dict:
         input_files=lambda o: {
             "t_model": o["t_model"],
             "s_init": o.get("s_init"),
-            **cache_input(o, "embedding" in CRDLoss.teacher_taps),
+            **cache_input(o, ContrastiveTask.cache_taps_of(o)),
         },
         settle=check_st_temperature("crd"),
     )

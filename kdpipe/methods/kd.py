@@ -78,6 +78,11 @@ def mode_settings(opts: dict) -> dict:
 class DistillTask(StudentTask):
     method = "kd"
 
+    @classmethod
+    def cache_taps_of(cls, opts: dict) -> frozenset | None:
+        loss_cls = LOSSES[opts["kd_mode"]]
+        return frozenset(loss_cls.teacher_taps) if loss_cls.cacheable() else None
+
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         opts = ctx.opts
@@ -86,7 +91,7 @@ class DistillTask(StudentTask):
         self.loss = loss_cls(
             self.student_shapes, self.teacher_shapes, teacher_model=self.teacher, **mode_settings(opts)
         ).to(ctx.device)
-        self.cache_taps = loss_cls.teacher_taps if loss_cls.cacheable() else None
+        self.cache_taps = self.cache_taps_of(opts)
         self.open_teacher_cache(
             f"teacher_cache: kd_mode {self.mode} reads the teacher's {', '.join(sorted(loss_cls.teacher_taps))}; "
             f"a cache serves only the modes {', '.join(CACHEABLE_MODES)}"
@@ -261,7 +266,7 @@ def train_kd(**kwargs) -> dict:
         input_files=lambda o: {
             "t_model": o["t_model"],
             "s_init": o.get("s_init"),
-            **cache_input(o, "embedding" in LOSSES[o["kd_mode"]].teacher_taps),
+            **cache_input(o, DistillTask.cache_taps_of(o)),
         },
         settle=settle,
     )

@@ -62,8 +62,14 @@ class StudentTask(Task):
     """A student trained against a frozen teacher; subclasses declare :meth:`terms`."""
 
     method = ""
-    # Teacher taps the method reads through the cache when one is given; None: it cannot use a cache.
+    # Teacher taps the method reads through the cache when one is given (cache_taps_of(opts)); None: it cannot.
     cache_taps: frozenset | None = None
+
+    @classmethod
+    def cache_taps_of(cls, opts: dict) -> frozenset | None:
+        """The teacher taps a run with ``opts`` reads through a cache (None: it cannot use one): what it loads,
+        and so which of the cache's manifests it is fingerprinted by (:func:`.common.cache_input`)."""
+        return None
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
