@@ -277,6 +277,8 @@ def convert_state_dict(
         resolved = source
     to_ours = {k: k for k in expected} if layout == "kdpipe" else ref_to_ours
     described = f"kdpipe's {net}" if layout == "kdpipe" else f"RepDistiller's/mdistiller's {ref_net}"
+    if source == "auto" and 2 * max(in_ours, in_ref) < len(state):  # the file fits neither layout: say so
+        described = f"{net} in kdpipe's or RepDistiller's/mdistiller's names"
 
     has_counters = any(k.endswith("num_batches_tracked") for k in state)
     out: dict[str, Any] = {}

@@ -364,3 +364,14 @@ def test_cli_converts_and_fails_with_one_line(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith(f"kdpipe convert_teacher: error: src {src}: key ")
     assert lines[0].endswith("is --net right?")
     assert_nothing_written(bad)
+
+
+def test_file_of_another_family_names_neither_layout(tmp_path):
+    # a RepDistiller resnet8x4 file shares only fc.* with kdpipe's vgg8 names: not taken as a kdpipe file
+    src = tmp_path / "resnet8x4.pth"
+    reference_file(src, "resnet8x4")
+    message = convert_error(tmp_path, src, net="vgg8")
+    assert message == (
+        f"src {src}: key conv1.weight is not a parameter or buffer of vgg8 in kdpipe's or "
+        "RepDistiller's/mdistiller's names (37 keys); is --net right?"
+    )
