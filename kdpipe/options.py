@@ -333,7 +333,6 @@ def _form(name: str, help: str) -> Option:
     )
 
 
-# FT's paraphraser and translator shape (both FT entry points; a paraphraser must match the student run's)
 # Each change kdpipe made to what the FT paraphraser node computes, dated: its runs record the revision (option
 # ``form``, 1 + these), so that a paraphraser of an earlier one is not taken for today's (the workflow re-plans it).
 PARAPHRASER_REVISIONS = (
@@ -354,6 +353,7 @@ def recorded_form(revisions: tuple[str, ...]) -> int | None:
     return revision(revisions) if revisions else None
 
 
+# FT's paraphraser and translator shape (both FT entry points; a paraphraser must match the student run's)
 FT_SHAPE = [
     Option(
         "ft_bn",
