@@ -879,6 +879,13 @@ def find_option(entry: str, name: str) -> Option:
     raise KeyError(f"{entry} has no option {name!r}")
 
 
+def unless_default(entry: str, **options) -> dict:
+    """The options given that are not at ``entry``'s defaults: how an option kdpipe added later
+    (``ADDED_WITH_A_DEFAULT``) enters a workflow job's params and a run's settings, so that the params, settings
+    and runs made before it stay as they were."""
+    return {name: value for name, value in options.items() if value != find_option(entry, name).default}
+
+
 # Options that may differ between a checkpoint and its resumption without changing results.
 RESUME_NEUTRAL = {
     *("save_root", "note", "other_settings", "img_root", "download", "print_freq", "threads", "cuda", "cuda_graphs"),

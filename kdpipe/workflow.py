@@ -28,7 +28,13 @@ from .config import (  # noqa: F401
     training,
 )
 from .errors import KdpipeError
-from .options import PARAPHRASER_EPOCHS, PARAPHRASER_REVISIONS, SECTION_SETTINGS, find_option, recorded_form
+from .options import (
+    PARAPHRASER_EPOCHS,
+    PARAPHRASER_REVISIONS,
+    SECTION_SETTINGS,
+    recorded_form,
+    unless_default,
+)
 from .plan import (  # noqa: F401  (the DAG's names, used by the rules through `kw`)
     RESULTS,
     RunId,
@@ -337,17 +343,11 @@ def _common(config: dict, dataset: str, seed: int, stage: str, net: str | None) 
     return {**data_options(config, dataset), "seed": int(seed), **precision(config), **training(config, stage, net)}
 
 
-def _unless_default(entry: str, **options) -> dict:
-    """The options given that are not at ``entry``'s defaults: how a workflow job passes an option kdpipe added
-    later (``ADDED_WITH_A_DEFAULT``), so that the params, and so the runs, planned before it stay as they were."""
-    return {name: value for name, value in options.items() if value != find_option(entry, name).default}
-
-
 def precision(config: dict) -> dict:
     """``amp`` where ``resources.amp`` is not ``auto``: it changes what a CUDA run computes (bf16 or float32),
     so a change re-runs the training jobs and teacher caches; absent at ``auto``, so that the runs planned
     before it was in their params keep their params (no re-run)."""
-    return _unless_default("base", amp=config["resources"]["amp"])
+    return unless_default("base", amp=config["resources"]["amp"])
 
 
 def base_options(config: dict, dataset: str, net: str, seed) -> dict:
@@ -374,7 +374,7 @@ def _ft_shape(config: dict) -> dict:
     return {
         "ft_bn": config["ft"]["bn"],
         "para_decoder_out": config["ft"]["paraphraser_decoder_out"],
-        **_unless_default("ft", ft_init=config["ft"]["init"]),
+        **unless_default("ft", ft_init=config["ft"]["init"]),
     }
 
 
@@ -402,7 +402,7 @@ def ft_options(config: dict, dataset: str, teacher: str, student: str, seed, swe
         **{k: config["ft"][k] for k in SECTION_SETTINGS["ft"]},
         "k": config["ft"]["k"],
         **_ft_shape(config),
-        **_unless_default("ft", factor_form=config["ft"]["factor_form"]),
+        **unless_default("ft", factor_form=config["ft"]["factor_form"]),
         **dict(sweep),
     }
 

@@ -22,7 +22,7 @@ from ..checkpoint import safe_load_state_dict
 from ..engine import Context, Task, lr_factor
 from ..errors import KdpipeError
 from ..losses import TapShapes
-from ..options import PARAPHRASER_REVISIONS, common_options, find_option
+from ..options import PARAPHRASER_REVISIONS, common_options, find_option, unless_default
 from ..objectives.ft import Paraphraser, Translator, factor_channels, factor_transfer_loss, reconstruction_loss
 from ..runner import run_entry
 from .common import check_st_temperature, frozen, load_teacher, settle_form
@@ -51,12 +51,6 @@ def use_batchnorm(setting: str, data_name: str) -> tuple[bool, bool]:
 def bn_label(paraphraser: bool, translator: bool) -> str:
     """What a run records as its ``ft_bn``: ``on``/``off`` for both, else ``translator``."""
     return ("on" if paraphraser else "off") if paraphraser == translator else "translator"
-
-
-def non_default(opts: dict, *names: str) -> dict:
-    """The named FT options that kdpipe added later, where not at their defaults: what a run's settings list (the
-    runs made before an option existed list neither)."""
-    return {name: opts[name] for name in names if opts[name] != find_option("ft", name).default}
 
 
 def paraphraser_optimizer(params, opts: dict):
@@ -139,7 +133,7 @@ class ParaphraserTask(Task):
             "k": o["k"],
             "ft_bn": "on" if self.bn else "off",
             "para_decoder_out": o["para_decoder_out"],
-            **non_default(o, "ft_init"),
+            **unless_default("ft", ft_init=o["ft_init"]),
         }
 
     def info(self):
@@ -209,7 +203,7 @@ class FactorTransferTask(StudentTask):
             "k": o["k"],
             "ft_bn": self.bn,
             "para_decoder_out": o["para_decoder_out"],
-            **non_default(o, "factor_form", "ft_init"),
+            **unless_default("ft", factor_form=o["factor_form"], ft_init=o["ft_init"]),
         }
 
     def method_info(self):
