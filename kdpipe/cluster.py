@@ -279,22 +279,31 @@ def partition_minutes(partition: str) -> int | None:
     return None if None in limits else max(limits)
 
 
+def _over_limit(most: int | None, runtimes: dict[str, int]) -> dict[str, int]:
+    """The rules (sorted) whose jobs ask more minutes than ``most`` (None: no limit), with what they ask."""
+    return {} if most is None else {rule: m for rule, m in sorted(runtimes.items()) if m > most}
+
+
 def time_limit_fits(partition: str, runtimes: dict[str, int]) -> list[str]:
     """``<rule>:runtime=<limit>`` for each rule whose jobs ask more minutes than the partition allows."""
     most = partition_minutes(partition)
-    if most is None:
-        return []
-    return [f"{rule}:runtime={most}" for rule, minutes in sorted(runtimes.items()) if minutes > most]
+    return _fitted(most, _over_limit(most, runtimes))
+
+
+def _fitted(most: int | None, over: dict[str, int]) -> list[str]:
+    """``--set-resources`` entries that bring those rules down to the partition's ``most`` minutes."""
+    return [f"{rule}:runtime={most}" for rule in over]
 
 
 def time_limit_problem(partition: str, runtimes: dict[str, int]) -> str | None:
     """Rules whose jobs ask a longer time limit than the partition allows (its MaxTime): SLURM accepts
     such a job and holds it PENDING (Reason PartitionTimeLimit) for ever, and Snakemake waits for it."""
-    fits = time_limit_fits(partition, runtimes)
-    if not fits:
+    most = partition_minutes(partition)  # one sinfo
+    over = _over_limit(most, runtimes)
+    if not over:
         return None
-    most = partition_minutes(partition)
-    asks = ", ".join(f"{rule} {minutes}" for rule, minutes in sorted(runtimes.items()) if minutes > most)
+    fits = _fitted(most, over)
+    asks = ", ".join(f"{rule} {minutes}" for rule, minutes in over.items())
     return (
         f"partition {partition!r} allows jobs {most} minutes (sinfo -o %l), but these rules ask for more (minutes): "
         f"{asks}; SLURM would hold them PENDING (PartitionTimeLimit) for ever. Ask for what it allows: "

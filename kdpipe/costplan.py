@@ -643,9 +643,10 @@ def gpu_sharing() -> list[str]:
     from .gpus import JOBS_PER_GPU_VAR, jobs_per_gpu
 
     try:
-        shared = [f"{JOBS_PER_GPU_VAR}={jobs_per_gpu()}"] if jobs_per_gpu() > 1 else []
+        local = jobs_per_gpu()
     except KdpipeError:  # said where the variable is used
-        shared = []
+        local = 1
+    shared = [f"{JOBS_PER_GPU_VAR}={local}"] if local > 1 else []
     try:
         _, share = slurm_gpus()
     except ValueError:
