@@ -7,7 +7,8 @@ Sections (each prints a markdown table; all of it also goes to ``--out`` as mark
    CUDA graph (:mod:`kdpipe.capture`, kdpipe's default on CUDA).
 2. ``fidelity``: every method (every kd mode, FT and its paraphraser, CRD, DML, BSS and born-again), trained
    2 epochs eagerly and with CUDA graphs from the same seed (synthetic data; a partial last batch each
-   epoch): how each ran and how far apart the results are (``--methods`` picks cases).
+   epoch): how each ran and how far apart the results are (``--methods`` picks cases); BSS's fixed-size
+   attack, another computation on a graph, also beside an eager run with nudged initial weights.
 3. ``jobs``: aggregate images/s of k training processes sharing the GPU (``jobs_per_gpu``), each
    replaying its graph, started together and timed over the same seconds.
 4. ``streams``: k runs in one process, each graph replayed on its own CUDA stream.
@@ -58,6 +59,7 @@ from kdpipe.options import resolve  # noqa: E402
 from step_cost import time_task  # noqa: E402
 
 BATCH = 128
+NUDGE = 1e-7  # the fidelity section's nudge of an eager run's initial weights (BSS's noise floor)
 
 
 def synthetic_cifar(n: int, held_out: int = 1000) -> ImageData:
@@ -195,20 +197,31 @@ def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
         cases = [c for c in cases if c[0] in wanted or c[0].split()[0] in wanted or c[1] in wanted]
     rows = []
     for label, entry, cls, opts in cases:
+        # BSS's graph step attacks a fixed-size masked batch (not the eager step's computation): its distance is
+        # set beside the eager run's own float-noise floor, an eager run whose initial weights were nudged
+        nudged = entry == "bss" and opts.get("attack_size", 1) != 0
         try:
             out = {}
-            for graphs in (False, True):
+            for variant in ("eager", "graph") + (("nudged",) if nudged else ()):
                 run_dir = Path(tempfile.mkdtemp(dir=tmp))
-                ctx = context(entry, data, run_dir, graphs, epochs=2, **opts)
+                ctx = context(entry, data, run_dir, variant == "graph", epochs=2, **opts)
                 task = cls(ctx)
+                role = next(iter(task.roles))
+                if variant == "nudged":
+                    with torch.no_grad():
+                        for p in task.roles[role].parameters():
+                            p.mul_(1 + NUDGE)
                 t0 = time.perf_counter()
                 result = fit(task, ctx, {})
-                role = next(iter(task.roles))
                 weights = torch.cat([p.detach().float().flatten() for p in task.roles[role].parameters()])
-                out[graphs] = (result, weights, time.perf_counter() - t0)
-            (r0, w0, s0), (r1, w1, s1) = out[False], out[True]
+                out[variant] = (result, weights, time.perf_counter() - t0)
+            (r0, w0, s0), (r1, w1, s1) = out["eager"], out["graph"]
             last0, last1 = r0.history[-1], r1.history[-1]
             rel = float((w1 - w0).abs().max() / w0.abs().max())
+            floor = ""
+            if nudged:
+                r2, w2, _ = out["nudged"]
+                floor = f"{float((w2 - w0).abs().max() / w0.abs().max()):.1e} ({r2.history[-1]['test_acc']:.1f})"
             rows.append(
                 [
                     label,
@@ -216,15 +229,24 @@ def fidelity(report: Report, tmp: Path, methods: str = "") -> None:
                     f"{last0['train_loss']:.4f} / {last1['train_loss']:.4f}",
                     f"{last0['test_acc']:.1f} / {last1['test_acc']:.1f}",
                     f"{rel:.1e}",
+                    floor,
                     f"{s0:.1f} / {s1:.1f}",
                 ]
             )
         except Exception as exc:  # reported, not fatal
-            rows.append([label, f"failed: {type(exc).__name__}: {str(exc)[:120]}", "", "", "", ""])
+            rows.append([label, f"failed: {type(exc).__name__}: {str(exc)[:120]}", "", "", "", "", ""])
         print(rows[-1], flush=True)
     report.table(
         "fidelity",
-        ["method", "graph run's steps", "train loss eager / graph", "test acc", "max |dw| / max |w|", "s"],
+        [
+            "method",
+            "graph run's steps",
+            "train loss eager / graph",
+            "test acc",
+            "max |dw| / max |w|",
+            f"eager vs eager, init x (1 + {NUDGE:g}) (its acc)",
+            "s",
+        ],
         rows,
         "resnet32 -> resnet20, 2 epochs of 1344 synthetic images (10 full batches + 64), same seed",
     )
@@ -421,7 +443,7 @@ def seeds(report: Report, tmp: Path, n_train: int = 1350, epochs: int = 2, metho
     weights are apart (cuDNN's deterministic
     algorithms here, so that only the runs' meeting could part them), and the seconds each way.  On
     2026-11-28 (H200, torch 2.11), before those two fixes, CRD's second seed ended 0.15 of its largest
-    weight from its run alone."""
+    weight from its run alone; after them both methods' seeds are bit-identical either way."""
     import kdpipe
     from kdpipe.runner import run_together
 
