@@ -13,7 +13,7 @@ import pytest
 from kdpipe.report import frame as rf
 from kdpipe.options import resolve
 from kdpipe.report.reference import RECIPE_CONFIGS, follows, load_reference, preferred, published_for, recipe_config
-from kdpipe.report.tables import comparison_table, write_tables
+from kdpipe.report.tables import _cells, _markdown, comparison_table, write_tables
 from kdpipe.plan import RunId
 from kdpipe.summary import write_summary
 from kdpipe.workflow import SEEDED_RULES, plan, run_options
@@ -591,3 +591,26 @@ def test_every_symbol_a_label_can_hold_has_a_latex_form():
         assert tex_escape(label).isascii(), label
     for symbol in rf.SWEEP_SYMBOLS.values():
         assert tex_escape(symbol).isascii() and tex_escape(symbol) != symbol, symbol
+
+
+def test_a_finished_run_without_test_accuracy_is_left_out_of_n_as_the_figures_leave_it_out(tmp_path):
+    """run.json may hold null accuracies (the runner writes None for a non-finite one; the summary accepts the
+    record): such a run is in no mean, so the table's n does not count it and the cell says why, as final.png does
+    ('n=2 of 3'), instead of n = 3 beside a mean of 2 seeds."""
+    from kdpipe.report.plots import final_stats
+
+    frame = fabricate(tmp_path, "cifar10", bad=False)
+    st = frame.index[(frame["label"] == "st") & (frame["group"] == PAIR)]
+    frame.loc[st[2], ["test_acc_at_best", "last_test_acc"]] = math.nan  # what an empty summary cell loads as
+    table = comparison_table(frame, "cifar10")[PAIR]
+    seeds = {s: ST[s] for s in (0, 1)}
+    assert table.at["st", "best"] == pytest.approx(_mean(seeds)) and table.at["st", "best_std"] == pytest.approx(
+        _stdev(seeds)
+    )
+    assert (table.at["st", "n"], table.at["st", "not_ok"]) == (2, 1)
+    stats = final_stats(frame, "cifar10", PAIR)
+    assert (stats.at["st", "count"], stats.at["st", "not_ok"]) == (2, 1)
+    assert stats.at["st", "statuses"] == "1 run without test accuracy"
+    _, _, cells = _cells(frame, "cifar10")
+    md = _markdown(comparison_table(frame, "cifar10"), frame, "cifar10", cells)
+    assert "| st | 93.05 ± 0.21 (1 run without test accuracy) |" in md, md

@@ -131,6 +131,17 @@ def _metrics_role(row) -> str:
     return "net" if row["method"] == "baseline" else row["role"]
 
 
+NO_ACCURACY = "without test accuracy"
+
+
+def report_status(rows: pd.DataFrame) -> pd.Series:
+    """Each row's status as the reports count it: the summary's, except that a finished run whose ``run.json``
+    holds no test accuracy (null: the runner writes None for a non-finite one) has no number to average, so it
+    counts with the runs a mean leaves out, as 'without test accuracy' (tables, figures and races alike)."""
+    no_accuracy = (rows["status"] == "ok") & rows["test_acc_at_best"].isna()
+    return rows["status"].where(~no_accuracy, NO_ACCURACY)
+
+
 def status_counts(status: pd.Series) -> dict[str, int]:
     """{status: runs} of the runs that did not finish ('failed', 'incomplete', 'missing'), in first-seen order."""
     bad = status[status != "ok"]

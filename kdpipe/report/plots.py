@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .frame import group_rows, runs_text, status_counts
+from .frame import group_rows, report_status, runs_text, status_counts
 
 DPI = 150
 BASELINE_COLOR = (0.0, 0.0, 0.0, 1.0)
@@ -115,10 +115,11 @@ def group_curves(curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group:
 
 def run_counts(rows: pd.DataFrame, by) -> pd.DataFrame:
     """Per cell (the rows' ``by`` columns): ``runs`` (its summary rows, finished or not), ``not_ok``
-    (those whose status is not 'ok', as the tables count them) and ``statuses`` ('1 run failed, 1 run
+    (those whose status is not 'ok', or finished without a test accuracy: :func:`kdpipe.report.frame.report_status`,
+    as the tables count them) and ``statuses`` ('1 run failed, 1 run
     missing'), so that a figure showing a mean over the cell's seeds can say which runs it leaves out."""
 
-    grouped = rows.groupby(by, sort=False)["status"]
+    grouped = rows.assign(status=report_status(rows)).groupby(by, sort=False)["status"]
     return pd.DataFrame(
         {
             "runs": grouped.size(),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoint import atomic_write_text
-from .frame import group_rows, groups, runs_text, status_counts
+from .frame import group_rows, groups, report_status, runs_text, status_counts
 from .reference import is_cifar, preferred, published_for, reported_epoch, source_recipe
 
 STATS = ["n", "best", "best_std", "last", "last_std", "delta"]
@@ -119,7 +119,7 @@ def comparison_table(frame: pd.DataFrame, dataset: str, reference: pd.DataFrame 
         columns: dict = {stat: [] for stat in stats}
         for label in labels:
             rows = cells.get((label, group), frame.iloc[0:0])
-            ok = rows[rows["status"] == "ok"]
+            ok = rows[report_status(rows) == "ok"]  # a finished run without test accuracy is in no mean
             best, last = _mean(ok["test_acc_at_best"]), _mean(ok["last_test_acc"])
             nets = set(rows["net"])
             net = student if label == "teacher" or len(nets) != 1 else nets.pop()
@@ -191,7 +191,7 @@ def _mean_std(mean, std, pm: str = " \u00b1 ") -> str:
 
 
 def _status_counts(rows: pd.DataFrame | None) -> dict:
-    return {} if rows is None else status_counts(rows["status"])
+    return {} if rows is None else status_counts(report_status(rows))
 
 
 def _not_ok_note(counts: dict, finished: int) -> str:
