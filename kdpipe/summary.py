@@ -105,6 +105,8 @@ def _run_record_problem(record) -> str | None:
     for key in ("info", "config", "fingerprint"):
         if not isinstance(record.get(key, {}), dict):
             return f"its {key} is not an object"
+    if "config" in record and not isinstance(record.get("entry"), str):  # _follows resolves the options by it
+        return "no entry" if "entry" not in record else "its entry is not a string"
     outputs = record.get("outputs", [])
     if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
         return "its outputs are not a list of file names"

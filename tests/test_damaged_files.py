@@ -201,6 +201,23 @@ def test_summary_lists_a_run_with_damaged_run_json_as_failed(teacher, tmp_path):
     assert summary_rows(runs[1:])[0]["note"] == "run.json not a run record (no epochs)"
 
 
+def test_a_cifar_run_json_without_its_entry_is_a_failed_row_not_a_crash(tmp_path):
+    """The summary reads a CIFAR run's ``entry`` to tell which recipe it followed: a run.json that lost it
+    (edited by hand) is a damaged record like any other, a failed row, and the summary still gets written."""
+    record = {"entry": "base", "method": "baseline", "epochs": 1, "train_time_s": 1.0, "mean_epoch_s": 1.0}
+    record["roles"] = {"net": {"params": 1, "best_val_acc": 9.0, "test_acc_at_best": 9.0, "last_test_acc": 9.0}}
+    record["settings"], record["config"] = {}, {"epochs": 1}
+    run_dir = tmp_path / "results" / "cifar10" / "base" / "resnet20" / "seed0"
+    run_dir.mkdir(parents=True)
+    run = RunId("train_base", "cifar10", "baseline", "", "", "resnet20", 0, str(run_dir))
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert summary_rows([run])[0]["status"] == "ok"
+    del record["entry"]
+    (run_dir / "run.json").write_text(json.dumps(record))
+    row = summary_rows([run])[0]
+    assert (row["status"], row["note"]) == ("failed", "run.json not a run record (no entry)")
+
+
 # 4. a damaged teacher cache
 
 
