@@ -415,7 +415,7 @@ def test_a_pair_both_report_gets_the_number_of_the_recipe_it_followed(tmp_path, 
         ("baseline", "", "resnet20"): rep,
         ("baseline", "", "resnet110"): rep,
     }
-    table, _, _, tex = _write(tmp_path, fabricate(tmp_path, "cifar100", recipes=changed), "cifar100", reference)
+    table, md, _, tex = _write(tmp_path, fabricate(tmp_path, "cifar100", recipes=changed), "cifar100", reference)
     cell = table[PAIR]
     assert cell.at["st", "published"] == pytest.approx(70.67)
     assert (cell.at["st", "published_source"], cell.at["st", "published_epoch"]) == ("RepDistiller README", "last")
@@ -423,6 +423,9 @@ def test_a_pair_both_report_gets_the_number_of_the_recipe_it_followed(tmp_path, 
     assert cell.at["baseline", "published"] == pytest.approx(69.06)
     assert cell.at["teacher", "published"] == pytest.approx(74.31)
     assert "(70.67)" in tex and "(70.06)" not in tex
+    # the markdown's intro says whose number a cell gets: not 'KD-Zoo's where both report a cell', which this is
+    assert "KD-Zoo's where both report a cell" not in md
+    assert "the source whose recipe the cell's finished runs followed" in md
 
 
 def test_latex_caption_names_the_sources_shown(tmp_path, reference):

@@ -247,7 +247,8 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, dataset: str, cells: dic
             else "the KD-Zoo and RepDistiller READMEs (none reports these pairs)"
         )
         intro += (
-            f" 'published' is the top-1 test accuracy reported in {where} (KD-Zoo's where both report a cell), "
+            f" 'published' is the top-1 test accuracy reported in {where} (where several report a cell, that of "
+            "the source whose recipe the cell's finished runs followed), "
             "from the epoch that source reports: 'last' its final epoch, 'best' its best test epoch; "
             "'ours \u2212 published' compares like with like: our last-epoch mean minus a 'last' number, "
             "our best-on-val mean minus a 'best' one (ours chosen on validation, theirs on the test set). "
