@@ -431,8 +431,11 @@ def test_a_pair_both_report_gets_the_number_of_the_recipe_it_followed(tmp_path, 
 def test_latex_caption_names_the_sources_shown(tmp_path, reference):
     _, _, _, tex = _write(tmp_path, fabricate(tmp_path, "cifar100"), "cifar100", reference)
     assert "published top-1 (KD-Zoo, RepDistiller) in parentheses" in tex
+    # our best-on-val mean stands beside RepDistiller's last-epoch number: the caption says from which epoch each is
+    assert "KD-Zoo's from its best test epoch, RepDistiller's from its last epoch" in tex
     _, _, _, tex = _write(tmp_path / "c10", fabricate(tmp_path / "c10", "cifar10"), "cifar10", reference)
-    assert "published top-1 (KD-Zoo) in parentheses" in tex
+    assert "published top-1 (KD-Zoo) in parentheses" in tex and "KD-Zoo's from its best test epoch" in tex
+    assert "last epoch" not in tex
 
 
 def test_follows_names_the_configs_whose_runs_train_alike(tmp_path):

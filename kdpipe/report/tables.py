@@ -215,6 +215,16 @@ def _sources_shown(table: pd.DataFrame) -> list[str]:
     )
 
 
+def _source_epochs(table: pd.DataFrame) -> dict[str, str]:
+    """{short source name: the epoch its shown numbers are from ('best' or 'last')}."""
+    return {
+        _short_source(table[g].at[label, "published_source"]): table[g].at[label, "published_epoch"]
+        for g in table.columns.get_level_values("group").unique()
+        for label in _shown(table, g)
+        if not _isnan(table[g].at[label, "published_source"])
+    }
+
+
 def _pair_title(group: str, arrow: str = f" {ARROW} ") -> str:
     teacher, _, student = group.partition("-")
     return f"{teacher}{arrow}{student}" if student else teacher
@@ -423,6 +433,11 @@ def _latex(table: pd.DataFrame, dataset: str, cells: dict) -> str:
     sources = _sources_shown(table) if with_published else []
     if sources:
         caption += f"; published top-1 ({', '.join(tex_escape(s) for s in sources)}) in parentheses"
+        # beside our best-on-val mean: say which epoch each source's number is from (RepDistiller's is its last)
+        epochs = _source_epochs(table)
+        caption += ", " + ", ".join(
+            f"{tex_escape(s)}'s from its {'last' if epochs[s] == 'last' else 'best test'} epoch" for s in sources
+        )
     if flagged:
         caption += r"; $^{\dagger}$ some runs of the cell did not finish"
     caption += "."
