@@ -352,6 +352,20 @@ def test_nothing_finished_gives_placeholder_pngs(results, tmp_path):
         race.race_frame(curves, frame, DATASET, PAIR)
 
 
+def test_a_race_of_a_group_with_nothing_finished_is_a_placeholder_gif(results, tmp_path):
+    """report.partial builds the reports from what exists: a group none of whose runs finished (its baselines
+    failed too) gets a one-frame GIF that says so, as its PNGs get placeholders, not a failed race job; a
+    group that is not in the summary at all is still an error."""
+    summary, frame, _ = results
+    frame.assign(status="failed").drop(columns="label").to_csv(summary, index=False)
+    out = tmp_path / "race" / "test_acc.gif"
+    assert race.render_group_race(summary, DATASET, PAIR, out) == 1
+    assert gif_frames(out) == 1 and not [p for p in out.parent.iterdir() if ".tmp" in p.name]
+    with pytest.raises(ValueError, match="no runs of group"):
+        race.render_group_race(summary, DATASET, "nope-none", tmp_path / "x.gif")
+    assert not (tmp_path / "x.gif").exists()
+
+
 def test_cost_plot_labels_overlap_nothing():
     """The default run's crowded cost plot: a point at the top (next to the title), a baseline star
     beside a method's point, and several methods at nearly the same cost and accuracy."""

@@ -43,6 +43,10 @@ import pandas as pd
 from . import RACES, race_metric
 
 
+class NoCurves(ValueError):
+    """A group of the summary with no finished run that has the race's curves (a partial report)."""
+
+
 def race_frame(
     curves: pd.DataFrame, frame: pd.DataFrame, dataset: str, group: str, metric: str = "test_acc"
 ) -> pd.DataFrame:
@@ -81,7 +85,7 @@ def seed_series(
     else:
         data = data.iloc[0:0]
     if data.empty:
-        raise ValueError(f"no {spec.column} curves for group {group!r} of dataset {dataset!r}")
+        raise NoCurves(f"no {spec.column} curves for group {group!r} of dataset {dataset!r}")
     data = data.assign(epoch=data["epoch"].astype(int), value=data[spec.column].astype(float))
     wide = data.pivot_table(index="epoch", columns=["label", "seed"], values="value", aggfunc="mean")
     wide = wide.sort_index()
@@ -340,16 +344,21 @@ def render_group_race(
     period_length_ms: int = 500,
     dpi: int = 80,
 ) -> int:
-    """Summary CSV -> one race GIF of one group, with the dataset's colours; returns the frame count."""
+    """Summary CSV -> one race GIF of one group, with the dataset's colours; returns the frame count.  A group
+    with nothing to race yet (none of its runs finished: ``report.partial``) gets a one-frame GIF that says so,
+    as its PNGs get placeholders; a group the summary does not hold is an error."""
     from .frame import load_curves, load_summary
     from .plots import label_colors
 
     frame = load_summary(summary)
     frame = frame[frame["dataset"] == dataset]
     curves = load_curves(frame)
-    race = race_frame(curves, frame, dataset, group, metric)
     teacher, _, student = group.partition("-")
     title = f"{dataset}: {teacher} → {student}"
+    try:
+        race = race_frame(curves, frame, dataset, group, metric)
+    except NoCurves:
+        return placeholder_gif(out_gif, title, f"no finished run of this group has {race_metric(metric).column} yet")
     return render_race(
         race,
         out_gif,
@@ -361,6 +370,28 @@ def render_group_race(
         metric=metric,
         seeds=race_seeds(curves, frame, dataset, group, metric),
     )
+
+
+def placeholder_gif(out_gif, title: str, message: str) -> int:
+    """A one-frame GIF that says why there is no race (:func:`kdpipe.report.plots.placeholder`, as a GIF);
+    written atomically; returns 1, its frame count."""
+    from PIL import Image
+
+    from .plots import placeholder
+
+    out = Path(out_gif)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png, tmp = (out.with_name(f".{out.stem}.{os.getpid()}.tmp.{ext}") for ext in ("png", "gif"))
+    try:
+        placeholder(png, title, message)
+        with Image.open(png) as image:
+            image.convert("RGB").save(tmp, format="GIF")
+        os.replace(tmp, out)
+    finally:
+        for path in (png, tmp):
+            if path.exists():
+                path.unlink()
+    return 1
 
 
 def main(argv=None) -> int:
