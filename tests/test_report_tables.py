@@ -620,3 +620,22 @@ def test_a_finished_run_without_test_accuracy_is_left_out_of_n_as_the_figures_le
     _, _, cells = _cells(frame, "cifar10")
     md = _markdown(comparison_table(frame, "cifar10"), frame, "cifar10", cells)
     assert "| st | 93.05 ± 0.21 (1 run without test accuracy) |" in md, md
+
+
+def test_means_are_of_the_runs_accuracies_not_of_values_already_rounded_to_two_decimals(tmp_path):
+    """The summary keeps enough digits that the table's mean and std, rounded to 2, are those of the runs' own
+    accuracies (test accuracies on 359 images are multiples of 100/359; rounded per run first, the std of the
+    default config's teacher read 1.40 for 1.39)."""
+    data = tmp_path / "results" / "digits"
+    accs = [100 * 300 / 359, 100 * 301 / 359, 100 * 303 / 359]  # std 0.4255; of the values rounded to 2: 0.4234
+    runs = []
+    for seed, acc in enumerate(accs):
+        run = RunId("train_base", "digits", "baseline", "", "", "resnet20", seed, str(data / "base" / f"s{seed}"))
+        _write_run(Path(run.run_dir), "digits", seed, "base", {"net": _role("baseline", "", "resnet20", acc, acc)})
+        runs.append(run)
+    kd = RunId("train_kd", "digits", "st", "", "resnet20", "resnet8", 0, str(data / "st"))
+    _write_run(Path(kd.run_dir), "digits", 0, "kd", {"student": _role("st", "resnet20", "resnet8", 80.0, 80.0)})
+    write_summary([*runs, kd], tmp_path / "summary.csv", teachers=("resnet20",))
+    cell = comparison_table(rf.load_summary(tmp_path / "summary.csv"), "digits")["resnet20-resnet8"]
+    assert f"{cell.at['teacher', 'best_std']:.2f}" == f"{statistics.stdev(accs):.2f}" == "0.43"
+    assert abs(cell.at["teacher", "best"] - statistics.mean(accs)) < 1e-4
