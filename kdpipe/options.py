@@ -1116,7 +1116,19 @@ def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
     for opt in options_for(entry):
         flag = f"--{opt.name}"
         if opt.type is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=opt.help)
+            # bare --nesterov is true; a value says either way (--nesterov false, --embeddings 0), as the API's
+            # and the config's false does: a store_true flag could not turn off an option that defaults on
+            parser.add_argument(
+                flag,
+                type=str,  # converted by Option.check: true/false, 1/0, yes/no
+                nargs="?",
+                const="true",
+                default=None,
+                metavar="{true,false}",
+                help=(opt.help + ("" if opt.default is None else f" (default: {str(opt.default).lower()})")).replace(
+                    "%", "%%"
+                ),
+            )
             continue
         metavar = opt.name.upper()
         default_note = "" if opt.default is None else f" (default: {opt.default})"

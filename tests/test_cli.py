@@ -118,6 +118,26 @@ def test_list_flags_take_separate_words_or_one_comma_list(words):
     assert resolve("base", given)["milestones"] == [100, 150]
 
 
+@pytest.mark.parametrize(
+    "words, nesterov",
+    [([], None), (["--nesterov"], True), (["--nesterov", "false"], False), (["--nesterov", "0"], False)],
+)
+def test_a_switch_that_defaults_on_can_be_turned_off(words, nesterov):
+    """--nesterov (on by default with momentum) and --embeddings (default true) take false, as the API and the
+    config do: RepDistiller's plain-momentum recipe is reachable from the command line; a bare flag is true."""
+    from kdpipe.cli import make_parser
+    from kdpipe.options import resolve
+
+    flags = ["base", "--data_name", "digits", "--net_name", "resnet8", *words, "--epochs", "2"]
+    args = vars(make_parser("kdpipe").parse_args(flags))
+    given = {k: v for k, v in args.items() if k != "entry" and v is not None}
+    assert resolve("base", given)["nesterov"] is nesterov  # None: on with momentum, off without
+    cache = ["teacher_cache", "--data_name", "digits", "--t_model", "t.pt", "--t_name", "resnet8", "--embeddings", "0"]
+    assert vars(make_parser("kdpipe").parse_args(cache))["embeddings"] == "0"  # Option.check reads it as false
+    with pytest.raises(KdpipeError, match="nesterov: got 'maybe'"):
+        resolve("base", {"data_name": "digits", "net_name": "resnet8", "nesterov": "maybe"})
+
+
 def test_list_flags_of_names_and_paths_keep_spaces_and_split_commas(tmp_path):
     """A path with a space is one item (plan --configfile, as Snakemake's); names split on commas."""
     from kdpipe.cli import make_parser
