@@ -77,10 +77,11 @@ onstart:
         print(line, file=sys.stderr)
 
 
-# every run's run.json too, so that a job that failed after an earlier complete run is retried (Snakemake
-# does not rebuild a missing file for a summary it holds up to date); with report.partial only those present
+# every run's outputs too, so that a job that failed after an earlier complete run is retried and a deleted
+# model.pt or metrics.csv is made again (Snakemake does not rebuild a missing file for a summary it holds up
+# to date, nor an output no job requests); with report.partial only the runs present
 rule all:
     default_target: True
     input:
         kw.report_targets(config),
-        kw.summary_inputs(config),
+        kw.run_outputs(config),

@@ -251,6 +251,17 @@ def summary_inputs(config: dict) -> list[str]:
     return records
 
 
+RUN_OUTPUTS = ("model.pt", "metrics.csv", "run.json")  # every training rule's outputs, in its run directory
+
+
+def run_outputs(config: dict) -> list[str]:
+    """Every output of every run (the default target): Snakemake re-makes only requested files, so a deleted
+    ``model.pt`` or ``metrics.csv`` (which the plots and races read) of a finished run is made again only if
+    named here; its job then rewrites them from the run's final checkpoint without training. With
+    report.partial only the runs whose run.json exists, as :func:`summary_inputs`."""
+    return [f"{record[: -len('run.json')]}{name}" for record in summary_inputs(config) for name in RUN_OUTPUTS]
+
+
 def sweep_plots(config: dict, dataset: str) -> list[str]:
     """One plot per (pair, swept mode, swept key) of a dataset: accuracy against the key's values."""
     return list(

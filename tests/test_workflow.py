@@ -296,6 +296,15 @@ def test_tiny_real_snakemake_run(tmp_path):
     log = (run / "train.log").read_text()
     where = f"results/digits/base/resnet8/seed0/replaced/{kept.name}"
     assert f"held a run with other settings (lr); its files are in {where}; training anew" in log
+    # a deleted model.pt or metrics.csv of a finished run (the plots and races read metrics.csv) is made again by
+    # the default target, which names every run's outputs: its job rewrites them from the final checkpoint
+    kept_bytes = {name: (run / name).read_bytes() for name in ("model.pt", "metrics.csv")}
+    for name in kept_bytes:
+        (run / name).unlink()
+    remade = snakemake("--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
+    assert remade.returncode == 0, remade.stderr[-3000:]
+    assert {name: (run / name).read_bytes() for name in kept_bytes} == kept_bytes
+    assert "is final; rewriting the run's outputs" in (run / "train.log").read_text()
     # a job that failed after a complete run (its outputs gone, the summary still there) is retried by the default
     # target, which names every run's run.json
     for name in ("model.pt", "metrics.csv", "run.json"):
