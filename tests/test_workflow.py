@@ -218,7 +218,15 @@ def test_command_line_config_overrides_keep_their_numbers(tmp_path):
 
     from kdpipe.config import apply_overrides
 
-    given = parse_config(["train={epochs: 3, lr: 0.1}", "seeds=[0, 1]", "teacher_cache=false", "kd={modes: [st]}"])
+    given = parse_config(
+        [
+            "train={epochs: 3, lr: 0.1}",
+            "seeds=[0, 1]",
+            "teacher_cache=false",
+            "kd={modes: [st]}",
+            "report={partial: true}",
+        ]
+    )  # the last as README ("Reports") gives it
     assert given["train"] == {"epochs": "3", "lr": "0.1"} and given["teacher_cache"] == "false"  # Snakemake's text
     config = apply_overrides({"train": {"epochs": 200, "batch_size": 64}}, given)
     assert config == {
@@ -226,6 +234,7 @@ def test_command_line_config_overrides_keep_their_numbers(tmp_path):
         "seeds": [0, 1],
         "teacher_cache": False,
         "kd": {"modes": ["st"]},
+        "report": {"partial": True},
     }
 
 
