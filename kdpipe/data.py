@@ -425,7 +425,7 @@ def load_cifar(name: str, img_root: str | Path, download: bool = False):
     if missing:
         raise KdpipeError(
             f"data_name {name}: missing {', '.join(missing)} under {base}; pass --download "
-            f"(config download: true) or extract the 'python version' archive from "
+            f"(config data.download: true) or extract the 'python version' archive from "
             f"https://www.cs.toronto.edu/~kriz/cifar.html into --img_root {root}"
         )
     train_x, train_y = _cifar_arrays([base / f for f in train_files], label_key, num_classes)
