@@ -290,7 +290,15 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
         err = errors[0]
         if err.validator == "additionalProperties":
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
-            raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}")
+            glued = [
+                k for k in err.instance if isinstance(k, str) and ":" in k and k not in err.schema.get("properties", {})
+            ]
+            hint = (  # --config 'train={epochs:3}': YAML reads 'epochs:3' as one key without a value
+                f"; YAML needs a space after a colon: write {glued[0].split(':', 1)[0]}: {glued[0].split(':', 1)[1]}"
+                if glued
+                else ""
+            )
+            raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}{hint}")
         if err.validator in ("oneOf", "anyOf") and err.schema.get("description"):
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
         if err.validator == "type" and isinstance(err.instance, str) and _number_text(err.instance):

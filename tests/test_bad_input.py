@@ -257,6 +257,17 @@ def test_a_number_yaml_reads_as_text_is_refused_saying_how_to_write_it(text, mes
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("text", ["train: {epochs:40}", "train: {lr:0.05, epochs: 3}"])
+def test_a_key_glued_to_its_value_says_yaml_needs_a_space(text):
+    """--config 'train={epochs:40}' (no space after the colon): YAML reads one key 'epochs:40' without a value;
+    the line says how to write it."""
+    with pytest.raises(KdpipeError) as err:
+        load_config(yaml.safe_load(text), check_pairs=False)
+    key, value = text.split("{")[1].split(",")[0].rstrip("}").split(":")
+    assert str(err.value).startswith(f"config train: Additional properties are not allowed ('{key}:{value}'")
+    assert str(err.value).endswith(f"; YAML needs a space after a colon: write {key}: {value}")
+
+
 def test_bare_on_and_off_are_the_words_where_a_key_takes_them():
     """YAML 1.1 reads a bare on/off as a boolean: keys whose values are the words get the words back."""
     text = (
