@@ -307,16 +307,14 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
                 f"config {_path(err)}: {err.message}; YAML reads {err.instance} as text: "
                 f"write {int(float(err.instance)) if whole else _dotted(err.instance)}"
             )
-        if (
-            err.validator == "enum"
-            and isinstance(err.instance, bool)
-            and any(isinstance(v, str) for v in err.validator_value)
+        if err.validator == "enum" and any(  # in YAML's words, not Python's (null, not None; true, not True)
+            v is None or isinstance(v, bool) for v in [err.instance, *err.validator_value]
         ):
-            words = ", ".join(str(v) for v in err.validator_value if v is not None)
-            raise KdpipeError(  # a bare on/off/yes/no the key does not take as a word (amp: on)
-                f"config {_path(err)}: {err.message}; YAML reads a bare on, off, yes or no as a boolean; "
-                f"allowed: {words}"
+            allowed = ", ".join(_yaml_word(v) for v in err.validator_value)
+            bare = (  # a bare on/off/yes/no the key does not take as a boolean (amp: on, cuda: yes)
+                "; YAML reads a bare on, off, yes or no as a boolean" if isinstance(err.instance, bool) else ""
             )
+            raise KdpipeError(f"config {_path(err)}: got {_yaml_word(err.instance)}{bare}; allowed: {allowed}")
         raise KdpipeError(f"config {_path(err)}: {err.message}")
     _check_semantics(config)
     if check_pairs:
@@ -324,6 +322,15 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
 
         check(config)
     return config
+
+
+def _yaml_word(value) -> str:
+    """A config value as YAML writes it: null, true, false, or the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_semantics(config: dict) -> None:

@@ -285,8 +285,12 @@ def test_bare_on_and_off_are_the_words_where_a_key_takes_them():
     with pytest.raises(KdpipeError) as err:  # amp has no 'on': the boolean stays, and the line says why
         load_config(yaml.safe_load("resources: {amp: on}"), check_pairs=False)
     assert str(err.value) == (
-        "config resources.amp: True is not one of ['auto', 'off']; YAML reads a bare on, off, yes or no as a "
-        "boolean; allowed: auto, off"
+        "config resources.amp: got true; YAML reads a bare on, off, yes or no as a boolean; allowed: auto, off"
+    )
+    with pytest.raises(KdpipeError) as err:  # a choice of numbers and null, in YAML's words
+        load_config(yaml.safe_load("resources: {cuda: yes}"), check_pairs=False)
+    assert str(err.value) == (
+        "config resources.cuda: got true; YAML reads a bare on, off, yes or no as a boolean; allowed: null, 0, 1"
     )
 
 
