@@ -1,7 +1,8 @@
 """Repeatability and resume on a GPU, as kdpipe trains by default there (CUDA graphs, bf16, channels_last,
-cuDNN's defaults): for plain training, st-KD and CRD (whose steps draw negatives), three CLI processes from
-the same seed on the same synthetic CIFAR-10 files -- two run straight through, the third is killed with
-SIGKILL once a checkpoint is written and started again until it finishes. The table gives how far the final
+cuDNN's defaults): for plain training, st-KD and CRD (whose steps draw negatives), or DML and BSS
+(``--methods``), three CLI processes from the same seed on the same synthetic CIFAR-10 files -- two run
+straight through, the third is killed with SIGKILL once a checkpoint is written and started again until it
+finishes. The table gives how far the final
 weights (and batch-norm statistics) of the second straight run and of the resumed run are from the first's,
 in units of the first run's largest value, and the epochs the resumed run restarted at.
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write gpu.md and gpu.json here")
     parser.add_argument("--images", type=int, default=20480, help="synthetic training images")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--methods", default="base,st,crd", help="a comma list of: base, st, crd, dml, bss")
     parser.add_argument("--cuda", type=int, default=1, help="0: the same on the CPU (a smoke test of this script)")
     args = parser.parse_args()
     if args.cuda and not torch.cuda.is_available():
@@ -81,11 +83,14 @@ def main() -> None:
     common = ["--data_name", "cifar10", "--img_root", str(tmp / "cifar"), "--epochs", str(args.epochs)]
     common += ["--seed", "3", "--cuda", str(args.cuda)]
     pair = ["--t_model", str(teacher), "--t_name", "resnet32", "--s_name", "resnet20"]
-    cases = [
-        ("base resnet20", ["base", "--net_name", "resnet20"]),
-        ("st-KD resnet32 -> resnet20", ["kd", *pair, "--kd_mode", "st"]),
-        ("CRD resnet32 -> resnet20", ["crd", *pair]),
-    ]
+    cases = {
+        "base": ("base resnet20", ["base", "--net_name", "resnet20"]),
+        "st": ("st-KD resnet32 -> resnet20", ["kd", *pair, "--kd_mode", "st"]),
+        "crd": ("CRD resnet32 -> resnet20", ["crd", *pair]),
+        "dml": ("DML resnet20 + resnet20", ["dml", "--peers", "resnet20,resnet20"]),
+        "bss": ("BSS resnet32 -> resnet20", ["bss", *pair]),
+    }
+    cases = [cases[name] for name in args.methods.split(",")]
     report = Report(Path(args.out) if args.out else None)
     report.text(f"# {torch.cuda.get_device_name() if args.cuda else 'cpu'}, torch {torch.__version__}")
     rows = []
