@@ -244,8 +244,11 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 # What a CIFAR batch may contain: plain containers, strings, bytes, numbers (built in by the
-# pickle opcodes themselves) and numpy arrays.  These are the only callables a pickle may name;
-# the numpy ones rebuild arrays and dtypes and nothing else.  ``numpy.core`` is numpy 1's name.
+# pickle opcodes themselves) and numpy arrays of numbers.  These are the only callables a pickle may
+# name, and none of them is numpy's own: numpy's dtype and array constructors take a state (the pickle's
+# BUILD) that numpy trusts, and a crafted one corrupts memory (a dtype state one item short crashes the
+# process).  Here each builds a record of its arguments and state, and :func:`_arrays` makes the arrays
+# from that record with ``np.frombuffer`` alone, after checking it.  ``numpy.core`` is numpy 1's name.
 _PICKLE_ALLOWED = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -260,31 +263,139 @@ class _Refused(pickle.UnpicklingError):
     pass
 
 
+class _Pickled:
+    """A numpy call a pickle asked for: its name and arguments, and the state a BUILD gave it."""
+
+    def __init__(self, name: str, args: tuple):
+        self.name, self.args, self.state = name, args, None
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
+def _pickled(name: str):
+    def call(*args):
+        if name == "ndarray":  # only ever an argument of _reconstruct, never called
+            raise _Refused("refused to call numpy.ndarray: a CIFAR batch's arrays are rebuilt by _reconstruct")
+        return _Pickled(name, args)
+
+    return call
+
+
+def _latin1(text, encoding="utf-8", errors="strict") -> bytes:
+    """``_codecs.encode`` as pickles use it: text that stands for bytes, in latin-1."""
+    if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise _Refused(f"refused _codecs.encode to {encoding!r}: a pickle spells bytes in latin1")
+    return text.encode("latin1", errors)
+
+
+def _raw(data) -> bytes:
+    """An array's bytes: bytes, a bytearray or a memory view; text in a Python 2 pickle (latin-1)."""
+    if isinstance(data, str):
+        return data.encode("latin1")
+    if isinstance(data, (bytes, bytearray, memoryview, pickle.PickleBuffer)):
+        return bytes(data)
+    raise ValueError(f"array data is a {type(data).__name__}, not bytes")
+
+
+def _dtype(record) -> np.dtype:
+    """A plain numeric dtype (bool, integers, floats) from a pickled ``numpy.dtype`` record."""
+    if not isinstance(record, _Pickled) or record.name != "dtype" or not record.args:
+        raise ValueError(f"{_describe(record)} is not a pickled numpy dtype")
+    spec, state = record.args[0], record.state
+    endian = "|"
+    if state is not None:
+        if not isinstance(state, tuple) or len(state) != 8 or any(v is not None for v in state[2:5]):
+            raise ValueError(f"numpy dtype {spec!r}: state {_describe(state)} is not a plain dtype's")
+        endian = state[1]
+    if not isinstance(spec, str) or endian not in ("<", ">", "|", "="):
+        raise ValueError(f"numpy dtype {_describe(spec)} of byte order {_describe(endian)}")
+    dtype = np.dtype(spec if endian == "|" else endian + spec)
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise _Refused(f"refused numpy dtype {dtype}: a dataset may hold only arrays of numbers")
+    return dtype
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"array shape {_describe(shape)} is not a tuple of sizes")
+    return shape
+
+
+def _build(record: _Pickled):
+    """The numpy value a pickled record stands for, made by ``np.frombuffer`` from checked parts."""
+    if record.name == "_reconstruct":  # protocols 0-4: _reconstruct(ndarray, (0,), b"b") + BUILD state
+        state = record.state
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise ValueError(
+                f"array state {_describe(state)}; a pickled array has (version, shape, dtype, order, data)"
+            )
+        _, shape, dtype, fortran, data = state
+        return np.frombuffer(_raw(data), _dtype(dtype)).reshape(_shape(shape), order="F" if fortran else "C")
+    if record.name == "_frombuffer":  # protocol 5: _frombuffer(buffer, dtype, shape, order)
+        if len(record.args) != 4 or record.args[3] not in ("C", "F"):
+            raise ValueError(f"numpy _frombuffer{_describe(record.args)}")
+        data, dtype, shape, order = record.args
+        return np.frombuffer(_raw(data), _dtype(dtype)).reshape(_shape(shape), order=order)
+    if record.name == "scalar":  # numpy scalars: scalar(dtype, bytes)
+        if len(record.args) != 2:
+            raise ValueError(f"numpy scalar{_describe(record.args)}")
+        dtype, data = _dtype(record.args[0]), _raw(record.args[1])
+        if len(data) != dtype.itemsize:
+            raise ValueError(f"numpy scalar of {dtype} from {len(data)} bytes")
+        return np.frombuffer(data, dtype)[0]
+    raise ValueError(f"a bare numpy {record.name} where a value belongs")
+
+
+def _arrays(value, done: dict):
+    """``value`` with every pickled numpy record in it made the array or scalar it stands for."""
+    key = id(value)
+    if key in done:
+        return done[key]
+    if isinstance(value, _Pickled):
+        done[key] = made = _build(value)
+    elif isinstance(value, list):
+        done[key] = value  # a list may hold itself
+        value[:] = [_arrays(v, done) for v in value]
+        made = value
+    elif isinstance(value, dict):
+        done[key] = value
+        for k in list(value):
+            value[k] = _arrays(value[k], done)
+        made = value
+    elif isinstance(value, tuple):
+        done[key] = made = tuple(_arrays(v, done) for v in value)
+    else:
+        made = value
+    return made
+
+
 class _DataUnpickler(pickle.Unpickler):
-    """An unpickler that cannot run code: it resolves only the names in ``_PICKLE_ALLOWED``."""
+    """An unpickler that cannot run code: it resolves only the names in ``_PICKLE_ALLOWED``, to records."""
 
     def find_class(self, module: str, name: str):
         if module.startswith("numpy.core."):
             module = "numpy._core." + module[len("numpy.core.") :]
         if (module, name) not in _PICKLE_ALLOWED:
             raise _Refused(f"refused to load {module}.{name}: a dataset may hold only plain data and numpy arrays")
-        if module.startswith("numpy._core.") and not hasattr(np, "_core"):  # numpy 1
-            module = "numpy.core." + module[len("numpy._core.") :]
-        return super().find_class(module, name)
+        return _latin1 if module == "_codecs" else _pickled(name)
 
 
 def _read_pickle(path: Path) -> dict:
     """A CIFAR pickle, read so that a crafted file cannot execute code (one line names the file)."""
     try:
         with open(path, "rb") as fh:
-            entry = _DataUnpickler(fh, encoding="latin1").load()
+            entry = _arrays(_DataUnpickler(fh, encoding="latin1").load(), {})
     except _Refused as exc:
         raise KdpipeError(f"dataset file {path}: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({' '.join(str(exc).split())})") from None
     except MemoryError as exc:  # an array header asking for more than this machine has
         what = " ".join(str(exc).split()) or "out of memory"
         raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({type(exc).__name__}: {what})") from None
+    except OSError:
+        raise  # the file itself cannot be read: the caller's one line for a read the system refuses
+    except Exception as exc:  # any other failure of a crafted or damaged file, e.g. a bad opcode or length
+        what = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise KdpipeError(f"dataset file {path}: unreadable CIFAR pickle ({what})") from None
     if not isinstance(entry, dict):
         raise KdpipeError(f"dataset file {path}: expected a dict of arrays, got {type(entry).__name__}")
     return entry

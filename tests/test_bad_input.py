@@ -70,8 +70,14 @@ def test_bad_cifar_files_are_refused_at_load_naming_the_file(tmp_path, file, cha
 
 
 class _HugeArray:
-    def __reduce__(self):  # an array header asking for exabytes: numpy's allocation fails, nothing runs
+    def __reduce__(self):  # an array asking numpy for exabytes: not a call a CIFAR batch makes
         return (np.ndarray, ((2**31, 2**31), "u1"))
+
+
+class _HugeShape:
+    def __reduce__(self):  # an array state claiming exabytes with one byte behind it: nothing is allocated
+        state = (1, (2**31, 2**31), np.dtype("u1"), False, b"\x00")
+        return (np.ndarray.__reduce__(np.zeros(0, np.uint8))[0], (np.ndarray, (0,), b"b"), state)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +85,11 @@ class _HugeArray:
     [
         (
             pickle.dumps({"data": _HugeArray(), "labels": [0]}, protocol=2),
-            "unreadable CIFAR pickle (MemoryError: Unable to allocate",
+            "refused to call numpy.ndarray",
+        ),
+        (
+            pickle.dumps({"data": _HugeShape(), "labels": [0]}, protocol=2),
+            "unreadable CIFAR pickle (cannot reshape array of size 1 into shape (2147483648,2147483648))",
         ),
         (  # a persistent id, whose error message spans two lines
             b"(dp0\nS'data'\np1\nPabc\nsb.",

@@ -317,6 +317,69 @@ def test_cifar_pickles_of_every_protocol_and_numpy1_names_load(tmp_path):
         assert pickle.load(io.BytesIO(raw))["labels"] == [3, 4]
 
 
+def _crafted_batch(kind: str) -> bytes:
+    """A CIFAR batch pickled as numpy pickles it, then altered as a crafted file may be."""
+    import pickle
+
+    raw = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 2]}, protocol=2)
+    swaps = {
+        # the uint8 dtype's BUILD state two items short: numpy's own unpickling corrupts memory (a segfault)
+        "dtype-state": (b"X\x01\x00\x00\x00|q\x11NNNJ", b"X\x01\x00\x00\x00|q\x11NJ"),
+        "codec": (b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00nosuch"),  # bytes "encoded" by any codec
+        "object-dtype": (b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8"),
+        "struct-dtype": (b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00V1"),
+    }
+    old, new = swaps[kind]
+    assert raw.count(old) == 1
+    return raw.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("dtype-state", "is not a plain dtype's"),
+        ("codec", "refused _codecs.encode to 'nosuch'"),
+        ("object-dtype", "refused numpy dtype object"),
+        ("struct-dtype", "refused numpy dtype |V1"),
+    ],
+)
+def test_crafted_numpy_records_in_a_cifar_batch_are_one_line_not_a_crash(tmp_path, kind, problem):
+    """numpy's dtype and array constructors trust the state a pickle hands them: a dtype state one item short
+    crashed the process (exit 139) before any line; the batch's arrays are now made by np.frombuffer alone."""
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(_crafted_batch(kind))
+    with pytest.raises(KdpipeError) as err:
+        load_data("cifar10", tmp_path, val_size=0)
+    message = str(err.value)
+    assert "data_batch_2" in message and problem in message and "\n" not in message, message
+
+
+def test_cifar_arrays_of_every_order_byte_order_and_python2_strings_load(tmp_path):
+    """What numpy's unpickling made, the checked records make: Fortran order, big-endian, bool, scalars, and
+    a Python 2 pickle's array bytes as text (real CIFAR files)."""
+    import pickle
+
+    from kdpipe.data import _read_pickle
+
+    arrays = [np.arange(6, dtype=">i4").reshape(2, 3), np.asfortranarray(np.arange(6, dtype=np.uint8).reshape(2, 3))]
+    value = {"a": arrays, "b": np.array([True, False]), "s": np.int64(5), "t": (arrays[0],)}
+    for protocol in (2, 4, 5):
+        (tmp_path / "p").write_bytes(pickle.dumps(value, protocol=protocol))
+        got = _read_pickle(tmp_path / "p")
+        for a, b in zip(got["a"] + [got["b"], got["t"][0]], arrays + [value["b"], arrays[0]]):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        assert got["s"] == 5 and got["s"].dtype == np.int64
+    py2 = (  # what Python 2 wrote: the array's bytes a str (SHORT_BINSTRING), read back as latin-1 text
+        b"\x80\x02}(U\x04datacnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+        b"(K\x01K\x02K\x03\x86cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xff"
+        b"J\xff\xff\xff\xffK\x00tb\x89U\x06\x00\xc8\xff\x07\x80\ttbU\x06labels](K\x01K\x02eu."
+    )
+    (tmp_path / "py2").write_bytes(py2)
+    got, ref = _read_pickle(tmp_path / "py2"), pickle.loads(py2, encoding="latin1")
+    assert got["data"].dtype == ref["data"].dtype and np.array_equal(got["data"], ref["data"])
+    assert got["data"].tolist() == [[0, 200, 255], [7, 128, 9]] and got["labels"] == [1, 2]
+
+
 def test_cli_refuses_a_crafted_dataset_file_in_one_line(tmp_path):
     import pickle
 
