@@ -419,7 +419,7 @@ def _cifar_arrays(batches: list[Path], label_key: str, num_classes: int) -> tupl
         pixels = data.dtype == np.uint8 or (
             data.dtype.kind in "iu" and (data.size == 0 or 0 <= data.min() <= data.max() <= 255)
         )
-        if not pixels or data.size % 3072:
+        if not pixels or data.ndim != 2 or data.shape[1] != 3072:  # (N, 32, 32, 3) would pass as scrambled
             raise KdpipeError(
                 f"dataset file {path}: 'data' is {data.dtype} of shape {data.shape}; "
                 "a CIFAR batch holds rows of 3072 byte values 0..255 (32x32 RGB images)"

@@ -214,6 +214,21 @@ def test_corrupt_cifar_file(tmp_path):
         load_data("cifar10", tmp_path)
 
 
+@pytest.mark.parametrize("shape", [(8, 32, 32, 3), (8 * 3, 1024), (8 * 3072,)])
+def test_cifar_data_of_another_shape_is_refused_not_reshaped(tmp_path, shape):
+    """Images stored height x width x channels (or grey rows, or flat) hold as many bytes as CIFAR's rows of
+    3072 values; reshaped to (N, 3, 32, 32) they were accepted as images of scrambled channels."""
+    import pickle
+
+    write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": np.zeros(shape, np.uint8), "labels": [0] * 8}))
+    with pytest.raises(KdpipeError) as err:
+        load_data("cifar10", tmp_path, val_size=0)
+    assert f"data_batch_1: 'data' is uint8 of shape {shape}" in str(err.value)
+    assert "rows of 3072 byte values" in str(err.value)
+
+
 def test_unknown_dataset():
     with pytest.raises(KdpipeError, match="data_name.*mnist.*cifar10"):
         load_data("mnist")
