@@ -602,7 +602,7 @@ def _read_folder(root: Path, classes: list[str] | None, size: int):
                 with Image.open(path) as img:
                     img = img.convert("RGB").resize((size, size), Image.BILINEAR)
                     xs.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
-            except OSError as exc:
+            except (OSError, Image.DecompressionBombError) as exc:  # not an image, damaged, or a decompression bomb
                 raise KdpipeError(f"data_name imagefolder:{root}: cannot read image {path}: {exc}") from exc
             ys.append(label)
     return xs, ys, classes

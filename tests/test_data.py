@@ -264,6 +264,32 @@ def test_imagefolder_without_split_and_errors(tmp_path):
         load_data(f"imagefolder:{tmp_path}/missing")
 
 
+def test_imagefolder_image_claiming_too_many_pixels_is_one_line(tmp_path):
+    """A PNG whose header claims 20000 x 20000 pixels: Pillow's DecompressionBombError (not an OSError) was a
+    traceback."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    big = tmp_path / "a" / "big.png"
+    big.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(KdpipeError) as err:
+        load_data(f"imagefolder:{tmp_path}")
+    message = str(err.value)
+    assert f"cannot read image {big}: Image size (400000000 pixels) exceeds limit" in message and "\n" not in message
+
+
 def test_normalizer_matches_formula():
     x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
