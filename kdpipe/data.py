@@ -618,6 +618,12 @@ def load_imagefolder(path: str, split_seed: int, image_size: int = IMAGEFOLDER_S
         test_root = root / "test" if (root / "test").is_dir() else root / "val"
         if not test_root.is_dir():
             raise KdpipeError(f"data_name imagefolder:{path}: has train/ but no test/ (or val/) folder")
+        unknown = sorted(p.name for p in test_root.iterdir() if p.is_dir() and p.name not in classes)
+        if unknown:  # its images would be left out of the test set without a word
+            raise KdpipeError(
+                f"data_name imagefolder:{path}: {test_root.name}/ has class folder(s) {', '.join(unknown)} "
+                f"that train/ lacks; its classes must be train/'s ({', '.join(classes)})"
+            )
         test_xs, test_ys, _ = _read_folder(test_root, classes, image_size)
         train_x, train_y = torch.stack(train_xs), torch.tensor(train_ys)
         test_x, test_y = (torch.stack(test_xs), torch.tensor(test_ys)) if test_xs else (None, None)

@@ -290,6 +290,23 @@ def test_imagefolder_image_claiming_too_many_pixels_is_one_line(tmp_path):
     assert f"cannot read image {big}: Image size (400000000 pixels) exceeds limit" in message and "\n" not in message
 
 
+def test_imagefolder_test_class_that_train_lacks_is_refused(tmp_path):
+    """test/bird/ beside train/{a,b}/: its images were silently left out of the test set."""
+    from PIL import Image
+
+    for split, classes in (("train", ("a", "b")), ("test", ("a", "b", "bird"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / split / cls / f"{i}.png")
+    with pytest.raises(KdpipeError) as err:
+        load_data(f"imagefolder:{tmp_path}")
+    assert str(err.value) == (
+        f"data_name imagefolder:{tmp_path}: test/ has class folder(s) bird that train/ lacks; "
+        "its classes must be train/'s (a, b)"
+    )
+
+
 def test_normalizer_matches_formula():
     x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
