@@ -305,7 +305,13 @@ def _dtype(record) -> np.dtype:
     spec, state = record.args[0], record.state
     endian = "|"
     if state is not None:
-        if not isinstance(state, tuple) or len(state) != 8 or any(v is not None for v in state[2:5]):
+        # numpy's dtype state: (3, byte order, subarray, names, fields, elsize, alignment, flags), and a version 4
+        # with the metadata (None here) after them
+        if (
+            not isinstance(state, tuple)
+            or len(state) not in (8, 9)
+            or any(v is not None for v in state[2:5] + state[8:])
+        ):
             raise ValueError(f"numpy dtype {spec!r}: state {_describe(state)} is not a plain dtype's")
         endian = state[1]
     if not isinstance(spec, str) or endian not in ("<", ">", "|", "="):
