@@ -60,9 +60,25 @@ def kill_at_first_checkpoint(run: Path, proc: subprocess.Popen, deadline: float)
 
 
 def distance(a: Path, b: Path) -> float:
-    wa, wb = (_floats(torch.load(p / "model.pt", weights_only=True, map_location="cpu")) for p in (a, b))
+    """Max |difference| over every model file of run ``a`` (``model.pt`` and a DML cohort's other peers'
+    ``model-<role>.pt``) and the same file of run ``b``, over the largest |value| of ``a``'s."""
+    names = sorted(p.name for p in a.glob("model*.pt"))
+
+    def weights(run: Path) -> dict:
+        return {
+            f"{name}{key}": value
+            for name in names
+            for key, value in _floats(torch.load(run / name, weights_only=True, map_location="cpu")).items()
+        }
+
+    wa, wb = weights(a), weights(b)
     top = max(float(v.abs().max()) for v in wa.values())
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa) / top
+
+
+def resumed_text(record: dict) -> str:
+    """The epochs the killed run restarted at; none: it finished before it was killed."""
+    return str(record.get("resumed_at_epochs") or "not killed in time")
 
 
 def main() -> None:
@@ -114,7 +130,7 @@ def main() -> None:
                     step,
                     f"{distance(save / 'straight', save / 'again'):.1e}",
                     f"{distance(save / 'straight', save / 'killed'):.1e}",
-                    str(record.get("resumed_at_epochs", [])) or "not killed in time",
+                    resumed_text(record),
                     f"{time.perf_counter() - t0:.0f}",
                 ]
             )
