@@ -308,11 +308,19 @@ def test_tiny_real_snakemake_run(tmp_path):
     # a deleted model.pt or metrics.csv of a finished run (the plots and races read metrics.csv) is made again by
     # the default target, which names every run's outputs: its job rewrites them from the final checkpoint
     kept_bytes = {name: (run / name).read_bytes() for name in ("model.pt", "metrics.csv")}
+    kept_record = json.loads((run / "run.json").read_text())
     for name in kept_bytes:
         (run / name).unlink()
     remade = snakemake("--cores", "2", "--configfile", str(tmp_path / "c.yaml"), workdir=tmp_path)
     assert remade.returncode == 0, remade.stderr[-3000:]
     assert {name: (run / name).read_bytes() for name in kept_bytes} == kept_bytes
+    # run.json (Snakemake removes it before the job) holds the same numbers; these four tell of the rewrite (README)
+    record = json.loads((run / "run.json").read_text())
+    rewrite = ("wall_time_s", "resumed_at_epochs", "argv", "finished_at")
+    assert {k: v for k, v in record.items() if k not in rewrite} == {
+        k: v for k, v in kept_record.items() if k not in rewrite
+    }
+    assert record["resumed_at_epochs"] == [kept_record["epochs"]]
     assert "is final; rewriting the run's outputs" in (run / "train.log").read_text()
     # a job that failed after a complete run (its outputs gone, the summary still there) is retried by the default
     # target, which names every run's run.json
