@@ -290,8 +290,9 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
         err = errors[0]
         if err.validator == "additionalProperties":
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
-            glued = [
-                k for k in err.instance if isinstance(k, str) and ":" in k and k not in err.schema.get("properties", {})
+            keys = err.schema.get("properties", {})
+            glued = [  # only where the space makes a key this section takes (not 'epoch:40', whose key is unknown)
+                k for k in err.instance if isinstance(k, str) and k not in keys and k.split(":", 1)[0] in keys
             ]
             hint = (  # --config 'train={epochs:3}': YAML reads 'epochs:3' as one key without a value
                 f"; YAML needs a space after a colon: write {glued[0].split(':', 1)[0]}: {glued[0].split(':', 1)[1]}"

@@ -278,6 +278,13 @@ def test_a_key_glued_to_its_value_says_yaml_needs_a_space(text):
     assert str(err.value).endswith(f"; YAML needs a space after a colon: write {key}: {value}")
 
 
+def test_a_glued_key_this_section_does_not_take_gets_no_space_hint():
+    """'epoch:40' with a space would be 'epoch', which train does not take either: the allowed keys say it all."""
+    with pytest.raises(KdpipeError) as err:
+        load_config(yaml.safe_load("train: {epoch:40}"), check_pairs=False)
+    assert "YAML needs a space" not in str(err.value) and str(err.value).endswith("warmup_epochs, weight_decay")
+
+
 def test_bare_on_and_off_are_the_words_where_a_key_takes_them():
     """YAML 1.1 reads a bare on/off as a boolean: keys whose values are the words get the words back."""
     text = (
