@@ -76,6 +76,17 @@ def distance(a: Path, b: Path) -> float:
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa) / top
 
 
+def finish(proc: subprocess.Popen, deadline: float) -> int | str:
+    """The process's exit status, or 'timed out' (then killed) if it runs past ``deadline``: a row says so and
+    the table is still written."""
+    try:
+        return proc.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "timed out"
+
+
 def resumed_text(record: dict) -> str:
     """The epochs the killed run restarted at; none: it finished before it was killed."""
     return str(record.get("resumed_at_epochs") or "not killed in time")
@@ -117,7 +128,7 @@ def main() -> None:
         procs = {note: start(flags, save, note) for note in ("straight", "again", "killed")}
         kill_at_first_checkpoint(save / "killed", procs["killed"], time.time() + 240)
         resumed = start(flags, save, "killed")
-        codes = [p.wait(timeout=400) for p in (procs["straight"], procs["again"], resumed)]
+        codes = [finish(p, deadline=t0 + 400) for p in (procs["straight"], procs["again"], resumed)]
         if any(codes):
             errors = [p.stderr.read().strip().splitlines()[-1:] for p in (procs["straight"], procs["again"], resumed)]
             rows.append([label, f"failed: {codes} {errors}", "", "", "", ""])
