@@ -128,7 +128,8 @@ def main() -> None:
         procs = {note: start(flags, save, note) for note in ("straight", "again", "killed")}
         kill_at_first_checkpoint(save / "killed", procs["killed"], time.time() + 240)
         resumed = start(flags, save, "killed")
-        codes = [finish(p, deadline=t0 + 400) for p in (procs["straight"], procs["again"], resumed)]
+        deadline = time.time() + 400
+        codes = [finish(p, deadline) for p in (procs["straight"], procs["again"], resumed)]
         if any(codes):
             errors = [p.stderr.read().strip().splitlines()[-1:] for p in (procs["straight"], procs["again"], resumed)]
             rows.append([label, f"failed: {codes} {errors}", "", "", "", ""])
