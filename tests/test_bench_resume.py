@@ -30,3 +30,17 @@ def test_distance_compares_every_peer_of_a_dml_cohort(tmp_path):
 def test_a_run_that_finished_before_the_kill_says_so():
     assert gpu_resume.resumed_text({"resumed_at_epochs": []}) == "not killed in time"
     assert gpu_resume.resumed_text({"resumed_at_epochs": [1]}) == "[1]"
+
+
+def test_a_process_past_its_deadline_is_killed_and_reported():
+    """finish(): the exit status of a process done in time; 'timed out' (and killed) for one past the deadline
+    (a wall-clock time, time.time()'s)."""
+    import subprocess
+    import time
+
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert gpu_resume.finish(quick, time.time() + 60) == 0
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.time()
+    assert gpu_resume.finish(slow, time.time() + 0.5) == "timed out"
+    assert slow.returncode is not None and time.time() - t0 < 30
