@@ -1114,35 +1114,25 @@ class _Parser(argparse.ArgumentParser):
 
 def add_to_parser(parser: argparse.ArgumentParser, entry: str) -> None:
     for opt in options_for(entry):
-        flag = f"--{opt.name}"
         if opt.type is bool:
             # bare --nesterov is true; a value says either way (--nesterov false, --embeddings 0), as the API's
             # and the config's false does: a store_true flag could not turn off an option that defaults on
-            parser.add_argument(
-                flag,
-                type=str,  # converted by Option.check: true/false, 1/0, yes/no
-                nargs="?",
-                const="true",
-                default=None,
-                metavar="{true,false}",
-                help=(opt.help + ("" if opt.default is None else f" (default: {str(opt.default).lower()})")).replace(
-                    "%", "%%"
-                ),
-            )
-            continue
-        metavar = opt.name.upper()
-        default_note = "" if opt.default is None else f" (default: {opt.default})"
+            shape = {"nargs": "?", "const": "true", "metavar": "{true,false}"}
+        elif opt.type is list:
+            # a list takes its items as separate words or one comma/space separated word: --milestones 100 150
+            shape = {"nargs": "+", "action": _ListWords if opt.item_type is str else _JoinWords}
+            shape["metavar"] = opt.name.upper()
+        else:
+            shape = {"metavar": opt.name.upper()}
+        default = str(opt.default).lower() if opt.type is bool else opt.default
+        default_note = "" if opt.default is None else f" (default: {default})"
         parser.add_argument(
-            flag,
+            f"--{opt.name}",
             type=str,  # converted and range-checked by Option.check, so errors read the same as the API's
             default=None,
             required=opt.required,
-            metavar=metavar,
             help=(opt.help + default_note).replace("%", "%%"),
-            # a list takes its items as separate words or one comma/space separated word: --milestones 100 150
-            **(
-                {"nargs": "+", "action": _ListWords if opt.item_type is str else _JoinWords} if opt.type is list else {}
-            ),
+            **shape,
         )
 
 
