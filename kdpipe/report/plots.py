@@ -17,7 +17,9 @@ and ``final.png`` and the races list such cells under the figure (:func:`short_c
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -180,21 +182,34 @@ def _figure(width: float, height: float) -> tuple[Figure, object]:
     return fig, ax
 
 
-def _save(fig: Figure, out_png) -> Path:
-    out = Path(out_png)
+@contextlib.contextmanager
+def atomic_path(out, suffix: str) -> Iterator[Path]:
+    """A temporary name beside ``out`` (its folder made) for the block to write to: renamed over ``out`` when the
+    block ends, removed if it raises. Every report file is written so (figures here, races' GIFs)."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{suffix}")
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.15, format="png")
+        yield tmp
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return out
+
+
+def _save(fig: Figure, out_png):
+    """``fig`` as a PNG at ``out_png``: a path (written atomically; returned as a Path) or a binary file."""
+    if isinstance(out_png, (str, os.PathLike)):
+        with atomic_path(out_png, ".png") as tmp, open(tmp, "wb") as fh:
+            _save(fig, fh)
+        return Path(out_png)
+    fig.savefig(out_png, dpi=DPI, bbox_inches="tight", pad_inches=0.15, format="png")
+    return out_png
 
 
 def placeholder(out_png, title: str, message: str) -> Path:
-    """A figure that says why there is nothing to show (a partial report still gets every file)."""
+    """A figure that says why there is nothing to show (a partial report still gets every file); ``out_png`` a
+    path or a binary file (:func:`kdpipe.report.race.placeholder_gif`)."""
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(8.0, 3.0)
         ax.set_axis_off()

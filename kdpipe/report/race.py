@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -216,7 +215,7 @@ def render_race(
     from matplotlib.lines import Line2D
     from PIL import Image, ImageSequence
 
-    from .plots import label_colors
+    from .plots import atomic_path, label_colors
 
     spec = race_metric(metric)
     if race_df.empty or race_df.shape[1] == 0:
@@ -302,10 +301,7 @@ def render_race(
             "color": "0.25",
         }
 
-    out = Path(out_gif)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.gif")
-    try:
+    with atomic_path(out_gif, ".gif") as tmp:
         bcr.bar_chart_race(
             plotted,
             filename=str(tmp),
@@ -327,10 +323,6 @@ def render_race(
         )
         with Image.open(tmp) as image:
             frames = sum(1 for _ in ImageSequence.Iterator(image))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return frames
 
 
@@ -375,22 +367,16 @@ def render_group_race(
 def placeholder_gif(out_gif, title: str, message: str) -> int:
     """A one-frame GIF that says why there is no race (:func:`kdpipe.report.plots.placeholder`, as a GIF);
     written atomically; returns 1, its frame count."""
+    import io
+
     from PIL import Image
 
-    from .plots import placeholder
+    from .plots import atomic_path, placeholder
 
-    out = Path(out_gif)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png, tmp = (out.with_name(f".{out.stem}.{os.getpid()}.tmp.{ext}") for ext in ("png", "gif"))
-    try:
-        placeholder(png, title, message)
-        with Image.open(png) as image:
-            image.convert("RGB").save(tmp, format="GIF")
-        os.replace(tmp, out)
-    finally:
-        for path in (png, tmp):
-            if path.exists():
-                path.unlink()
+    png = io.BytesIO()
+    placeholder(png, title, message)
+    with atomic_path(out_gif, ".gif") as tmp, Image.open(png) as image:
+        image.convert("RGB").save(tmp, format="GIF")
     return 1
 
 
