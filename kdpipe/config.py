@@ -291,14 +291,10 @@ def load_config(config: dict, check_pairs: bool = True) -> dict:
         if err.validator == "additionalProperties":
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
             keys = err.schema.get("properties", {})
-            glued = [  # only where the space makes a key this section takes (not 'epoch:40', whose key is unknown)
-                k for k in err.instance if isinstance(k, str) and k not in keys and k.split(":", 1)[0] in keys
-            ]
-            hint = (  # --config 'train={epochs:3}': YAML reads 'epochs:3' as one key without a value
-                f"; YAML needs a space after a colon: write {glued[0].split(':', 1)[0]}: {glued[0].split(':', 1)[1]}"
-                if glued
-                else ""
-            )
+            # --config 'train={epochs:3}': YAML reads 'epochs:3' as one key without a value; hinted only where the
+            # space makes a key this section takes (not 'epoch:40', whose key is unknown too)
+            glued = [k.split(":", 1) for k in err.instance if isinstance(k, str) and k not in keys and ":" in k]
+            hint = next((f"; YAML needs a space after a colon: write {k}: {v}" for k, v in glued if k in keys), "")
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed keys: {allowed}{hint}")
         if err.validator in ("oneOf", "anyOf") and err.schema.get("description"):
             raise KdpipeError(f"config {_path(err)}: {err.message}; allowed: {err.schema['description']}")
